@@ -1,0 +1,210 @@
+/*
+ * edrv.h: the host side of edrv.
+ *
+ * edrv runs Erlang linked-in drivers (compiled against OTP's own erl_driver.h)
+ * outside the BEAM. One emulator thread calls every driver callback; any thread
+ * of the host program acts as an Erlang process through this header: it loads
+ * drivers, opens ports, sends to them, controls them, and receives their
+ * messages as Erlang terms in external term format (ETF).
+ *
+ * Conventions:
+ *   - Functions return 0 (or a count) on success and a negative EDRV_E* code on
+ *     failure; edrv_err_name() gives the Erlang-style reason ("badarg",
+ *     "driver_incorrect_version", "enoent", ...), edrv_strerror() a sentence,
+ *     and edrv_last_error() the detail of the calling thread's last failure
+ *     (for example dlerror()'s text for EDRV_EOPEN).
+ *   - Every function is safe to call from any thread. Calls that touch ports
+ *     or drivers are serialized onto the emulator thread, in the order each
+ *     thread made them.
+ *   - Buffers handed out (edrv_msg, edrv_reply) belong to the caller, who
+ *     releases them with edrv_msg_free / edrv_reply_free (both accept NULL and
+ *     already released values).
+ *   - There is one runtime per OS process, started by edrv_start and ended by
+ *     edrv_stop; it may be started again afterwards.
+ */
+#ifndef EDRV_H
+#define EDRV_H
+
+#include <erl_driver.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EDRV_VERSION_MAJOR 0
+#define EDRV_VERSION_MINOR 1
+#define EDRV_VERSION_PATCH 0
+#define EDRV_VERSION_STRING "0.1.0"
+
+/* ---- errors ---------------------------------------------------------------
+ * POSIX errors are returned as -errno (e.g. a driver's start failing with
+ * ERL_DRV_ERROR_ERRNO and ENOENT gives -ENOENT, named "enoent"); edrv's own
+ * codes lie below -1000. */
+#define EDRV_ERRORS(X)                                                              \
+    X(EBADARG, -1001, "badarg", "bad argument (refused by the driver or the runtime)") \
+    X(ENOPORT, -1002, "badarg", "no such port")                                      \
+    X(ECLOSED, -1003, "badarg", "port is closed")                                    \
+    X(ENOTRUNNING, -1004, "not_running", "the runtime is not running")               \
+    X(ERUNNING, -1005, "already_running", "the runtime is already running")          \
+    X(ETIMEDOUT, -1006, "timeout", "timed out")                                      \
+    X(ENOMEM, -1007, "enomem", "out of memory")                                      \
+    X(EINVAL, -1008, "einval", "invalid argument to an edrv function")               \
+    X(EOPEN, -1009, "open_error", "the driver file could not be opened")             \
+    X(ENODRVINIT, -1010, "no_driver_init", "the file has no driver_init function")   \
+    X(EDRVINIT, -1011, "driver_init_failed", "driver_init returned NULL or init failed") \
+    X(EVERSION, -1012, "driver_incorrect_version", "the driver was built for an unsupported driver API version") \
+    X(EBADNAME, -1013, "bad_driver_name", "the driver's name differs from the name it was loaded by") \
+    X(ENODRIVER, -1014, "not_loaded", "no driver of that name is loaded")           \
+    X(ELOADED, -1015, "already_loaded", "another driver of that name is loaded")    \
+    X(ENOTSUP, -1016, "notsup", "not supported")                                     \
+    X(EBADTERM, -1017, "badarg", "not a valid term in external term format")         \
+    X(ENOPROC, -1018, "noproc", "no such process")
+
+enum {
+#define EDRV_ERR_ENUM(name, code, reason, text) EDRV_##name = (code),
+    EDRV_ERRORS(EDRV_ERR_ENUM)
+#undef EDRV_ERR_ENUM
+};
+
+/* The Erlang-style reason for an error code, e.g. "badarg" or "enoent". */
+const char *edrv_err_name(int err);
+/* A sentence describing an error code. */
+const char *edrv_strerror(int err);
+/* The detail of the calling thread's last failed edrv call ("" if none). */
+const char *edrv_last_error(void);
+
+/* ---- the runtime ---------------------------------------------------------- */
+
+typedef struct {
+    int async_threads; /* pool size, 0 for the default */
+} edrv_options;
+
+/* Starts the emulator thread. opts may be NULL. EDRV_ERUNNING if started. */
+int edrv_start(const edrv_options *opts);
+/* Closes every open port (each driver's stop runs), unloads every driver
+ * (finish runs), and joins the emulator thread. Processes survive it: their
+ * mailboxes can still be read, and they must still be freed. */
+int edrv_stop(void);
+
+/* ---- processes -------------------------------------------------------------
+ * A process is a mailbox with a pid. Any thread may act for it, but one at a
+ * time is the natural use (as with an Erlang process). Processes trap exits:
+ * exit signals from ports arrive as {'EXIT', Port, Reason} messages. */
+typedef struct edrv_proc edrv_proc;
+
+/* Creates a process. NULL when out of memory (edrv_last_error says so). */
+edrv_proc *edrv_proc_new(void);
+/* Ends a process: ports it owns are closed as if it had exited, undelivered
+ * messages are dropped. NULL is fine. */
+void edrv_proc_free(edrv_proc *p);
+/* The pid's number N, as in <0.N.0>. */
+uint64_t edrv_proc_pid(const edrv_proc *p);
+/* The pid as drivers see it (ErlDrvTermData for ERL_DRV_PID). */
+ErlDrvTermData edrv_proc_term(const edrv_proc *p);
+
+/* ---- drivers -------------------------------------------------------------- */
+
+/* Loads DIR/NAME.so as erl_ddll:load_driver/2 does. Loading a driver that is
+ * already loaded adds one user. Errors: EDRV_EOPEN (edrv_last_error has the
+ * dlerror text), EDRV_ENODRVINIT, EDRV_EDRVINIT, EDRV_EVERSION, EDRV_EBADNAME,
+ * EDRV_ELOADED (another file of that name is loaded). */
+int edrv_load_driver(const char *dir, const char *name);
+/* Registers a driver entry linked into the host program. Its init runs now;
+ * the entry must outlive the registration. */
+int edrv_register_driver(ErlDrvEntry *entry);
+/* Drops one user of a driver. The last one unloads it: at once (returns 0) or,
+ * while ports still use it, when the last of them closes (returns 1). finish
+ * runs before the file is closed. */
+int edrv_unload_driver(const char *name);
+
+/* ---- ports ---------------------------------------------------------------- */
+
+typedef uint64_t edrv_port; /* the number N in #Port<0.N>; 0 is never a port */
+
+#define EDRV_PORT_BINARY 0x1u /* open_port option binary: data as binaries */
+
+/* Opens a port as open_port({spawn_driver, Command}, Options): the driver is
+ * the command's first word, and start receives the whole command. The calling
+ * process becomes the port's owner and is linked to it. A start failure maps
+ * as in OTP: ERL_DRV_ERROR_GENERAL gives -EINVAL, ERL_DRV_ERROR_ERRNO gives
+ * -errno, ERL_DRV_ERROR_BADARG gives EDRV_EBADARG. */
+int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port *port);
+
+/* Sends command data, as port_command/2: the driver's outputv receives it as
+ * an ErlIOVec if it has one, otherwise output receives the bytes flattened.
+ * Returns once queued; EDRV_ENOPORT/EDRV_ECLOSED for a port that is gone. */
+int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, size_t len);
+int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt);
+
+typedef enum {
+    EDRV_REPLY_NONE = 0,
+    EDRV_REPLY_LIST,   /* control: a list of bytes */
+    EDRV_REPLY_BINARY, /* control: a binary */
+    EDRV_REPLY_NIL,    /* control: [] because the driver set *rbuf = NULL */
+    EDRV_REPLY_TERM    /* call: a term in ETF, version byte first */
+} edrv_reply_kind;
+
+typedef struct {
+    edrv_reply_kind kind;
+    char *data;
+    size_t len;
+} edrv_reply;
+
+/* port_control/3: synchronous; EDRV_EBADARG when the driver has no control
+ * callback or returns a negative value. */
+int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,
+                      size_t len, edrv_reply *reply);
+/* port_call/3: `etf` is a term in external term format (version byte first);
+ * the reply is the term the driver encoded. EDRV_EBADTERM for bad ETF. */
+int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *etf,
+                   size_t len, edrv_reply *reply);
+/* port_close/1: the driver's stop runs before this returns. No {Port, closed}
+ * message is sent. */
+int edrv_port_close(edrv_proc *p, edrv_port port);
+void edrv_reply_free(edrv_reply *reply);
+
+/* ---- messages -------------------------------------------------------------- */
+
+typedef struct {
+    char *data; /* the term in ETF, version byte first */
+    size_t len;
+} edrv_msg;
+
+/* Takes the next message of p's mailbox, waiting up to timeout_ms (-1: for
+ * ever, 0: do not wait). Returns 0 or EDRV_ETIMEDOUT. */
+int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg);
+void edrv_msg_free(edrv_msg *msg);
+/* Prints a term in Erlang syntax into a string that the caller frees with
+ * free(). Returns its length or EDRV_EBADTERM. */
+int edrv_term_format(const void *etf, size_t len, char **out);
+
+/* ---- memory ----------------------------------------------------------------- */
+
+typedef enum {
+    EDRV_MEM_DRIVER = 0, /* driver_alloc */
+    EDRV_MEM_BINARY,     /* driver binaries */
+    EDRV_MEM_PORT,       /* ports and their runtime data */
+    EDRV_MEM_MESSAGE,    /* messages in mailboxes and replies */
+    EDRV_MEM_SYSTEM,     /* the runtime's own tables and requests */
+    EDRV_MEM_TYPES
+} edrv_mem_type;
+
+typedef struct {
+    size_t bytes[EDRV_MEM_TYPES];  /* bytes allocated now, per type */
+    size_t blocks[EDRV_MEM_TYPES]; /* blocks allocated now, per type */
+} edrv_mem_stats;
+
+void edrv_memory(edrv_mem_stats *stats);
+const char *edrv_mem_type_name(edrv_mem_type type);
+
+/* Fault injection for tests: the nth allocation from now (1 = the next) and
+ * only it fails; 0 turns it off. */
+void edrv_testing_fail_alloc(long nth);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

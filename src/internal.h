@@ -1,0 +1,186 @@
+/*
+ * internal.h: what libedrv's subsystems share with each other. Never installed.
+ *
+ * The runtime is one per OS process, as ERTS is: the driver interface has no
+ * context argument (driver_alloc, driver_mk_atom, erl_drv_mutex_create, ...),
+ * so the state it reaches is global. Each section below belongs to one source
+ * file and says which threads may touch what.
+ *
+ * Threads:
+ *   - the emulator thread (loop.c) runs every driver callback and owns all port
+ *     and driver state;
+ *   - host threads call edrv.h; their requests are queued to the emulator thread
+ *     (loop.c) and, for synchronous calls, they wait for the answer;
+ *   - any thread may allocate (mem.c), build and deliver messages (term.c,
+ *     proc.c) and use the erl_drv_* thread primitives (thread.c).
+ *
+ * Lock order (outer first): procs table lock -> mailbox lock;
+ * ports table lock -> nothing. No lock is held while a driver callback runs.
+ */
+#ifndef EDRV_INTERNAL_H
+#define EDRV_INTERNAL_H
+
+#include "edrv.h"
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EDRV_API __attribute__((visibility("default")))
+#define EDRV_UNUSED __attribute__((unused))
+
+/* The node name in every pid and port edrv encodes: a non-distributed node. */
+#define EDRV_NODE "nonode@nohost"
+
+/* ---- mem.c: the one allocation choke point, per-type statistics ---------- */
+
+/* Every byte libedrv allocates goes through edrv__alloc with a type, so that
+ * edrv_memory() can report bytes and blocks per type and tests can fail the Nth
+ * allocation. Any thread. */
+void *edrv__alloc(edrv_mem_type type, size_t size);
+void *edrv__calloc(edrv_mem_type type, size_t size);
+void *edrv__realloc(edrv_mem_type type, void *ptr, size_t size);
+void edrv__free(void *ptr); /* NULL is fine */
+char *edrv__strdup(edrv_mem_type type, const char *s);
+
+/* Binaries: an ErlDrvBinary with a reference count in front of it. */
+ErlDrvBinary *edrv__binary_new(const void *bytes, size_t size);
+
+/* ---- error.c -------------------------------------------------------------- */
+
+/* Records the detail text for the calling thread's failing call (printf-style)
+ * and returns err, so that `return edrv__fail(EDRV_EOPEN, "...", ...)` reads
+ * well. edrv_last_error() returns it. */
+int edrv__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs a driver misuse that ERTS would also survive (one line on stderr). */
+void edrv__warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- term.c: term data values and the ETF encoder ------------------------ */
+
+/* ErlDrvTermData values for atoms, pids and ports carry a 2-bit tag so that a
+ * term spec naming the wrong kind is caught as a bad spec instead of crashing. */
+enum { TD_ATOM = 1, TD_PID = 2, TD_PORT = 3 };
+#define TD_TAG(t) ((unsigned)((t) & 3u))
+#define TD_VAL(t) ((uint64_t)(t) >> 2)
+#define TD_MAKE(tag, v) ((ErlDrvTermData)(((uint64_t)(v) << 2) | (tag)))
+
+/* Name of an atom made by driver_mk_atom, or NULL when `t` is not one. */
+const char *edrv__atom_name(ErlDrvTermData t);
+void edrv__atoms_reset(void);
+
+/* An ETF writer: with buf == NULL it only counts, so every message is sized in
+ * one pass and written in a second into one exact allocation. */
+typedef struct {
+    char *buf;
+    int idx;
+} etf_w;
+
+void edrv__etf_pid(etf_w *w, uint64_t pid);
+void edrv__etf_port(etf_w *w, uint64_t port);
+
+/* Builds a message from a term spec. Returns 0 and the message (type MESSAGE,
+ * version byte included) in *out, or -1 for a bad spec. Any thread. */
+int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *outlen);
+
+/* ---- proc.c: processes and mailboxes -------------------------------------- */
+
+typedef struct mbox_msg {
+    struct mbox_msg *next;
+    size_t len;
+    char data[]; /* ETF, version byte first */
+} mbox_msg;
+
+struct edrv_proc {
+    uint64_t pid;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    mbox_msg *head, *tail;
+    size_t count;
+};
+
+/* Allocates a message buffer with room for len bytes, to be filled and then
+ * passed to edrv__deliver (which takes ownership) or edrv__msg_drop. */
+mbox_msg *edrv__msg_new(size_t len);
+void edrv__msg_drop(mbox_msg *m);
+/* Appends m to pid's mailbox. Returns 1 when delivered, 0 when there is no such
+ * process (m is then freed). Any thread. */
+int edrv__deliver(uint64_t pid, mbox_msg *m);
+bool edrv__proc_alive(uint64_t pid);
+
+/* ---- port.c: ports --------------------------------------------------------- */
+
+typedef enum { PORT_STARTING, PORT_ALIVE, PORT_EXITING, PORT_STOPPING, PORT_DEAD } port_state;
+
+struct edrv_driver;
+
+/* ErlDrvPort, as drivers see it, points here. Fields are the emulator
+ * thread's, except `state` (read by any thread that sends from the port) and
+ * `owner` (read under the ports table lock by threads resolving a port term). */
+struct _erl_drv_port {
+    uint64_t id;
+    struct edrv_driver *drv;
+    ErlDrvData data;
+    _Atomic port_state state;
+    _Atomic uint64_t owner;   /* connected process */
+    uint64_t caller;          /* process behind the current callback */
+    bool linked;              /* owner is linked (edrv processes trap exits) */
+    bool binary;              /* binary mode: {data, Binary} */
+    int control_flags;        /* set_port_control_flags */
+    int in_callback;          /* nesting depth of driver callbacks */
+    /* Set when the port's end was decided inside a callback: stop runs once
+     * the callback returns, never inside another callback. */
+    bool exit_pending;
+};
+typedef struct _erl_drv_port edrv_port_t;
+
+/* Looks up a live port by number; any thread (ports table lock). The pointer is
+ * only valid on the emulator thread, or while the caller holds a reference that
+ * the port subsystem gave out. */
+uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing);
+
+/* Emulator thread: the operations a request carries out. */
+int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out);
+int edrv__port_command(edrv_proc *p, edrv_port id, char *data, size_t len);
+int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+                       edrv_reply *reply);
+int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+                    edrv_reply *reply);
+int edrv__port_close(edrv_proc *p, edrv_port id);
+void edrv__ports_of_proc_exit(uint64_t pid);
+void edrv__ports_close_all(void);
+size_t edrv__ports_using(struct edrv_driver *d);
+int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
+void edrv__ports_reset(void);
+
+/* ---- driver.c: loading and the driver registry ----------------------------- */
+
+typedef struct edrv_driver {
+    struct edrv_driver *next;
+    char *name;
+    ErlDrvEntry *entry;
+    void *dl;             /* dlopen handle, NULL for a registered static entry */
+    long users;           /* load count (edrv_load_driver / edrv_register_driver) */
+    size_t ports;         /* ports using it */
+    bool unload_pending;  /* unload asked while ports were open */
+} edrv_driver;
+
+/* Emulator thread. */
+int edrv__driver_load(const char *dir, const char *name);
+int edrv__driver_register(ErlDrvEntry *de);
+int edrv__driver_unload(const char *name);
+edrv_driver *edrv__driver_find(const char *name, size_t len);
+void edrv__driver_port_gone(edrv_driver *d); /* last port may finish an unload */
+void edrv__drivers_unload_all(void);
+
+/* ---- loop.c: the emulator thread ------------------------------------------ */
+
+bool edrv__on_emulator_thread(void);
+bool edrv__running(void);
+int edrv__async_threads(void);
+/* Any thread but the emulator's: closes the ports a process ended with. */
+void edrv__proc_exited(uint64_t pid);
+
+#endif

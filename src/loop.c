@@ -1,0 +1,387 @@
+/*
+ * loop.c: the runtime's life and the emulator thread.
+ *
+ * The emulator thread is the only thread that calls driver callbacks and the
+ * only one that changes port or driver state. Host threads reach it through
+ * requests: each edrv.h call that acts on drivers or ports becomes a request in
+ * one FIFO queue (so one thread's calls keep their order), and the thread is
+ * woken through an eventfd registered in its epoll set, the one wake-up
+ * primitive of the loop (timers and driver_select events will join the same
+ * epoll set). A synchronous call waits on a semaphore in its request, which
+ * lives on the caller's stack; an asynchronous one (port_command) is allocated
+ * and freed by the emulator thread.
+ *
+ * The queue lock is held only to link or unlink requests, never while one runs.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+typedef enum {
+    R_LOAD, R_REGISTER, R_UNLOAD, R_OPEN, R_COMMAND, R_CONTROL, R_CALL, R_CLOSE,
+    R_PROC_EXIT, R_STOP
+} req_type;
+
+typedef struct request {
+    struct request *next;
+    req_type type;
+    edrv_proc *proc;
+    uint64_t pid;
+    edrv_port port;
+    const char *s1, *s2;
+    unsigned u;
+    char *data;
+    size_t len;
+    ErlDrvBinary *bin; /* R_COMMAND: the data, owned by the request */
+    ErlDrvEntry *entry;
+    edrv_reply *reply;
+    edrv_port *out_port;
+    int result;
+    sem_t *done; /* NULL: asynchronous, freed by the emulator thread */
+    char detail[256];
+} request;
+
+enum { ST_STOPPED, ST_RUNNING };
+
+static struct {
+    pthread_mutex_t lock; /* guards queue, accepting, and start/stop */
+    request *head, *tail;
+    bool accepting;
+    bool quit; /* emulator thread only */
+    int epfd, wakefd;
+    pthread_t thread;
+    int async_threads;
+} rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
+
+static _Atomic int state = ST_STOPPED;
+static _Thread_local bool on_emulator;
+
+bool edrv__on_emulator_thread(void) {
+    return on_emulator;
+}
+
+bool edrv__running(void) {
+    return atomic_load(&state) == ST_RUNNING;
+}
+
+int edrv__async_threads(void) {
+    return rt.async_threads;
+}
+
+static void execute(request *r) {
+    edrv__fail(0, "%s", "");
+    switch (r->type) {
+    case R_LOAD:
+        r->result = edrv__driver_load(r->s1, r->s2);
+        break;
+    case R_REGISTER:
+        r->result = edrv__driver_register(r->entry);
+        break;
+    case R_UNLOAD:
+        r->result = edrv__driver_unload(r->s1);
+        break;
+    case R_OPEN:
+        r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port);
+        break;
+    case R_COMMAND:
+        r->result = edrv__port_command(r->proc, r->port, (char *)r->bin, r->len);
+        r->bin = NULL; /* the port took it */
+        break;
+    case R_CONTROL:
+        r->result = edrv__port_control(r->proc, r->port, r->u, r->data, r->len, r->reply);
+        break;
+    case R_CALL:
+        r->result = edrv__port_call(r->proc, r->port, r->u, r->data, r->len, r->reply);
+        break;
+    case R_CLOSE:
+        r->result = edrv__port_close(r->proc, r->port);
+        break;
+    case R_PROC_EXIT:
+        edrv__ports_of_proc_exit(r->pid);
+        r->result = 0;
+        break;
+    case R_STOP:
+        edrv__ports_close_all();
+        edrv__drivers_unload_all();
+        rt.quit = true;
+        r->result = 0;
+        break;
+    }
+    if (r->result < 0)
+        snprintf(r->detail, sizeof r->detail, "%s", edrv_last_error());
+}
+
+static void drain_requests(void) {
+    pthread_mutex_lock(&rt.lock);
+    request *r = rt.head;
+    rt.head = rt.tail = NULL;
+    pthread_mutex_unlock(&rt.lock);
+    while (r) {
+        request *next = r->next; /* r may be gone once done is posted */
+        execute(r);
+        if (r->done) {
+            sem_post(r->done);
+        } else {
+            driver_free_binary(r->bin);
+            edrv__free(r);
+        }
+        r = next;
+    }
+}
+
+static void *emulator_main(void *arg) {
+    (void)arg;
+    on_emulator = true;
+    while (!rt.quit) {
+        struct epoll_event ev[32];
+        int n = epoll_wait(rt.epfd, ev, 32, -1);
+        if (n < 0 && errno != EINTR) {
+            edrv__warn("epoll_wait: %s", strerror(errno));
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            if (ev[i].data.fd == rt.wakefd) {
+                uint64_t v;
+                while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
+                    ;
+                drain_requests();
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Queues r; wakes the emulator thread if the queue was empty. Fails after stop
+ * began, so that no request is ever left behind in the queue. */
+static int enqueue(request *r) {
+    pthread_mutex_lock(&rt.lock);
+    if (!rt.accepting) {
+        pthread_mutex_unlock(&rt.lock);
+        return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
+    }
+    bool was_empty = rt.head == NULL;
+    r->next = NULL;
+    if (rt.tail)
+        rt.tail->next = r;
+    else
+        rt.head = r;
+    rt.tail = r;
+    if (r->type == R_STOP)
+        rt.accepting = false;
+    pthread_mutex_unlock(&rt.lock);
+    if (was_empty) {
+        uint64_t one = 1;
+        while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+    }
+    return 0;
+}
+
+/* Runs r on the emulator thread and waits for its result. */
+static int call_sync(request *r) {
+    if (on_emulator) {
+        /* A driver callback calling edrv.h: run in place; queued requests
+         * would wait for this very thread. */
+        if (r->type == R_STOP)
+            return edrv__fail(EDRV_EINVAL, "edrv_stop from a driver callback");
+        execute(r);
+        return r->result;
+    }
+    sem_t done;
+    sem_init(&done, 0, 0);
+    r->done = &done;
+    int rc = enqueue(r);
+    if (rc == 0) {
+        while (sem_wait(&done) < 0 && errno == EINTR)
+            ;
+        rc = r->result;
+        if (rc < 0)
+            edrv__fail(rc, "%s", r->detail);
+    }
+    sem_destroy(&done);
+    return rc;
+}
+
+/* ---- the runtime ------------------------------------------------------------- */
+
+EDRV_API int edrv_start(const edrv_options *opts) {
+    int threads = opts && opts->async_threads ? opts->async_threads : 0;
+    if (threads < 0 || threads > 1024)
+        return edrv__fail(EDRV_EINVAL, "async_threads must be 1..1024, not %d", threads);
+    if (!threads) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cpus < 1 ? 1 : cpus > 1024 ? 1024 : (int)cpus;
+    }
+    pthread_mutex_lock(&rt.lock);
+    if (atomic_load(&state) != ST_STOPPED) {
+        pthread_mutex_unlock(&rt.lock);
+        return edrv__fail(EDRV_ERUNNING, "edrv_start: the runtime is already running");
+    }
+    int err = 0;
+    rt.epfd = epoll_create1(EPOLL_CLOEXEC);
+    rt.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = rt.wakefd};
+    if (rt.epfd < 0 || rt.wakefd < 0 || epoll_ctl(rt.epfd, EPOLL_CTL_ADD, rt.wakefd, &ev) < 0)
+        err = -errno;
+    rt.async_threads = threads;
+    rt.quit = false;
+    rt.head = rt.tail = NULL;
+    if (!err) {
+        rt.accepting = true;
+        err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);
+    }
+    if (err) {
+        rt.accepting = false;
+        if (rt.epfd >= 0)
+            close(rt.epfd);
+        if (rt.wakefd >= 0)
+            close(rt.wakefd);
+        rt.epfd = rt.wakefd = -1;
+        pthread_mutex_unlock(&rt.lock);
+        return edrv__fail(err, "edrv_start: %s", strerror(-err));
+    }
+    pthread_setname_np(rt.thread, "emulator");
+    atomic_store(&state, ST_RUNNING);
+    pthread_mutex_unlock(&rt.lock);
+    return 0;
+}
+
+EDRV_API int edrv_stop(void) {
+    if (on_emulator)
+        return edrv__fail(EDRV_EINVAL, "edrv_stop called from a driver callback");
+    request r = {.type = R_STOP};
+    int rc = call_sync(&r);
+    if (rc < 0)
+        return rc; /* not running, or another thread is stopping it */
+    pthread_join(rt.thread, NULL);
+    pthread_mutex_lock(&rt.lock);
+    close(rt.epfd);
+    close(rt.wakefd);
+    rt.epfd = rt.wakefd = -1;
+    edrv__ports_reset();
+    edrv__atoms_reset();
+    atomic_store(&state, ST_STOPPED);
+    pthread_mutex_unlock(&rt.lock);
+    return 0;
+}
+
+/* ---- requests from host threads ------------------------------------------------ */
+
+EDRV_API int edrv_load_driver(const char *dir, const char *name) {
+    if (!dir || !name)
+        return edrv__fail(EDRV_EINVAL, "edrv_load_driver: NULL directory or name");
+    request r = {.type = R_LOAD, .s1 = dir, .s2 = name};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_register_driver(ErlDrvEntry *entry) {
+    if (!entry)
+        return edrv__fail(EDRV_EINVAL, "edrv_register_driver: NULL entry");
+    request r = {.type = R_REGISTER, .entry = entry};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_unload_driver(const char *name) {
+    if (!name)
+        return edrv__fail(EDRV_EINVAL, "edrv_unload_driver: NULL name");
+    request r = {.type = R_UNLOAD, .s1 = name};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port *port) {
+    if (!p || !command || !port)
+        return edrv__fail(EDRV_EINVAL, "edrv_open_port: NULL process, command or port");
+    if (flags & ~EDRV_PORT_BINARY)
+        return edrv__fail(EDRV_EINVAL, "edrv_open_port: unknown flags 0x%x", flags);
+    request r = {.type = R_OPEN, .proc = p, .s1 = command, .u = flags, .out_port = port};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov,
+                                int iovcnt) {
+    if (!p || (iovcnt && !iov) || iovcnt < 0)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: NULL process or vector");
+    if (!edrv__running())
+        return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
+    /* Fail early, as port_command/2 raises badarg at once for a dead port; a
+     * port that dies after this check drops the data, as in ERTS. */
+    int rc = edrv__port_check(port);
+    if (rc < 0)
+        return rc;
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (!iov[i].iov_base && iov[i].iov_len)
+            return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: NULL buffer with a length");
+        if (iov[i].iov_len > (size_t)INTPTR_MAX - total)
+            return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: data too large");
+        total += iov[i].iov_len;
+    }
+    request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r);
+    ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
+    if (!bin) {
+        edrv__free(r);
+        return edrv__fail(EDRV_ENOMEM, "out of memory for %zu bytes of command data", total);
+    }
+    for (int i = 0, off = 0; i < iovcnt; off += (int)iov[i].iov_len, i++)
+        if (iov[i].iov_len)
+            memcpy(bin->orig_bytes + off, iov[i].iov_base, iov[i].iov_len);
+    r->type = R_COMMAND;
+    r->proc = p;
+    r->port = port;
+    r->bin = bin;
+    r->len = total;
+    if (on_emulator) {
+        execute(r);
+        edrv__free(r);
+        return 0;
+    }
+    rc = enqueue(r);
+    if (rc < 0) {
+        driver_free_binary(bin);
+        edrv__free(r);
+    }
+    return rc;
+}
+
+EDRV_API int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, size_t len) {
+    struct iovec v = {(void *)data, len};
+    return edrv_port_commandv(p, port, &v, 1);
+}
+
+EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,
+                               size_t len, edrv_reply *reply) {
+    if (!p || !reply || (!data && len))
+        return edrv__fail(EDRV_EINVAL, "edrv_port_control: NULL process, reply or data");
+    *reply = (edrv_reply){0};
+    request r = {.type = R_CONTROL, .proc = p, .port = port, .u = op,
+                 .data = (char *)data, .len = len, .reply = reply};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *etf,
+                            size_t len, edrv_reply *reply) {
+    if (!p || !reply || !etf)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_call: NULL process, reply or term");
+    *reply = (edrv_reply){0};
+    request r = {.type = R_CALL, .proc = p, .port = port, .u = op,
+                 .data = (char *)etf, .len = len, .reply = reply};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_port_close(edrv_proc *p, edrv_port port) {
+    if (!p)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_close: NULL process");
+    request r = {.type = R_CLOSE, .proc = p, .port = port};
+    return call_sync(&r);
+}
+
+/* Called by edrv_proc_free: the process's ports end with it. */
+void edrv__proc_exited(uint64_t pid) {
+    request r = {.type = R_PROC_EXIT, .pid = pid};
+    (void)call_sync(&r); /* not running: no ports to close */
+}

@@ -1,0 +1,187 @@
+/*
+ * pending.c: the functions erl_driver.h declares that this version of edrv
+ * does not implement yet. They are exported so that every driver built for
+ * OTP loads (the dynamic linker resolves each symbol at load time), and each
+ * returns the value ERTS returns on failure, after one line on stderr naming
+ * the function, so a driver that needs one fails visibly instead of
+ * misbehaving quietly.
+ *
+ * Still to come: the async pool (driver_async), I/O events (driver_select),
+ * timers, the driver queue, busy ports, monitors, port data locks,
+ * driver_create_port and erl_drv_init_ack.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+#define NOT_YET(fn)                                                                  \
+    do {                                                                             \
+        static _Atomic bool told;                                                    \
+        if (!atomic_exchange(&told, true))                                           \
+            edrv__warn("%s is not implemented in this version of edrv", fn);         \
+    } while (0)
+
+EDRV_API long driver_async(ErlDrvPort ix, unsigned int *key, void (*async_invoke)(void *),
+                           void *async_data, void (*async_free)(void *)) {
+    NOT_YET("driver_async");
+    return -1;
+}
+
+EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
+    NOT_YET("driver_select");
+    return -1;
+}
+
+EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
+    NOT_YET("driver_set_timer");
+    return -1;
+}
+
+EDRV_API int driver_cancel_timer(ErlDrvPort port) {
+    NOT_YET("driver_cancel_timer");
+    return -1;
+}
+
+EDRV_API int driver_read_timer(ErlDrvPort port, unsigned long *time_left) {
+    NOT_YET("driver_read_timer");
+    return -1;
+}
+
+EDRV_API int driver_enq(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
+    NOT_YET("driver_enq");
+    return -1;
+}
+
+EDRV_API int driver_pushq(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
+    NOT_YET("driver_pushq");
+    return -1;
+}
+
+EDRV_API ErlDrvSizeT driver_deq(ErlDrvPort port, ErlDrvSizeT size) {
+    NOT_YET("driver_deq");
+    return (ErlDrvSizeT)-1;
+}
+
+EDRV_API ErlDrvSizeT driver_sizeq(ErlDrvPort port) {
+    NOT_YET("driver_sizeq");
+    return (ErlDrvSizeT)-1;
+}
+
+EDRV_API int driver_enq_bin(ErlDrvPort port, ErlDrvBinary *bin, ErlDrvSizeT offset,
+                            ErlDrvSizeT len) {
+    NOT_YET("driver_enq_bin");
+    return -1;
+}
+
+EDRV_API int driver_pushq_bin(ErlDrvPort port, ErlDrvBinary *bin, ErlDrvSizeT offset,
+                              ErlDrvSizeT len) {
+    NOT_YET("driver_pushq_bin");
+    return -1;
+}
+
+EDRV_API ErlDrvSizeT driver_peekqv(ErlDrvPort port, ErlIOVec *ev) {
+    NOT_YET("driver_peekqv");
+    return (ErlDrvSizeT)-1;
+}
+
+EDRV_API SysIOVec *driver_peekq(ErlDrvPort port, int *vlen) {
+    NOT_YET("driver_peekq");
+    if (vlen)
+        *vlen = 0;
+    return NULL;
+}
+
+EDRV_API int driver_enqv(ErlDrvPort port, ErlIOVec *ev, ErlDrvSizeT skip) {
+    NOT_YET("driver_enqv");
+    return -1;
+}
+
+EDRV_API int driver_pushqv(ErlDrvPort port, ErlIOVec *ev, ErlDrvSizeT skip) {
+    NOT_YET("driver_pushqv");
+    return -1;
+}
+
+EDRV_API void set_busy_port(ErlDrvPort port, int on) {
+    NOT_YET("set_busy_port");
+}
+
+EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrvSizeT *high) {
+    NOT_YET("erl_drv_busy_msgq_limits");
+    if (low)
+        *low = ERL_DRV_BUSY_MSGQ_DISABLED;
+    if (high)
+        *high = ERL_DRV_BUSY_MSGQ_DISABLED;
+}
+
+EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
+                                    ErlDrvMonitor *monitor) {
+    NOT_YET("driver_monitor_process");
+    return -1;
+}
+
+EDRV_API int driver_demonitor_process(ErlDrvPort port, const ErlDrvMonitor *monitor) {
+    NOT_YET("driver_demonitor_process");
+    return -1;
+}
+
+EDRV_API ErlDrvTermData driver_get_monitored_process(ErlDrvPort port,
+                                                     const ErlDrvMonitor *monitor) {
+    NOT_YET("driver_get_monitored_process");
+    return driver_term_nil;
+}
+
+EDRV_API int driver_compare_monitors(const ErlDrvMonitor *a, const ErlDrvMonitor *b) {
+    return memcmp(a, b, sizeof *a);
+}
+
+EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
+    NOT_YET("driver_pdl_create");
+    return NULL;
+}
+
+EDRV_API void driver_pdl_lock(ErlDrvPDL pdl) {
+    NOT_YET("driver_pdl_lock");
+}
+
+EDRV_API void driver_pdl_unlock(ErlDrvPDL pdl) {
+    NOT_YET("driver_pdl_unlock");
+}
+
+EDRV_API ErlDrvSInt driver_pdl_get_refc(ErlDrvPDL pdl) {
+    NOT_YET("driver_pdl_get_refc");
+    return -1;
+}
+
+EDRV_API ErlDrvSInt driver_pdl_inc_refc(ErlDrvPDL pdl) {
+    NOT_YET("driver_pdl_inc_refc");
+    return -1;
+}
+
+EDRV_API ErlDrvSInt driver_pdl_dec_refc(ErlDrvPDL pdl) {
+    NOT_YET("driver_pdl_dec_refc");
+    return -1;
+}
+
+EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData connected,
+                                       char *name, ErlDrvData drv_data) {
+    NOT_YET("driver_create_port");
+    return NULL;
+}
+
+EDRV_API void erl_drv_init_ack(ErlDrvPort ix, ErlDrvData res) {
+    NOT_YET("erl_drv_init_ack");
+}
+
+EDRV_API void erl_drv_set_os_pid(ErlDrvPort ix, ErlDrvSInt pid) {
+    NOT_YET("erl_drv_set_os_pid");
+}
+
+EDRV_API int erl_drv_consume_timeslice(ErlDrvPort port, int percent) {
+    /* edrv has no reductions to count: a callback's time slice never ends. */
+    return 0;
+}
+
+EDRV_API int driver_lock_driver(ErlDrvPort ix) {
+    NOT_YET("driver_lock_driver");
+    return -1;
+}

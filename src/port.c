@@ -1,0 +1,738 @@
+/*
+ * port.c: ports, their callbacks, and the messages they send.
+ *
+ * A port is created by open_port on the emulator thread and lives in a table
+ * keyed by its number, so that any thread holding only a number (a host thread
+ * checking before port_command, a pool thread in erl_drv_output_term) can ask
+ * whether it is alive and who owns it. Only the emulator thread changes the
+ * table or a port, and only it calls the driver.
+ *
+ * Life of a port, as ERTS does it (checked against OTP 25):
+ *   STARTING  in `start`; output is delivered.
+ *   ALIVE     callbacks run; output is delivered.
+ *   EXITING   a failure or close was decided; output is dropped, a second
+ *             driver_failure returns -1. Linked processes get the exit signal.
+ *   STOPPING  in `stop`; output is delivered again (ERTS delivers it, after the
+ *             exit signal).
+ *   DEAD      gone from the table.
+ * A failure decided inside a callback is applied when the callback returns, so
+ * that `stop` never runs inside another callback of the same port.
+ *
+ * Messages: every message is written by one of the writers below through
+ * send_built, which sizes it, allocates it once and delivers it.
+ */
+#include "internal.h"
+
+#include <ei.h>
+#include <errno.h>
+#include <string.h>
+
+/* ---- the table (lock: ports.lock; writers: the emulator thread) ------------- */
+
+#define TOMB ((edrv_port_t *)1)
+
+static struct {
+    pthread_mutex_t lock;
+    edrv_port_t **slots;
+    size_t cap, used, live;
+    uint64_t next_id; /* never reused, even across restarts */
+} ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
+
+static size_t slot_of(uint64_t id, size_t cap) {
+    return (size_t)(id * 0x9E3779B97F4A7C15ull) & (cap - 1);
+}
+
+static edrv_port_t *lookup_locked(uint64_t id) {
+    if (!ports.cap)
+        return NULL;
+    for (size_t j = slot_of(id, ports.cap);; j = (j + 1) & (ports.cap - 1)) {
+        edrv_port_t *p = ports.slots[j];
+        if (!p)
+            return NULL;
+        if (p != TOMB && p->id == id)
+            return p;
+    }
+}
+
+static bool table_insert(edrv_port_t *pt) {
+    bool ok = true;
+    pthread_mutex_lock(&ports.lock);
+    if ((ports.used + 1) * 2 > ports.cap) {
+        size_t cap = ports.cap ? ports.cap * 2 : 64;
+        while (ports.live * 4 > cap)
+            cap *= 2;
+        edrv_port_t **t = edrv__calloc(EDRV_MEM_SYSTEM, cap * sizeof *t);
+        if (!t) {
+            ok = false;
+            goto out;
+        }
+        for (size_t i = 0; i < ports.cap; i++) {
+            edrv_port_t *q = ports.slots[i];
+            if (q && q != TOMB) {
+                size_t j = slot_of(q->id, cap);
+                while (t[j])
+                    j = (j + 1) & (cap - 1);
+                t[j] = q;
+            }
+        }
+        edrv__free(ports.slots);
+        ports.slots = t;
+        ports.cap = cap;
+        ports.used = ports.live;
+    }
+    pt->id = ports.next_id++;
+    size_t j = slot_of(pt->id, ports.cap);
+    while (ports.slots[j] && ports.slots[j] != TOMB)
+        j = (j + 1) & (ports.cap - 1);
+    if (!ports.slots[j])
+        ports.used++;
+    ports.slots[j] = pt;
+    ports.live++;
+out:
+    pthread_mutex_unlock(&ports.lock);
+    return ok;
+}
+
+static void table_remove(edrv_port_t *pt) {
+    pthread_mutex_lock(&ports.lock);
+    for (size_t j = slot_of(pt->id, ports.cap);; j = (j + 1) & (ports.cap - 1)) {
+        if (ports.slots[j] == pt) {
+            ports.slots[j] = TOMB;
+            break;
+        }
+    }
+    ports.live--;
+    pthread_mutex_unlock(&ports.lock);
+}
+
+void edrv__ports_reset(void) {
+    pthread_mutex_lock(&ports.lock);
+    edrv__free(ports.slots);
+    ports.slots = NULL;
+    ports.cap = ports.used = ports.live = 0;
+    pthread_mutex_unlock(&ports.lock);
+}
+
+int edrv__port_check(edrv_port id) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(id);
+    bool ever = id > 0 && id < ports.next_id;
+    port_state st = pt ? atomic_load(&pt->state) : PORT_DEAD;
+    pthread_mutex_unlock(&ports.lock);
+    if (st == PORT_ALIVE)
+        return 0;
+    if (!ever)
+        return edrv__fail(EDRV_ENOPORT, "#Port<0.%llu> does not exist", (unsigned long long)id);
+    return edrv__fail(EDRV_ECLOSED, "#Port<0.%llu> is closed", (unsigned long long)id);
+}
+
+/* The live port with this number, for the emulator thread. */
+static edrv_port_t *port_get(edrv_port id, int *err) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(id);
+    pthread_mutex_unlock(&ports.lock);
+    if (pt && atomic_load(&pt->state) == PORT_ALIVE)
+        return pt;
+    *err = edrv__port_check(id);
+    return NULL;
+}
+
+/* ---- messages ------------------------------------------------------------------ */
+
+typedef void (*msg_writer)(etf_w *w, const void *ctx);
+
+/* Writes a message with fn, sizing it first, and delivers it to pid.
+ * Returns 1 if delivered, 0 if pid is gone, -1 if out of memory. */
+static int send_built(uint64_t pid, msg_writer fn, const void *ctx) {
+    etf_w w = {NULL, 1};
+    fn(&w, ctx);
+    mbox_msg *m = edrv__msg_new((size_t)w.idx);
+    if (!m) {
+        edrv__warn("out of memory: a message to <0.%llu.0> is lost", (unsigned long long)pid);
+        return -1;
+    }
+    w = (etf_w){m->data, 0};
+    ei_encode_version(w.buf, &w.idx);
+    fn(&w, ctx);
+    return edrv__deliver(pid, m);
+}
+
+typedef struct {
+    const char *p;
+    size_t len;
+} seg;
+
+/* {Port, {data, D}}: the header bytes and the segments, as one list of bytes on
+ * a list port, or on a binary port as [H1, ..., Hn, <<S1>>, ... | <<Slast>>]
+ * (just the binary when there is nothing in front of it). */
+typedef struct {
+    uint64_t port;
+    bool binary;
+    const char *hdr;
+    size_t hlen;
+    const seg *segs;
+    int nsegs;
+} data_msg;
+
+static void write_bytes_as_list(etf_w *w, const data_msg *d, size_t total) {
+    if (total == 0) {
+        ei_encode_empty_list(w->buf, &w->idx);
+    } else if (total <= 0xffff) {
+        /* STRING_EXT: libei encodes it only from one contiguous buffer, and the
+         * bytes come in pieces, so its 3-byte head is written here. */
+        if (w->buf) {
+            char *o = w->buf + w->idx;
+            o[0] = (char)ERL_STRING_EXT;
+            o[1] = (char)(total >> 8);
+            o[2] = (char)(total & 0xff);
+            size_t at = 3;
+            memcpy(o + at, d->hdr, d->hlen);
+            at += d->hlen;
+            for (int i = 0; i < d->nsegs; i++) {
+                memcpy(o + at, d->segs[i].p, d->segs[i].len);
+                at += d->segs[i].len;
+            }
+        }
+        w->idx += 3 + (int)total;
+    } else {
+        ei_encode_list_header(w->buf, &w->idx, (int)total);
+        for (size_t k = 0; k < d->hlen; k++)
+            ei_encode_char(w->buf, &w->idx, (char)d->hdr[k]);
+        for (int i = 0; i < d->nsegs; i++)
+            for (size_t k = 0; k < d->segs[i].len; k++)
+                ei_encode_char(w->buf, &w->idx, d->segs[i].p[k]);
+        ei_encode_empty_list(w->buf, &w->idx);
+    }
+}
+
+static void write_data_msg(etf_w *w, const void *ctx) {
+    const data_msg *d = ctx;
+    ei_encode_tuple_header(w->buf, &w->idx, 2);
+    edrv__etf_port(w, d->port);
+    ei_encode_tuple_header(w->buf, &w->idx, 2);
+    ei_encode_atom(w->buf, &w->idx, "data");
+    if (!d->binary) {
+        size_t total = d->hlen;
+        for (int i = 0; i < d->nsegs; i++)
+            total += d->segs[i].len;
+        write_bytes_as_list(w, d, total);
+        return;
+    }
+    int front = (int)d->hlen + (d->nsegs > 0 ? d->nsegs - 1 : 0);
+    if (front)
+        ei_encode_list_header(w->buf, &w->idx, front);
+    for (size_t k = 0; k < d->hlen; k++)
+        ei_encode_char(w->buf, &w->idx, d->hdr[k]);
+    for (int i = 0; i + 1 < d->nsegs; i++)
+        ei_encode_binary(w->buf, &w->idx, d->segs[i].p, (long)d->segs[i].len);
+    if (d->nsegs)
+        ei_encode_binary(w->buf, &w->idx, d->segs[d->nsegs - 1].p, (long)d->segs[d->nsegs - 1].len);
+    else
+        ei_encode_binary(w->buf, &w->idx, "", 0);
+}
+
+/* Exit reasons: an atom or an integer. */
+typedef struct {
+    const char *atom; /* NULL: the integer */
+    long n;
+} reason;
+
+typedef struct {
+    uint64_t port;
+    reason r;
+} exit_msg;
+
+static void write_exit_msg(etf_w *w, const void *ctx) {
+    const exit_msg *e = ctx;
+    ei_encode_tuple_header(w->buf, &w->idx, 3);
+    ei_encode_atom(w->buf, &w->idx, "EXIT");
+    edrv__etf_port(w, e->port);
+    if (e->r.atom)
+        ei_encode_atom_len_as(w->buf, &w->idx, e->r.atom, (int)strlen(e->r.atom), ERLANG_LATIN1,
+                              ERLANG_UTF8);
+    else
+        ei_encode_long(w->buf, &w->idx, e->r.n);
+}
+
+static bool can_output(const edrv_port_t *pt) {
+    port_state st = atomic_load(&pt->state);
+    return st == PORT_ALIVE || st == PORT_STARTING || st == PORT_STOPPING;
+}
+
+static int output_data(edrv_port_t *pt, const char *hdr, size_t hlen, const seg *segs, int n) {
+    if (!pt || !can_output(pt))
+        return 0;
+    data_msg d = {pt->id, pt->binary, hdr, hlen, segs, n};
+    send_built(atomic_load(&pt->owner), write_data_msg, &d);
+    return 0;
+}
+
+/* ---- termination ------------------------------------------------------------------ */
+
+static void enter(edrv_port_t *pt, uint64_t caller) {
+    pt->in_callback++;
+    pt->caller = caller;
+}
+
+static void finish_exit(edrv_port_t *pt);
+
+static void leave(edrv_port_t *pt) {
+    if (--pt->in_callback == 0 && pt->exit_pending)
+        finish_exit(pt);
+}
+
+/* Decides the end of a port. The exit signal goes out at once (ERTS sends it
+ * before stop runs); stop runs now, or when the current callback returns. */
+static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) {
+    port_state st = atomic_load(&pt->state);
+    if (st != PORT_ALIVE && st != PORT_STARTING)
+        return -1;
+    atomic_store(&pt->state, PORT_EXITING);
+    if (unlink_owner)
+        pt->linked = false;
+    if (signal && pt->linked) {
+        exit_msg e = {pt->id, r};
+        send_built(atomic_load(&pt->owner), write_exit_msg, &e);
+    }
+    pt->exit_pending = true;
+    if (pt->in_callback == 0)
+        finish_exit(pt);
+    return 0;
+}
+
+/* Runs stop and frees the port. The port was started (it has driver data). */
+static void finish_exit(edrv_port_t *pt) {
+    pt->exit_pending = false;
+    atomic_store(&pt->state, PORT_STOPPING);
+    if (pt->drv->entry->stop) {
+        pt->in_callback++;
+        pt->drv->entry->stop(pt->data);
+        pt->in_callback--;
+    }
+    atomic_store(&pt->state, PORT_DEAD);
+    table_remove(pt);
+    edrv_driver *d = pt->drv;
+    edrv__free(pt);
+    edrv__driver_port_gone(d);
+}
+
+/* ---- requests from the host (emulator thread) ----------------------------------------- */
+
+int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out) {
+    size_t name_len = strcspn(command, " ");
+    edrv_driver *d = edrv__driver_find(command, name_len);
+    if (!d || d->unload_pending)
+        return edrv__fail(EDRV_ENODRIVER, "no driver named '%.*s' is loaded", (int)name_len,
+                          command);
+    edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
+    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
+    if (!pt || !cmd || !table_insert(pt)) {
+        edrv__free(pt);
+        edrv__free(cmd);
+        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
+    }
+    pt->drv = d;
+    pt->binary = flags & EDRV_PORT_BINARY;
+    pt->linked = true;
+    atomic_store(&pt->owner, p->pid);
+    atomic_store(&pt->state, PORT_STARTING);
+    d->ports++;
+
+    enter(pt, p->pid);
+    errno = 0;
+    ErlDrvData data = d->entry->start ? d->entry->start(pt, cmd) : NULL;
+    int err = errno;
+    pt->in_callback--;
+    edrv__free(cmd);
+
+    int rc = 0;
+    if (data == ERL_DRV_ERROR_GENERAL)
+        rc = edrv__fail(-EINVAL, "%s: start failed (ERL_DRV_ERROR_GENERAL)", d->name);
+    else if (data == ERL_DRV_ERROR_ERRNO)
+        rc = edrv__fail(err > 0 ? -err : -EINVAL, "%s: start failed: %s", d->name,
+                        err > 0 ? erl_errno_id(err) : "errno not set");
+    else if (data == ERL_DRV_ERROR_BADARG)
+        rc = edrv__fail(EDRV_EBADARG, "%s: start failed (ERL_DRV_ERROR_BADARG)", d->name);
+    if (rc < 0) {
+        /* Never started, so stop does not run; nothing reaches the owner. */
+        atomic_store(&pt->state, PORT_DEAD);
+        table_remove(pt);
+        edrv__free(pt);
+        edrv__driver_port_gone(d);
+        return rc;
+    }
+    pt->data = data;
+    port_state starting = PORT_STARTING;
+    atomic_compare_exchange_strong(&pt->state, &starting, PORT_ALIVE);
+    *out = pt->id;
+    if (pt->exit_pending) /* start called driver_failure */
+        finish_exit(pt);
+    return 0;
+}
+
+int edrv__port_command(edrv_proc *p, edrv_port id, char *bin_ptr, size_t len) {
+    ErlDrvBinary *bin = (ErlDrvBinary *)bin_ptr;
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt) {
+        /* The port died after the sender's check: the data is dropped, as in
+         * ERTS; the sender was already told it was sent. */
+        driver_free_binary(bin);
+        return 0;
+    }
+    const ErlDrvEntry *e = pt->drv->entry;
+    enter(pt, p->pid);
+    if (e->outputv) {
+        /* As ERTS, the first element is left empty for a header. */
+        SysIOVec iov[2] = {{NULL, 0}, {bin->orig_bytes, len}};
+        ErlDrvBinary *binv[2] = {NULL, bin};
+        ErlIOVec ev = {len ? 2 : 1, len, iov, binv};
+        e->outputv(pt->data, &ev);
+    } else if (e->output) {
+        e->output(pt->data, bin->orig_bytes, len);
+    } else {
+        edrv__warn("%s: port_command to a driver with neither output nor outputv", pt->drv->name);
+    }
+    leave(pt);
+    driver_free_binary(bin);
+    return 0;
+}
+
+int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+                       edrv_reply *reply) {
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt)
+        return err;
+    const ErlDrvEntry *e = pt->drv->entry;
+    if (!e->control)
+        return edrv__fail(EDRV_EBADARG, "%s has no control callback", pt->drv->name);
+    /* The driver gets its own copy: it may write into it. */
+    char *copy = edrv__alloc(EDRV_MEM_SYSTEM, len ? len : 1);
+    if (!copy)
+        return edrv__fail(EDRV_ENOMEM, "out of memory for control data");
+    if (len)
+        memcpy(copy, data, len);
+    char buf[64];
+    char *rbuf = buf;
+    enter(pt, p->pid);
+    ErlDrvSSizeT n = e->control(pt->data, op, copy, len, &rbuf, sizeof buf);
+    int flags = pt->control_flags;
+    const char *name = pt->drv->name;
+    leave(pt); /* pt may be gone from here on */
+    edrv__free(copy);
+
+    if (n < 0) {
+        if (rbuf && rbuf != buf)
+            (flags & PORT_CONTROL_FLAG_BINARY ? driver_free_binary((ErlDrvBinary *)rbuf)
+                                              : driver_free(rbuf));
+        return edrv__fail(EDRV_EBADARG, "%s: control %u returned %zd", name, op, (ssize_t)n);
+    }
+    if (!rbuf) {
+        reply->kind = EDRV_REPLY_NIL;
+        return 0;
+    }
+    const char *src = rbuf;
+    size_t rlen = (size_t)n;
+    if (rbuf == buf && rlen > sizeof buf)
+        return edrv__fail(EDRV_EBADARG, "%s: control %u returned %zu bytes in its %zu-byte buffer",
+                          name, op, rlen, sizeof buf);
+    if (flags & PORT_CONTROL_FLAG_BINARY && rbuf != buf) {
+        /* The driver handed over a binary: all of it is the reply. */
+        src = ((ErlDrvBinary *)rbuf)->orig_bytes;
+        rlen = (size_t)((ErlDrvBinary *)rbuf)->orig_size;
+    }
+    reply->kind = flags & PORT_CONTROL_FLAG_BINARY ? EDRV_REPLY_BINARY : EDRV_REPLY_LIST;
+    reply->data = edrv__alloc(EDRV_MEM_MESSAGE, rlen ? rlen : 1);
+    if (reply->data) {
+        memcpy(reply->data, src, rlen);
+        reply->len = rlen;
+    }
+    if (rbuf != buf)
+        (flags & PORT_CONTROL_FLAG_BINARY ? driver_free_binary((ErlDrvBinary *)rbuf)
+                                          : driver_free(rbuf));
+    if (!reply->data) {
+        reply->kind = EDRV_REPLY_NONE;
+        return edrv__fail(EDRV_ENOMEM, "out of memory for a control reply");
+    }
+    return 0;
+}
+
+/* Length of the one term at the start of buf (version byte included), or -1. */
+static int etf_term_len(const char *buf, size_t len) {
+    int idx = 0, ver;
+    if (len < 2 || len > INT32_MAX || (unsigned char)buf[0] != 131 ||
+        ei_decode_version(buf, &idx, &ver) < 0 || ei_skip_term(buf, &idx) < 0 ||
+        (size_t)idx > len)
+        return -1;
+    return idx;
+}
+
+int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+                    edrv_reply *reply) {
+    if (etf_term_len(data, len) != (int)len)
+        return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt)
+        return err;
+    const ErlDrvEntry *e = pt->drv->entry;
+    if (!e->call)
+        return edrv__fail(EDRV_EBADARG, "%s has no call callback", pt->drv->name);
+    char *copy = edrv__alloc(EDRV_MEM_SYSTEM, len);
+    if (!copy)
+        return edrv__fail(EDRV_ENOMEM, "out of memory for call data");
+    memcpy(copy, data, len);
+    char buf[255];
+    char *rbuf = buf;
+    unsigned int rflags = 0;
+    enter(pt, p->pid);
+    ErlDrvSSizeT n = e->call(pt->data, op, copy, len, &rbuf, sizeof buf, &rflags);
+    const char *name = pt->drv->name;
+    leave(pt);
+    edrv__free(copy);
+
+    int rc = 0;
+    int tlen = n > 0 && rbuf ? etf_term_len(rbuf, (size_t)n) : -1;
+    if (n < 0)
+        rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd", name, op, (ssize_t)n);
+    else if (rbuf == buf && (size_t)n > sizeof buf)
+        rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd bytes in its %zu-byte buffer",
+                        name, op, (ssize_t)n, sizeof buf);
+    else if (tlen < 0)
+        rc = edrv__fail(EDRV_EBADARG, "%s: call %u replied with bytes that are not a term", name,
+                        op);
+    else if (!(reply->data = edrv__alloc(EDRV_MEM_MESSAGE, (size_t)tlen)))
+        rc = edrv__fail(EDRV_ENOMEM, "out of memory for a call reply");
+    if (rc == 0) {
+        memcpy(reply->data, rbuf, (size_t)tlen);
+        reply->len = (size_t)tlen;
+        reply->kind = EDRV_REPLY_TERM;
+    }
+    if (rbuf && rbuf != buf && !(rflags & DRIVER_CALL_KEEP_BUFFER))
+        driver_free(rbuf);
+    return rc;
+}
+
+int edrv__port_close(edrv_proc *p, edrv_port id) {
+    (void)p; /* any process may close a port with port_close/1 */
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt)
+        return err;
+    port_exit(pt, (reason){"normal", 0}, false, true);
+    return 0;
+}
+
+/* The ids of the ports matching pid (0: all), for a pass that may close them. */
+static uint64_t *collect_ports(uint64_t pid, size_t *n) {
+    pthread_mutex_lock(&ports.lock);
+    uint64_t *ids = edrv__alloc(EDRV_MEM_SYSTEM, (ports.live ? ports.live : 1) * sizeof *ids);
+    *n = 0;
+    for (size_t i = 0; ids && i < ports.cap; i++) {
+        edrv_port_t *pt = ports.slots[i];
+        if (pt && pt != TOMB && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)))
+            ids[(*n)++] = pt->id;
+    }
+    pthread_mutex_unlock(&ports.lock);
+    return ids;
+}
+
+static void close_ports_of(uint64_t pid, bool signal) {
+    size_t n;
+    uint64_t *ids = collect_ports(pid, &n);
+    if (!ids) {
+        edrv__warn("out of memory: cannot close the ports of <0.%llu.0>", (unsigned long long)pid);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int err;
+        edrv_port_t *pt = port_get(ids[i], &err);
+        if (pt)
+            port_exit(pt, (reason){"normal", 0}, !signal, signal);
+    }
+    edrv__free(ids);
+}
+
+void edrv__ports_of_proc_exit(uint64_t pid) {
+    /* The owner is gone: the exit signal has no one to reach. */
+    close_ports_of(pid, false);
+}
+
+void edrv__ports_close_all(void) {
+    close_ports_of(0, false);
+}
+
+uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(port_id);
+    uint64_t owner = 0;
+    if (pt) {
+        *closing = !can_output(pt);
+        owner = atomic_load(&pt->owner);
+    }
+    pthread_mutex_unlock(&ports.lock);
+    return owner;
+}
+
+/* ---- the driver interface: output ------------------------------------------------------ */
+
+EDRV_API int driver_output(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
+    seg s = {buf, len};
+    return output_data(port, NULL, 0, &s, 1);
+}
+
+EDRV_API int driver_output2(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, char *buf,
+                            ErlDrvSizeT len) {
+    seg s = {buf, len};
+    return output_data(port, hbuf, hlen, &s, 1);
+}
+
+EDRV_API int driver_output_binary(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen,
+                                  ErlDrvBinary *bin, ErlDrvSizeT offset, ErlDrvSizeT len) {
+    if (!bin || offset > (ErlDrvSizeT)bin->orig_size || len > (ErlDrvSizeT)bin->orig_size - offset) {
+        edrv__warn("driver_output_binary: offset %zu and length %zu outside the binary", offset, len);
+        return 0;
+    }
+    seg s = {bin->orig_bytes + offset, len};
+    return output_data(port, hbuf, hlen, &s, 1);
+}
+
+EDRV_API int driver_outputv(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, ErlIOVec *ev,
+                            ErlDrvSizeT skip) {
+    if (!ev || ev->vsize < 0)
+        return 0;
+    /* The segments after `skip` bytes, empty ones left out. */
+    seg small[16] = {{0}};
+    seg *segs = ev->vsize <= 16 ? small : edrv__alloc(EDRV_MEM_SYSTEM, (size_t)ev->vsize * sizeof *segs);
+    if (!segs)
+        return 0;
+    int n = 0;
+    for (int i = 0; i < ev->vsize; i++) {
+        size_t l = ev->iov[i].iov_len;
+        const char *b = ev->iov[i].iov_base;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        b += skip;
+        l -= skip;
+        skip = 0;
+        segs[n++] = (seg){b, l};
+    }
+    output_data(port, hbuf, hlen, segs, n);
+    if (segs != small)
+        edrv__free(segs);
+    return 0;
+}
+
+EDRV_API ErlDrvSizeT driver_vec_to_buf(ErlIOVec *ev, char *buf, ErlDrvSizeT len) {
+    ErlDrvSizeT done = 0;
+    for (int i = 0; ev && i < ev->vsize && done < len; i++) {
+        size_t l = ev->iov[i].iov_len < len - done ? ev->iov[i].iov_len : len - done;
+        memcpy(buf + done, ev->iov[i].iov_base, l);
+        done += l;
+    }
+    return done;
+}
+
+/* Term output: erl_drv_output_term/erl_drv_send_term take the port as a term,
+ * so they resolve it through the table; any thread may call them. */
+static int send_spec(ErlDrvTermData port, bool to_owner, ErlDrvTermData to,
+                     ErlDrvTermData *spec, int n) {
+    if (TD_TAG(port) != TD_PORT)
+        return -1;
+    bool closing = false;
+    uint64_t owner = edrv__port_owner_of(TD_VAL(port), &closing);
+    if (!owner)
+        return -1; /* no such port */
+    char *buf;
+    size_t len;
+    if (edrv__spec_to_msg(spec, n, &buf, &len) < 0)
+        return -1;
+    uint64_t pid = to_owner ? owner : TD_TAG(to) == TD_PID ? TD_VAL(to) : 0;
+    int rc = 0;
+    if (!closing && pid) {
+        mbox_msg *m = edrv__msg_new(len);
+        if (m) {
+            memcpy(m->data, buf, len);
+            rc = edrv__deliver(pid, m);
+        }
+    }
+    edrv__free(buf);
+    return rc;
+}
+
+EDRV_API int erl_drv_output_term(ErlDrvTermData port, ErlDrvTermData *data, int len) {
+    return send_spec(port, true, 0, data, len);
+}
+
+EDRV_API int erl_drv_send_term(ErlDrvTermData port, ErlDrvTermData to, ErlDrvTermData *data,
+                               int len) {
+    return send_spec(port, false, to, data, len);
+}
+
+EDRV_API int driver_output_term(ErlDrvPort ix, ErlDrvTermData *data, int len) {
+    return ix ? send_spec(TD_MAKE(TD_PORT, ix->id), true, 0, data, len) : -1;
+}
+
+EDRV_API int driver_send_term(ErlDrvPort ix, ErlDrvTermData to, ErlDrvTermData *data, int len) {
+    return ix ? send_spec(TD_MAKE(TD_PORT, ix->id), false, to, data, len) : -1;
+}
+
+/* ---- the driver interface: port identity and flags --------------------------------------- */
+
+EDRV_API ErlDrvTermData driver_mk_port(ErlDrvPort port) {
+    return port ? TD_MAKE(TD_PORT, port->id) : 0;
+}
+
+EDRV_API ErlDrvTermData driver_connected(ErlDrvPort port) {
+    return port ? TD_MAKE(TD_PID, atomic_load(&port->owner)) : 0;
+}
+
+EDRV_API ErlDrvTermData driver_caller(ErlDrvPort port) {
+    return port ? TD_MAKE(TD_PID, port->caller) : 0;
+}
+
+EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {
+    return port ? (unsigned int)port->id : 0;
+}
+
+EDRV_API void set_port_control_flags(ErlDrvPort port, int flags) {
+    if (port)
+        port->control_flags = flags;
+}
+
+EDRV_API int get_port_flags(ErlDrvPort port) {
+    return port && port->binary ? PORT_FLAG_BINARY : 0;
+}
+
+/* ---- the driver interface: failures ------------------------------------------------------- */
+
+EDRV_API int driver_failure_atom(ErlDrvPort port, char *string) {
+    ErlDrvTermData a = string ? driver_mk_atom(string) : 0;
+    const char *name = a ? edrv__atom_name(a) : "driver_failure_atom";
+    return port ? port_exit(port, (reason){name, 0}, false, true) : -1;
+}
+
+EDRV_API int driver_failure_posix(ErlDrvPort port, int error) {
+    return port ? port_exit(port, (reason){erl_errno_id(error), 0}, false, true) : -1;
+}
+
+EDRV_API int driver_failure_eof(ErlDrvPort port) {
+    return port ? port_exit(port, (reason){"normal", 0}, false, true) : -1;
+}
+
+EDRV_API int driver_failure(ErlDrvPort port, int error) {
+    if (!port)
+        return -1;
+    return error == 0 ? port_exit(port, (reason){"normal", 0}, false, true)
+                      : port_exit(port, (reason){NULL, error}, false, true);
+}
+
+EDRV_API int driver_exit(ErlDrvPort port, int err) {
+    /* The owner is unlinked first, so no exit signal reaches it. */
+    if (!port)
+        return -1;
+    return port_exit(port, (reason){err ? erl_errno_id(err) : "normal", 0}, true, true);
+}

@@ -1,0 +1,228 @@
+/*
+ * proc.c: processes and their mailboxes.
+ *
+ * A process is a pid and a FIFO of ETF messages. The table maps pids to
+ * processes so that any thread holding only a pid (a driver on a pool thread
+ * with the ErlDrvTermData of driver_caller, say) can deliver to it, and so that
+ * a message to a process that has ended is dropped rather than touching freed
+ * memory: delivery holds the table's read lock, and edrv_proc_free removes the
+ * process under the write lock before freeing it.
+ *
+ * Lock order: procs_lock (read or write) -> proc->lock.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <time.h>
+
+static pthread_rwlock_t procs_lock = PTHREAD_RWLOCK_INITIALIZER;
+static edrv_proc **procs; /* open addressing on pid; NULL empty, TOMB removed */
+static size_t procs_cap, procs_used; /* used: slots taken, tombstones too */
+static size_t procs_live;
+static uint64_t next_pid = 1;
+
+#define TOMB ((edrv_proc *)1)
+
+static size_t slot_of(uint64_t pid, size_t cap) {
+    return (size_t)(pid * 0x9E3779B97F4A7C15ull) & (cap - 1);
+}
+
+static edrv_proc *lookup(uint64_t pid) {
+    if (!procs_cap)
+        return NULL;
+    for (size_t j = slot_of(pid, procs_cap);; j = (j + 1) & (procs_cap - 1)) {
+        edrv_proc *p = procs[j];
+        if (!p)
+            return NULL;
+        if (p != TOMB && p->pid == pid)
+            return p;
+    }
+}
+
+static bool insert(edrv_proc *p) {
+    if ((procs_used + 1) * 2 > procs_cap) {
+        size_t cap = procs_cap ? procs_cap * 2 : 64;
+        edrv_proc **t = edrv__calloc(EDRV_MEM_SYSTEM, cap * sizeof *t);
+        if (!t)
+            return false;
+        procs_used = 0;
+        for (size_t i = 0; i < procs_cap; i++) {
+            edrv_proc *q = procs[i];
+            if (q && q != TOMB) {
+                size_t j = slot_of(q->pid, cap);
+                while (t[j])
+                    j = (j + 1) & (cap - 1);
+                t[j] = q;
+                procs_used++;
+            }
+        }
+        edrv__free(procs);
+        procs = t;
+        procs_cap = cap;
+    }
+    size_t j = slot_of(p->pid, procs_cap);
+    while (procs[j] && procs[j] != TOMB)
+        j = (j + 1) & (procs_cap - 1);
+    if (!procs[j])
+        procs_used++;
+    procs[j] = p;
+    return true;
+}
+
+static void remove_proc(edrv_proc *p) {
+    for (size_t j = slot_of(p->pid, procs_cap);; j = (j + 1) & (procs_cap - 1)) {
+        if (procs[j] == p) {
+            procs[j] = TOMB;
+            return;
+        }
+    }
+}
+
+EDRV_API edrv_proc *edrv_proc_new(void) {
+    edrv_proc *p = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *p);
+    if (!p) {
+        edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
+        return NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_rwlock_wrlock(&procs_lock);
+    p->pid = next_pid++;
+    bool ok = insert(p);
+    if (ok)
+        procs_live++;
+    pthread_rwlock_unlock(&procs_lock);
+    if (!ok) {
+        pthread_mutex_destroy(&p->lock);
+        pthread_cond_destroy(&p->cond);
+        edrv__free(p);
+        edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
+        return NULL;
+    }
+    return p;
+}
+
+EDRV_API void edrv_proc_free(edrv_proc *p) {
+    if (!p)
+        return;
+    pthread_rwlock_wrlock(&procs_lock);
+    remove_proc(p);
+    if (--procs_live == 0) {
+        /* The last process gone: give the table back so nothing is left. */
+        edrv__free(procs);
+        procs = NULL;
+        procs_cap = procs_used = 0;
+    }
+    pthread_rwlock_unlock(&procs_lock);
+    /* Ports linked to it die with it, as ports die with their owner. */
+    edrv__proc_exited(p->pid);
+    for (mbox_msg *m = p->head, *n; m; m = n) {
+        n = m->next;
+        edrv__msg_drop(m);
+    }
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->cond);
+    edrv__free(p);
+}
+
+EDRV_API uint64_t edrv_proc_pid(const edrv_proc *p) {
+    return p ? p->pid : 0;
+}
+
+EDRV_API ErlDrvTermData edrv_proc_term(const edrv_proc *p) {
+    return p ? TD_MAKE(TD_PID, p->pid) : 0;
+}
+
+bool edrv__proc_alive(uint64_t pid) {
+    pthread_rwlock_rdlock(&procs_lock);
+    bool alive = lookup(pid) != NULL;
+    pthread_rwlock_unlock(&procs_lock);
+    return alive;
+}
+
+mbox_msg *edrv__msg_new(size_t len) {
+    mbox_msg *m = edrv__alloc(EDRV_MEM_MESSAGE, sizeof *m + len);
+    if (m) {
+        m->next = NULL;
+        m->len = len;
+    }
+    return m;
+}
+
+void edrv__msg_drop(mbox_msg *m) {
+    edrv__free(m);
+}
+
+int edrv__deliver(uint64_t pid, mbox_msg *m) {
+    pthread_rwlock_rdlock(&procs_lock);
+    edrv_proc *p = lookup(pid);
+    if (!p) {
+        pthread_rwlock_unlock(&procs_lock);
+        edrv__msg_drop(m);
+        return 0;
+    }
+    pthread_mutex_lock(&p->lock);
+    m->next = NULL;
+    if (p->tail)
+        p->tail->next = m;
+    else
+        p->head = m;
+    p->tail = m;
+    p->count++;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    pthread_rwlock_unlock(&procs_lock);
+    return 1;
+}
+
+EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
+    if (!p || !msg)
+        return edrv__fail(EDRV_EINVAL, "edrv_receive: NULL process or message");
+    msg->data = NULL;
+    msg->len = 0;
+    struct timespec deadline;
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&p->lock);
+    while (!p->head && timeout_ms != 0) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&p->cond, &p->lock);
+        } else if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    mbox_msg *m = p->head;
+    if (m) {
+        p->head = m->next;
+        if (!p->head)
+            p->tail = NULL;
+        p->count--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (!m)
+        return edrv__fail(EDRV_ETIMEDOUT, "no message within %ld ms", timeout_ms);
+    /* The message's bytes are handed out in place: data points into the block,
+     * and edrv_msg_free finds the block again from it. */
+    msg->data = m->data;
+    msg->len = m->len;
+    return 0;
+}
+
+EDRV_API void edrv_msg_free(edrv_msg *msg) {
+    if (!msg || !msg->data)
+        return;
+    edrv__msg_drop((mbox_msg *)(msg->data - offsetof(mbox_msg, data)));
+    msg->data = NULL;
+    msg->len = 0;
+}
