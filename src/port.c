@@ -736,3 +736,10 @@ EDRV_API int driver_exit(ErlDrvPort port, int err) {
         return -1;
     return port_exit(port, (reason){err ? erl_errno_id(err) : "normal", 0}, true, true);
 }
+
+EDRV_API void edrv_reply_free(edrv_reply *reply) {
+    if (!reply)
+        return;
+    edrv__free(reply->data);
+    *reply = (edrv_reply){0};
+}

@@ -1,0 +1,407 @@
+/*
+ * tdrv: the test driver of the port and message tests. Built against OTP's
+ * erl_driver.h alone, so the same .so runs in erl and in edrv; the
+ * differential tests do exactly that.
+ *
+ * Behaviour is chosen by port_control op codes (see the TD_* list below); the
+ * command data is the argument. Built twice: "tdrv" with an output callback,
+ * and "tdrvv" (-DTDRV_OUTPUTV) with outputv, which reports the ErlIOVec it got.
+ * The start command's words select start failures: "tdrv general", "tdrv
+ * errno", "tdrv badarg", "tdrv fail" (driver_failure_atom inside start).
+ */
+#include <erl_driver.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef TDRV_OUTPUTV
+#define TDRV_NAME "tdrvv"
+#else
+#define TDRV_NAME "tdrv"
+#endif
+
+enum {
+    TD_ECHO = 1,          /* reply with the data */
+    TD_SET_BINARY = 2,    /* set_port_control_flags(PORT_CONTROL_FLAG_BINARY) */
+    TD_CLEAR_FLAGS = 3,   /* set_port_control_flags(0) */
+    TD_NULL_RBUF = 4,     /* *rbuf = NULL */
+    TD_NEGATIVE = 5,      /* return -1 */
+    TD_BIG = 6,           /* a 200-byte reply in a driver buffer or binary */
+    TD_OUTPUT = 10,       /* driver_output(data) */
+    TD_OUTPUT2 = 11,      /* driver_output2: data[0] is the header length */
+    TD_OUTPUT_BINARY = 12,/* driver_output_binary("hd", bin(data), 1, len - 2) */
+    TD_OUTPUTV = 13,      /* driver_outputv("hd", [first half, second half], skip data[0]) */
+    TD_OUTPUT_IN_CONTROL = 14, /* output "out", reply "rep" */
+    TD_FAIL_EOF = 20,
+    TD_FAIL_ATOM = 21,    /* data is the atom */
+    TD_FAIL_POSIX = 22,   /* data[0] is the errno */
+    TD_FAIL = 23,         /* data[0] is the error */
+    TD_EXIT = 24,         /* data[0] is the error */
+    TD_FAIL_SANDWICH = 25,/* output "x", fail "boom", output "y" */
+    TD_FAIL_TWICE = 26,   /* reply with the two returns of driver_failure_atom */
+    TD_TERM = 30,         /* erl_drv_output_term of spec number data[0] */
+    TD_BAD_TERM = 31,     /* reply with the return for bad spec data[0] */
+    TD_SEND_CALLER = 32,  /* erl_drv_send_term to driver_caller: {hello, Port} */
+    TD_SEND_ATOM = 33,    /* erl_drv_send_term with an atom as receiver */
+    TD_CALLERS = 40,      /* {callers, StartCaller, ControlCaller, Connected} */
+    TD_STOP_TERM = 41,    /* stop will send from_stop with output_term */
+    TD_PORT_FLAGS = 42,   /* reply with get_port_flags as a decimal */
+};
+
+typedef struct {
+    ErlDrvPort port;
+    ErlDrvTermData start_caller;
+    int term_in_stop;
+} tdrv;
+
+static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
+    if (strstr(cmd, " general"))
+        return ERL_DRV_ERROR_GENERAL;
+    if (strstr(cmd, " errno")) {
+        errno = ENOENT;
+        return ERL_DRV_ERROR_ERRNO;
+    }
+    if (strstr(cmd, " badarg"))
+        return ERL_DRV_ERROR_BADARG;
+    tdrv *t = driver_alloc(sizeof *t);
+    if (!t)
+        return ERL_DRV_ERROR_GENERAL;
+    t->port = port;
+    t->start_caller = driver_caller(port);
+    t->term_in_stop = 0;
+    if (strstr(cmd, " hello"))
+        driver_output(port, "hello", 5);
+    return (ErlDrvData)t;
+}
+
+static void td_stop(ErlDrvData d) {
+    tdrv *t = (tdrv *)d;
+    if (t->term_in_stop) {
+        ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("from_stop")};
+        erl_drv_output_term(driver_mk_port(t->port), spec, 2);
+    }
+    driver_free(t);
+}
+
+#ifdef TDRV_OUTPUTV
+/* Reports the vector: {outputv, VSize, Size, [Len0, Len1, ...], Data}. */
+static void td_outputv(ErlDrvData d, ErlIOVec *ev) {
+    tdrv *t = (tdrv *)d;
+    ErlDrvTermData spec[16 + 2 * 8];
+    int n = 0;
+    char flat[256];
+    ErlDrvSizeT len = driver_vec_to_buf(ev, flat, sizeof flat);
+    spec[n++] = ERL_DRV_ATOM; spec[n++] = driver_mk_atom("outputv");
+    spec[n++] = ERL_DRV_INT; spec[n++] = (ErlDrvTermData)ev->vsize;
+    spec[n++] = ERL_DRV_INT; spec[n++] = (ErlDrvTermData)ev->size;
+    int k = ev->vsize < 8 ? ev->vsize : 8;
+    for (int i = 0; i < k; i++) {
+        spec[n++] = ERL_DRV_UINT;
+        spec[n++] = (ErlDrvTermData)ev->iov[i].iov_len;
+    }
+    spec[n++] = ERL_DRV_NIL;
+    spec[n++] = ERL_DRV_LIST; spec[n++] = (ErlDrvTermData)k + 1;
+    spec[n++] = ERL_DRV_BUF2BINARY; spec[n++] = (ErlDrvTermData)flat; spec[n++] = len;
+    spec[n++] = ERL_DRV_TUPLE; spec[n++] = 5;
+    erl_drv_output_term(driver_mk_port(t->port), spec, n);
+}
+#else
+static void td_output(ErlDrvData d, char *buf, ErlDrvSizeT len) {
+    tdrv *t = (tdrv *)d;
+    driver_output2(t->port, "out:", 4, buf, len);
+}
+#endif
+
+/* Term specs for TD_TERM, covering every tag. */
+static int term_spec(tdrv *t, int which, ErlDrvTermData *s, ErlDrvBinary *bin, double *f,
+                     ErlDrvSInt64 *i64, ErlDrvUInt64 *u64, char *ext) {
+    int n = 0;
+    ErlDrvTermData port = driver_mk_port(t->port);
+    switch (which) {
+    case 0: /* {ok, Port} */
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("ok");
+        s[n++] = ERL_DRV_PORT; s[n++] = port;
+        s[n++] = ERL_DRV_TUPLE; s[n++] = 2;
+        break;
+    case 1: /* [1, -1, 4294967295, 1.5, -9007199254740993, 18446744073709551615] */
+        s[n++] = ERL_DRV_INT; s[n++] = (ErlDrvTermData)1;
+        s[n++] = ERL_DRV_INT; s[n++] = (ErlDrvTermData)(ErlDrvSInt)-1;
+        s[n++] = ERL_DRV_UINT; s[n++] = (ErlDrvTermData)4294967295u;
+        s[n++] = ERL_DRV_FLOAT; s[n++] = (ErlDrvTermData)f;
+        s[n++] = ERL_DRV_INT64; s[n++] = (ErlDrvTermData)i64;
+        s[n++] = ERL_DRV_UINT64; s[n++] = (ErlDrvTermData)u64;
+        s[n++] = ERL_DRV_NIL;
+        s[n++] = ERL_DRV_LIST; s[n++] = 7;
+        break;
+    case 2: /* {<<"inary">>, <<"buf">>, "str", [104,105|tail], [], {}} */
+        s[n++] = ERL_DRV_BINARY; s[n++] = (ErlDrvTermData)bin; s[n++] = 5; s[n++] = 1;
+        s[n++] = ERL_DRV_BUF2BINARY; s[n++] = (ErlDrvTermData) "buf"; s[n++] = 3;
+        s[n++] = ERL_DRV_STRING; s[n++] = (ErlDrvTermData) "str"; s[n++] = 3;
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("tail");
+        s[n++] = ERL_DRV_STRING_CONS; s[n++] = (ErlDrvTermData) "hi"; s[n++] = 2;
+        s[n++] = ERL_DRV_NIL;
+        s[n++] = ERL_DRV_TUPLE; s[n++] = 0;
+        s[n++] = ERL_DRV_TUPLE; s[n++] = 6;
+        break;
+    case 3: /* #{a => 1, b => [ext term]} with EXT2TERM and a caller pid */
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("a");
+        s[n++] = ERL_DRV_INT; s[n++] = 1;
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("b");
+        s[n++] = ERL_DRV_EXT2TERM; s[n++] = (ErlDrvTermData)ext; s[n++] = 9;
+        s[n++] = ERL_DRV_PID; s[n++] = driver_caller(t->port);
+        s[n++] = ERL_DRV_NIL;
+        s[n++] = ERL_DRV_LIST; s[n++] = 3;
+        s[n++] = ERL_DRV_MAP; s[n++] = 2;
+        break;
+    case 4: /* an improper list [a | b] and an empty STRING_CONS */
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("a");
+        s[n++] = ERL_DRV_ATOM; s[n++] = driver_mk_atom("b");
+        s[n++] = ERL_DRV_LIST; s[n++] = 2;
+        s[n++] = ERL_DRV_NIL;
+        s[n++] = ERL_DRV_STRING_CONS; s[n++] = (ErlDrvTermData) ""; s[n++] = 0;
+        s[n++] = ERL_DRV_TUPLE; s[n++] = 2;
+        break;
+    case 5: { /* a long list built with LIST: 1000 integers */
+        for (int i = 0; i < 1000; i++) {
+            s[n++] = ERL_DRV_INT;
+            s[n++] = (ErlDrvTermData)i;
+        }
+        s[n++] = ERL_DRV_NIL;
+        s[n++] = ERL_DRV_LIST; s[n++] = 1001;
+        break;
+    }
+    }
+    return n;
+}
+
+static int bad_spec(tdrv *t, int which) {
+    ErlDrvTermData port = driver_mk_port(t->port);
+    ErlDrvTermData two[] = {ERL_DRV_ATOM, driver_mk_atom("a"), ERL_DRV_ATOM, driver_mk_atom("b")};
+    ErlDrvTermData unknown[] = {99, 0};
+    ErlDrvTermData short_tuple[] = {ERL_DRV_NIL, ERL_DRV_TUPLE, 3};
+    ErlDrvTermData short_list[] = {ERL_DRV_NIL, ERL_DRV_LIST, 3};
+    ErlDrvTermData no_arg[] = {ERL_DRV_ATOM};
+    char bad_ext[] = {(char)131, (char)255, 7};
+    ErlDrvTermData ext[] = {ERL_DRV_EXT2TERM, (ErlDrvTermData)bad_ext, 3};
+    switch (which) {
+    case 0: return erl_drv_output_term(port, two, 4);
+    case 1: return erl_drv_output_term(port, unknown, 2);
+    case 2: return erl_drv_output_term(port, short_tuple, 3);
+    case 3: return erl_drv_output_term(port, short_list, 3);
+    case 4: return erl_drv_output_term(port, two, 0);
+    case 5: return erl_drv_output_term(port, no_arg, 1);
+    case 6: return erl_drv_output_term(port, ext, 3);
+    case 7: return erl_drv_send_term(port, driver_caller(t->port), two, 4);
+    default: return -100;
+    }
+}
+
+#define REPLY(...) return (ErlDrvSSizeT)snprintf(*rbuf, (size_t)rlen, __VA_ARGS__)
+
+static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
+                               char **rbuf, ErlDrvSizeT rlen) {
+    tdrv *t = (tdrv *)d;
+    ErlDrvPort port = t->port;
+    int arg = len ? (unsigned char)buf[0] : 0;
+    switch (op) {
+    case TD_ECHO:
+        if (len > rlen) {
+            *rbuf = driver_alloc(len);
+            if (!*rbuf)
+                return -1;
+        }
+        memcpy(*rbuf, buf, len);
+        return (ErlDrvSSizeT)len;
+    case TD_SET_BINARY:
+        set_port_control_flags(port, PORT_CONTROL_FLAG_BINARY);
+        return 0;
+    case TD_CLEAR_FLAGS:
+        set_port_control_flags(port, 0);
+        return 0;
+    case TD_NULL_RBUF:
+        *rbuf = NULL;
+        return 0;
+    case TD_NEGATIVE:
+        return -1;
+    case TD_BIG: {
+        int binary = 0;
+        char probe[1];
+        (void)probe;
+        /* The reply form follows the port's control flags, which the test set. */
+        binary = len && buf[0] == 'b';
+        if (binary) {
+            ErlDrvBinary *b = driver_alloc_binary(200);
+            memset(b->orig_bytes, 'B', 200);
+            *rbuf = (char *)b;
+        } else {
+            *rbuf = driver_alloc(200);
+            memset(*rbuf, 'L', 200);
+        }
+        return 200;
+    }
+    case TD_OUTPUT:
+        driver_output(port, buf, len);
+        return 0;
+    case TD_OUTPUT2: {
+        size_t h = len ? (size_t)arg : 0;
+        if (h > len - 1)
+            h = len - 1;
+        driver_output2(port, buf + 1, h, buf + 1 + h, len - 1 - h);
+        return 0;
+    }
+    case TD_OUTPUT_BINARY: {
+        ErlDrvBinary *b = driver_alloc_binary(len);
+        memcpy(b->orig_bytes, buf, len);
+        driver_output_binary(port, "hd", 2, b, 1, len >= 2 ? len - 2 : 0);
+        driver_output_binary(port, NULL, 0, b, 1, len >= 2 ? len - 2 : 0);
+        driver_free_binary(b);
+        return 0;
+    }
+    case TD_OUTPUTV: {
+        /* data: skip byte, then the bytes, split in two binaries */
+        size_t n = len ? len - 1 : 0, h = n / 2;
+        ErlDrvBinary *a = driver_alloc_binary(h), *b = driver_alloc_binary(n - h);
+        memcpy(a->orig_bytes, buf + 1, h);
+        memcpy(b->orig_bytes, buf + 1 + h, n - h);
+        SysIOVec iov[2] = {{a->orig_bytes, h}, {b->orig_bytes, n - h}};
+        ErlDrvBinary *binv[2] = {a, b};
+        ErlIOVec ev = {2, n, iov, binv};
+        driver_outputv(port, "hd", 2, &ev, (ErlDrvSizeT)arg);
+        driver_outputv(port, NULL, 0, &ev, (ErlDrvSizeT)arg);
+        driver_free_binary(a);
+        driver_free_binary(b);
+        return 0;
+    }
+    case TD_OUTPUT_IN_CONTROL:
+        driver_output(port, "out", 3);
+        memcpy(*rbuf, "rep", 3);
+        return 3;
+    case TD_FAIL_EOF:
+        driver_failure_eof(port);
+        return 0;
+    case TD_FAIL_ATOM: {
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)len, buf);
+        driver_failure_atom(port, name);
+        return 0;
+    }
+    case TD_FAIL_POSIX:
+        driver_failure_posix(port, arg);
+        return 0;
+    case TD_FAIL:
+        driver_failure(port, arg);
+        return 0;
+    case TD_EXIT:
+        driver_exit(port, arg);
+        return 0;
+    case TD_FAIL_SANDWICH:
+        driver_output(port, "x", 1);
+        driver_failure_atom(port, "boom");
+        driver_output(port, "y", 1);
+        return 0;
+    case TD_FAIL_TWICE: {
+        int a = driver_failure_atom(port, "first");
+        int b = driver_failure_atom(port, "second");
+        REPLY("%d,%d", a, b);
+    }
+    case TD_TERM: {
+        static ErlDrvTermData s[2100];
+        ErlDrvBinary *bin = driver_alloc_binary(6);
+        memcpy(bin->orig_bytes, "binary", 6);
+        double f = 1.5;
+        ErlDrvSInt64 i64 = -9007199254740993LL;
+        ErlDrvUInt64 u64 = 18446744073709551615ULL;
+        char ext[] = {(char)131, 104, 2, 100, 0, 1, 'x', 97, 7}; /* {x, 7} */
+        int n = term_spec(t, arg, s, bin, &f, &i64, &u64, ext);
+        int rc = erl_drv_output_term(driver_mk_port(port), s, n);
+        driver_free_binary(bin); /* the runtime holds its own reference */
+        REPLY("%d", rc);
+    }
+    case TD_BAD_TERM:
+        REPLY("%d", bad_spec(t, arg));
+    case TD_SEND_CALLER: {
+        ErlDrvTermData s[] = {ERL_DRV_ATOM, driver_mk_atom("hello"), ERL_DRV_PORT,
+                              driver_mk_port(port), ERL_DRV_TUPLE, 2};
+        REPLY("%d", erl_drv_send_term(driver_mk_port(port), driver_caller(port), s, 6));
+    }
+    case TD_SEND_ATOM: {
+        ErlDrvTermData s[] = {ERL_DRV_ATOM, driver_mk_atom("hello")};
+        REPLY("%d", erl_drv_send_term(driver_mk_port(port), driver_mk_atom("x"), s, 2));
+    }
+    case TD_CALLERS: {
+        ErlDrvTermData s[] = {ERL_DRV_ATOM, driver_mk_atom("callers"),
+                              ERL_DRV_PID, t->start_caller,
+                              ERL_DRV_PID, driver_caller(port),
+                              ERL_DRV_PID, driver_connected(port),
+                              ERL_DRV_TUPLE, 4};
+        erl_drv_output_term(driver_mk_port(port), s, 10);
+        return 0;
+    }
+    case TD_STOP_TERM:
+        t->term_in_stop = 1;
+        return 0;
+    case TD_PORT_FLAGS:
+        REPLY("%d", get_port_flags(port));
+    default:
+        return -1;
+    }
+}
+
+/* call: op 1 echoes the term; 2 replies with bytes that are not a term; 3
+ * returns -1; 4 replies with a 300-byte binary term in a driver buffer; 5
+ * replies from a static buffer with DRIVER_CALL_KEEP_BUFFER; 6 replies with
+ * a term and a trailing byte. */
+static ErlDrvSSizeT td_call(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
+                            char **rbuf, ErlDrvSizeT rlen, unsigned int *flags) {
+    static char kept[] = {(char)131, 100, 0, 4, 'k', 'e', 'p', 't'};
+    switch (op) {
+    case 1:
+        if (len > rlen)
+            *rbuf = driver_alloc(len);
+        memcpy(*rbuf, buf, len);
+        return (ErlDrvSSizeT)len;
+    case 2:
+        memcpy(*rbuf, "\x83\xff\x07", 3);
+        return 3;
+    case 3:
+        return -1;
+    case 4: {
+        char *r = driver_alloc(6 + 300);
+        r[0] = (char)131;
+        r[1] = 109; /* BINARY_EXT */
+        r[2] = 0; r[3] = 0; r[4] = 1; r[5] = 44; /* 300 */
+        memset(r + 6, 'z', 300);
+        *rbuf = r;
+        return 306;
+    }
+    case 5:
+        *rbuf = kept;
+        *flags |= DRIVER_CALL_KEEP_BUFFER;
+        return sizeof kept;
+    case 6:
+        memcpy(*rbuf, "\x83\x61\x07\x00", 4);
+        return 4;
+    default:
+        return -1;
+    }
+}
+
+static ErlDrvEntry tdrv_entry = {
+    .start = td_start,
+    .stop = td_stop,
+#ifdef TDRV_OUTPUTV
+    .outputv = td_outputv,
+#else
+    .output = td_output,
+#endif
+    .driver_name = TDRV_NAME,
+    .control = td_control,
+    .call = td_call,
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+DRIVER_INIT(tdrv) {
+    return &tdrv_entry;
+}

@@ -1,0 +1,166 @@
+/* Ports: open, command (output and outputv), close, start failures, owners. */
+#include "check.h"
+
+#include <errno.h>
+
+static edrv_proc *proc;
+static edrv_port port;
+
+static int setup(const char *cmd, unsigned flags) {
+    proc = edrv_proc_new();
+    if (!proc)
+        return -1;
+    int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
+    if (rc == 0)
+        rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrvv");
+    if (rc == 0)
+        rc = edrv_open_port(proc, cmd, flags, &port);
+    return rc;
+}
+
+static void teardown(void) {
+    edrv_proc_free(proc);
+    proc = NULL;
+}
+
+static void command_list_mode(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    CHECK_INT(edrv_port_command(proc, port, "abc", 3), 0);
+    CHECK_MSG(proc, port, "{%P, {data, \"out:abc\"}}");
+    struct iovec v[2] = {{"ab", 2}, {"cd", 2}};
+    CHECK_INT(edrv_port_commandv(proc, port, v, 2), 0);
+    CHECK_MSG(proc, port, "{%P, {data, \"out:abcd\"}}");
+    teardown();
+}
+
+static void command_binary_mode(void) {
+    REQUIRE(setup("tdrv", EDRV_PORT_BINARY) == 0);
+    CHECK_INT(edrv_port_command(proc, port, "abc", 3), 0);
+    CHECK_MSG(proc, port, "{%P, {data, [111, 117, 116, 58 | #Bin<97,98,99>]}}");
+    teardown();
+}
+
+static void command_outputv(void) {
+    REQUIRE(setup("tdrvv", 0) == 0);
+    CHECK_INT(edrv_port_command(proc, port, "hello", 5), 0);
+    /* As ERTS: iov[0] is left empty, the data follows. */
+    CHECK_MSG(proc, port, "{outputv, 2, 5, [0, 5], #Bin<104,101,108,108,111>}");
+    CHECK_INT(edrv_port_command(proc, port, "", 0), 0);
+    CHECK_MSG(proc, port, "{outputv, 1, 0, [0], #Bin<>}");
+    teardown();
+}
+
+static void output_from_start(void) {
+    REQUIRE(setup("tdrv hello", 0) == 0);
+    CHECK_MSG(proc, port, "{%P, {data, \"hello\"}}");
+    teardown();
+}
+
+static void start_errors(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_port p2 = 0;
+    CHECK_INT(edrv_open_port(proc, "tdrv general", 0, &p2), -EINVAL);
+    CHECK_STR(edrv_err_name(-EINVAL), "einval");
+    CHECK_INT(edrv_open_port(proc, "tdrv errno", 0, &p2), -ENOENT);
+    CHECK_STR(edrv_err_name(-ENOENT), "enoent");
+    CHECK_INT(edrv_open_port(proc, "tdrv badarg", 0, &p2), EDRV_EBADARG);
+    CHECK_INT(edrv_open_port(proc, "nosuchdriver x", 0, &p2), EDRV_ENODRIVER);
+    CHECK_INT(p2, 0);
+    char *m = recv_text(proc, 50);
+    CHECK_STR(m, "timeout"); /* a failed start sends nothing */
+    free(m);
+    teardown();
+}
+
+static void close_sends_exit(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    CHECK_MSG(proc, port, "{'EXIT', %P, normal}");
+    char *m = recv_text(proc, 50);
+    CHECK_STR(m, "timeout"); /* port_close sends no {Port, closed} */
+    free(m);
+    CHECK_INT(edrv_port_close(proc, port), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_command(proc, port, "x", 1), EDRV_ECLOSED);
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(proc, port, 1, "x", 1, &r), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_command(proc, 999999, "x", 1), EDRV_ENOPORT);
+    CHECK_STR(edrv_err_name(EDRV_ENOPORT), "badarg");
+    teardown();
+}
+
+static void stop_output_after_exit(void) {
+    /* Output from stop is delivered, after the exit signal (as ERTS). */
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(proc, port, 41, "", 0, &r), 0);
+    edrv_reply_free(&r);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    CHECK_MSG(proc, port, "{'EXIT', %P, normal}");
+    CHECK_MSG(proc, port, "from_stop");
+    teardown();
+}
+
+static void owner_exit_closes_ports(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_proc *other = edrv_proc_new();
+    edrv_port p2;
+    REQUIRE(edrv_open_port(other, "tdrv", 0, &p2) == 0);
+    edrv_proc_free(other);
+    /* The port died with its owner. */
+    CHECK_INT(edrv_port_command(proc, p2, "x", 1), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_command(proc, port, "x", 1), 0);
+    CHECK_MSG(proc, port, "{%P, {data, \"out:x\"}}");
+    teardown();
+}
+
+static void commands_keep_order(void) {
+    REQUIRE(setup("tdrv", EDRV_PORT_BINARY) == 0);
+    char buf[16];
+    for (int i = 0; i < 1000; i++) {
+        int n = snprintf(buf, sizeof buf, "%d", i);
+        REQUIRE(edrv_port_command(proc, port, buf, (size_t)n) == 0);
+    }
+    for (int i = 0; i < 1000; i++) {
+        char want[128], bytes[32] = "";
+        int n = snprintf(buf, sizeof buf, "%d", i);
+        for (int k = 0, o = 0; k < n; k++)
+            o += snprintf(bytes + o, sizeof bytes - (size_t)o, k ? ",%d" : "%d", buf[k]);
+        snprintf(want, sizeof want, "{%%P, {data, [111, 117, 116, 58 | #Bin<%s>]}}", bytes);
+        CHECK_MSG(proc, port, want);
+    }
+    teardown();
+}
+
+static void bad_arguments(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_port p2;
+    CHECK_INT(edrv_open_port(NULL, "tdrv", 0, &p2), EDRV_EINVAL);
+    CHECK_INT(edrv_open_port(proc, NULL, 0, &p2), EDRV_EINVAL);
+    CHECK_INT(edrv_open_port(proc, "tdrv", 0x80, &p2), EDRV_EINVAL);
+    CHECK_INT(edrv_port_command(proc, port, NULL, 5), EDRV_EINVAL);
+    CHECK_INT(edrv_port_commandv(proc, port, NULL, 1), EDRV_EINVAL);
+    CHECK_INT(edrv_port_control(proc, port, 1, NULL, 3, NULL), EDRV_EINVAL);
+    edrv_msg m;
+    CHECK_INT(edrv_receive(NULL, 0, &m), EDRV_EINVAL);
+    CHECK_INT(edrv_receive(proc, 0, &m), EDRV_ETIMEDOUT);
+    edrv_msg_free(NULL);
+    edrv_reply_free(NULL);
+    edrv_proc_free(NULL);
+    teardown();
+}
+
+static const test_case cases[] = {
+    {"command_list_mode", command_list_mode},
+    {"command_binary_mode", command_binary_mode},
+    {"command_outputv", command_outputv},
+    {"output_from_start", output_from_start},
+    {"start_errors", start_errors},
+    {"close_sends_exit", close_sends_exit},
+    {"stop_output_after_exit", stop_output_after_exit},
+    {"owner_exit_closes_ports", owner_exit_closes_ports},
+    {"commands_keep_order", commands_keep_order},
+    {"bad_arguments", bad_arguments},
+    {NULL, NULL},
+};
+
+TEST_MAIN(cases)

@@ -1,0 +1,3 @@
+#include "check.h"
+static const test_case cases[] = {{NULL, NULL}};
+TEST_MAIN(cases)
