@@ -251,6 +251,8 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     }
     case TD_OUTPUT_BINARY: {
         ErlDrvBinary *b = driver_alloc_binary(len);
+        if (!b)
+            return -1;
         memcpy(b->orig_bytes, buf, len);
         driver_output_binary(port, "hd", 2, b, 1, len >= 2 ? len - 2 : 0);
         driver_output_binary(port, NULL, 0, b, 1, len >= 2 ? len - 2 : 0);
@@ -307,6 +309,8 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     case TD_TERM: {
         static ErlDrvTermData s[2100];
         ErlDrvBinary *bin = driver_alloc_binary(6);
+        if (!bin)
+            return -1;
         memcpy(bin->orig_bytes, "binary", 6);
         double f = 1.5;
         ErlDrvSInt64 i64 = -9007199254740993LL;
