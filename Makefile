@@ -1,0 +1,47 @@
+# Entry points; the build itself is CMake's (build/ for the normal build,
+# build-asan/ and build-tsan/ for the sanitizer builds).
+#
+#   make run         build, then run the main job (the example host program)
+#   make check       build, then run every test
+#   make check-asan  the tests under AddressSanitizer + UBSan
+#   make check-tsan  the tests under ThreadSanitizer
+#   make install     install into PREFIX (default /usr/local)
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build run check check-asan check-tsan install clean
+
+all: build
+
+deps:
+	@./scripts/deps
+
+build: deps
+	cmake -S . -B build -DEDRV_WERROR=ON -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
+	cmake --build build -j$(JOBS)
+
+run: build
+	./build/examples/edrv-host
+
+check: build
+	cd build && ctest --output-on-failure -j$(JOBS)
+
+check-asan: deps
+	cmake -S . -B build-asan -DEDRV_SANITIZE=address -DCMAKE_BUILD_TYPE=Debug -DEDRV_WERROR=ON
+	cmake --build build-asan -j$(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure -j$(JOBS)
+
+check-tsan: deps
+	cmake -S . -B build-tsan -DEDRV_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug -DEDRV_WERROR=ON
+	cmake --build build-tsan -j$(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --output-on-failure -j$(JOBS)
+
+install: build
+	cmake --install build
+
+clean:
+	rm -rf build build-asan build-tsan
