@@ -186,10 +186,12 @@ static void write_bytes_as_list(etf_w *w, const data_msg *d, size_t total) {
             o[1] = (char)(total >> 8);
             o[2] = (char)(total & 0xff);
             size_t at = 3;
-            memcpy(o + at, d->hdr, d->hlen);
+            if (d->hlen)
+                memcpy(o + at, d->hdr, d->hlen);
             at += d->hlen;
             for (int i = 0; i < d->nsegs; i++) {
-                memcpy(o + at, d->segs[i].p, d->segs[i].len);
+                if (d->segs[i].len)
+                    memcpy(o + at, d->segs[i].p, d->segs[i].len);
                 at += d->segs[i].len;
             }
         }
@@ -630,7 +632,8 @@ EDRV_API ErlDrvSizeT driver_vec_to_buf(ErlIOVec *ev, char *buf, ErlDrvSizeT len)
     ErlDrvSizeT done = 0;
     for (int i = 0; ev && i < ev->vsize && done < len; i++) {
         size_t l = ev->iov[i].iov_len < len - done ? ev->iov[i].iov_len : len - done;
-        memcpy(buf + done, ev->iov[i].iov_base, l);
+        if (l)
+            memcpy(buf + done, ev->iov[i].iov_base, l);
         done += l;
     }
     return done;
