@@ -15,6 +15,8 @@
 #include "internal.h"
 
 #include <ei.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -409,18 +411,343 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *out
 
 /* ---- printing ------------------------------------------------------------------ */
 
+/* edrv_term_format prints a term as Erlang prints it with ~w, except that
+ * strings and binaries of printable Latin-1 show as "..." and <<"...">> (as
+ * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is decoded with
+ * libei; only the text is written here. */
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+    bool oom;
+} strbuf;
+
+static void sb_put(strbuf *b, const char *p, size_t n) {
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            b->oom = true;
+            return;
+        }
+        b->s = s;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static void sb_str(strbuf *b, const char *p) {
+    sb_put(b, p, strlen(p));
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_fmt(strbuf *b, const char *fmt, ...) {
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    sb_put(b, tmp, n < (int)sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+static bool printable(unsigned c) {
+    return (c >= 32 && c <= 126) || (c >= 160 && c <= 255) || (c >= 8 && c <= 13) || c == 27;
+}
+
+static void sb_char(strbuf *b, unsigned c, char quote) {
+    static const char esc[] = {['\b'] = 'b', ['\t'] = 't', ['\n'] = 'n', ['\v'] = 'v',
+                               ['\f'] = 'f', ['\r'] = 'r', [27] = 'e'};
+    char out[4] = {'\\', 0, 0, 0};
+    if (c < sizeof esc && esc[c]) {
+        out[1] = esc[c];
+        sb_put(b, out, 2);
+    } else if (c == (unsigned char)quote || c == '\\') {
+        out[1] = (char)c;
+        sb_put(b, out, 2);
+    } else {
+        /* Latin-1 above 127 as UTF-8, so the text prints on a terminal. */
+        char u[2] = {(char)c, 0};
+        if (c >= 128) {
+            u[0] = (char)(0xc0 | (c >> 6));
+            u[1] = (char)(0x80 | (c & 0x3f));
+        }
+        sb_put(b, u, c >= 128 ? 2 : 1);
+    }
+}
+
+static void sb_quoted(strbuf *b, const unsigned char *p, size_t n, char quote) {
+    sb_put(b, &quote, 1);
+    for (size_t i = 0; i < n; i++)
+        sb_char(b, p[i], quote);
+    sb_put(b, &quote, 1);
+}
+
+static bool all_printable(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!printable(p[i]))
+            return false;
+    return true;
+}
+
+static void sb_atom(strbuf *b, const char *a) {
+    static const char *const reserved[] = {
+        "after", "and", "andalso", "band", "begin", "bnot", "bor", "bsl", "bsr", "bxor",
+        "case", "catch", "cond", "div", "end", "fun", "if", "let", "not", "of", "or",
+        "orelse", "receive", "rem", "try", "when", "xor", NULL};
+    bool bare = a[0] >= 'a' && a[0] <= 'z';
+    for (const char *c = a; bare && *c; c++)
+        bare = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+               (*c >= '0' && *c <= '9') || *c == '_' || *c == '@';
+    for (int i = 0; bare && reserved[i]; i++)
+        bare = strcmp(a, reserved[i]) != 0;
+    if (bare) {
+        sb_str(b, a);
+        return;
+    }
+    /* The name is UTF-8 (ei decodes atoms so); keep its bytes, escape quotes. */
+    sb_put(b, "'", 1);
+    for (const char *c = a; *c; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u >= 128)
+            sb_put(b, c, 1);
+        else
+            sb_char(b, u, '\'');
+    }
+    sb_put(b, "'", 1);
+}
+
+/* The shortest text that reads back as the same double, fixed or scientific,
+ * whichever is shorter (fixed on a tie), as Erlang prints floats. */
+static void sb_float(strbuf *b, double f) {
+    char e[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(e, sizeof e, "%.*e", prec - 1, f);
+        if (strtod(e, NULL) == f)
+            break;
+    }
+    /* e is [-]D[.DDD]e[+-]XX */
+    char digits[24];
+    int nd = 0, exp10;
+    const char *p = e;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    for (; *p && *p != 'e'; p++)
+        if (*p != '.')
+            digits[nd++] = *p;
+    digits[nd] = '\0';
+    exp10 = atoi(p + 1);
+    if (!isfinite(f)) {
+        sb_str(b, e);
+        return;
+    }
+    char sci[48], fix[400];
+    snprintf(sci, sizeof sci, "%s%c.%se%d", neg ? "-" : "", digits[0], nd > 1 ? digits + 1 : "0",
+             exp10);
+    int o = 0;
+    if (neg)
+        fix[o++] = '-';
+    if (exp10 < 0) {
+        o += snprintf(fix + o, sizeof fix - (size_t)o, "0.");
+        for (int i = -1; i > exp10; i--)
+            fix[o++] = '0';
+        o += snprintf(fix + o, sizeof fix - (size_t)o, "%s", digits);
+    } else {
+        for (int i = 0; i <= exp10; i++)
+            fix[o++] = i < nd ? digits[i] : '0';
+        fix[o++] = '.';
+        if (exp10 + 1 < nd)
+            o += snprintf(fix + o, sizeof fix - (size_t)o, "%s", digits + exp10 + 1);
+        else
+            fix[o++] = '0';
+    }
+    fix[o] = '\0';
+    sb_str(b, strlen(fix) <= strlen(sci) ? fix : sci);
+}
+
+static int print_term(strbuf *b, const char *buf, int *idx, int depth);
+
+static int print_seq(strbuf *b, const char *buf, int *idx, int n, int depth) {
+    for (int i = 0; i < n; i++) {
+        if (i)
+            sb_put(b, ",", 1);
+        if (print_term(b, buf, idx, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int print_term(strbuf *b, const char *buf, int *idx, int depth) {
+    int type, size, arity;
+    if (depth > 10000 || ei_get_type(buf, idx, &type, &size) < 0)
+        return -1;
+    switch (type) {
+    case ERL_SMALL_INTEGER_EXT:
+    case ERL_INTEGER_EXT:
+    case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: {
+        long long v;
+        unsigned long long u;
+        int save = *idx;
+        if (ei_decode_longlong(buf, idx, &v) == 0) {
+            sb_fmt(b, "%lld", v);
+        } else if ((*idx = save, ei_decode_ulonglong(buf, idx, &u)) == 0) {
+            sb_fmt(b, "%llu", u);
+        } else {
+            /* Beyond 64 bits: libei's own printer knows bignums. */
+            char *s = NULL;
+            *idx = save;
+            if (ei_s_print_term(&s, buf, idx) < 0) {
+                free(s);
+                return -1;
+            }
+            sb_str(b, s);
+            free(s);
+        }
+        return 0;
+    }
+    case ERL_FLOAT_EXT:
+    case NEW_FLOAT_EXT: {
+        double f;
+        if (ei_decode_double(buf, idx, &f) < 0)
+            return -1;
+        sb_float(b, f);
+        return 0;
+    }
+    case ERL_ATOM_EXT:
+    case ERL_SMALL_ATOM_EXT:
+    case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT: {
+        char a[MAXATOMLEN_UTF8];
+        if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0)
+            return -1;
+        sb_atom(b, a);
+        return 0;
+    }
+    case ERL_PID_EXT:
+    case ERL_NEW_PID_EXT: {
+        erlang_pid p;
+        if (ei_decode_pid(buf, idx, &p) < 0)
+            return -1;
+        sb_fmt(b, "<0.%u.%u>", p.num, p.serial);
+        return 0;
+    }
+    case ERL_PORT_EXT:
+    case ERL_NEW_PORT_EXT:
+    case ERL_V4_PORT_EXT: {
+        erlang_port p;
+        if (ei_decode_port(buf, idx, &p) < 0)
+            return -1;
+        sb_fmt(b, "#Port<0.%llu>", (unsigned long long)p.id);
+        return 0;
+    }
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT:
+        if (ei_decode_tuple_header(buf, idx, &arity) < 0)
+            return -1;
+        sb_put(b, "{", 1);
+        if (print_seq(b, buf, idx, arity, depth) < 0)
+            return -1;
+        sb_put(b, "}", 1);
+        return 0;
+    case ERL_MAP_EXT:
+        if (ei_decode_map_header(buf, idx, &arity) < 0)
+            return -1;
+        sb_put(b, "#{", 2);
+        for (int i = 0; i < arity; i++) {
+            if (i)
+                sb_put(b, ",", 1);
+            if (print_term(b, buf, idx, depth + 1) < 0)
+                return -1;
+            sb_put(b, " => ", 4);
+            if (print_term(b, buf, idx, depth + 1) < 0)
+                return -1;
+        }
+        sb_put(b, "}", 1);
+        return 0;
+    case ERL_NIL_EXT:
+        ei_decode_list_header(buf, idx, &arity);
+        sb_put(b, "[]", 2);
+        return 0;
+    case ERL_STRING_EXT: {
+        /* Bytes that are all printable show as a string, others as integers. */
+        const unsigned char *p = (const unsigned char *)buf + *idx + 3;
+        if (all_printable(p, (size_t)size)) {
+            sb_quoted(b, p, (size_t)size, '"');
+        } else {
+            sb_put(b, "[", 1);
+            for (int i = 0; i < size; i++)
+                sb_fmt(b, i ? ",%u" : "%u", p[i]);
+            sb_put(b, "]", 1);
+        }
+        *idx += 3 + size;
+        return 0;
+    }
+    case ERL_LIST_EXT: {
+        if (ei_decode_list_header(buf, idx, &arity) < 0)
+            return -1;
+        sb_put(b, "[", 1);
+        if (print_seq(b, buf, idx, arity, depth) < 0)
+            return -1;
+        int tail_type;
+        if (ei_get_type(buf, idx, &tail_type, &size) < 0)
+            return -1;
+        if (tail_type == ERL_NIL_EXT) {
+            ei_decode_list_header(buf, idx, &arity);
+        } else {
+            sb_put(b, "|", 1);
+            if (print_term(b, buf, idx, depth + 1) < 0)
+                return -1;
+        }
+        sb_put(b, "]", 1);
+        return 0;
+    }
+    case ERL_BINARY_EXT: {
+        const unsigned char *p = (const unsigned char *)buf + *idx + 5;
+        if (size && all_printable(p, (size_t)size)) {
+            sb_put(b, "<<", 2);
+            sb_quoted(b, p, (size_t)size, '"');
+            sb_put(b, ">>", 2);
+        } else {
+            sb_put(b, "<<", 2);
+            for (int i = 0; i < size; i++)
+                sb_fmt(b, i ? ",%u" : "%u", p[i]);
+            sb_put(b, ">>", 2);
+        }
+        *idx += 5 + size;
+        return 0;
+    }
+    default: {
+        /* References, funs, bit strings...: libei's printer. */
+        char *s = NULL;
+        if (ei_s_print_term(&s, buf, idx) < 0) {
+            free(s);
+            return -1;
+        }
+        sb_str(b, s);
+        free(s);
+        return 0;
+    }
+    }
+}
+
 EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
     int idx = 0, ver, end = 0;
     if (!etf || !out || len > INT32_MAX || ei_decode_version(etf, &end, &ver) < 0 ||
         ei_skip_term(etf, &end) < 0 || (size_t)end != len)
         return edrv__fail(EDRV_EBADTERM, "not one term in external term format");
-    *out = NULL;
     ei_decode_version(etf, &idx, &ver);
-    int n = ei_s_print_term(out, etf, &idx);
-    if (n < 0) {
-        free(*out);
+    strbuf b = {0};
+    if (print_term(&b, etf, &idx, 0) < 0 || b.oom) {
+        free(b.s);
         *out = NULL;
-        return edrv__fail(EDRV_EBADTERM, "the term could not be printed");
+        return edrv__fail(b.oom ? EDRV_ENOMEM : EDRV_EBADTERM, "the term could not be printed");
     }
-    return n;
+    *out = b.s;
+    return (int)b.len;
 }

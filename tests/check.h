@@ -96,7 +96,7 @@ static inline void port_subst(char *out, size_t cap, const char *want, edrv_port
     size_t o = 0;
     for (const char *s = want; *s && o + 64 < cap; s++) {
         if (s[0] == '%' && s[1] == 'P') {
-            o += (size_t)snprintf(out + o, cap - o, "#Port<%llu.0>",
+            o += (size_t)snprintf(out + o, cap - o, "#Port<0.%llu>",
                                   (unsigned long long)port);
             s++;
         } else {
