@@ -81,6 +81,11 @@ typedef struct {
 void edrv__etf_pid(etf_w *w, uint64_t pid);
 void edrv__etf_port(etf_w *w, uint64_t port);
 
+/* The length of the one term at the start of buf, version byte included, or
+ * -1 if the bytes are not a well-formed term. Every read is bounds-checked, so
+ * libei may decode the bytes afterwards. Any thread. */
+int edrv__etf_measure(const void *buf, size_t len);
+
 /* Builds a message from a term spec. Returns 0 and the message (type MESSAGE,
  * version byte included) in *out, or -1 for a bad spec. Any thread. */
 int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *outlen);

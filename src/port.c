@@ -460,19 +460,9 @@ int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size
     return 0;
 }
 
-/* Length of the one term at the start of buf (version byte included), or -1. */
-static int etf_term_len(const char *buf, size_t len) {
-    int idx = 0, ver;
-    if (len < 2 || len > INT32_MAX || (unsigned char)buf[0] != 131 ||
-        ei_decode_version(buf, &idx, &ver) < 0 || ei_skip_term(buf, &idx) < 0 ||
-        (size_t)idx > len)
-        return -1;
-    return idx;
-}
-
 int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply) {
-    if (etf_term_len(data, len) != (int)len)
+    if (edrv__etf_measure(data, len) != (int)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
@@ -495,7 +485,7 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
     edrv__free(copy);
 
     int rc = 0;
-    int tlen = n > 0 && rbuf ? etf_term_len(rbuf, (size_t)n) : -1;
+    int tlen = n > 0 && rbuf ? edrv__etf_measure(rbuf, (size_t)n) : -1;
     if (n < 0)
         rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd", name, op, (ssize_t)n);
     else if (rbuf == buf && (size_t)n > sizeof buf)

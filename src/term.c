@@ -140,6 +140,133 @@ void edrv__etf_port(etf_w *w, uint64_t port) {
     ei_encode_port(w->buf, &w->idx, &p);
 }
 
+/* ---- validating ETF ------------------------------------------------------------ */
+
+/* libei's decoders trust their input: a list header claiming a billion
+ * elements in a ten-byte buffer makes ei_skip_term read far past the end. So
+ * bytes from outside (a host's port_call argument, a driver's reply or
+ * EXT2TERM buffer) are first walked here with every read bounds-checked; after
+ * that, libei decodes them safely. This only measures; it decodes nothing. */
+
+static bool take(size_t *at, size_t n, size_t len) {
+    if (n > len - *at)
+        return false;
+    *at += n;
+    return true;
+}
+
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Skips one atom (the node name inside pids, ports and references). */
+static bool skip_atom(const unsigned char *b, size_t *at, size_t len) {
+    if (*at >= len)
+        return false;
+    unsigned char tag = b[(*at)++];
+    if (tag == ERL_ATOM_EXT || tag == ERL_ATOM_UTF8_EXT) {
+        if (len - *at < 2)
+            return false;
+        size_t n = (size_t)b[*at] << 8 | b[*at + 1];
+        return take(at, 2 + n, len);
+    }
+    if (tag == ERL_SMALL_ATOM_EXT || tag == ERL_SMALL_ATOM_UTF8_EXT) {
+        if (*at >= len)
+            return false;
+        size_t n = b[*at];
+        return take(at, 1 + n, len);
+    }
+    return false;
+}
+
+int edrv__etf_measure(const void *buf, size_t len) {
+    const unsigned char *b = buf;
+    size_t at = 1;
+    if (len < 2 || len > INT32_MAX || b[0] != 131)
+        return -1;
+    uint64_t need = 1; /* terms still to skip */
+    while (need) {
+        need--;
+        if (at >= len)
+            return -1;
+        unsigned char tag = b[at++];
+        const unsigned char *p = b + at;
+        size_t left = len - at;
+        bool ok = true;
+        switch (tag) {
+        case ERL_SMALL_INTEGER_EXT: ok = take(&at, 1, len); break;
+        case ERL_INTEGER_EXT: ok = take(&at, 4, len); break;
+        case NEW_FLOAT_EXT: ok = take(&at, 8, len); break;
+        case ERL_FLOAT_EXT: ok = take(&at, 31, len); break;
+        case ERL_NIL_EXT: break;
+        case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
+        case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
+            at--;
+            ok = skip_atom(b, &at, len);
+            break;
+        case ERL_STRING_EXT:
+            ok = left >= 2 && take(&at, 2 + ((size_t)p[0] << 8 | p[1]), len);
+            break;
+        case ERL_BINARY_EXT:
+            ok = left >= 4 && take(&at, 4 + (size_t)be32(p), len);
+            break;
+        case ERL_BIT_BINARY_EXT:
+            ok = left >= 5 && take(&at, 5 + (size_t)be32(p), len);
+            break;
+        case ERL_SMALL_BIG_EXT:
+            ok = left >= 1 && take(&at, 2 + (size_t)p[0], len);
+            break;
+        case ERL_LARGE_BIG_EXT:
+            ok = left >= 4 && take(&at, 5 + (size_t)be32(p), len);
+            break;
+        case ERL_SMALL_TUPLE_EXT:
+            ok = take(&at, 1, len);
+            need += ok ? p[0] : 0;
+            break;
+        case ERL_LARGE_TUPLE_EXT:
+            ok = take(&at, 4, len);
+            need += ok ? be32(p) : 0;
+            break;
+        case ERL_MAP_EXT:
+            ok = take(&at, 4, len);
+            need += ok ? 2 * (uint64_t)be32(p) : 0;
+            break;
+        case ERL_LIST_EXT:
+            ok = take(&at, 4, len);
+            need += ok ? (uint64_t)be32(p) + 1 : 0; /* the elements and the tail */
+            break;
+        case ERL_PID_EXT: ok = skip_atom(b, &at, len) && take(&at, 9, len); break;
+        case ERL_NEW_PID_EXT: ok = skip_atom(b, &at, len) && take(&at, 12, len); break;
+        case ERL_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 5, len); break;
+        case ERL_NEW_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 8, len); break;
+        case ERL_V4_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 12, len); break;
+        case ERL_REFERENCE_EXT: ok = skip_atom(b, &at, len) && take(&at, 5, len); break;
+        case ERL_NEW_REFERENCE_EXT:
+        case ERL_NEWER_REFERENCE_EXT: {
+            if (left < 2)
+                return -1;
+            size_t words = (size_t)p[0] << 8 | p[1];
+            at += 2;
+            ok = words <= 5 && skip_atom(b, &at, len) &&
+                 take(&at, (tag == ERL_NEW_REFERENCE_EXT ? 1 : 4) + 4 * words, len);
+            break;
+        }
+        case ERL_NEW_FUN_EXT: /* its size covers it whole, tag excluded */
+            ok = left >= 4 && be32(p) >= 4 && take(&at, (size_t)be32(p), len);
+            break;
+        case ERL_EXPORT_EXT:
+            need += 3;
+            break;
+        default:
+            return -1;
+        }
+        /* A count larger than the bytes left cannot be met: stop early. */
+        if (!ok || need > len - at)
+            return -1;
+    }
+    return (int)at;
+}
+
 /* ---- term specs -------------------------------------------------------------- */
 
 typedef enum {
@@ -280,9 +407,7 @@ static int32_t spec_parse(const ErlDrvTermData *spec, int n, node *nodes, int32_
         case ERL_DRV_EXT2TERM: {
             /* The driver's buffer is one whole term with its version byte. */
             const char *p = (const char *)a[0];
-            int idx = 0, ver;
-            if (!p || a[1] > INT32_MAX || ei_decode_version(p, &idx, &ver) < 0 ||
-                ei_skip_term(p, &idx) < 0 || (ErlDrvUInt)idx != a[1])
+            if (!p || edrv__etf_measure(p, a[1]) != (int)a[1])
                 return -1;
             x->kind = N_EXT;
             x->v.bytes.p = p + 1;
@@ -737,9 +862,8 @@ static int print_term(strbuf *b, const char *buf, int *idx, int depth) {
 }
 
 EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
-    int idx = 0, ver, end = 0;
-    if (!etf || !out || len > INT32_MAX || ei_decode_version(etf, &end, &ver) < 0 ||
-        ei_skip_term(etf, &end) < 0 || (size_t)end != len)
+    int idx = 0, ver;
+    if (!etf || !out || edrv__etf_measure(etf, len) != (int)len)
         return edrv__fail(EDRV_EBADTERM, "not one term in external term format");
     ei_decode_version(etf, &idx, &ver);
     strbuf b = {0};

@@ -74,12 +74,63 @@ static void bad_input(void) {
     CHECK_INT(edrv_term_format("\x83", 1, &s), EDRV_EBADTERM);
     CHECK_INT(edrv_term_format("\x83\x6a\x6a", 3, &s), EDRV_EBADTERM); /* two terms */
     CHECK(s == NULL);
+    /* Counts that promise more than the bytes hold. */
+    CHECK_INT(edrv_term_format("\x83\x6c\x7f\xff\xff\xff\x6a", 7, &s), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_format("\x83\x6d\x00\x00\x10\x00" "ab", 8, &s), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_format("\x83\x74\x00\x00\x00\x09", 6, &s), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_format("\x83\x64\x00\x09" "ab", 6, &s), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_format("\x83\x58\x64\x00\x01" "a", 6, &s), EDRV_EBADTERM);
+}
+
+/* Mutated and truncated encodings of real terms: each is printed or refused,
+ * never read past its end (the ASan build checks that). */
+static void mutations(void) {
+    ei_x_buff x;
+    ei_x_new_with_version(&x);
+    ei_x_encode_tuple_header(&x, 4);
+    ei_x_encode_atom(&x, "data");
+    ei_x_encode_list_header(&x, 2);
+    ei_x_encode_binary(&x, "abc", 3);
+    ei_x_encode_double(&x, 2.5);
+    ei_x_encode_empty_list(&x);
+    ei_x_encode_map_header(&x, 1);
+    ei_x_encode_string(&x, "key");
+    erlang_pid pid = {.node = "nonode@nohost", .num = 5};
+    ei_x_encode_pid(&x, &pid);
+    ei_x_encode_longlong(&x, -123456789012345LL);
+    unsigned seed = 12345;
+    int printed = 0, refused = 0;
+    for (int round = 0; round < 20000; round++) {
+        size_t len = (size_t)x.index;
+        char *m = malloc(len);
+        memcpy(m, x.buff, len);
+        seed = seed * 1103515245u + 12345u;
+        if (seed % 3 == 0) {
+            len = (seed >> 8) % len; /* truncated */
+        } else {
+            for (int k = 0; k < 1 + (int)(seed % 3); k++) {
+                seed = seed * 1103515245u + 12345u;
+                m[1 + (seed >> 8) % (len - 1)] = (char)(seed >> 20);
+            }
+        }
+        char *shrunk = malloc(len ? len : 1); /* exactly len bytes, for ASan */
+        memcpy(shrunk, m, len);
+        char *s = NULL;
+        int n = edrv_term_format(shrunk, len, &s);
+        n >= 0 ? printed++ : refused++;
+        free(s);
+        free(shrunk);
+        free(m);
+    }
+    CHECK(printed > 0 && refused > 0);
+    ei_x_free(&x);
 }
 
 static const test_case cases[] = {
     {"scalars", scalars},
     {"compound", compound},
     {"bad_input", bad_input},
+    {"mutations", mutations},
     {NULL, NULL},
 };
 
