@@ -6,6 +6,7 @@
 %% A scenario (read with file:consult/1) is a list of steps:
 %%   {load, Name}  {unload, Name}  {open, Command, Opts}  {close, Idx}
 %%   {command, Idx, Data}  {control, Idx, Op, Data}  {call, Idx, Op, Term}
+%% load and unload are erl_ddll:load_driver/2 and unload_driver/1 in erl.
 %% Every open step takes the next port index (1, 2, ...), failed or not.
 %% Each step gives {ok, Value} or {error, Reason}, then the messages that
 %% arrive within 50 ms. Here the steps run in a fresh process that traps
@@ -23,10 +24,9 @@ main([Runner, Dir, Scenario]) ->
     Erl = normalize(run_erl(Dir, Steps)),
     Edrv = normalize(run_edrv(Runner, Dir, Steps)),
     Rows = lists:zip(lists:seq(1, length(Steps)), lists:zip3(Steps, Erl, Edrv)),
-    Bad = [{I, S, E, D} || {I, {S, E, D}} <- Rows, E =/= D],
-    [io:format("step ~b: ~p~n  both: ~p~n", [I, S, E])
-     || os:getenv("DIFF_VERBOSE") =/= false, {I, {S, E, D}} <- Rows, E =:= D],
-    [io:format("step ~b: ~p~n  erl:  ~p~n  edrv: ~p~n", [I, S, E, D]) || {I, S, E, D} <- Bad],
+    Verbose = os:getenv("DIFF_VERBOSE") =/= false,
+    [report(I, S, E, D, Verbose) || {I, {S, E, D}} <- Rows],
+    Bad = [I || {I, {_, E, D}} <- Rows, E =/= D],
     case Bad of
         [] ->
             io:format("diff ~s: ~b steps match~n", [Name, length(Steps)]);
@@ -37,6 +37,10 @@ main([Runner, Dir, Scenario]) ->
 main(_) ->
     io:format("usage: diff.escript DIFF_RUNNER DRIVERS_DIR SCENARIO~n"),
     halt(2).
+
+report(I, S, E, E, true) -> io:format("step ~b: ~p~n  both: ~p~n", [I, S, E]);
+report(_, _, E, E, false) -> ok;
+report(I, S, E, D, _) -> io:format("step ~b: ~p~n  erl:  ~p~n  edrv: ~p~n", [I, S, E, D]).
 
 %% ---- erl -------------------------------------------------------------------
 
@@ -95,13 +99,16 @@ run_edrv(Runner, Dir, Steps) ->
     Port = open_port({spawn_executable, Runner},
                      [{args, [Dir]}, binary, {packet, 4}, exit_status]),
     port_command(Port, term_to_binary([for_runner(S) || S <- Steps])),
-    Reply = receive {Port, {data, Bin}} -> binary_to_term(Bin)
-            after 60000 -> error(runner_timeout)
-            end,
-    receive {Port, {exit_status, 0}} -> ok;
-            {Port, {exit_status, N}} -> error({runner_exit_status, N})
-    end,
-    Reply.
+    receive
+        {Port, {data, Bin}} ->
+            receive {Port, {exit_status, 0}} -> binary_to_term(Bin);
+                    {Port, {exit_status, N}} -> error({runner_exit_status, N})
+            end;
+        {Port, {exit_status, N}} ->
+            error({runner_exit_status, N})
+    after 60000 ->
+            error(runner_timeout)
+    end.
 
 %% Names, commands and data as binaries, call terms in ETF.
 for_runner({load, Name}) -> {load, bin(Name)};
