@@ -11,7 +11,7 @@ cmake --install "$build" --prefix "$prefix" > /dev/null
 pc="$prefix/lib/pkgconfig"
 [ -d "$pc" ] || pc=$(dirname "$(find "$prefix" -name edrv.pc)")
 export PKG_CONFIG_PATH=$pc
-cc=${CC:-cc}
+cc="${CC:-cc} ${EDRV_SAN_FLAGS:-}" # a sanitizer build links its runtime too
 # shellcheck disable=SC2046
 $cc -o "$prefix/host" "$src/examples/host.c" $(pkg-config --cflags --libs edrv) \
   -Wl,-rpath,"$(pkg-config --variable=libdir edrv)"
