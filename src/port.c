@@ -22,6 +22,7 @@
  * send_built, which sizes it, allocates it once and delivers it.
  */
 #include "internal.h"
+#include "idmap.h"
 
 #include <ei.h>
 #include <errno.h>
@@ -29,87 +30,35 @@
 
 /* ---- the table (lock: ports.lock; writers: the emulator thread) ------------- */
 
-#define TOMB ((edrv_port_t *)1)
-
 static struct {
     pthread_mutex_t lock;
-    edrv_port_t **slots;
-    size_t cap, used, live;
+    idmap map;        /* port number -> port */
     uint64_t next_id; /* never reused, even across restarts */
 } ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
 
-static size_t slot_of(uint64_t id, size_t cap) {
-    return (size_t)(id * 0x9E3779B97F4A7C15ull) & (cap - 1);
-}
-
 static edrv_port_t *lookup_locked(uint64_t id) {
-    if (!ports.cap)
-        return NULL;
-    for (size_t j = slot_of(id, ports.cap);; j = (j + 1) & (ports.cap - 1)) {
-        edrv_port_t *p = ports.slots[j];
-        if (!p)
-            return NULL;
-        if (p != TOMB && p->id == id)
-            return p;
-    }
+    return edrv__idmap_get(&ports.map, id);
 }
 
 static bool table_insert(edrv_port_t *pt) {
-    bool ok = true;
     pthread_mutex_lock(&ports.lock);
-    if ((ports.used + 1) * 2 > ports.cap) {
-        size_t cap = ports.cap ? ports.cap * 2 : 64;
-        while (ports.live * 4 > cap)
-            cap *= 2;
-        edrv_port_t **t = edrv__calloc(EDRV_MEM_SYSTEM, cap * sizeof *t);
-        if (!t) {
-            ok = false;
-            goto out;
-        }
-        for (size_t i = 0; i < ports.cap; i++) {
-            edrv_port_t *q = ports.slots[i];
-            if (q && q != TOMB) {
-                size_t j = slot_of(q->id, cap);
-                while (t[j])
-                    j = (j + 1) & (cap - 1);
-                t[j] = q;
-            }
-        }
-        edrv__free(ports.slots);
-        ports.slots = t;
-        ports.cap = cap;
-        ports.used = ports.live;
-    }
-    pt->id = ports.next_id++;
-    size_t j = slot_of(pt->id, ports.cap);
-    while (ports.slots[j] && ports.slots[j] != TOMB)
-        j = (j + 1) & (ports.cap - 1);
-    if (!ports.slots[j])
-        ports.used++;
-    ports.slots[j] = pt;
-    ports.live++;
-out:
+    pt->id = ports.next_id;
+    bool ok = edrv__idmap_put(&ports.map, pt->id, pt) == 0;
+    if (ok)
+        ports.next_id++;
     pthread_mutex_unlock(&ports.lock);
     return ok;
 }
 
 static void table_remove(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
-    for (size_t j = slot_of(pt->id, ports.cap);; j = (j + 1) & (ports.cap - 1)) {
-        if (ports.slots[j] == pt) {
-            ports.slots[j] = TOMB;
-            break;
-        }
-    }
-    ports.live--;
+    edrv__idmap_del(&ports.map, pt->id);
     pthread_mutex_unlock(&ports.lock);
 }
 
 void edrv__ports_reset(void) {
     pthread_mutex_lock(&ports.lock);
-    edrv__free(ports.slots);
-    ports.slots = NULL;
-    ports.cap = ports.used = ports.live = 0;
+    edrv__idmap_free(&ports.map);
     pthread_mutex_unlock(&ports.lock);
 }
 
@@ -519,11 +468,11 @@ int edrv__port_close(edrv_proc *p, edrv_port id) {
 /* The ids of the ports matching pid (0: all), for a pass that may close them. */
 static uint64_t *collect_ports(uint64_t pid, size_t *n) {
     pthread_mutex_lock(&ports.lock);
-    uint64_t *ids = edrv__alloc(EDRV_MEM_SYSTEM, (ports.live ? ports.live : 1) * sizeof *ids);
+    uint64_t *ids = edrv__alloc(EDRV_MEM_SYSTEM, (ports.map.live ? ports.map.live : 1) * sizeof *ids);
     *n = 0;
-    for (size_t i = 0; ids && i < ports.cap; i++) {
-        edrv_port_t *pt = ports.slots[i];
-        if (pt && pt != TOMB && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)))
+    for (size_t i = 0; ids && i < ports.map.cap; i++) {
+        edrv_port_t *pt = edrv__idmap_at(&ports.map, i);
+        if (pt && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)))
             ids[(*n)++] = pt->id;
     }
     pthread_mutex_unlock(&ports.lock);

@@ -11,72 +11,14 @@
  * Lock order: procs_lock (read or write) -> proc->lock.
  */
 #include "internal.h"
+#include "idmap.h"
 
 #include <errno.h>
 #include <time.h>
 
 static pthread_rwlock_t procs_lock = PTHREAD_RWLOCK_INITIALIZER;
-static edrv_proc **procs; /* open addressing on pid; NULL empty, TOMB removed */
-static size_t procs_cap, procs_used; /* used: slots taken, tombstones too */
-static size_t procs_live;
+static idmap procs; /* pid -> edrv_proc */
 static uint64_t next_pid = 1;
-
-#define TOMB ((edrv_proc *)1)
-
-static size_t slot_of(uint64_t pid, size_t cap) {
-    return (size_t)(pid * 0x9E3779B97F4A7C15ull) & (cap - 1);
-}
-
-static edrv_proc *lookup(uint64_t pid) {
-    if (!procs_cap)
-        return NULL;
-    for (size_t j = slot_of(pid, procs_cap);; j = (j + 1) & (procs_cap - 1)) {
-        edrv_proc *p = procs[j];
-        if (!p)
-            return NULL;
-        if (p != TOMB && p->pid == pid)
-            return p;
-    }
-}
-
-static bool insert(edrv_proc *p) {
-    if ((procs_used + 1) * 2 > procs_cap) {
-        size_t cap = procs_cap ? procs_cap * 2 : 64;
-        edrv_proc **t = edrv__calloc(EDRV_MEM_SYSTEM, cap * sizeof *t);
-        if (!t)
-            return false;
-        procs_used = 0;
-        for (size_t i = 0; i < procs_cap; i++) {
-            edrv_proc *q = procs[i];
-            if (q && q != TOMB) {
-                size_t j = slot_of(q->pid, cap);
-                while (t[j])
-                    j = (j + 1) & (cap - 1);
-                t[j] = q;
-                procs_used++;
-            }
-        }
-        edrv__free(procs);
-        procs = t;
-        procs_cap = cap;
-    }
-    size_t j = slot_of(p->pid, procs_cap);
-    while (procs[j] && procs[j] != TOMB)
-        j = (j + 1) & (procs_cap - 1);
-    if (!procs[j])
-        procs_used++;
-    procs[j] = p;
-    return true;
-}
-
-static void remove_proc(edrv_proc *p) {
-    for (size_t j = slot_of(p->pid, procs_cap);; j = (j + 1) & (procs_cap - 1)) {
-        if (procs[j] == p) {
-            procs[j] = TOMB;
-            return;
-        }
-    }
-}
 
 EDRV_API edrv_proc *edrv_proc_new(void) {
     edrv_proc *p = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *p);
@@ -92,9 +34,7 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     pthread_condattr_destroy(&ca);
     pthread_rwlock_wrlock(&procs_lock);
     p->pid = next_pid++;
-    bool ok = insert(p);
-    if (ok)
-        procs_live++;
+    bool ok = edrv__idmap_put(&procs, p->pid, p) == 0;
     pthread_rwlock_unlock(&procs_lock);
     if (!ok) {
         pthread_mutex_destroy(&p->lock);
@@ -110,13 +50,7 @@ EDRV_API void edrv_proc_free(edrv_proc *p) {
     if (!p)
         return;
     pthread_rwlock_wrlock(&procs_lock);
-    remove_proc(p);
-    if (--procs_live == 0) {
-        /* The last process gone: give the table back so nothing is left. */
-        edrv__free(procs);
-        procs = NULL;
-        procs_cap = procs_used = 0;
-    }
+    edrv__idmap_del(&procs, p->pid);
     pthread_rwlock_unlock(&procs_lock);
     /* Ports linked to it die with it, as ports die with their owner. */
     edrv__proc_exited(p->pid);
@@ -139,7 +73,7 @@ EDRV_API ErlDrvTermData edrv_proc_term(const edrv_proc *p) {
 
 bool edrv__proc_alive(uint64_t pid) {
     pthread_rwlock_rdlock(&procs_lock);
-    bool alive = lookup(pid) != NULL;
+    bool alive = edrv__idmap_get(&procs, pid) != NULL;
     pthread_rwlock_unlock(&procs_lock);
     return alive;
 }
@@ -159,7 +93,7 @@ void edrv__msg_drop(mbox_msg *m) {
 
 int edrv__deliver(uint64_t pid, mbox_msg *m) {
     pthread_rwlock_rdlock(&procs_lock);
-    edrv_proc *p = lookup(pid);
+    edrv_proc *p = edrv__idmap_get(&procs, pid);
     if (!p) {
         pthread_rwlock_unlock(&procs_lock);
         edrv__msg_drop(m);

@@ -1,0 +1,94 @@
+/*
+ * idmap.c: the one hash map of libedrv, from a 64-bit number to a pointer.
+ * Processes, ports and async jobs are all found by number (a pid, a port
+ * number, a job id) through it. Open addressing with linear probing; removed
+ * entries leave a tombstone until the next growth. Not thread-safe: each user
+ * guards its map with its own lock, or keeps it on one thread.
+ */
+#include "idmap.h"
+
+#include "internal.h"
+
+#define TOMB ((void *)1)
+
+static size_t slot_of(uint64_t key, size_t cap) {
+    return (size_t)(key * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
+}
+
+void *edrv__idmap_get(const idmap *m, uint64_t key) {
+    if (!m->cap)
+        return NULL;
+    for (size_t j = slot_of(key, m->cap);; j = (j + 1) & (m->cap - 1)) {
+        const idmap_slot *s = &m->slots[j];
+        if (!s->val)
+            return NULL;
+        if (s->val != TOMB && s->key == key)
+            return s->val;
+    }
+}
+
+/* Rebuilds the table without tombstones, sized so that it is at most a
+ * quarter full: it grows, and shrinks after many removals. */
+static int rehash(idmap *m) {
+    size_t cap = 16;
+    while (cap < (m->live + 1) * 4)
+        cap *= 2;
+    idmap_slot *t = edrv__calloc(EDRV_MEM_SYSTEM, cap * sizeof *t);
+    if (!t)
+        return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        idmap_slot *s = &m->slots[i];
+        if (s->val && s->val != TOMB) {
+            size_t j = slot_of(s->key, cap);
+            while (t[j].val)
+                j = (j + 1) & (cap - 1);
+            t[j] = *s;
+        }
+    }
+    edrv__free(m->slots);
+    m->slots = t;
+    m->cap = cap;
+    m->used = m->live;
+    return 0;
+}
+
+int edrv__idmap_put(idmap *m, uint64_t key, void *val) {
+    if ((m->used + 1) * 2 > m->cap && rehash(m) < 0)
+        return -1;
+    size_t j = slot_of(key, m->cap);
+    while (m->slots[j].val && m->slots[j].val != TOMB)
+        j = (j + 1) & (m->cap - 1);
+    if (!m->slots[j].val)
+        m->used++;
+    m->slots[j] = (idmap_slot){key, val};
+    m->live++;
+    return 0;
+}
+
+void *edrv__idmap_del(idmap *m, uint64_t key) {
+    if (!m->cap)
+        return NULL;
+    for (size_t j = slot_of(key, m->cap);; j = (j + 1) & (m->cap - 1)) {
+        idmap_slot *s = &m->slots[j];
+        if (!s->val)
+            return NULL;
+        if (s->val != TOMB && s->key == key) {
+            void *v = s->val;
+            s->val = TOMB;
+            m->live--;
+            if (m->live == 0) /* empty: give the memory back */
+                edrv__idmap_free(m);
+            return v;
+        }
+    }
+}
+
+void *edrv__idmap_at(const idmap *m, size_t i) {
+    void *v = m->slots[i].val;
+    return v == TOMB ? NULL : v;
+}
+
+void edrv__idmap_free(idmap *m) {
+    edrv__free(m->slots);
+    *m = (idmap){0};
+}
