@@ -181,6 +181,28 @@ void edrv_msg_free(edrv_msg *msg);
  * free(). Returns its length or EDRV_EBADTERM. */
 int edrv_term_format(const void *etf, size_t len, char **out);
 
+/* ---- the async pool ---------------------------------------------------------- */
+
+/* Cancels a job that driver_async queued and no pool thread has started:
+ * its free callback runs (now, on the calling thread) and ready_async never
+ * will. Returns 1 if cancelled; 0 if the job is running, finished, or unknown.
+ * OTP removed this function in OTP 17; edrv keeps the original contract. Call
+ * it from driver callbacks (the emulator thread), as driver_async. O(1). */
+int driver_async_cancel(long id);
+
+typedef struct {
+    int threads;            /* pool threads */
+    uint64_t submitted;     /* jobs accepted by driver_async */
+    uint64_t started;       /* jobs whose invoke began */
+    uint64_t ready_async;   /* jobs ended with ready_async */
+    uint64_t freed;         /* jobs ended with free (port gone, or no ready_async) */
+    uint64_t cancelled;     /* jobs cancelled before they started */
+} edrv_pool_stats;
+
+/* A snapshot of the pool's counters (any thread). Jobs queued now are
+ * submitted - started - cancelled. */
+void edrv_pool(edrv_pool_stats *stats);
+
 /* ---- memory ----------------------------------------------------------------- */
 
 typedef enum {
@@ -189,6 +211,7 @@ typedef enum {
     EDRV_MEM_PORT,       /* ports and their runtime data */
     EDRV_MEM_MESSAGE,    /* messages in mailboxes and replies */
     EDRV_MEM_SYSTEM,     /* the runtime's own tables and requests */
+    EDRV_MEM_ASYNC,      /* async jobs */
     EDRV_MEM_TYPES
 } edrv_mem_type;
 

@@ -154,7 +154,7 @@ int edrv__driver_unload(const char *name) {
         return edrv__fail(EDRV_ENODRIVER, "no driver named '%s' is loaded", name);
     if (--d->users > 0)
         return 0;
-    if (d->ports) {
+    if (d->ports || d->jobs) {
         d->unload_pending = true;
         return 1;
     }
@@ -163,7 +163,17 @@ int edrv__driver_unload(const char *name) {
 }
 
 void edrv__driver_port_gone(edrv_driver *d) {
-    if (--d->ports == 0 && d->unload_pending)
+    if (--d->ports == 0 && !d->jobs && d->unload_pending)
+        unload(d);
+}
+
+void edrv__driver_job_added(edrv_driver *d) {
+    d->jobs++;
+}
+
+/* The driver stays loaded while a job of its is pending, as in ERTS. */
+void edrv__driver_job_done(edrv_driver *d) {
+    if (--d->jobs == 0 && !d->ports && d->unload_pending)
         unload(d);
 }
 
@@ -187,7 +197,7 @@ EDRV_API int remove_driver_entry(ErlDrvEntry *de) {
     if (!de || !edrv__on_emulator_thread() || !de->driver_name)
         return -1;
     edrv_driver *d = edrv__driver_find(de->driver_name, strlen(de->driver_name));
-    if (!d || d->entry != de || d->ports)
+    if (!d || d->entry != de || d->ports || d->jobs)
         return -1;
     unload(d);
     return 0;

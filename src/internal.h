@@ -138,6 +138,9 @@ struct _erl_drv_port {
     /* Set when the port's end was decided inside a callback: stop runs once
      * the callback returns, never inside another callback. */
     bool exit_pending;
+    /* References besides the table's: async jobs. The struct outlives the
+     * port (DEAD) until the last one goes. */
+    int refs;
 };
 typedef struct _erl_drv_port edrv_port_t;
 
@@ -158,6 +161,12 @@ void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);
 size_t edrv__ports_using(struct edrv_driver *d);
 int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
+/* Emulator thread: for the async pool. */
+void edrv__port_ref(edrv_port_t *pt);
+void edrv__port_unref(edrv_port_t *pt);
+bool edrv__port_accepts_jobs(const edrv_port_t *pt);
+/* Calls ready_async if the port lives and has one; false if it did not. */
+bool edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
 
 /* ---- driver.c: loading and the driver registry ----------------------------- */
@@ -169,6 +178,7 @@ typedef struct edrv_driver {
     void *dl;             /* dlopen handle, NULL for a registered static entry */
     long users;           /* load count (edrv_load_driver / edrv_register_driver) */
     size_t ports;         /* ports using it */
+    size_t jobs;          /* async jobs not yet ended: they keep it loaded */
     bool unload_pending;  /* unload asked while ports were open */
 } edrv_driver;
 
@@ -177,10 +187,24 @@ int edrv__driver_load(const char *dir, const char *name);
 int edrv__driver_register(ErlDrvEntry *de);
 int edrv__driver_unload(const char *name);
 edrv_driver *edrv__driver_find(const char *name, size_t len);
-void edrv__driver_port_gone(edrv_driver *d); /* last port may finish an unload */
+void edrv__driver_port_gone(edrv_driver *d); /* last port or job may finish an unload */
+void edrv__driver_job_added(edrv_driver *d);
+void edrv__driver_job_done(edrv_driver *d);
 void edrv__drivers_unload_all(void);
 
+/* ---- async.c: the pool ---------------------------------------------------- */
+
+int edrv__async_start(int threads); /* edrv_start */
+void edrv__async_stop(void);        /* edrv_stop, after every job ended */
+/* Emulator thread: ends the finished jobs (ready_async or free); returns how
+ * many. */
+size_t edrv__async_drain(void);
+size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
+
 /* ---- loop.c: the emulator thread ------------------------------------------ */
+
+/* Any thread: wakes the emulator thread (the one wake-up primitive). */
+void edrv__wake(void);
 
 bool edrv__on_emulator_thread(void);
 bool edrv__running(void);

@@ -73,6 +73,27 @@ int edrv__async_threads(void) {
     return rt.async_threads;
 }
 
+static void wait_for_wake(void) {
+    struct epoll_event ev;
+    if (epoll_wait(rt.epfd, &ev, 1, -1) == 1) {
+        uint64_t v;
+        while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
+            ;
+    }
+}
+
+/* Every port closes (stop runs), every async job ends (queued ones still run,
+ * and end with free, as for any closed port), then every driver unloads. */
+static void shutdown(void) {
+    edrv__ports_close_all();
+    while (edrv__async_pending()) {
+        if (!edrv__async_drain())
+            wait_for_wake();
+    }
+    edrv__drivers_unload_all();
+    rt.quit = true;
+}
+
 static void execute(request *r) {
     edrv__fail(0, "%s", "");
     switch (r->type) {
@@ -106,9 +127,7 @@ static void execute(request *r) {
         r->result = 0;
         break;
     case R_STOP:
-        edrv__ports_close_all();
-        edrv__drivers_unload_all();
-        rt.quit = true;
+        shutdown();
         r->result = 0;
         break;
     }
@@ -149,7 +168,9 @@ static void *emulator_main(void *arg) {
                 uint64_t v;
                 while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
                     ;
+                /* One wake-up for both: requests from hosts, finished jobs. */
                 drain_requests();
+                edrv__async_drain();
             }
         }
     }
@@ -174,12 +195,15 @@ static int enqueue(request *r) {
     if (r->type == R_STOP)
         rt.accepting = false;
     pthread_mutex_unlock(&rt.lock);
-    if (was_empty) {
-        uint64_t one = 1;
-        while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
-            ;
-    }
+    if (was_empty)
+        edrv__wake();
     return 0;
+}
+
+void edrv__wake(void) {
+    uint64_t one = 1;
+    while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
 }
 
 /* Runs r on the emulator thread and waits for its result. */
@@ -231,9 +255,13 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     rt.async_threads = threads;
     rt.quit = false;
     rt.head = rt.tail = NULL;
+    if (!err)
+        err = edrv__async_start(threads);
     if (!err) {
         rt.accepting = true;
         err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);
+        if (err)
+            edrv__async_stop();
     }
     if (err) {
         rt.accepting = false;
@@ -243,7 +271,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
             close(rt.wakefd);
         rt.epfd = rt.wakefd = -1;
         pthread_mutex_unlock(&rt.lock);
-        return edrv__fail(err, "edrv_start: %s", strerror(-err));
+        return edrv__fail(err, "edrv_start: %s", edrv_strerror(err));
     }
     pthread_setname_np(rt.thread, "emulator");
     atomic_store(&state, ST_RUNNING);
@@ -259,6 +287,7 @@ EDRV_API int edrv_stop(void) {
     if (rc < 0)
         return rc; /* not running, or another thread is stopping it */
     pthread_join(rt.thread, NULL);
+    edrv__async_stop(); /* every job has ended: the pool threads are idle */
     pthread_mutex_lock(&rt.lock);
     close(rt.epfd);
     close(rt.wakefd);

@@ -35,7 +35,7 @@ static _Atomic size_t stat_blocks[EDRV_MEM_TYPES];
 static _Atomic long fail_countdown;
 
 static const char *const type_names[EDRV_MEM_TYPES] = {
-    "driver", "binary", "port", "message", "system",
+    "driver", "binary", "port", "message", "system", "async",
 };
 
 static bool injected_failure(void) {

@@ -6,7 +6,7 @@
  * the function, so a driver that needs one fails visibly instead of
  * misbehaving quietly.
  *
- * Still to come: the async pool (driver_async), I/O events (driver_select),
+ * Still to come: I/O events (driver_select),
  * timers, the driver queue, busy ports, monitors, port data locks,
  * driver_create_port and erl_drv_init_ack.
  */
@@ -20,12 +20,6 @@
         if (!atomic_exchange(&told, true))                                           \
             edrv__warn("%s is not implemented in this version of edrv", fn);         \
     } while (0)
-
-EDRV_API long driver_async(ErlDrvPort ix, unsigned int *key, void (*async_invoke)(void *),
-                           void *async_data, void (*async_free)(void *)) {
-    NOT_YET("driver_async");
-    return -1;
-}
 
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
     NOT_YET("driver_select");

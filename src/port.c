@@ -251,7 +251,14 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
     return 0;
 }
 
-/* Runs stop and frees the port. The port was started (it has driver data). */
+/* Frees a dead port's struct once no job refers to it. */
+static void port_release(edrv_port_t *pt) {
+    if (pt->refs == 0)
+        edrv__free(pt);
+}
+
+/* Runs stop, takes the port out of the table, and lets its driver go. The
+ * port was started (it has driver data). */
 static void finish_exit(edrv_port_t *pt) {
     pt->exit_pending = false;
     atomic_store(&pt->state, PORT_STOPPING);
@@ -263,8 +270,33 @@ static void finish_exit(edrv_port_t *pt) {
     atomic_store(&pt->state, PORT_DEAD);
     table_remove(pt);
     edrv_driver *d = pt->drv;
-    edrv__free(pt);
+    port_release(pt);
     edrv__driver_port_gone(d);
+}
+
+void edrv__port_ref(edrv_port_t *pt) {
+    pt->refs++;
+}
+
+void edrv__port_unref(edrv_port_t *pt) {
+    if (--pt->refs == 0 && atomic_load(&pt->state) == PORT_DEAD)
+        edrv__free(pt);
+}
+
+bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
+    /* From start, from any callback, and from stop (a file driver queues its
+     * close there); not once the port is dead. */
+    return atomic_load(&pt->state) != PORT_DEAD;
+}
+
+bool edrv__port_ready_async(edrv_port_t *pt, void *data) {
+    const ErlDrvEntry *e = pt->drv->entry;
+    if (atomic_load(&pt->state) != PORT_ALIVE || !e->ready_async)
+        return false;
+    enter(pt, atomic_load(&pt->owner));
+    e->ready_async(pt->data, (ErlDrvThreadData)data);
+    leave(pt);
+    return true;
 }
 
 /* ---- requests from the host (emulator thread) ----------------------------------------- */
@@ -305,10 +337,11 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     else if (data == ERL_DRV_ERROR_BADARG)
         rc = edrv__fail(EDRV_EBADARG, "%s: start failed (ERL_DRV_ERROR_BADARG)", d->name);
     if (rc < 0) {
-        /* Never started, so stop does not run; nothing reaches the owner. */
+        /* Never started, so stop does not run; nothing reaches the owner.
+         * Jobs it queued still run, and end with free. */
         atomic_store(&pt->state, PORT_DEAD);
         table_remove(pt);
-        edrv__free(pt);
+        port_release(pt);
         edrv__driver_port_gone(d);
         return rc;
     }
