@@ -110,17 +110,32 @@ run_edrv(Runner, Dir, Steps) ->
             error(runner_timeout)
     end.
 
-%% Names, commands and data as binaries, call terms in ETF.
+%% Names, commands and data as binaries, call terms in ETF. Command data that
+%% is an iolist goes as the list of its pieces, for edrv_port_commandv.
 for_runner({load, Name}) -> {load, bin(Name)};
 for_runner({unload, Name}) -> {unload, bin(Name)};
 for_runner({open, Command, Opts}) -> {open, bin(Command), Opts};
 for_runner({close, I}) -> {close, I};
-for_runner({command, I, Data}) -> {command, I, bin(Data)};
+for_runner({command, I, Data}) when is_binary(Data) -> {command, I, Data};
+for_runner({command, I, Data}) -> {command, I, pieces(Data)};
 for_runner({control, I, Op, Data}) -> {control, I, Op, bin(Data)};
 for_runner({call, I, Op, Term}) -> {call, I, Op, term_to_binary(Term)}.
 
 bin(A) when is_atom(A) -> atom_to_binary(A);
 bin(Data) -> iolist_to_binary(Data).
+
+%% The pieces of an iolist: each binary as it is, each run of bytes as one.
+pieces(IoList) -> merge(flat(IoList, [])).
+
+flat([H | T], Acc) -> flat(H, flat(T, Acc));
+flat([], Acc) -> Acc;
+flat(X, Acc) -> [X | Acc].
+
+merge([]) -> [];
+merge([B | T]) when is_binary(B) -> [B | merge(T)];
+merge(L) ->
+    {Bytes, T} = lists:splitwith(fun is_integer/1, L),
+    [list_to_binary(Bytes) | merge(T)].
 
 %% ---- normalizing -------------------------------------------------------------
 

@@ -3,8 +3,9 @@
  *
  * Usage: diff_runner DRIVERS_DIR, started by diff.escript with {packet, 4}.
  * Reads one packet from stdin: term_to_binary of the scenario's steps, with
- * every name, command and data as a binary and every call term already in
- * ETF (term_to_binary(Term) as a binary):
+ * every name, command and data as a binary (command data may also be a list
+ * of binaries, the pieces of an iolist, for edrv_port_commandv) and every
+ * call term already in ETF (term_to_binary(Term) as a binary):
  *   {load, Name} | {unload, Name} | {open, Command, Opts} | {close, Idx} |
  *   {command, Idx, Data} | {control, Idx, Op, Data} | {call, Idx, Op, Etf}
  * Runs them in one edrv process, collecting after each step every message that
@@ -166,6 +167,37 @@ static unsigned decode_open_flags(const char *buf, int *idx) {
     return flags;
 }
 
+/* Command data: a binary goes to edrv_port_command, a list of binaries (the
+ * pieces of an iolist) to edrv_port_commandv. */
+static int run_command(const char *buf, int *idx, edrv_proc *self, edrv_port port) {
+    int type, size, n;
+    long len;
+    if (ei_get_type(buf, idx, &type, &size) < 0)
+        die("command: bad data");
+    if (type == ERL_BINARY_EXT) {
+        char *data = decode_bin(buf, idx, &len);
+        int rc = edrv_port_command(self, port, data, (size_t)len);
+        free(data);
+        return rc;
+    }
+    if (ei_decode_list_header(buf, idx, &n) < 0)
+        die("command: data must be a binary or a list of binaries");
+    struct iovec *iov = calloc(n ? (size_t)n : 1, sizeof *iov);
+    if (!iov)
+        die("out of memory");
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = decode_bin(buf, idx, &len);
+        iov[i].iov_len = (size_t)len;
+    }
+    if (n && ei_decode_list_header(buf, idx, &size) < 0)
+        die("command: improper list");
+    int rc = edrv_port_commandv(self, port, iov, n);
+    for (int i = 0; i < n; i++)
+        free(iov[i].iov_base);
+    free(iov);
+    return rc;
+}
+
 /* Runs the step at *idx and encodes its result into x. */
 static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self,
                      port_list *ports, ei_x_buff *x) {
@@ -211,9 +243,7 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
             encode_ok_atom(x, "true");
     } else if (strcmp(what, "command") == 0) {
         edrv_port port = port_at(ports, decode_ulong(buf, idx));
-        char *data = decode_bin(buf, idx, &len);
-        rc = edrv_port_command(self, port, data, (size_t)len);
-        free(data);
+        rc = run_command(buf, idx, self, port);
         if (rc < 0)
             encode_error(x, rc);
         else
@@ -222,7 +252,7 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
         edrv_port port = port_at(ports, decode_ulong(buf, idx));
         unsigned op = (unsigned)decode_ulong(buf, idx);
         char *data = decode_bin(buf, idx, &len);
-        edrv_reply reply;
+        edrv_reply reply = {0};
         rc = what[1] == 'o' ? edrv_port_control(self, port, op, data, (size_t)len, &reply)
                             : edrv_port_call(self, port, op, data, (size_t)len, &reply);
         free(data);
