@@ -115,9 +115,11 @@ int edrv_load_driver(const char *dir, const char *name);
 /* Registers a driver entry linked into the host program. Its init runs now;
  * the entry must outlive the registration. */
 int edrv_register_driver(ErlDrvEntry *entry);
-/* Drops one user of a driver. The last one unloads it: at once (returns 0) or,
- * while ports still use it, when the last of them closes (returns 1). finish
- * runs before the file is closed. */
+/* Drops one user of a driver, as erl_ddll:unload_driver/1. The last one kills
+ * the driver's open ports (their owners get {'EXIT', Port, driver_unloaded})
+ * and unloads it: at once (returns 0) or, while its async jobs are pending,
+ * when the last of them ends (returns 1; loading it again meanwhile cancels
+ * the unload). finish runs before the file is closed. */
 int edrv_unload_driver(const char *name);
 
 /* ---- ports ---------------------------------------------------------------- */

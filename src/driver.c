@@ -93,9 +93,10 @@ int edrv__driver_load(const char *dir, const char *name) {
         bool same = a && b && strcmp(a, b) == 0;
         free(a);
         free(b);
-        if (!same || d->unload_pending)
+        if (!same)
             return edrv__fail(EDRV_EBADNAME, "a driver named '%s' is already loaded from %s",
                               name, have[0] ? have : "the host program");
+        d->unload_pending = false; /* loading again cancels a pending unload */
         d->users++;
         return 0;
     }
@@ -148,18 +149,23 @@ static void unload(edrv_driver *d) {
     edrv__free(d);
 }
 
+/* As erl_ddll:unload_driver/1 after load_driver/2: the last user's unload
+ * kills the driver's ports with reason driver_unloaded; the driver goes once
+ * they are gone and its async jobs have ended. */
 int edrv__driver_unload(const char *name) {
-    edrv_driver *d = edrv__driver_find(name, strlen(name));
+    size_t len = strlen(name);
+    edrv_driver *d = edrv__driver_find(name, len);
     if (!d || d->unload_pending)
         return edrv__fail(EDRV_ENODRIVER, "no driver named '%s' is loaded", name);
     if (--d->users > 0)
         return 0;
-    if (d->ports || d->jobs) {
-        d->unload_pending = true;
-        return 1;
+    d->unload_pending = true;
+    if (!d->ports && !d->jobs) {
+        unload(d);
+        return 0;
     }
-    unload(d);
-    return 0;
+    edrv__ports_kill_driver(d); /* the last port to go may unload d */
+    return edrv__driver_find(name, len) == d ? 1 : 0;
 }
 
 void edrv__driver_port_gone(edrv_driver *d) {

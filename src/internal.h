@@ -151,7 +151,8 @@ uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing);
 
 /* Emulator thread: the operations a request carries out. */
 int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out);
-int edrv__port_command(edrv_proc *p, edrv_port id, char *data, size_t len);
+int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
+                       int npieces, bool whole);
 int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply);
 int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
@@ -159,6 +160,7 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
 int edrv__port_close(edrv_proc *p, edrv_port id);
 void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);
+void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloaded */
 size_t edrv__ports_using(struct edrv_driver *d);
 int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
 /* Emulator thread: for the async pool. */

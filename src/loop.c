@@ -38,12 +38,15 @@ typedef struct request {
     char *data;
     size_t len;
     ErlDrvBinary *bin; /* R_COMMAND: the data, owned by the request */
+    bool whole;        /* R_COMMAND: one binary (port_command), not a vector */
+    int npieces;       /* R_COMMAND: the vector's pieces, in pieces[] */
     ErlDrvEntry *entry;
     edrv_reply *reply;
     edrv_port *out_port;
     int result;
     sem_t *done; /* NULL: asynchronous, freed by the emulator thread */
     char detail[256];
+    size_t pieces[]; /* R_COMMAND: the length of each piece of the vector */
 } request;
 
 enum { ST_STOPPED, ST_RUNNING };
@@ -110,7 +113,7 @@ static void execute(request *r) {
         r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port);
         break;
     case R_COMMAND:
-        r->result = edrv__port_command(r->proc, r->port, (char *)r->bin, r->len);
+        r->result = edrv__port_command(r->proc, r->port, r->bin, r->pieces, r->npieces, r->whole);
         r->bin = NULL; /* the port took it */
         break;
     case R_CONTROL:
@@ -331,10 +334,13 @@ EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, e
     return call_sync(&r);
 }
 
-EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov,
-                                int iovcnt) {
+/* Copies the data into one binary and queues it; `whole` sends it as one
+ * binary (port_command/2 with a binary), otherwise as the vector's pieces (as
+ * an iolist: an outputv driver gets one element per non-empty piece). */
+static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
+                        bool whole) {
     if (!p || (iovcnt && !iov) || iovcnt < 0)
-        return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: NULL process or vector");
+        return edrv__fail(EDRV_EINVAL, "edrv_port_command: NULL process or vector");
     if (!edrv__running())
         return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
     /* Fail early, as port_command/2 raises badarg at once for a dead port; a
@@ -345,25 +351,30 @@ EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++) {
         if (!iov[i].iov_base && iov[i].iov_len)
-            return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: NULL buffer with a length");
+            return edrv__fail(EDRV_EINVAL, "edrv_port_command: NULL buffer with a length");
         if (iov[i].iov_len > (size_t)INTPTR_MAX - total)
-            return edrv__fail(EDRV_EINVAL, "edrv_port_commandv: data too large");
+            return edrv__fail(EDRV_EINVAL, "edrv_port_command: data too large");
         total += iov[i].iov_len;
     }
-    request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r);
+    request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {
         edrv__free(r);
         return edrv__fail(EDRV_ENOMEM, "out of memory for %zu bytes of command data", total);
     }
-    for (int i = 0, off = 0; i < iovcnt; off += (int)iov[i].iov_len, i++)
+    size_t off = 0;
+    for (int i = 0; i < iovcnt; i++) {
         if (iov[i].iov_len)
             memcpy(bin->orig_bytes + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+        r->pieces[i] = iov[i].iov_len;
+    }
     r->type = R_COMMAND;
     r->proc = p;
     r->port = port;
     r->bin = bin;
-    r->len = total;
+    r->whole = whole;
+    r->npieces = iovcnt;
     if (on_emulator) {
         execute(r);
         edrv__free(r);
@@ -377,9 +388,14 @@ EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec
     return rc;
 }
 
+EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov,
+                                int iovcnt) {
+    return port_command(p, port, iov, iovcnt, false);
+}
+
 EDRV_API int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, size_t len) {
     struct iovec v = {(void *)data, len};
-    return edrv_port_commandv(p, port, &v, 1);
+    return port_command(p, port, &v, 1, true);
 }
 
 EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,

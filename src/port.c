@@ -169,17 +169,19 @@ static void write_data_msg(etf_w *w, const void *ctx) {
         write_bytes_as_list(w, d, total);
         return;
     }
-    int front = (int)d->hlen + (d->nsegs > 0 ? d->nsegs - 1 : 0);
+    if (d->nsegs == 0) {
+        /* No data buffer at all (NULL): the header alone, as a list. */
+        write_bytes_as_list(w, d, d->hlen);
+        return;
+    }
+    int front = (int)d->hlen + d->nsegs - 1;
     if (front)
         ei_encode_list_header(w->buf, &w->idx, front);
     for (size_t k = 0; k < d->hlen; k++)
         ei_encode_char(w->buf, &w->idx, d->hdr[k]);
     for (int i = 0; i + 1 < d->nsegs; i++)
         ei_encode_binary(w->buf, &w->idx, d->segs[i].p, (long)d->segs[i].len);
-    if (d->nsegs)
-        ei_encode_binary(w->buf, &w->idx, d->segs[d->nsegs - 1].p, (long)d->segs[d->nsegs - 1].len);
-    else
-        ei_encode_binary(w->buf, &w->idx, "", 0);
+    ei_encode_binary(w->buf, &w->idx, d->segs[d->nsegs - 1].p, (long)d->segs[d->nsegs - 1].len);
 }
 
 /* Exit reasons: an atom or an integer. */
@@ -305,7 +307,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     size_t name_len = strcspn(command, " ");
     edrv_driver *d = edrv__driver_find(command, name_len);
     if (!d || d->unload_pending)
-        return edrv__fail(EDRV_ENODRIVER, "no driver named '%.*s' is loaded", (int)name_len,
+        return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
                           command);
     edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
     char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
@@ -315,7 +317,6 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
         return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
     }
     pt->drv = d;
-    pt->binary = flags & EDRV_PORT_BINARY;
     pt->linked = true;
     atomic_store(&pt->owner, p->pid);
     atomic_store(&pt->state, PORT_STARTING);
@@ -346,6 +347,9 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
         return rc;
     }
     pt->data = data;
+    /* Binary mode starts once start has returned: ERTS delivers output from
+     * start as a list even on a binary port. */
+    pt->binary = flags & EDRV_PORT_BINARY;
     port_state starting = PORT_STARTING;
     atomic_compare_exchange_strong(&pt->state, &starting, PORT_ALIVE);
     *out = pt->id;
@@ -354,8 +358,12 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     return 0;
 }
 
-int edrv__port_command(edrv_proc *p, edrv_port id, char *bin_ptr, size_t len) {
-    ErlDrvBinary *bin = (ErlDrvBinary *)bin_ptr;
+/* Gives command data to the driver: to outputv as an ErlIOVec whose first
+ * element is left empty (for a header, as ERTS does) and then one element per
+ * non-empty piece (one element, even empty, when `whole`); otherwise to
+ * output, flat. The port takes the binary. */
+int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
+                       int npieces, bool whole) {
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
     if (!pt) {
@@ -365,19 +373,47 @@ int edrv__port_command(edrv_proc *p, edrv_port id, char *bin_ptr, size_t len) {
         return 0;
     }
     const ErlDrvEntry *e = pt->drv->entry;
-    enter(pt, p->pid);
+    size_t len = (size_t)bin->orig_size;
     if (e->outputv) {
-        /* As ERTS, the first element is left empty for a header. */
-        SysIOVec iov[2] = {{NULL, 0}, {bin->orig_bytes, len}};
-        ErlDrvBinary *binv[2] = {NULL, bin};
-        ErlIOVec ev = {len ? 2 : 1, len, iov, binv};
+        SysIOVec iov_small[8];
+        ErlDrvBinary *binv_small[8];
+        int cap = whole ? 2 : npieces + 1;
+        SysIOVec *iov = iov_small;
+        ErlDrvBinary **binv = binv_small;
+        if (cap > 8) {
+            iov = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)cap * (sizeof *iov + sizeof *binv));
+            if (!iov) {
+                edrv__warn("out of memory: command data to %s dropped", pt->drv->name);
+                driver_free_binary(bin);
+                return 0;
+            }
+            binv = (ErlDrvBinary **)(iov + cap);
+        }
+        iov[0] = (SysIOVec){NULL, 0};
+        binv[0] = NULL;
+        int n = 1;
+        size_t off = 0;
+        for (int i = 0; i < (whole ? 1 : npieces); i++) {
+            size_t l = whole ? len : pieces[i];
+            if (l || whole) {
+                iov[n] = (SysIOVec){bin->orig_bytes + off, l};
+                binv[n++] = bin;
+            }
+            off += l;
+        }
+        ErlIOVec ev = {n, len, iov, binv};
+        enter(pt, p->pid);
         e->outputv(pt->data, &ev);
+        leave(pt);
+        if (iov != iov_small)
+            edrv__free(iov);
     } else if (e->output) {
+        enter(pt, p->pid);
         e->output(pt->data, bin->orig_bytes, len);
+        leave(pt);
     } else {
         edrv__warn("%s: port_command to a driver with neither output nor outputv", pt->drv->name);
     }
-    leave(pt);
     driver_free_binary(bin);
     return 0;
 }
@@ -402,7 +438,8 @@ int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size
     enter(pt, p->pid);
     ErlDrvSSizeT n = e->control(pt->data, op, copy, len, &rbuf, sizeof buf);
     int flags = pt->control_flags;
-    const char *name = pt->drv->name;
+    char name[64]; /* leave() may end the port and unload its driver */
+    snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt); /* pt may be gone from here on */
     edrv__free(copy);
 
@@ -462,7 +499,8 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
     unsigned int rflags = 0;
     enter(pt, p->pid);
     ErlDrvSSizeT n = e->call(pt->data, op, copy, len, &rbuf, sizeof buf, &rflags);
-    const char *name = pt->drv->name;
+    char name[64]; /* leave() may end the port and unload its driver */
+    snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt);
     edrv__free(copy);
 
@@ -498,23 +536,24 @@ int edrv__port_close(edrv_proc *p, edrv_port id) {
     return 0;
 }
 
-/* The ids of the ports matching pid (0: all), for a pass that may close them. */
-static uint64_t *collect_ports(uint64_t pid, size_t *n) {
+/* The ids of the ports owned by pid, or of driver d, or all (0, NULL), for a
+ * pass that may close them. */
+static uint64_t *collect_ports(uint64_t pid, const edrv_driver *d, size_t *n) {
     pthread_mutex_lock(&ports.lock);
     uint64_t *ids = edrv__alloc(EDRV_MEM_SYSTEM, (ports.map.live ? ports.map.live : 1) * sizeof *ids);
     *n = 0;
     for (size_t i = 0; ids && i < ports.map.cap; i++) {
         edrv_port_t *pt = edrv__idmap_at(&ports.map, i);
-        if (pt && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)))
+        if (pt && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)) && (!d || pt->drv == d))
             ids[(*n)++] = pt->id;
     }
     pthread_mutex_unlock(&ports.lock);
     return ids;
 }
 
-static void close_ports_of(uint64_t pid, bool signal) {
+static void close_ports_of(uint64_t pid, const edrv_driver *d, reason why, bool signal) {
     size_t n;
-    uint64_t *ids = collect_ports(pid, &n);
+    uint64_t *ids = collect_ports(pid, d, &n);
     if (!ids) {
         edrv__warn("out of memory: cannot close the ports of <0.%llu.0>", (unsigned long long)pid);
         return;
@@ -523,18 +562,22 @@ static void close_ports_of(uint64_t pid, bool signal) {
         int err;
         edrv_port_t *pt = port_get(ids[i], &err);
         if (pt)
-            port_exit(pt, (reason){"normal", 0}, !signal, signal);
+            port_exit(pt, why, !signal, signal);
     }
     edrv__free(ids);
 }
 
 void edrv__ports_of_proc_exit(uint64_t pid) {
     /* The owner is gone: the exit signal has no one to reach. */
-    close_ports_of(pid, false);
+    close_ports_of(pid, NULL, (reason){"normal", 0}, false);
 }
 
 void edrv__ports_close_all(void) {
-    close_ports_of(0, false);
+    close_ports_of(0, NULL, (reason){"normal", 0}, false);
+}
+
+void edrv__ports_kill_driver(edrv_driver *d) {
+    close_ports_of(0, d, (reason){"driver_unloaded", 0}, true);
 }
 
 uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing) {
@@ -551,15 +594,17 @@ uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing) {
 
 /* ---- the driver interface: output ------------------------------------------------------ */
 
+/* A NULL buffer is no data at all, not an empty binary: on a binary port the
+ * message is then the header alone, as a list (as ERTS). */
 EDRV_API int driver_output(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
     seg s = {buf, len};
-    return output_data(port, NULL, 0, &s, 1);
+    return output_data(port, NULL, 0, &s, buf ? 1 : 0);
 }
 
 EDRV_API int driver_output2(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, char *buf,
                             ErlDrvSizeT len) {
     seg s = {buf, len};
-    return output_data(port, hbuf, hlen, &s, 1);
+    return output_data(port, hbuf, hlen, &s, buf ? 1 : 0);
 }
 
 EDRV_API int driver_output_binary(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen,
@@ -576,23 +621,28 @@ EDRV_API int driver_outputv(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, ErlIO
                             ErlDrvSizeT skip) {
     if (!ev || ev->vsize < 0)
         return 0;
-    /* The segments after `skip` bytes, empty ones left out. */
+    if (ev->size <= skip) /* nothing left: the header alone */
+        return output_data(port, hbuf, hlen, NULL, 0);
+    /* The segments after `skip` bytes, empty ones left out. As ERTS does, the
+     * element that `skip` ends in is trimmed in the caller's vector too. */
     seg small[16] = {{0}};
     seg *segs = ev->vsize <= 16 ? small : edrv__alloc(EDRV_MEM_SYSTEM, (size_t)ev->vsize * sizeof *segs);
     if (!segs)
         return 0;
     int n = 0;
     for (int i = 0; i < ev->vsize; i++) {
-        size_t l = ev->iov[i].iov_len;
-        const char *b = ev->iov[i].iov_base;
-        if (skip >= l) {
-            skip -= l;
+        SysIOVec *v = &ev->iov[i];
+        if (skip >= v->iov_len) {
+            skip -= v->iov_len;
             continue;
         }
-        b += skip;
-        l -= skip;
-        skip = 0;
-        segs[n++] = (seg){b, l};
+        if (skip) {
+            v->iov_base = (char *)v->iov_base + skip;
+            v->iov_len -= skip;
+            skip = 0;
+        }
+        if (v->iov_len)
+            segs[n++] = (seg){v->iov_base, v->iov_len};
     }
     output_data(port, hbuf, hlen, segs, n);
     if (segs != small)

@@ -85,18 +85,20 @@ static void init_and_finish(void) {
     unlink(log_path);
 }
 
-static void unload_waits_for_ports(void) {
+static void unload_kills_ports(void) {
+    /* As erl_ddll:unload_driver/1 after load_driver/2. */
     log_reset();
     edrv_proc *p = edrv_proc_new();
     edrv_port port;
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "ld_ok") == 0);
     REQUIRE(edrv_open_port(p, "ld_ok", 0, &port) == 0);
-    CHECK_INT(edrv_unload_driver("ld_ok"), 1); /* pending */
-    CHECK_STR(log_text(), "ld_ok init");
-    edrv_port p2;
-    CHECK_INT(edrv_open_port(p, "ld_ok", 0, &p2), EDRV_ENODRIVER);
-    CHECK_INT(edrv_port_close(p, port), 0);
+    CHECK_INT(edrv_unload_driver("ld_ok"), 0);
     CHECK_STR(log_text(), "ld_ok init|ld_ok stop|ld_ok finish");
+    CHECK_MSG(p, port, "{'EXIT',%P,driver_unloaded}");
+    CHECK_INT(edrv_port_command(p, port, "x", 1), EDRV_ECLOSED);
+    edrv_port p2;
+    CHECK_INT(edrv_open_port(p, "ld_ok", 0, &p2), EDRV_EBADARG);
+    CHECK(strstr(edrv_last_error(), "no driver named 'ld_ok'") != NULL);
     edrv_proc_free(p);
     unlink(log_path);
 }
@@ -159,7 +161,7 @@ static const test_case cases[] = {
     {"outcomes", outcomes},
     {"open_error_has_dlerror_text", open_error_has_dlerror_text},
     {"init_and_finish", init_and_finish},
-    {"unload_waits_for_ports", unload_waits_for_ports},
+    {"unload_kills_ports", unload_kills_ports},
     {"same_name_other_file", same_name_other_file},
     {"bad_names", bad_names},
     {"register_static", register_static},

@@ -45,8 +45,20 @@ static void command_outputv(void) {
     CHECK_INT(edrv_port_command(proc, port, "hello", 5), 0);
     /* As ERTS: iov[0] is left empty, the data follows. */
     CHECK_MSG(proc, port, "{outputv,2,5,[0,5],<<\"hello\">>}");
+    /* One binary: one element, even empty (port_command(P, <<>>)). */
     CHECK_INT(edrv_port_command(proc, port, "", 0), 0);
+    CHECK_MSG(proc, port, "{outputv,2,0,[0,0],<<>>}");
+    /* A vector: one element per non-empty piece, as for an iolist. */
+    struct iovec v[4] = {{"io", 2}, {"", 0}, {"list", 4}, {"!", 1}};
+    CHECK_INT(edrv_port_commandv(proc, port, v, 4), 0);
+    CHECK_MSG(proc, port, "{outputv,4,7,[0,2,4,1],<<\"iolist!\">>}");
+    CHECK_INT(edrv_port_commandv(proc, port, v, 0), 0);
     CHECK_MSG(proc, port, "{outputv,1,0,[0],<<>>}");
+    struct iovec many[20];
+    for (int i = 0; i < 20; i++)
+        many[i] = (struct iovec){"x", 1};
+    CHECK_INT(edrv_port_commandv(proc, port, many, 20), 0);
+    CHECK_MSG(proc, port, "{outputv,21,20,[0,1,1,1,1,1,1,1],<<\"xxxxxxxxxxxxxxxxxxxx\">>}");
     teardown();
 }
 
@@ -64,11 +76,22 @@ static void start_errors(void) {
     CHECK_INT(edrv_open_port(proc, "tdrv errno", 0, &p2), -ENOENT);
     CHECK_STR(edrv_err_name(-ENOENT), "enoent");
     CHECK_INT(edrv_open_port(proc, "tdrv badarg", 0, &p2), EDRV_EBADARG);
-    CHECK_INT(edrv_open_port(proc, "nosuchdriver x", 0, &p2), EDRV_ENODRIVER);
+    CHECK_INT(edrv_open_port(proc, "nosuchdriver x", 0, &p2), EDRV_EBADARG); /* as open_port */
     CHECK_INT(p2, 0);
     char *m = recv_text(proc, 50);
     CHECK_STR(m, "timeout"); /* a failed start sends nothing */
     free(m);
+    teardown();
+}
+
+static void failure_inside_start(void) {
+    /* ERTS crashes on this (OTP 25 segfaults); edrv opens the port, which
+     * then exits with the reason at once, after start returned. */
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_port p2;
+    CHECK_INT(edrv_open_port(proc, "tdrv fail", 0, &p2), 0);
+    CHECK_MSG(proc, p2, "{'EXIT',%P,failed_in_start}");
+    CHECK_INT(edrv_port_command(proc, p2, "x", 1), EDRV_ECLOSED);
     teardown();
 }
 
@@ -152,6 +175,7 @@ static const test_case cases[] = {
     {"command_outputv", command_outputv},
     {"output_from_start", output_from_start},
     {"start_errors", start_errors},
+    {"failure_inside_start", failure_inside_start},
     {"close_sends_exit", close_sends_exit},
     {"stop_output_after_exit", stop_output_after_exit},
     {"owner_exit_closes_ports", owner_exit_closes_ports},

@@ -63,6 +63,7 @@ static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
     }
     if (strstr(cmd, " badarg"))
         return ERL_DRV_ERROR_BADARG;
+    int fail = strstr(cmd, " fail") != NULL;
     tdrv *t = driver_alloc(sizeof *t);
     if (!t)
         return ERL_DRV_ERROR_GENERAL;
@@ -71,6 +72,8 @@ static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
     t->term_in_stop = 0;
     if (strstr(cmd, " hello"))
         driver_output(port, "hello", 5);
+    if (fail)
+        driver_failure_atom(port, "failed_in_start");
     return (ErlDrvData)t;
 }
 
@@ -243,13 +246,17 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         driver_output(port, buf, len);
         return 0;
     case TD_OUTPUT2: {
-        size_t h = len ? (size_t)arg : 0;
+        if (!len)
+            return -1;
+        size_t h = (size_t)arg;
         if (h > len - 1)
             h = len - 1;
         driver_output2(port, buf + 1, h, buf + 1 + h, len - 1 - h);
         return 0;
     }
     case TD_OUTPUT_BINARY: {
+        if (len < 1)
+            return -1;
         ErlDrvBinary *b = driver_alloc_binary(len);
         if (!b)
             return -1;
