@@ -108,6 +108,11 @@ static void *lane_main(void *arg) {
 }
 
 int edrv__async_start(int threads) {
+    atomic_store(&pool.submitted, 0);
+    atomic_store(&pool.started, 0);
+    atomic_store(&pool.ready, 0);
+    atomic_store(&pool.freed, 0);
+    atomic_store(&pool.cancelled, 0);
     pool.lanes = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.lanes);
     if (!pool.lanes)
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);

@@ -1,0 +1,307 @@
+/*
+ * adrv: the async pool's test driver. Built against OTP's erl_driver.h alone,
+ * so it also loads in erl (+A N); there driver_async_cancel does not exist,
+ * so the driver looks it up at run time and the cancel op fails with badarg.
+ *
+ * Control ops (all numbers big-endian in the data):
+ *   1 SUBMIT   key_flag:1 key:4 count:4 work_us:4 -> submits count jobs;
+ *              reply "id,key_after" for the last one. Each job's ready_async
+ *              sends {done, Key, Seq, InvokeOrder, Lane}: Seq counts this
+ *              port's submissions, InvokeOrder counts invokes of that key,
+ *              Lane is the name of the pool thread that ran it.
+ *   2 CANCEL   id:8 -> reply "1" or "0"
+ *   3 BLOCK    key:4 -> a job that waits until RELEASE; reply its id
+ *   4 RELEASE  -> opens the gate
+ *   5 STATS    -> reply "ready=R,freed=F,invoked=I,stopped=S"
+ *   7 STRESS   n:4 cancel_per_mille:4 seed:4 -> submits n jobs with random
+ *              keys, each ending in a shared record; cancels some at random
+ *              right away; reply "submitted,cancelled"
+ *   8 CHECK    -> reply "once=A,never=B,twice=C,invoked_cancelled=D"
+ *   9 STOP_JOB -> stop queues a job (like a file driver's close)
+ */
+#define _GNU_SOURCE /* pthread_getname_np */
+#include <dlfcn.h>
+#include <erl_driver.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    ErlDrvPort port;
+    unsigned seq;
+    int stop_job;
+} adrv;
+
+typedef struct {
+    ErlDrvTermData port;
+    unsigned key;
+    int has_key;
+    unsigned seq;
+    unsigned work_us;
+    unsigned invoke_order;
+    char lane[16];
+    long record; /* STRESS: index into records, or -1 */
+} job;
+
+static atomic_long ready_count, freed_count, invoked_count, stopped_count;
+static unsigned key_invokes[4096]; /* by key % 4096; one pool thread per key */
+
+/* The gate BLOCK jobs wait on. */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static int gate_open;
+
+/* STRESS records: how each job ended. */
+#define MAX_RECORDS 4000000
+static atomic_uchar *ended;   /* times ready_async or free ran */
+static atomic_uchar *invoked; /* times invoke ran */
+static atomic_uchar *was_cancelled;
+static atomic_long records;
+
+static int (*cancel_fn)(long);
+
+static unsigned get32(const char *p) {
+    const unsigned char *u = (const unsigned char *)p;
+    return (unsigned)u[0] << 24 | (unsigned)u[1] << 16 | (unsigned)u[2] << 8 | u[3];
+}
+
+static void invoke(void *arg) {
+    job *j = arg;
+    atomic_fetch_add(&invoked_count, 1);
+    if (j->record >= 0) {
+        atomic_fetch_add(&invoked[j->record], 1);
+        return;
+    }
+    j->invoke_order = ++key_invokes[j->key % 4096];
+    pthread_getname_np(pthread_self(), j->lane, sizeof j->lane);
+    if (j->work_us)
+        usleep(j->work_us);
+}
+
+static void block_invoke(void *arg) {
+    (void)arg;
+    atomic_fetch_add(&invoked_count, 1);
+    pthread_mutex_lock(&gate_lock);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cond, &gate_lock);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static void end_record(job *j) {
+    if (j->record >= 0)
+        atomic_fetch_add(&ended[j->record], 1);
+}
+
+static void job_free(void *arg) {
+    job *j = arg;
+    atomic_fetch_add(&freed_count, 1);
+    end_record(j);
+    driver_free(j);
+}
+
+static void ready(ErlDrvData d, ErlDrvThreadData td) {
+    adrv *a = (adrv *)d;
+    job *j = (job *)td;
+    atomic_fetch_add(&ready_count, 1);
+    end_record(j);
+    if (j->record < 0) {
+        ErlDrvTermData spec[] = {
+            ERL_DRV_ATOM, driver_mk_atom("done"),
+            ERL_DRV_UINT, j->has_key ? j->key : 0,
+            ERL_DRV_UINT, j->seq,
+            ERL_DRV_UINT, j->invoke_order,
+            ERL_DRV_STRING, (ErlDrvTermData)j->lane, strlen(j->lane),
+            ERL_DRV_TUPLE, 5,
+        };
+        erl_drv_output_term(driver_mk_port(a->port), spec, sizeof spec / sizeof spec[0]);
+    }
+    driver_free(j);
+}
+
+static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long record) {
+    job *j = driver_alloc(sizeof *j);
+    if (!j)
+        return NULL;
+    memset(j, 0, sizeof *j);
+    j->port = driver_mk_port(a->port);
+    j->key = key;
+    j->has_key = has_key;
+    j->seq = ++a->seq;
+    j->work_us = work_us;
+    j->record = record;
+    return j;
+}
+
+static ErlDrvData a_start(ErlDrvPort port, char *cmd) {
+    adrv *a = driver_alloc(sizeof *a);
+    if (!a)
+        return ERL_DRV_ERROR_GENERAL;
+    a->port = port;
+    a->seq = 0;
+    a->stop_job = 0;
+    return (ErlDrvData)a;
+}
+
+static void a_stop(ErlDrvData d) {
+    adrv *a = (adrv *)d;
+    atomic_fetch_add(&stopped_count, 1);
+    if (a->stop_job) {
+        job *j = new_job(a, 0, 0, 0, -1);
+        if (j && driver_async(a->port, NULL, invoke, j, job_free) < 0)
+            driver_free(j);
+    }
+    driver_free(a);
+}
+
+#define REPLY(...) return (ErlDrvSSizeT)snprintf(*rbuf, (size_t)rlen, __VA_ARGS__)
+
+static unsigned rnd(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return *s >> 8;
+}
+
+static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
+                              char **rbuf, ErlDrvSizeT rlen) {
+    adrv *a = (adrv *)d;
+    switch (op) {
+    case 1: { /* SUBMIT */
+        if (len < 13)
+            return -1;
+        int has_key = buf[0] != 0;
+        unsigned key = get32(buf + 1), count = get32(buf + 5), work = get32(buf + 9);
+        long id = 0;
+        unsigned key_after = key;
+        for (unsigned i = 0; i < count; i++) {
+            job *j = new_job(a, key, has_key, work, -1);
+            if (!j)
+                return -1;
+            key_after = key;
+            id = driver_async(a->port, has_key ? &key_after : NULL, invoke, j, job_free);
+            if (id < 0) {
+                driver_free(j);
+                return -1;
+            }
+        }
+        REPLY("%ld,%u", id, key_after);
+    }
+    case 2: { /* CANCEL */
+        if (len < 8 || !cancel_fn)
+            return -1;
+        long id = (long)((unsigned long)get32(buf) << 32 | get32(buf + 4));
+        REPLY("%d", cancel_fn(id));
+    }
+    case 3: { /* BLOCK */
+        if (len < 4)
+            return -1;
+        unsigned key = get32(buf);
+        pthread_mutex_lock(&gate_lock);
+        gate_open = 0;
+        pthread_mutex_unlock(&gate_lock);
+        job *j = new_job(a, key, 1, 0, -1);
+        long id = j ? driver_async(a->port, &key, block_invoke, j, job_free) : -1;
+        if (id < 0) {
+            driver_free(j);
+            return -1;
+        }
+        REPLY("%ld", id);
+    }
+    case 4: /* RELEASE */
+        pthread_mutex_lock(&gate_lock);
+        gate_open = 1;
+        pthread_cond_broadcast(&gate_cond);
+        pthread_mutex_unlock(&gate_lock);
+        return 0;
+    case 5: /* STATS */
+        REPLY("ready=%ld,freed=%ld,invoked=%ld,stopped=%ld", atomic_load(&ready_count),
+              atomic_load(&freed_count), atomic_load(&invoked_count), atomic_load(&stopped_count));
+    case 7: { /* STRESS */
+        if (len < 12 || !ended)
+            return -1;
+        unsigned n = get32(buf), per_mille = get32(buf + 4), seed = get32(buf + 8);
+        unsigned cancelled = 0, submitted = 0;
+        long recent[64];
+        long recent_rec[64];
+        int nrecent = 0;
+        for (unsigned i = 0; i < n; i++) {
+            long r = atomic_fetch_add(&records, 1);
+            if (r >= MAX_RECORDS)
+                return -1;
+            unsigned key = rnd(&seed) % 1000;
+            job *j = new_job(a, key, 1, 0, r);
+            if (!j)
+                return -1;
+            long id = driver_async(a->port, rnd(&seed) % 4 ? &key : NULL, invoke, j, job_free);
+            if (id < 0) {
+                driver_free(j);
+                atomic_fetch_add(&ended[r], 1); /* never submitted: counts as ended */
+                continue;
+            }
+            submitted++;
+            recent[nrecent % 64] = id;
+            recent_rec[nrecent % 64] = r;
+            nrecent++;
+            if (cancel_fn && rnd(&seed) % 1000 < per_mille) {
+                int k = (int)(rnd(&seed) % (unsigned)(nrecent < 64 ? nrecent : 64));
+                /* Mark before cancelling: once cancelled, the job may be freed. */
+                long rec = recent_rec[k];
+                atomic_fetch_add(&was_cancelled[rec], 1);
+                if (cancel_fn(recent[k]) == 1)
+                    cancelled++;
+                else
+                    atomic_fetch_sub(&was_cancelled[rec], 1);
+            }
+        }
+        REPLY("%u,%u", submitted, cancelled);
+    }
+    case 8: { /* CHECK */
+        long n = atomic_load(&records), once = 0, never = 0, twice = 0, bad = 0;
+        for (long i = 0; i < n && ended; i++) {
+            unsigned e = atomic_load(&ended[i]);
+            e == 1 ? once++ : e == 0 ? never++ : twice++;
+            if (atomic_load(&was_cancelled[i]) && atomic_load(&invoked[i]))
+                bad++;
+        }
+        REPLY("once=%ld,never=%ld,twice=%ld,invoked_cancelled=%ld", once, never, twice, bad);
+    }
+    case 9: /* STOP_JOB */
+        a->stop_job = 1;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+static int a_init(void) {
+    *(void **)&cancel_fn = dlsym(RTLD_DEFAULT, "driver_async_cancel");
+    ended = calloc(MAX_RECORDS, 1);
+    invoked = calloc(MAX_RECORDS, 1);
+    was_cancelled = calloc(MAX_RECORDS, 1);
+    return ended && invoked && was_cancelled ? 0 : -1;
+}
+
+static void a_finish(void) {
+    free((void *)ended);
+    free((void *)invoked);
+    free((void *)was_cancelled);
+    ended = invoked = was_cancelled = NULL;
+}
+
+static ErlDrvEntry adrv_entry = {
+    .init = a_init,
+    .start = a_start,
+    .stop = a_stop,
+    .driver_name = "adrv",
+    .finish = a_finish,
+    .control = a_control,
+    .ready_async = ready,
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+DRIVER_INIT(adrv) {
+    return &adrv_entry;
+}

@@ -1,0 +1,329 @@
+/* The async pool: driver_async as ERTS does it, cancel, close and shutdown
+ * with jobs pending, and a stress test where every job must end exactly once. */
+#include "check.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+static edrv_proc *proc;
+
+static void put32(char *p, unsigned v) {
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+static const char *ctl(edrv_port port, unsigned op, const char *data, size_t len) {
+    static char out[256];
+    edrv_reply r;
+    int rc = edrv_port_control(proc, port, op, data, len, &r);
+    if (rc < 0)
+        snprintf(out, sizeof out, "error:%s", edrv_err_name(rc));
+    else
+        snprintf(out, sizeof out, "%.*s", (int)r.len, r.data ? r.data : "");
+    edrv_reply_free(&r);
+    return out;
+}
+
+/* Submits count jobs; returns "id,key_after". */
+static const char *submit(edrv_port port, int has_key, unsigned key, unsigned count,
+                          unsigned work_us) {
+    char b[13];
+    b[0] = (char)has_key;
+    put32(b + 1, key);
+    put32(b + 5, count);
+    put32(b + 9, work_us);
+    return ctl(port, 1, b, sizeof b);
+}
+
+static long block(edrv_port port, unsigned key) {
+    char b[4];
+    put32(b, key);
+    return atol(ctl(port, 3, b, 4));
+}
+
+static int cancel(edrv_port port, long id) {
+    char b[8];
+    put32(b, (unsigned)((unsigned long)id >> 32));
+    put32(b + 4, (unsigned)id);
+    return atoi(ctl(port, 2, b, 8));
+}
+
+static edrv_port open_adrv(void) {
+    edrv_port port = 0;
+    if (edrv_open_port(proc, "adrv", 0, &port) != 0)
+        fprintf(stderr, "open adrv: %s\n", edrv_last_error());
+    return port;
+}
+
+static int setup(void) {
+    proc = edrv_proc_new();
+    return edrv_load_driver(EDRV_TEST_DRIVERS, "adrv");
+}
+
+/* One {done, Key, Seq, InvokeOrder, Lane} message, decoded. */
+typedef struct {
+    unsigned long key, seq, order;
+    char lane[32];
+} done_msg;
+
+static int next_done(done_msg *d, long timeout_ms) {
+    edrv_msg m;
+    if (edrv_receive(proc, timeout_ms, &m) != 0)
+        return -1;
+    int idx = 1, arity, rc = -1;
+    char atom[MAXATOMLEN];
+    if (ei_decode_tuple_header(m.data, &idx, &arity) == 0 && arity == 5 &&
+        ei_decode_atom(m.data, &idx, atom) == 0 && strcmp(atom, "done") == 0 &&
+        ei_decode_ulong(m.data, &idx, &d->key) == 0 && ei_decode_ulong(m.data, &idx, &d->seq) == 0 &&
+        ei_decode_ulong(m.data, &idx, &d->order) == 0) {
+        d->lane[0] = '\0';
+        int type, size;
+        if (ei_get_type(m.data, &idx, &type, &size) == 0 && size < (int)sizeof d->lane &&
+            (type == ERL_NIL_EXT || ei_decode_string(m.data, &idx, d->lane) == 0))
+            rc = 0;
+    }
+    edrv_msg_free(&m);
+    return rc;
+}
+
+static void one_job(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    const char *r = submit(port, 0, 0, 1, 0);
+    long id = atol(r);
+    CHECK(id > 0);
+    done_msg d;
+    REQUIRE(next_done(&d, 2000) == 0);
+    CHECK_INT(d.seq, 1);
+    CHECK(strncmp(d.lane, "async_", 6) == 0);
+    CHECK_STR(ctl(port, 5, "", 0), "ready=1,freed=0,invoked=1,stopped=0");
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    CHECK_INT(st.threads, 2);
+    CHECK_INT(st.submitted, 1);
+    CHECK_INT(st.ready_async, 1);
+    ErlDrvSysInfo si;
+    driver_system_info(&si, sizeof si);
+    CHECK_INT(si.async_threads, 2);
+    edrv_proc_free(proc);
+}
+
+static void key_choice(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    /* Key given: *key % N, written back (N = 2 in these tests). */
+    const char *r = submit(port, 1, 7, 1, 0);
+    CHECK(strstr(r, ",1") != NULL);
+    r = submit(port, 1, 12, 1, 0);
+    CHECK(strstr(r, ",0") != NULL);
+    done_msg d1, d2;
+    REQUIRE(next_done(&d1, 2000) == 0);
+    REQUIRE(next_done(&d2, 2000) == 0);
+    CHECK(strcmp(d1.lane, d2.lane) != 0);
+    /* No key: id % N, so consecutive jobs alternate lanes. */
+    int per_lane[3] = {0};
+    submit(port, 0, 0, 100, 0);
+    for (int i = 0; i < 100; i++) {
+        done_msg d;
+        REQUIRE(next_done(&d, 2000) == 0);
+        per_lane[atoi(d.lane + 6) % 3]++;
+    }
+    CHECK_INT(per_lane[1], 50);
+    CHECK_INT(per_lane[2], 50);
+    CHECK_STR(ctl(port, 5, "", 0), "ready=102,freed=0,invoked=102,stopped=0");
+    edrv_proc_free(proc);
+}
+
+static void per_key_order(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    enum { KEYS = 64, PER_KEY = 200 };
+    for (int round = 0; round < PER_KEY; round++)
+        for (unsigned k = 0; k < KEYS; k++)
+            submit(port, 1, k + 100, 1, 0);
+    unsigned long last_order[KEYS + 200] = {0}, last_seq[KEYS + 200] = {0};
+    char lane_of[KEYS + 200][32];
+    memset(lane_of, 0, sizeof lane_of);
+    int bad = 0;
+    for (int i = 0; i < KEYS * PER_KEY; i++) {
+        done_msg d;
+        REQUIRE(next_done(&d, 5000) == 0);
+        /* Same key: invoked in submission order, one thread, ready in order. */
+        if (d.order != last_order[d.key] + 1 || d.seq <= last_seq[d.key])
+            bad++;
+        if (lane_of[d.key][0] && strcmp(lane_of[d.key], d.lane) != 0)
+            bad++;
+        snprintf(lane_of[d.key], sizeof lane_of[d.key], "%s", d.lane);
+        last_order[d.key] = d.order;
+        last_seq[d.key] = d.seq;
+    }
+    CHECK_INT(bad, 0);
+    edrv_proc_free(proc);
+}
+
+static void cancel_queued(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    long blocker = block(port, 5); /* lane 1 is busy until released */
+    long ids[10];
+    for (int i = 0; i < 10; i++)
+        ids[i] = atol(submit(port, 1, 5, 1, 0));
+    usleep(20000); /* the blocker is running by now */
+    CHECK_INT(cancel(port, blocker), 0); /* running: too late */
+    for (int i = 0; i < 10; i += 2)
+        CHECK_INT(cancel(port, ids[i]), 1);
+    CHECK_INT(cancel(port, ids[0]), 0); /* already cancelled */
+    CHECK_INT(cancel(port, 999999), 0); /* unknown */
+    CHECK_INT(cancel(port, 0), 0);
+    CHECK_INT(cancel(port, -1), 0);
+    CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=5,invoked=1,stopped=0");
+    ctl(port, 4, "", 0);
+    /* The blocker and the five others, in order; the cancelled never run. */
+    done_msg d;
+    for (int i = 0; i < 6; i++)
+        REQUIRE(next_done(&d, 2000) == 0);
+    CHECK_INT(next_done(&d, 50), -1);
+    CHECK_INT(cancel(port, ids[1]), 0); /* finished */
+    CHECK_STR(ctl(port, 5, "", 0), "ready=6,freed=5,invoked=6,stopped=0");
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    CHECK_INT(st.cancelled, 5);
+    edrv_proc_free(proc);
+}
+
+static void close_with_jobs_pending(void) {
+    /* stop runs first; the queued jobs still run later, and end with free. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    block(port, 0); /* both lanes busy until released */
+    block(port, 1);
+    submit(port, 1, 1, 20, 0);
+    ctl(port, 9, "", 0); /* stop queues one more job */
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    edrv_port other = open_adrv();
+    usleep(20000);
+    CHECK_STR(ctl(other, 5, "", 0), "ready=0,freed=0,invoked=2,stopped=1");
+    ctl(other, 4, "", 0);
+    for (int i = 0; i < 400; i++) {
+        if (strcmp(ctl(other, 5, "", 0), "ready=0,freed=23,invoked=23,stopped=1") == 0)
+            break;
+        usleep(5000);
+    }
+    CHECK_STR(ctl(other, 5, "", 0), "ready=0,freed=23,invoked=23,stopped=1");
+    edrv_proc_free(proc);
+}
+
+static void driver_stays_loaded(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    block(port, 0);
+    submit(port, 1, 0, 3, 0);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    /* No port, jobs pending: the unload waits for them. */
+    CHECK_INT(edrv_unload_driver("adrv"), 1);
+    edrv_port p2;
+    CHECK_INT(edrv_open_port(proc, "adrv", 0, &p2), EDRV_EBADARG);
+    /* Loading it again cancels the pending unload: same state, same counters. */
+    CHECK_INT(edrv_load_driver(EDRV_TEST_DRIVERS, "adrv"), 0);
+    port = open_adrv();
+    CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=0,invoked=1,stopped=1");
+    ctl(port, 4, "", 0);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    int rc = edrv_unload_driver("adrv"); /* 1 while the released jobs finish */
+    CHECK(rc == 0 || rc == 1);
+    /* Once the jobs end, it unloads: a new load starts from scratch. */
+    for (int i = 0; i < 400 && rc == 1; i++) {
+        if (edrv_load_driver(EDRV_TEST_DRIVERS, "adrv") == 0 && edrv_unload_driver("adrv") == 0)
+            break;
+        usleep(5000);
+    }
+    CHECK_INT(edrv_load_driver(EDRV_TEST_DRIVERS, "adrv"), 0);
+    port = open_adrv();
+    CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=0,invoked=0,stopped=0");
+    edrv_proc_free(proc);
+}
+
+static void shutdown_with_jobs_queued(void) {
+    /* edrv_stop: ports close, queued jobs still run and end with free. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    submit(port, 1, 0, 1000, 0);
+    submit(port, 1, 1, 1000, 10);
+    CHECK_INT(edrv_stop(), 0);
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    CHECK_INT(st.submitted, 2000);
+    CHECK_INT(st.ready_async + st.freed + st.cancelled, 2000);
+    CHECK(st.freed > 0);
+    edrv_msg m;
+    while (edrv_receive(proc, 0, &m) == 0)
+        edrv_msg_free(&m);
+    edrv_proc_free(proc);
+}
+
+static void stress(void) {
+    /* Jobs on many ports with random keys, random cancels and random port
+     * closes: every job must end in exactly one of ready_async or free, and
+     * no cancelled job may run. */
+    REQUIRE(setup() == 0);
+    const char *env = getenv("EDRV_STRESS_JOBS");
+    long total = env ? atol(env) : 1000000;
+    enum { PORTS = 32 };
+    edrv_port ports[PORTS];
+    for (int i = 0; i < PORTS; i++)
+        ports[i] = open_adrv();
+    unsigned seed = 42;
+    long submitted = 0, cancelled = 0, batch = 2000;
+    char b[12];
+    for (long done = 0; done < total; done += batch) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)((seed >> 8) % PORTS);
+        put32(b, (unsigned)batch);
+        put32(b + 4, 50); /* cancel 5% */
+        put32(b + 8, seed);
+        const char *r = ctl(ports[i], 7, b, sizeof b);
+        long s, c;
+        if (sscanf(r, "%ld,%ld", &s, &c) == 2) {
+            submitted += s;
+            cancelled += c;
+        }
+        if ((seed >> 12) % 16 == 0) { /* now and then, close a port mid-flight */
+            CHECK_INT(edrv_port_close(proc, ports[i]), 0);
+            ports[i] = open_adrv();
+        }
+    }
+    CHECK_INT(submitted, total);
+    CHECK(cancelled > 0);
+    /* Wait for the pool to drain. */
+    edrv_pool_stats st;
+    for (int i = 0; i < 6000; i++) {
+        edrv_pool(&st);
+        if (st.ready_async + st.freed + st.cancelled == st.submitted)
+            break;
+        usleep(10000);
+    }
+    CHECK_INT(st.ready_async + st.freed + st.cancelled, st.submitted);
+    CHECK_INT(st.submitted, total);
+    char want[128];
+    snprintf(want, sizeof want, "once=%ld,never=0,twice=0,invoked_cancelled=0", total);
+    CHECK_STR(ctl(ports[0], 8, "", 0), want);
+    printf("stress: %ld jobs, %ld cancelled, %llu ended with ready_async, %llu with free\n",
+           total, cancelled, (unsigned long long)st.ready_async, (unsigned long long)st.freed);
+    edrv_proc_free(proc);
+}
+
+static const test_case cases[] = {
+    {"one_job", one_job},
+    {"key_choice", key_choice},
+    {"per_key_order", per_key_order},
+    {"cancel_queued", cancel_queued},
+    {"close_with_jobs_pending", close_with_jobs_pending},
+    {"driver_stays_loaded", driver_stays_loaded},
+    {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
+    {"stress", stress},
+    {NULL, NULL},
+};
+
+TEST_MAIN(cases)
