@@ -5,13 +5,14 @@
 #   make check       build, then run every test
 #   make check-asan  the tests under AddressSanitizer + UBSan
 #   make check-tsan  the tests under ThreadSanitizer
+#   make bench       the async pool's benchmark, beside ERTS, libuv and GLib
 #   make install     install into PREFIX (default /usr/local)
 
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run check check-asan check-tsan install clean
+.PHONY: all deps build run check check-asan check-tsan bench install clean
 
 all: build
 
@@ -40,8 +41,14 @@ check-tsan: deps
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --output-on-failure -j$(JOBS)
 
+bench: deps
+	EDRV_DEPS_BENCH=1 ./scripts/deps
+	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DEDRV_BENCH=ON -DEDRV_TESTS=OFF
+	cmake --build build-bench -j$(JOBS)
+	./bench/run build-bench
+
 install: build
 	cmake --install build
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-bench
