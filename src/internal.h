@@ -138,6 +138,7 @@ struct _erl_drv_port {
     /* Set when the port's end was decided inside a callback: stop runs once
      * the callback returns, never inside another callback. */
     bool exit_pending;
+    ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
     /* References besides the table's: async jobs. The struct outlives the
      * port (DEAD) until the last one goes. */
     int refs;

@@ -7,7 +7,7 @@
  * misbehaving quietly.
  *
  * Still to come: I/O events (driver_select),
- * timers, the driver queue, busy ports, monitors, port data locks,
+ * timers, the driver queue, busy ports, monitors,
  * driver_create_port and erl_drv_init_ack.
  */
 #include "internal.h"
@@ -126,34 +126,6 @@ EDRV_API ErlDrvTermData driver_get_monitored_process(ErlDrvPort port,
 
 EDRV_API int driver_compare_monitors(const ErlDrvMonitor *a, const ErlDrvMonitor *b) {
     return memcmp(a, b, sizeof *a);
-}
-
-EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
-    NOT_YET("driver_pdl_create");
-    return NULL;
-}
-
-EDRV_API void driver_pdl_lock(ErlDrvPDL pdl) {
-    NOT_YET("driver_pdl_lock");
-}
-
-EDRV_API void driver_pdl_unlock(ErlDrvPDL pdl) {
-    NOT_YET("driver_pdl_unlock");
-}
-
-EDRV_API ErlDrvSInt driver_pdl_get_refc(ErlDrvPDL pdl) {
-    NOT_YET("driver_pdl_get_refc");
-    return -1;
-}
-
-EDRV_API ErlDrvSInt driver_pdl_inc_refc(ErlDrvPDL pdl) {
-    NOT_YET("driver_pdl_inc_refc");
-    return -1;
-}
-
-EDRV_API ErlDrvSInt driver_pdl_dec_refc(ErlDrvPDL pdl) {
-    NOT_YET("driver_pdl_dec_refc");
-    return -1;
 }
 
 EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData connected,

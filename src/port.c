@@ -253,6 +253,55 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
     return 0;
 }
 
+/* ---- port data locks ------------------------------------------------------------ */
+
+/* A port data lock guards a port's data where pool threads share it. The port
+ * holds one reference from driver_pdl_create until it dies; drivers take more
+ * (any thread), and the last one frees the lock. */
+struct erl_drv_port_data_lock {
+    pthread_mutex_t mtx;
+    _Atomic ErlDrvSInt refc;
+};
+
+EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
+    if (!port || port->pdl || atomic_load(&port->state) == PORT_DEAD)
+        return NULL; /* one per port, as in ERTS */
+    ErlDrvPDL pdl = edrv__alloc(EDRV_MEM_PORT, sizeof *pdl);
+    if (!pdl)
+        return NULL;
+    pthread_mutex_init(&pdl->mtx, NULL);
+    atomic_init(&pdl->refc, 1);
+    port->pdl = pdl;
+    return pdl;
+}
+
+EDRV_API void driver_pdl_lock(ErlDrvPDL pdl) {
+    pthread_mutex_lock(&pdl->mtx);
+}
+
+EDRV_API void driver_pdl_unlock(ErlDrvPDL pdl) {
+    pthread_mutex_unlock(&pdl->mtx);
+}
+
+EDRV_API ErlDrvSInt driver_pdl_get_refc(ErlDrvPDL pdl) {
+    return atomic_load(&pdl->refc);
+}
+
+EDRV_API ErlDrvSInt driver_pdl_inc_refc(ErlDrvPDL pdl) {
+    return atomic_fetch_add(&pdl->refc, 1) + 1;
+}
+
+EDRV_API ErlDrvSInt driver_pdl_dec_refc(ErlDrvPDL pdl) {
+    ErlDrvSInt n = atomic_fetch_sub(&pdl->refc, 1) - 1;
+    if (n == 0) {
+        pthread_mutex_destroy(&pdl->mtx);
+        edrv__free(pdl);
+    }
+    return n;
+}
+
+/* ---- the end of a port ------------------------------------------------------------ */
+
 /* Frees a dead port's struct once no job refers to it. */
 static void port_release(edrv_port_t *pt) {
     if (pt->refs == 0)
@@ -271,6 +320,9 @@ static void finish_exit(edrv_port_t *pt) {
     }
     atomic_store(&pt->state, PORT_DEAD);
     table_remove(pt);
+    if (pt->pdl) /* the port's reference */
+        driver_pdl_dec_refc(pt->pdl);
+    pt->pdl = NULL;
     edrv_driver *d = pt->drv;
     port_release(pt);
     edrv__driver_port_gone(d);
@@ -342,6 +394,8 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
          * Jobs it queued still run, and end with free. */
         atomic_store(&pt->state, PORT_DEAD);
         table_remove(pt);
+        if (pt->pdl)
+            driver_pdl_dec_refc(pt->pdl);
         port_release(pt);
         edrv__driver_port_gone(d);
         return rc;

@@ -245,6 +245,51 @@ static void driver_stays_loaded(void) {
     edrv_proc_free(proc);
 }
 
+static void port_data_lock(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    char b[4];
+    put32(b, 5000);
+    CHECK_STR(ctl(port, 10, b, 4), "created");
+    CHECK_STR(ctl(port, 10, b, 4), "again"); /* a second create fails */
+    for (int i = 0; i < 400; i++) {
+        if (strcmp(ctl(port, 11, "", 0), "count=10000,refc=1") == 0)
+            break;
+        usleep(5000);
+    }
+    /* Every job counted under the lock; each one's reference is gone, the
+     * port's own remains. */
+    CHECK_STR(ctl(port, 11, "", 0), "count=10000,refc=1");
+    /* The port dies with the lock referenced by queued jobs: the last job
+     * frees it (ASan checks). */
+    edrv_port p2 = open_adrv();
+    block(p2, 0);
+    block(p2, 1);
+    CHECK_STR(ctl(p2, 10, b, 4), "created");
+    CHECK_INT(edrv_port_close(proc, p2), 0);
+    ctl(port, 4, "", 0);
+    edrv_proc_free(proc);
+}
+
+static void output_from_pool_threads(void) {
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    char b[4];
+    put32(b, 1000);
+    CHECK_STR(ctl(port, 12, b, 4), "");
+    int got = 0;
+    edrv_msg m;
+    while (got < 1000 && edrv_receive(proc, 2000, &m) == 0) {
+        char *s;
+        if (edrv_term_format(m.data, m.len, &s) > 0 && strncmp(s, "{from_pool,", 11) == 0)
+            got++;
+        free(s);
+        edrv_msg_free(&m);
+    }
+    CHECK_INT(got, 1000);
+    edrv_proc_free(proc);
+}
+
 static void shutdown_with_jobs_queued(void) {
     /* edrv_stop: ports close, queued jobs still run and end with free. */
     REQUIRE(setup() == 0);
@@ -321,6 +366,8 @@ static const test_case cases[] = {
     {"cancel_queued", cancel_queued},
     {"close_with_jobs_pending", close_with_jobs_pending},
     {"driver_stays_loaded", driver_stays_loaded},
+    {"port_data_lock", port_data_lock},
+    {"output_from_pool_threads", output_from_pool_threads},
     {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
     {"stress", stress},
     {NULL, NULL},

@@ -18,6 +18,12 @@
  *              right away; reply "submitted,cancelled"
  *   8 CHECK    -> reply "once=A,never=B,twice=C,invoked_cancelled=D"
  *   9 STOP_JOB -> stop queues a job (like a file driver's close)
+ *  10 PDL      n:4 -> creates the port data lock (reply "created" or "again"),
+ *              then n jobs each add 1 to a port counter under it, each
+ *              holding a reference to the lock until it ends
+ *  11 PDL_READ -> reply "count=C,refc=R" (read under the lock)
+ *  12 FROM_POOL n:4 -> n jobs that each send {from_pool, Seq} from their pool
+ *              thread with erl_drv_output_term
  */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <dlfcn.h>
@@ -33,6 +39,8 @@ typedef struct {
     ErlDrvPort port;
     unsigned seq;
     int stop_job;
+    ErlDrvPDL pdl;
+    long pdl_count; /* guarded by pdl */
 } adrv;
 
 typedef struct {
@@ -44,6 +52,9 @@ typedef struct {
     unsigned invoke_order;
     char lane[16];
     long record; /* STRESS: index into records, or -1 */
+    int quiet;    /* FROM_POOL jobs: no done message */
+    adrv *owner;  /* PDL jobs: the port's data, shared under pdl */
+    ErlDrvPDL pdl;
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
@@ -99,7 +110,25 @@ static void job_free(void *arg) {
     job *j = arg;
     atomic_fetch_add(&freed_count, 1);
     end_record(j);
+    if (j->pdl)
+        driver_pdl_dec_refc(j->pdl);
     driver_free(j);
+}
+
+/* PDL jobs touch the port's data from a pool thread, under the lock. */
+static void pdl_invoke(void *arg) {
+    job *j = arg;
+    driver_pdl_lock(j->pdl);
+    j->owner->pdl_count++;
+    driver_pdl_unlock(j->pdl);
+}
+
+/* FROM_POOL jobs send from the pool thread. */
+static void from_pool_invoke(void *arg) {
+    job *j = arg;
+    ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("from_pool"), ERL_DRV_UINT, j->seq,
+                             ERL_DRV_TUPLE, 2};
+    erl_drv_output_term(j->port, spec, 6);
 }
 
 static void ready(ErlDrvData d, ErlDrvThreadData td) {
@@ -107,7 +136,9 @@ static void ready(ErlDrvData d, ErlDrvThreadData td) {
     job *j = (job *)td;
     atomic_fetch_add(&ready_count, 1);
     end_record(j);
-    if (j->record < 0) {
+    if (j->pdl) {
+        driver_pdl_dec_refc(j->pdl);
+    } else if (j->record == -1 && !j->quiet) {
         ErlDrvTermData spec[] = {
             ERL_DRV_ATOM, driver_mk_atom("done"),
             ERL_DRV_UINT, j->has_key ? j->key : 0,
@@ -139,9 +170,8 @@ static ErlDrvData a_start(ErlDrvPort port, char *cmd) {
     adrv *a = driver_alloc(sizeof *a);
     if (!a)
         return ERL_DRV_ERROR_GENERAL;
+    memset(a, 0, sizeof *a);
     a->port = port;
-    a->seq = 0;
-    a->stop_job = 0;
     return (ErlDrvData)a;
 }
 
@@ -269,6 +299,55 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     case 9: /* STOP_JOB */
         a->stop_job = 1;
         return 0;
+    case 10: { /* PDL */
+        if (len < 4)
+            return -1;
+        int again = a->pdl != NULL;
+        if (!a->pdl && !(a->pdl = driver_pdl_create(a->port)))
+            return -1;
+        if (again && driver_pdl_create(a->port) != NULL)
+            return -1; /* one lock per port */
+        unsigned n = get32(buf);
+        for (unsigned i = 0; i < n; i++) {
+            job *j = new_job(a, i, 1, 0, -1);
+            if (!j)
+                return -1;
+            j->owner = a;
+            j->pdl = a->pdl;
+            driver_pdl_inc_refc(a->pdl);
+            unsigned key = i;
+            if (driver_async(a->port, &key, pdl_invoke, j, job_free) < 0) {
+                driver_pdl_dec_refc(a->pdl);
+                driver_free(j);
+                return -1;
+            }
+        }
+        REPLY("%s", again ? "again" : "created");
+    }
+    case 11: { /* PDL_READ */
+        if (!a->pdl)
+            return -1;
+        driver_pdl_lock(a->pdl);
+        long c = a->pdl_count;
+        driver_pdl_unlock(a->pdl);
+        REPLY("count=%ld,refc=%ld", c, (long)driver_pdl_get_refc(a->pdl));
+    }
+    case 12: { /* FROM_POOL */
+        if (len < 4)
+            return -1;
+        unsigned n = get32(buf);
+        for (unsigned i = 0; i < n; i++) {
+            job *j = new_job(a, 0, 0, 0, -1);
+            if (!j)
+                return -1;
+            j->quiet = 1;
+            if (driver_async(a->port, NULL, from_pool_invoke, j, job_free) < 0) {
+                driver_free(j);
+                return -1;
+            }
+        }
+        return 0;
+    }
     default:
         return -1;
     }
