@@ -76,8 +76,6 @@ void *edrv__idmap_del(idmap *m, uint64_t key) {
             void *v = s->val;
             s->val = TOMB;
             m->live--;
-            if (m->live == 0) /* empty: give the memory back */
-                edrv__idmap_free(m);
             return v;
         }
     }

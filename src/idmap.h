@@ -20,7 +20,8 @@ typedef struct {
 void *edrv__idmap_get(const idmap *m, uint64_t key);
 /* Adds key (not already there); -1 when out of memory. val must not be NULL. */
 int edrv__idmap_put(idmap *m, uint64_t key, void *val);
-/* Removes key and returns its value, or NULL. The last removal frees the map. */
+/* Removes key and returns its value, or NULL. The table keeps its size (a
+ * busy map empties and fills again); edrv__idmap_free gives it back. */
 void *edrv__idmap_del(idmap *m, uint64_t key);
 /* Iteration: for i in [0, m->cap), the entry in slot i or NULL. */
 void *edrv__idmap_at(const idmap *m, size_t i);

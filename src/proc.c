@@ -51,6 +51,8 @@ EDRV_API void edrv_proc_free(edrv_proc *p) {
         return;
     pthread_rwlock_wrlock(&procs_lock);
     edrv__idmap_del(&procs, p->pid);
+    if (procs.live == 0) /* the last process: give the table back */
+        edrv__idmap_free(&procs);
     pthread_rwlock_unlock(&procs_lock);
     /* Ports linked to it die with it, as ports die with their owner. */
     edrv__proc_exited(p->pid);

@@ -24,7 +24,9 @@ static void put_get_delete(void) {
     for (uint64_t k = 2; k <= 100000; k += 2)
         edrv__idmap_del(&m, k * 7919);
     CHECK_INT(m.live, 0);
-    CHECK(m.slots == NULL); /* the last removal gave the memory back */
+    CHECK(edrv__idmap_get(&m, 2 * 7919) == NULL);
+    edrv__idmap_free(&m);
+    CHECK(m.slots == NULL && m.cap == 0);
 }
 
 static void churn(void) {
