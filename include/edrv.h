@@ -168,6 +168,18 @@ int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *et
 int edrv_port_close(edrv_proc *p, edrv_port port);
 void edrv_reply_free(edrv_reply *reply);
 
+typedef struct {
+    edrv_port id;
+    char name[256];      /* the command it was opened with (cut at 255 bytes) */
+    char driver[64];     /* the driver's name */
+    uint64_t connected;  /* the owner's pid number */
+    int binary;          /* opened with EDRV_PORT_BINARY */
+    size_t pending_jobs; /* async jobs of this port not yet ended */
+} edrv_port_status;
+
+/* port_info/1: what a live port is. EDRV_ENOPORT/EDRV_ECLOSED otherwise. */
+int edrv_port_info(edrv_port port, edrv_port_status *status);
+
 /* ---- messages -------------------------------------------------------------- */
 
 typedef struct {

@@ -127,6 +127,7 @@ struct edrv_driver;
 struct _erl_drv_port {
     uint64_t id;
     struct edrv_driver *drv;
+    char *name;               /* the command it was opened with */
     ErlDrvData data;
     _Atomic port_state state;
     _Atomic uint64_t owner;   /* connected process */
@@ -159,6 +160,7 @@ int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size
 int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply);
 int edrv__port_close(edrv_proc *p, edrv_port id);
+int edrv__port_info(edrv_port id, edrv_port_status *st);
 void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);
 void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloaded */

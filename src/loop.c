@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 typedef enum {
-    R_LOAD, R_REGISTER, R_UNLOAD, R_OPEN, R_COMMAND, R_CONTROL, R_CALL, R_CLOSE,
+    R_LOAD, R_REGISTER, R_UNLOAD, R_OPEN, R_COMMAND, R_CONTROL, R_CALL, R_CLOSE, R_INFO,
     R_PROC_EXIT, R_STOP
 } req_type;
 
@@ -43,6 +43,7 @@ typedef struct request {
     ErlDrvEntry *entry;
     edrv_reply *reply;
     edrv_port *out_port;
+    edrv_port_status *status;
     int result;
     sem_t *done; /* NULL: asynchronous, freed by the emulator thread */
     char detail[256];
@@ -124,6 +125,9 @@ static void execute(request *r) {
         break;
     case R_CLOSE:
         r->result = edrv__port_close(r->proc, r->port);
+        break;
+    case R_INFO:
+        r->result = edrv__port_info(r->port, r->status);
         break;
     case R_PROC_EXIT:
         edrv__ports_of_proc_exit(r->pid);
@@ -422,6 +426,13 @@ EDRV_API int edrv_port_close(edrv_proc *p, edrv_port port) {
     if (!p)
         return edrv__fail(EDRV_EINVAL, "edrv_port_close: NULL process");
     request r = {.type = R_CLOSE, .proc = p, .port = port};
+    return call_sync(&r);
+}
+
+EDRV_API int edrv_port_info(edrv_port port, edrv_port_status *status) {
+    if (!status)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_info: NULL status");
+    request r = {.type = R_INFO, .port = port, .status = status};
     return call_sync(&r);
 }
 

@@ -26,6 +26,7 @@
 
 #include <ei.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ---- the table (lock: ports.lock; writers: the emulator thread) ------------- */
@@ -302,10 +303,15 @@ EDRV_API ErlDrvSInt driver_pdl_dec_refc(ErlDrvPDL pdl) {
 
 /* ---- the end of a port ------------------------------------------------------------ */
 
+static void port_free(edrv_port_t *pt) {
+    edrv__free(pt->name);
+    edrv__free(pt);
+}
+
 /* Frees a dead port's struct once no job refers to it. */
 static void port_release(edrv_port_t *pt) {
     if (pt->refs == 0)
-        edrv__free(pt);
+        port_free(pt);
 }
 
 /* Runs stop, takes the port out of the table, and lets its driver go. The
@@ -334,7 +340,7 @@ void edrv__port_ref(edrv_port_t *pt) {
 
 void edrv__port_unref(edrv_port_t *pt) {
     if (--pt->refs == 0 && atomic_load(&pt->state) == PORT_DEAD)
-        edrv__free(pt);
+        port_free(pt);
 }
 
 bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
@@ -363,11 +369,14 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
                           command);
     edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
     char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
-    if (!pt || !cmd || !table_insert(pt)) {
+    char *name = edrv__strdup(EDRV_MEM_PORT, command);
+    if (!pt || !cmd || !name || !table_insert(pt)) {
         edrv__free(pt);
         edrv__free(cmd);
+        edrv__free(name);
         return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
     }
+    pt->name = name;
     pt->drv = d;
     pt->linked = true;
     atomic_store(&pt->owner, p->pid);
@@ -578,6 +587,22 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
     if (rbuf && rbuf != buf && !(rflags & DRIVER_CALL_KEEP_BUFFER))
         driver_free(rbuf);
     return rc;
+}
+
+int edrv__port_info(edrv_port id, edrv_port_status *st) {
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt)
+        return err;
+    *st = (edrv_port_status){
+        .id = pt->id,
+        .connected = atomic_load(&pt->owner),
+        .binary = pt->binary,
+        .pending_jobs = (size_t)pt->refs,
+    };
+    snprintf(st->name, sizeof st->name, "%s", pt->name);
+    snprintf(st->driver, sizeof st->driver, "%s", pt->drv->name);
+    return 0;
 }
 
 int edrv__port_close(edrv_proc *p, edrv_port id) {

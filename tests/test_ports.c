@@ -151,6 +151,22 @@ static void commands_keep_order(void) {
     teardown();
 }
 
+static void port_info(void) {
+    REQUIRE(setup("tdrv some args", EDRV_PORT_BINARY) == 0);
+    edrv_port_status st;
+    CHECK_INT(edrv_port_info(port, &st), 0);
+    CHECK_INT(st.id, port);
+    CHECK_STR(st.name, "tdrv some args");
+    CHECK_STR(st.driver, "tdrv");
+    CHECK_INT(st.connected, edrv_proc_pid(proc));
+    CHECK_INT(st.binary, 1);
+    CHECK_INT(st.pending_jobs, 0);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    CHECK_INT(edrv_port_info(port, &st), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_info(port, NULL), EDRV_EINVAL);
+    teardown();
+}
+
 static void bad_arguments(void) {
     REQUIRE(setup("tdrv", 0) == 0);
     edrv_port p2;
@@ -180,6 +196,7 @@ static const test_case cases[] = {
     {"stop_output_after_exit", stop_output_after_exit},
     {"owner_exit_closes_ports", owner_exit_closes_ports},
     {"commands_keep_order", commands_keep_order},
+    {"port_info", port_info},
     {"bad_arguments", bad_arguments},
     {NULL, NULL},
 };
