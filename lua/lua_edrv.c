@@ -1,0 +1,1209 @@
+/*
+ * lua_edrv.c: the Lua module `edrv`, used by the edrv command and loadable
+ * from a stock lua5.4 with require "edrv".
+ *
+ * The script's thread is an Erlang process: its functions mirror the BIFs
+ * (load_driver, open_port, port_command, port_control, port_call,
+ * port_close, port_info, receive, self, ...) and call edrv.h for the one
+ * process that belongs to the Lua state.
+ *
+ * Terms and Lua values:
+ *   integer, float        <-> number (integer or float)
+ *   binary                <-> string
+ *   true, false           <-> boolean
+ *   other atoms           <-> edrv.atom(name): one object per name, so == works
+ *   tuple                 <-> edrv.tuple(...): a table with the Tuple metatable
+ *   list                  <-> edrv.list{...}: a table with the List metatable
+ *                             (an improper list keeps its tail in .tail); a
+ *                             plain array table also encodes as a list
+ *   string (charlist)     -> a List of integers; edrv.string(s) makes one
+ *   map                   <-> edrv.map{...}: a table with the Map metatable;
+ *                             a plain table with other keys encodes as a map
+ *   pid, port             <-> objects with .num / .id
+ * tostring() of any of them prints Erlang syntax, e.g. {#Port<0.3>,{data,<<"ok">>}}.
+ *
+ * Errors are raised as error objects with fields reason (the Erlang reason:
+ * badarg, driver_incorrect_version, ...), detail and where ("script.lua:12");
+ * tostring() gives "script.lua:12: edrv.port_control: badarg (detail)".
+ */
+#include "lua_edrv.h"
+
+#include <edrv.h>
+#include <ei.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MT_ATOM "edrv.Atom"
+#define MT_TUPLE "edrv.Tuple"
+#define MT_LIST "edrv.List"
+#define MT_MAP "edrv.Map"
+#define MT_PID "edrv.Pid"
+#define MT_PORT "edrv.Port"
+#define MT_OTHER "edrv.Other"
+#define MT_ERROR "edrv.Error"
+#define MT_PROC "edrv.Proc"
+#define MT_RUNTIME "edrv.Runtime"
+#define MT_ANY "edrv.Any"
+#define MT_VAR "edrv.Var"
+
+#define REG_ATOMS "edrv.atoms"   /* name -> atom object (weak values) */
+#define REG_PROC "edrv.proc"     /* the state's process */
+#define REG_SAVED "edrv.saved"   /* messages put aside by receive_match */
+
+/* ---- errors ------------------------------------------------------------------- */
+
+/* Raises an error object: {reason, detail, where}, printed as
+ * "where: edrv.fn: reason (detail)". */
+static int raise(lua_State *L, const char *fn, const char *reason, const char *detail) {
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, detail ? detail : "");
+    lua_setfield(L, -2, "detail");
+    lua_pushstring(L, fn);
+    lua_setfield(L, -2, "fn");
+    luaL_where(L, 1);
+    lua_setfield(L, -2, "where");
+    luaL_setmetatable(L, MT_ERROR);
+    return lua_error(L);
+}
+
+static int raise_rc(lua_State *L, const char *fn, int rc) {
+    return raise(L, fn, edrv_err_name(rc), edrv_last_error()[0] ? edrv_last_error()
+                                                                  : edrv_strerror(rc));
+}
+
+static int error_tostring(lua_State *L) {
+    lua_getfield(L, 1, "where");
+    lua_getfield(L, 1, "fn");
+    lua_getfield(L, 1, "reason");
+    lua_getfield(L, 1, "detail");
+    const char *detail = lua_tostring(L, -1);
+    if (detail && detail[0])
+        lua_pushfstring(L, "%sedrv.%s: %s (%s)", lua_tostring(L, -4), lua_tostring(L, -3),
+                        lua_tostring(L, -2), detail);
+    else
+        lua_pushfstring(L, "%sedrv.%s: %s", lua_tostring(L, -4), lua_tostring(L, -3),
+                        lua_tostring(L, -2));
+    return 1;
+}
+
+/* ---- the process and the runtime --------------------------------------------------- */
+
+typedef struct {
+    edrv_proc *proc;
+} proc_box;
+
+typedef struct {
+    int owns_runtime; /* this module started the runtime, and stops it */
+} runtime_box;
+
+static edrv_proc *self_proc(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_PROC);
+    proc_box *b = luaL_testudata(L, -1, MT_PROC);
+    lua_pop(L, 1);
+    if (!b || !b->proc)
+        raise(L, "self", "noproc", "the edrv module was closed");
+    return b->proc;
+}
+
+static int proc_gc(lua_State *L) {
+    proc_box *b = luaL_checkudata(L, 1, MT_PROC);
+    edrv_proc_free(b->proc);
+    b->proc = NULL;
+    return 0;
+}
+
+static int runtime_gc(lua_State *L) {
+    runtime_box *b = luaL_checkudata(L, 1, MT_RUNTIME);
+    if (b->owns_runtime)
+        edrv_stop();
+    b->owns_runtime = 0;
+    return 0;
+}
+
+/* ---- atoms and other term objects ---------------------------------------------------- */
+
+static void push_atom(lua_State *L, const char *name) {
+    if (strcmp(name, "true") == 0 || strcmp(name, "false") == 0) {
+        lua_pushboolean(L, name[0] == 't');
+        return;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_ATOMS);
+    if (lua_getfield(L, -1, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, name);
+        lua_setfield(L, -2, "name");
+        luaL_setmetatable(L, MT_ATOM);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, name);
+    }
+    lua_remove(L, -2);
+}
+
+static int l_atom(lua_State *L) {
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (len > 255 || strlen(name) != len)
+        return raise(L, "atom", "badarg", "an atom is at most 255 bytes, without NUL");
+    push_atom(L, name);
+    return 1;
+}
+
+/* Sets the metatable `mt` on the table argument (or a new table of the
+ * arguments, for tuple). */
+static int l_tuple(lua_State *L) {
+    int n = lua_gettop(L);
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++) {
+        lua_pushvalue(L, i);
+        lua_rawseti(L, -2, i);
+    }
+    luaL_setmetatable(L, MT_TUPLE);
+    return 1;
+}
+
+static int set_mt(lua_State *L, const char *mt) {
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    else
+        luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    luaL_setmetatable(L, mt);
+    return 1;
+}
+
+static int l_list(lua_State *L) {
+    return set_mt(L, MT_LIST);
+}
+
+static int l_map(lua_State *L) {
+    return set_mt(L, MT_MAP);
+}
+
+/* edrv.string("abc"): the charlist [97,98,99]. */
+static int l_string(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_createtable(L, (int)len, 0);
+    for (size_t i = 0; i < len; i++) {
+        lua_pushinteger(L, (unsigned char)s[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    luaL_setmetatable(L, MT_LIST);
+    return 1;
+}
+
+static void push_pid(lua_State *L, unsigned num, unsigned serial) {
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, num);
+    lua_setfield(L, -2, "num");
+    lua_pushinteger(L, serial);
+    lua_setfield(L, -2, "serial");
+    luaL_setmetatable(L, MT_PID);
+}
+
+static void push_port(lua_State *L, uint64_t id) {
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, (lua_Integer)id);
+    lua_setfield(L, -2, "id");
+    luaL_setmetatable(L, MT_PORT);
+}
+
+static lua_Integer field_int(lua_State *L, int idx, const char *k) {
+    lua_getfield(L, idx, k);
+    lua_Integer v = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int eq_fields(lua_State *L, const char *k1, const char *k2) {
+    int eq = lua_getmetatable(L, 1) && lua_getmetatable(L, 2) && lua_rawequal(L, -1, -2) &&
+             field_int(L, 1, k1) == field_int(L, 2, k1) &&
+             (!k2 || field_int(L, 1, k2) == field_int(L, 2, k2));
+    lua_pushboolean(L, eq);
+    return 1;
+}
+
+static int pid_eq(lua_State *L) {
+    return eq_fields(L, "num", "serial");
+}
+
+static int port_eq(lua_State *L) {
+    return eq_fields(L, "id", NULL);
+}
+
+/* ---- Lua values to terms ---------------------------------------------------------------- */
+
+typedef enum { K_NONE, K_ATOM, K_TUPLE, K_LIST, K_MAP, K_PID, K_PORT, K_OTHER } term_kind;
+
+/* Which term object the table at idx is, by its metatable. */
+static term_kind kind_of(lua_State *L, int idx) {
+    static const char *const names[] = {NULL, MT_ATOM, MT_TUPLE, MT_LIST, MT_MAP,
+                                        MT_PID, MT_PORT, MT_OTHER};
+    if (!lua_getmetatable(L, idx))
+        return K_NONE;
+    for (int i = K_ATOM; i <= K_OTHER; i++) {
+        luaL_getmetatable(L, names[i]);
+        int same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
+        if (same) {
+            lua_pop(L, 1);
+            return (term_kind)i;
+        }
+    }
+    lua_pop(L, 1);
+    return K_NONE;
+}
+
+static int encode(lua_State *L, int idx, ei_x_buff *x, int depth);
+
+static int encode_array(lua_State *L, int idx, ei_x_buff *x, lua_Integer n, int depth) {
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        int rc = encode(L, lua_gettop(L), x, depth + 1);
+        lua_pop(L, 1);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* A list of integers 0..255 shorter than 65536 goes out as a string. */
+static int encode_list(lua_State *L, int idx, ei_x_buff *x, int depth) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    int has_tail = lua_getfield(L, idx, "tail") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (n == 0 && !has_tail)
+        return ei_x_encode_empty_list(x);
+    if (!has_tail && n < 65536) {
+        char *bytes = malloc((size_t)n);
+        lua_Integer i = 1;
+        for (; bytes && i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            int isnum;
+            lua_Integer v = lua_tointegerx(L, -1, &isnum);
+            lua_pop(L, 1);
+            if (!isnum || v < 0 || v > 255)
+                break;
+            bytes[i - 1] = (char)v;
+        }
+        if (bytes && i > n) {
+            int rc = ei_x_encode_string_len(x, bytes, (int)n);
+            free(bytes);
+            return rc;
+        }
+        free(bytes);
+    }
+    if (n && ei_x_encode_list_header(x, (long)n) < 0)
+        return -1;
+    if (encode_array(L, idx, x, n, depth) < 0)
+        return -1;
+    if (!has_tail)
+        return ei_x_encode_empty_list(x);
+    lua_getfield(L, idx, "tail");
+    int rc = encode(L, lua_gettop(L), x, depth + 1);
+    lua_pop(L, 1);
+    return rc;
+}
+
+static int encode_map(lua_State *L, int idx, ei_x_buff *x, int depth) {
+    long n = 0;
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1))
+        n++;
+    if (ei_x_encode_map_header(x, n) < 0)
+        return -1;
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+        if (encode(L, lua_gettop(L) - 1, x, depth + 1) < 0 ||
+            encode(L, lua_gettop(L), x, depth + 1) < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Appends the term for the value at idx. On failure, leaves a message at the
+ * top of the stack and returns -1. */
+static int encode(lua_State *L, int idx, ei_x_buff *x, int depth) {
+    if (depth > 1000) {
+        lua_pushstring(L, "nesting too deep (a cycle?)");
+        return -1;
+    }
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        return ei_x_encode_atom(x, lua_toboolean(L, idx) ? "true" : "false");
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return ei_x_encode_longlong(x, lua_tointeger(L, idx));
+        return ei_x_encode_double(x, lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        return ei_x_encode_binary(x, s, (long)len);
+    }
+    case LUA_TTABLE: {
+        term_kind mt = kind_of(L, idx);
+        if (mt == K_NONE) {
+            /* A plain table: an array is a list, anything else a map. */
+            lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+            for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1))
+                count++;
+            return count == n ? encode_list(L, idx, x, depth) : encode_map(L, idx, x, depth);
+        }
+        if (mt == K_ATOM || mt == K_OTHER) {
+            if (mt == K_OTHER) {
+                lua_pushstring(L, "an opaque term (reference, fun) cannot be sent back");
+                return -1;
+            }
+            lua_getfield(L, idx, "name");
+            int rc = ei_x_encode_atom_len_as(x, lua_tostring(L, -1), (int)lua_rawlen(L, -1),
+                                             ERLANG_UTF8, ERLANG_UTF8);
+            lua_pop(L, 1);
+            return rc;
+        }
+        if (mt == K_TUPLE) {
+            lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+            if (ei_x_encode_tuple_header(x, (long)n) < 0)
+                return -1;
+            return encode_array(L, idx, x, n, depth);
+        }
+        if (mt == K_LIST)
+            return encode_list(L, idx, x, depth);
+        if (mt == K_MAP)
+            return encode_map(L, idx, x, depth);
+        if (mt == K_PID) {
+            erlang_pid p = {.node = "nonode@nohost", .num = (unsigned)field_int(L, idx, "num"),
+                            .serial = (unsigned)field_int(L, idx, "serial")};
+            return ei_x_encode_pid(x, &p);
+        }
+        erlang_port p = {.node = "nonode@nohost", .id = (EI_ULONGLONG)field_int(L, idx, "id")};
+        return ei_x_encode_port(x, &p);
+    }
+    default:
+        lua_pushfstring(L, "a %s cannot be a term", luaL_typename(L, idx));
+        return -1;
+    }
+}
+
+/* The value at idx as ETF, version byte first; raises badarg otherwise. */
+static void to_etf(lua_State *L, int idx, ei_x_buff *x, const char *fn) {
+    idx = lua_absindex(L, idx);
+    ei_x_new_with_version(x);
+    if (encode(L, idx, x, 0) < 0) {
+        ei_x_free(x);
+        raise(L, fn, "badarg", lua_isstring(L, -1) ? lua_tostring(L, -1) : "not a term");
+    }
+}
+
+/* ---- terms to Lua values ------------------------------------------------------------------- */
+
+static int decode(lua_State *L, const char *buf, int *idx, int depth);
+
+static int decode_seq(lua_State *L, const char *buf, int *idx, int n, int depth) {
+    for (int i = 1; i <= n; i++) {
+        if (decode(L, buf, idx, depth + 1) < 0)
+            return -1;
+        lua_rawseti(L, -2, i);
+    }
+    return 0;
+}
+
+/* Pushes the term at *idx. The bytes were checked by edrv (messages and
+ * replies come from edrv_receive and edrv_port_call). */
+static int decode(lua_State *L, const char *buf, int *idx, int depth) {
+    int type, size, arity;
+    if (depth > 10000 || ei_get_type(buf, idx, &type, &size) < 0)
+        return -1;
+    luaL_checkstack(L, 4, "term too deep");
+    switch (type) {
+    case ERL_SMALL_INTEGER_EXT:
+    case ERL_INTEGER_EXT:
+    case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: {
+        long long v;
+        unsigned long long u;
+        int save = *idx;
+        if (ei_decode_longlong(buf, idx, &v) == 0) {
+            lua_pushinteger(L, v);
+        } else if ((*idx = save, ei_decode_ulonglong(buf, idx, &u)) == 0) {
+            lua_pushnumber(L, (lua_Number)u);
+        } else {
+            *idx = save;
+            goto other;
+        }
+        return 0;
+    }
+    case ERL_FLOAT_EXT:
+    case NEW_FLOAT_EXT: {
+        double d;
+        if (ei_decode_double(buf, idx, &d) < 0)
+            return -1;
+        lua_pushnumber(L, d);
+        return 0;
+    }
+    case ERL_ATOM_EXT:
+    case ERL_SMALL_ATOM_EXT:
+    case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT: {
+        char a[MAXATOMLEN_UTF8];
+        if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0)
+            return -1;
+        push_atom(L, a);
+        return 0;
+    }
+    case ERL_BINARY_EXT: {
+        long len;
+        const char *p = buf + *idx + 5;
+        if (ei_decode_binary(buf, idx, NULL, &len) < 0)
+            return -1;
+        lua_pushlstring(L, p, (size_t)len);
+        return 0;
+    }
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT:
+        if (ei_decode_tuple_header(buf, idx, &arity) < 0)
+            return -1;
+        lua_createtable(L, arity, 0);
+        luaL_setmetatable(L, MT_TUPLE);
+        return decode_seq(L, buf, idx, arity, depth);
+    case ERL_NIL_EXT:
+        ei_decode_list_header(buf, idx, &arity);
+        lua_newtable(L);
+        luaL_setmetatable(L, MT_LIST);
+        return 0;
+    case ERL_STRING_EXT: {
+        const unsigned char *p = (const unsigned char *)buf + *idx + 3;
+        lua_createtable(L, size, 0);
+        for (int i = 0; i < size; i++) {
+            lua_pushinteger(L, p[i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+        luaL_setmetatable(L, MT_LIST);
+        *idx += 3 + size;
+        return 0;
+    }
+    case ERL_LIST_EXT: {
+        if (ei_decode_list_header(buf, idx, &arity) < 0)
+            return -1;
+        lua_createtable(L, arity, 0);
+        luaL_setmetatable(L, MT_LIST);
+        if (decode_seq(L, buf, idx, arity, depth) < 0)
+            return -1;
+        int t;
+        if (ei_get_type(buf, idx, &t, &size) < 0)
+            return -1;
+        if (t == ERL_NIL_EXT)
+            return ei_decode_list_header(buf, idx, &arity);
+        if (decode(L, buf, idx, depth + 1) < 0)
+            return -1;
+        lua_setfield(L, -2, "tail");
+        return 0;
+    }
+    case ERL_MAP_EXT:
+        if (ei_decode_map_header(buf, idx, &arity) < 0)
+            return -1;
+        lua_createtable(L, 0, arity);
+        luaL_setmetatable(L, MT_MAP);
+        for (int i = 0; i < arity; i++) {
+            if (decode(L, buf, idx, depth + 1) < 0 || decode(L, buf, idx, depth + 1) < 0)
+                return -1;
+            lua_rawset(L, -3);
+        }
+        return 0;
+    case ERL_PID_EXT:
+    case ERL_NEW_PID_EXT: {
+        erlang_pid p;
+        if (ei_decode_pid(buf, idx, &p) < 0)
+            return -1;
+        push_pid(L, p.num, p.serial);
+        return 0;
+    }
+    case ERL_PORT_EXT:
+    case ERL_NEW_PORT_EXT:
+    case ERL_V4_PORT_EXT: {
+        erlang_port p;
+        if (ei_decode_port(buf, idx, &p) < 0)
+            return -1;
+        push_port(L, p.id);
+        return 0;
+    }
+    default:
+    other: {
+        /* References, funs, big numbers: kept as their text. */
+        int start = *idx;
+        if (ei_skip_term(buf, idx) < 0)
+            return -1;
+        ei_x_buff x;
+        ei_x_new_with_version(&x);
+        ei_x_append_buf(&x, buf + start, *idx - start);
+        char *text = NULL;
+        int n = edrv_term_format(x.buff, (size_t)x.index, &text);
+        ei_x_free(&x);
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, n >= 0 ? text : "#Term<?>");
+        lua_setfield(L, -2, "text");
+        luaL_setmetatable(L, MT_OTHER);
+        free(text);
+        return 0;
+    }
+    }
+}
+
+static void push_etf(lua_State *L, const char *buf, size_t len, const char *fn) {
+    int idx = 0, ver;
+    int top = lua_gettop(L);
+    if (ei_decode_version(buf, &idx, &ver) < 0 || decode(L, buf, &idx, 0) < 0 ||
+        (size_t)idx != len) {
+        lua_settop(L, top);
+        raise(L, fn, "badarg", "a term edrv could not decode");
+    }
+}
+
+/* tostring() of every term object: Erlang syntax. */
+static int term_tostring(lua_State *L) {
+    if (lua_istable(L, 1) && kind_of(L, 1) == K_OTHER) {
+        lua_getfield(L, 1, "text");
+        return 1;
+    }
+    ei_x_buff x;
+    to_etf(L, 1, &x, "tostring");
+    char *text = NULL;
+    int n = edrv_term_format(x.buff, (size_t)x.index, &text);
+    ei_x_free(&x);
+    if (n < 0)
+        return raise(L, "tostring", "badarg", "cannot print the term");
+    lua_pushlstring(L, text, (size_t)n);
+    free(text);
+    return 1;
+}
+
+/* ---- the BIFs ------------------------------------------------------------------------------ */
+
+static edrv_port check_port(lua_State *L, int idx, const char *fn) {
+    if (lua_isinteger(L, idx))
+        return (edrv_port)lua_tointeger(L, idx);
+    if (lua_istable(L, idx) && kind_of(L, idx) == K_PORT)
+        return (edrv_port)field_int(L, idx, "id");
+    raise(L, fn, "badarg", "not a port");
+    return 0;
+}
+
+static int l_load_driver(lua_State *L) {
+    const char *dir = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
+    int rc = edrv_load_driver(dir, name);
+    if (rc < 0)
+        return raise_rc(L, "load_driver", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_unload_driver(lua_State *L) {
+    int rc = edrv_unload_driver(luaL_checkstring(L, 1));
+    if (rc < 0)
+        return raise_rc(L, "unload_driver", rc);
+    if (rc == 1)
+        push_atom(L, "pending_driver");
+    else
+        lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* A port name: {"spawn_driver", Command}, as a plain table or a tuple, with
+ * the first element a string or the atom. */
+static const char *port_command_string(lua_State *L, int idx) {
+    if (!lua_istable(L, idx))
+        return NULL;
+    lua_rawgeti(L, idx, 1);
+    const char *kind = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING)
+        kind = lua_tostring(L, -1);
+    else if (lua_istable(L, -1) && kind_of(L, -1) == K_ATOM) {
+        lua_getfield(L, -1, "name");
+        kind = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    int ok = kind && strcmp(kind, "spawn_driver") == 0;
+    lua_pop(L, 1);
+    if (!ok)
+        return NULL;
+    lua_rawgeti(L, idx, 2);
+    const char *cmd = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays alive in the table */
+    return cmd;
+}
+
+/* True if the option list at idx (strings or atoms) holds `opt`. */
+static int has_option(lua_State *L, int idx, const char *opt, const char **unknown,
+                      const char *const *known) {
+    int found = 0;
+    if (lua_isnoneornil(L, idx))
+        return 0;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    for (lua_Integer i = 1;; i++) {
+        if (lua_rawgeti(L, idx, i) == LUA_TNIL) {
+            lua_pop(L, 1);
+            break;
+        }
+        const char *o = lua_tostring(L, -1);
+        if (!o && lua_istable(L, -1) && kind_of(L, -1) == K_ATOM) {
+            lua_getfield(L, -1, "name");
+            lua_replace(L, -2);
+            o = lua_tostring(L, -1);
+        }
+        int good = 0;
+        for (int k = 0; o && known[k]; k++)
+            good |= strcmp(o, known[k]) == 0;
+        if (!good && unknown && !*unknown)
+            *unknown = o ? o : "(not a string)";
+        found |= o && strcmp(o, opt) == 0;
+        lua_pop(L, 1);
+    }
+    return found;
+}
+
+static int l_open_port(lua_State *L) {
+    const char *cmd = port_command_string(L, 1);
+    if (!cmd)
+        return raise(L, "open_port", "badarg", "the port name must be {\"spawn_driver\", Command}");
+    static const char *const known[] = {"binary", "in", "out", "stream", NULL};
+    const char *unknown = NULL;
+    unsigned flags = has_option(L, 2, "binary", &unknown, known) ? EDRV_PORT_BINARY : 0;
+    if (unknown)
+        return raise(L, "open_port", "badarg", lua_pushfstring(L, "unsupported option '%s'", unknown));
+    edrv_port port;
+    int rc = edrv_open_port(self_proc(L), cmd, flags, &port);
+    if (rc < 0)
+        return raise_rc(L, "open_port", rc);
+    push_port(L, port);
+    return 1;
+}
+
+/* iodata: a string, an integer 0..255, or a (nested) table of them, gathered
+ * into one C buffer (no Lua error may be raised while it is held). */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} bytes;
+
+static int bytes_add(bytes *b, const char *s, size_t n) {
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static int collect_iodata(lua_State *L, int idx, bytes *b, int depth) {
+    if (depth > 100)
+        return -1;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        return bytes_add(b, s, len);
+    }
+    if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        char c = (char)v;
+        return v < 0 || v > 255 ? -1 : bytes_add(b, &c, 1);
+    }
+    if (!lua_istable(L, idx) || !lua_checkstack(L, 2))
+        return -1;
+    for (lua_Integer i = 1;; i++) {
+        if (lua_rawgeti(L, idx, i) == LUA_TNIL) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        int rc = collect_iodata(L, lua_gettop(L), b, depth + 1);
+        lua_pop(L, 1);
+        if (rc < 0)
+            return -1;
+    }
+}
+
+static int l_port_command(lua_State *L) {
+    edrv_port port = check_port(L, 1, "port_command");
+    luaL_checkany(L, 2);
+    static const char *const known[] = {"nosuspend", "force", NULL};
+    const char *unknown = NULL;
+    has_option(L, 3, "force", &unknown, known);
+    if (unknown)
+        return raise(L, "port_command", "badarg",
+                     lua_pushfstring(L, "unsupported option '%s'", unknown));
+    int rc;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, 2, &len);
+        rc = edrv_port_command(self_proc(L), port, s, len);
+    } else {
+        bytes b = {0};
+        if (collect_iodata(L, 2, &b, 0) < 0) {
+            free(b.p);
+            return raise(L, "port_command", "badarg",
+                         "data must be iodata: strings, bytes 0..255, tables of them");
+        }
+        struct iovec v = {b.p, b.len};
+        rc = edrv_port_commandv(self_proc(L), port, &v, b.len ? 1 : 0);
+        free(b.p);
+    }
+    if (rc < 0)
+        return raise_rc(L, "port_command", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_port_control(lua_State *L) {
+    edrv_port port = check_port(L, 1, "port_control");
+    lua_Integer op = luaL_checkinteger(L, 2);
+    size_t len = 0;
+    const char *data = lua_isnoneornil(L, 3) ? "" : luaL_checklstring(L, 3, &len);
+    if (op < 0 || op > 0xffffffffLL)
+        return raise(L, "port_control", "badarg", "the operation must be 0..4294967295");
+    edrv_reply r;
+    int rc = edrv_port_control(self_proc(L), port, (unsigned)op, data, len, &r);
+    if (rc < 0)
+        return raise_rc(L, "port_control", rc);
+    lua_pushlstring(L, r.data ? r.data : "", r.len);
+    edrv_reply_free(&r);
+    return 1;
+}
+
+static int l_port_call(lua_State *L) {
+    edrv_port port = check_port(L, 1, "port_call");
+    lua_Integer op = luaL_checkinteger(L, 2);
+    luaL_checkany(L, 3);
+    if (op < 0 || op > 0xffffffffLL)
+        return raise(L, "port_call", "badarg", "the operation must be 0..4294967295");
+    ei_x_buff x;
+    to_etf(L, 3, &x, "port_call");
+    edrv_reply r;
+    int rc = edrv_port_call(self_proc(L), port, (unsigned)op, x.buff, (size_t)x.index, &r);
+    ei_x_free(&x);
+    if (rc < 0)
+        return raise_rc(L, "port_call", rc);
+    /* Copy out before decoding, which may raise. */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, r.data, r.len);
+    luaL_pushresult(&b);
+    edrv_reply_free(&r);
+    size_t len;
+    const char *etf = lua_tolstring(L, -1, &len);
+    push_etf(L, etf, len, "port_call");
+    return 1;
+}
+
+static int l_port_close(lua_State *L) {
+    edrv_port port = check_port(L, 1, "port_close");
+    int rc = edrv_port_close(self_proc(L), port);
+    if (rc < 0)
+        return raise_rc(L, "port_close", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_port_info(lua_State *L) {
+    edrv_port port = check_port(L, 1, "port_info");
+    edrv_port_status st;
+    int rc = edrv_port_info(port, &st);
+    if (rc == EDRV_ECLOSED || rc == EDRV_ENOPORT) {
+        push_atom(L, "undefined");
+        return 1;
+    }
+    if (rc < 0)
+        return raise_rc(L, "port_info", rc);
+    lua_createtable(L, 0, 6);
+    luaL_setmetatable(L, MT_MAP);
+    push_atom(L, "name");
+    lua_pushstring(L, st.name);
+    lua_rawset(L, -3);
+    push_atom(L, "driver");
+    lua_pushstring(L, st.driver);
+    lua_rawset(L, -3);
+    push_atom(L, "id");
+    lua_pushinteger(L, (lua_Integer)st.id);
+    lua_rawset(L, -3);
+    push_atom(L, "connected");
+    push_pid(L, (unsigned)st.connected, (unsigned)(st.connected >> 32));
+    lua_rawset(L, -3);
+    push_atom(L, "binary");
+    lua_pushboolean(L, st.binary);
+    lua_rawset(L, -3);
+    push_atom(L, "pending_jobs");
+    lua_pushinteger(L, (lua_Integer)st.pending_jobs);
+    lua_rawset(L, -3);
+    return 1;
+}
+
+/* The next message from the mailbox (not the saved ones), or nothing. */
+static int next_message(lua_State *L, long timeout_ms) {
+    edrv_msg m;
+    int rc = edrv_receive(self_proc(L), timeout_ms, &m);
+    if (rc == EDRV_ETIMEDOUT)
+        return 0;
+    if (rc < 0)
+        return raise_rc(L, "receive", rc);
+    lua_pushlstring(L, m.data, m.len);
+    edrv_msg_free(&m);
+    size_t len;
+    const char *etf = lua_tolstring(L, -1, &len);
+    push_etf(L, etf, len, "receive");
+    lua_remove(L, -2);
+    return 1;
+}
+
+static long timeout_arg(lua_State *L, int idx) {
+    if (lua_isnoneornil(L, idx))
+        return -1;
+    lua_Number t = luaL_checknumber(L, idx);
+    return t < 0 ? -1 : t > 1e12 ? (long)1e12 : (long)t;
+}
+
+static int l_receive(lua_State *L) {
+    long timeout = timeout_arg(L, 1);
+    /* Messages put aside by receive_match come first, in order. */
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    if (n > 0) {
+        int saved = lua_gettop(L);
+        lua_rawgeti(L, saved, 1);
+        for (lua_Integer k = 1; k < n; k++) {
+            lua_rawgeti(L, saved, k + 1);
+            lua_rawseti(L, saved, k);
+        }
+        lua_pushnil(L);
+        lua_rawseti(L, saved, n);
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (next_message(L, timeout) == 0)
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_self(lua_State *L) {
+    uint64_t pid = edrv_proc_pid(self_proc(L));
+    push_pid(L, (unsigned)pid, (unsigned)(pid >> 32));
+    return 1;
+}
+
+static int l_monotonic_time(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000000000 + ts.tv_nsec);
+    return 1;
+}
+
+static int l_memory(lua_State *L) {
+    edrv_mem_stats st;
+    edrv_memory(&st);
+    lua_createtable(L, 0, EDRV_MEM_TYPES + 1);
+    size_t total = 0;
+    for (int i = 0; i < EDRV_MEM_TYPES; i++) {
+        lua_createtable(L, 0, 2);
+        lua_pushinteger(L, (lua_Integer)st.bytes[i]);
+        lua_setfield(L, -2, "bytes");
+        lua_pushinteger(L, (lua_Integer)st.blocks[i]);
+        lua_setfield(L, -2, "blocks");
+        lua_setfield(L, -2, edrv_mem_type_name((edrv_mem_type)i));
+        total += st.bytes[i];
+    }
+    lua_pushinteger(L, (lua_Integer)total);
+    lua_setfield(L, -2, "total");
+    return 1;
+}
+
+static int l_pool(lua_State *L) {
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, st.threads);
+    lua_setfield(L, -2, "threads");
+    lua_pushinteger(L, (lua_Integer)st.submitted);
+    lua_setfield(L, -2, "submitted");
+    lua_pushinteger(L, (lua_Integer)st.started);
+    lua_setfield(L, -2, "started");
+    lua_pushinteger(L, (lua_Integer)st.ready_async);
+    lua_setfield(L, -2, "ready_async");
+    lua_pushinteger(L, (lua_Integer)st.freed);
+    lua_setfield(L, -2, "freed");
+    lua_pushinteger(L, (lua_Integer)st.cancelled);
+    lua_setfield(L, -2, "cancelled");
+    lua_pushinteger(L, (lua_Integer)(st.submitted - st.started - st.cancelled));
+    lua_setfield(L, -2, "queued");
+    return 1;
+}
+
+/* edrv.type(x): the term kind of a value. */
+static int l_type(lua_State *L) {
+    luaL_checkany(L, 1);
+    const char *t;
+    switch (lua_type(L, 1)) {
+    case LUA_TBOOLEAN: t = "atom"; break;
+    case LUA_TNUMBER: t = lua_isinteger(L, 1) ? "integer" : "float"; break;
+    case LUA_TSTRING: t = "binary"; break;
+    case LUA_TTABLE: {
+        term_kind mt = kind_of(L, 1);
+        t = mt == K_ATOM ? "atom" : mt == K_TUPLE ? "tuple" : mt == K_LIST ? "list"
+            : mt == K_MAP ? "map" : mt == K_PID ? "pid" : mt == K_PORT ? "port"
+            : mt == K_OTHER ? "other" : "table";
+        break;
+    }
+    default: t = luaL_typename(L, 1);
+    }
+    lua_pushstring(L, t);
+    return 1;
+}
+
+/* ---- matching -------------------------------------------------------------------------------- */
+
+/* Matches the value at v against the pattern at p; binds edrv.var captures
+ * into the table at b. */
+static int match(lua_State *L, int v, int p, int b, int depth) {
+    if (depth > 1000)
+        return 0;
+    if (luaL_testudata(L, p, MT_ANY))
+        return 1;
+    if (luaL_testudata(L, p, MT_VAR)) {
+        lua_getiuservalue(L, p, 1); /* the name */
+        if (lua_rawget(L, b) != LUA_TNIL) { /* bound already: must be equal */
+            int eq = lua_compare(L, -1, v, LUA_OPEQ);
+            lua_pop(L, 1);
+            return eq;
+        }
+        lua_pop(L, 1);
+        lua_getiuservalue(L, p, 1);
+        lua_pushvalue(L, v);
+        lua_rawset(L, b);
+        return 1;
+    }
+    if (lua_type(L, p) != LUA_TTABLE || lua_type(L, v) != LUA_TTABLE)
+        return lua_compare(L, v, p, LUA_OPEQ);
+    term_kind mp = kind_of(L, p), mv = kind_of(L, v);
+    if (mp == K_ATOM || mp == K_PID || mp == K_PORT || mp == K_OTHER)
+        return lua_compare(L, v, p, LUA_OPEQ);
+    if (mp != mv && !(mp == K_NONE && mv == K_LIST) && !(mp == K_NONE && mv == K_MAP))
+        return 0;
+    int is_map = mp == K_MAP || (mp == K_NONE && mv == K_MAP);
+    if (!is_map && lua_rawlen(L, p) != lua_rawlen(L, v))
+        return 0;
+    /* Every key of the pattern must match (a map pattern may be partial). */
+    for (lua_pushnil(L); lua_next(L, p); lua_pop(L, 1)) {
+        lua_pushvalue(L, -2);
+        lua_rawget(L, v);
+        int ok = !lua_isnil(L, -1) &&
+                 match(L, lua_gettop(L), lua_gettop(L) - 1, b, depth + 1);
+        lua_pop(L, 1);
+        if (!ok) {
+            lua_pop(L, 2);
+            return 0;
+        }
+    }
+    if (!is_map) { /* an improper tail in the value needs one in the pattern */
+        int tv = lua_getfield(L, v, "tail") != LUA_TNIL;
+        int tp = lua_getfield(L, p, "tail") != LUA_TNIL;
+        lua_pop(L, 2);
+        if (tv != tp)
+            return 0;
+    }
+    return 1;
+}
+
+static int l_match(lua_State *L) {
+    luaL_checkany(L, 1);
+    luaL_checkany(L, 2);
+    lua_newtable(L);
+    int b = lua_gettop(L);
+    if (!match(L, 1, 2, b, 0))
+        lua_pushnil(L);
+    else
+        lua_pushvalue(L, b);
+    return 1;
+}
+
+static int l_var(lua_State *L) {
+    luaL_checkstring(L, 1);
+    lua_newuserdatauv(L, 1, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, MT_VAR);
+    return 1;
+}
+
+/* receive_match(pattern [, timeout_ms]): the first message that matches, and
+ * its bindings; the others stay, in order, for later receives. */
+static int l_receive_match(lua_State *L) {
+    luaL_checkany(L, 1);
+    long timeout = timeout_arg(L, 2);
+    lua_settop(L, 2);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED); /* 3 */
+    lua_newtable(L);                               /* 4: bindings */
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 3);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        if (match(L, lua_gettop(L), 1, 4, 0)) {
+            /* remove it from the saved list */
+            for (lua_Integer k = i; k < n; k++) {
+                lua_rawgeti(L, 3, k + 1);
+                lua_rawseti(L, 3, k);
+            }
+            lua_pushnil(L);
+            lua_rawseti(L, 3, n);
+            lua_pushvalue(L, 4);
+            return 2;
+        }
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_replace(L, 4);
+    }
+    lua_Integer deadline = 0;
+    if (timeout >= 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        deadline = (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout;
+    }
+    for (;;) {
+        long left = -1;
+        if (timeout >= 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            lua_Integer now = (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+            left = now >= deadline ? 0 : (long)(deadline - now);
+        }
+        if (next_message(L, left) == 0) {
+            lua_pushnil(L);
+            return 1;
+        }
+        if (match(L, lua_gettop(L), 1, 4, 0)) {
+            lua_pushvalue(L, 4);
+            return 2;
+        }
+        lua_rawseti(L, 3, (lua_Integer)lua_rawlen(L, 3) + 1);
+        lua_newtable(L);
+        lua_replace(L, 4);
+    }
+}
+
+/* ---- the module ----------------------------------------------------------------------------------- */
+
+static const luaL_Reg funcs[] = {
+    {"load_driver", l_load_driver},
+    {"unload_driver", l_unload_driver},
+    {"open_port", l_open_port},
+    {"port_command", l_port_command},
+    {"port_control", l_port_control},
+    {"port_call", l_port_call},
+    {"port_close", l_port_close},
+    {"port_info", l_port_info},
+    {"receive", l_receive},
+    {"receive_match", l_receive_match},
+    {"match", l_match},
+    {"var", l_var},
+    {"self", l_self},
+    {"monotonic_time", l_monotonic_time},
+    {"memory", l_memory},
+    {"pool", l_pool},
+    {"atom", l_atom},
+    {"tuple", l_tuple},
+    {"list", l_list},
+    {"map", l_map},
+    {"string", l_string},
+    {"type", l_type},
+    {"format", term_tostring},
+    {NULL, NULL},
+};
+
+static void new_term_mt(lua_State *L, const char *name, lua_CFunction eq) {
+    luaL_newmetatable(L, name);
+    lua_pushcfunction(L, term_tostring);
+    lua_setfield(L, -2, "__tostring");
+    if (eq) {
+        lua_pushcfunction(L, eq);
+        lua_setfield(L, -2, "__eq");
+    }
+    lua_pushstring(L, name + 5); /* "Atom", "Tuple", ... */
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}
+
+int edrv_lua_open(lua_State *L, int async_threads) {
+    int owns = 0;
+    edrv_options o = {.async_threads = async_threads};
+    int rc = edrv_start(&o);
+    if (rc == 0)
+        owns = 1;
+    else if (rc != EDRV_ERUNNING)
+        return luaL_error(L, "edrv: cannot start the runtime: %s", edrv_last_error());
+
+    new_term_mt(L, MT_ATOM, NULL);
+    new_term_mt(L, MT_TUPLE, NULL);
+    new_term_mt(L, MT_LIST, NULL);
+    new_term_mt(L, MT_MAP, NULL);
+    new_term_mt(L, MT_PID, pid_eq);
+    new_term_mt(L, MT_PORT, port_eq);
+    new_term_mt(L, MT_OTHER, NULL);
+    luaL_newmetatable(L, MT_ERROR);
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, MT_ANY);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, MT_VAR);
+    lua_pop(L, 1);
+
+    lua_newtable(L); /* interned atoms, weak values */
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_ATOMS);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_SAVED);
+
+    /* The runtime (if this state started it) outlives the process: the
+     * runtime box is created first, so lua_close collects it last. */
+    runtime_box *rb = lua_newuserdatauv(L, sizeof *rb, 0);
+    rb->owns_runtime = owns;
+    luaL_newmetatable(L, MT_RUNTIME);
+    lua_pushcfunction(L, runtime_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "edrv.runtime");
+
+    proc_box *pb = lua_newuserdatauv(L, sizeof *pb, 0);
+    pb->proc = edrv_proc_new();
+    luaL_newmetatable(L, MT_PROC);
+    lua_pushcfunction(L, proc_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if (!pb->proc)
+        return luaL_error(L, "edrv: cannot create a process: %s", edrv_last_error());
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_PROC);
+
+    luaL_newlib(L, funcs);
+    lua_newuserdatauv(L, 0, 0);
+    luaL_setmetatable(L, MT_ANY);
+    lua_setfield(L, -2, "_"); /* the wildcard of match patterns */
+    lua_pushstring(L, EDRV_VERSION_STRING);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* require "edrv" from a stock lua5.4: the pool size comes from
+ * $EDRV_ASYNC_THREADS (default: the number of CPUs). */
+LUALIB_API int luaopen_edrv(lua_State *L) {
+    const char *env = getenv("EDRV_ASYNC_THREADS");
+    return edrv_lua_open(L, env ? atoi(env) : 0);
+}
