@@ -106,7 +106,6 @@ static int load_interactive(lua_State *L, char *line) {
         return LUA_OK;
     }
     lua_pop(L, 1);
-    luaL_Buffer b;
     lua_pushstring(L, line);
     for (;;) {
         size_t len;
@@ -117,11 +116,8 @@ static int load_interactive(lua_State *L, char *line) {
         char *more = readline(">> ");
         if (!more)
             break;
-        luaL_buffinit(L, &b);
-        luaL_addvalue(&b); /* what we had */
-        luaL_addchar(&b, '\n');
-        luaL_addstring(&b, more);
-        luaL_pushresult(&b);
+        lua_pushfstring(L, "%s\n%s", lua_tostring(L, -1), more);
+        lua_remove(L, -2); /* what we had */
         free(more);
     }
     const char *all = lua_tostring(L, rc == LUA_OK || rc == LUA_ERRSYNTAX ? -2 : -1);

@@ -28,6 +28,7 @@
  */
 #include "lua_edrv.h"
 
+#include <dlfcn.h>
 #include <edrv.h>
 #include <ei.h>
 #include <lauxlib.h>
@@ -1204,6 +1205,12 @@ int edrv_lua_open(lua_State *L, int async_threads) {
 /* require "edrv" from a stock lua5.4: the pool size comes from
  * $EDRV_ASYNC_THREADS (default: the number of CPUs). */
 LUALIB_API int luaopen_edrv(lua_State *L) {
+    /* lua5.4 opens C modules with RTLD_LOCAL, which would hide libedrv's
+     * driver API from the drivers it loads: make libedrv global. */
+    Dl_info info;
+    if (dladdr((void *)edrv_start, &info) && info.dli_fname &&
+        !dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL))
+        return luaL_error(L, "edrv: cannot make %s global: %s", info.dli_fname, dlerror());
     const char *env = getenv("EDRV_ASYNC_THREADS");
     return edrv_lua_open(L, env ? atoi(env) : 0);
 }

@@ -180,12 +180,15 @@ size_t edrv__async_drain(void) {
         job *j = list;
         list = j->next;
         edrv__idmap_del(&pool.jobs, (uint64_t)j->id);
-        if (!edrv__port_ready_async(j->port, j->data)) {
+        /* Counted before the callback runs, so that a host that saw the
+         * callback's message also sees the count. */
+        if (edrv__port_ready_async_ok(j->port)) {
+            atomic_fetch_add_explicit(&pool.ready, 1, memory_order_relaxed);
+            edrv__port_ready_async(j->port, j->data);
+        } else {
+            atomic_fetch_add_explicit(&pool.freed, 1, memory_order_relaxed);
             if (j->free_data)
                 j->free_data(j->data);
-            atomic_fetch_add_explicit(&pool.freed, 1, memory_order_relaxed);
-        } else {
-            atomic_fetch_add_explicit(&pool.ready, 1, memory_order_relaxed);
         }
         release(j);
         edrv__free(j);

@@ -170,8 +170,9 @@ int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOS
 void edrv__port_ref(edrv_port_t *pt);
 void edrv__port_unref(edrv_port_t *pt);
 bool edrv__port_accepts_jobs(const edrv_port_t *pt);
-/* Calls ready_async if the port lives and has one; false if it did not. */
-bool edrv__port_ready_async(edrv_port_t *pt, void *data);
+/* Whether a finished job ends with ready_async: the port lives and has one. */
+bool edrv__port_ready_async_ok(const edrv_port_t *pt);
+void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
 
 /* ---- driver.c: loading and the driver registry ----------------------------- */

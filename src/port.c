@@ -349,14 +349,14 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
     return atomic_load(&pt->state) != PORT_DEAD;
 }
 
-bool edrv__port_ready_async(edrv_port_t *pt, void *data) {
-    const ErlDrvEntry *e = pt->drv->entry;
-    if (atomic_load(&pt->state) != PORT_ALIVE || !e->ready_async)
-        return false;
+bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
+    return atomic_load(&pt->state) == PORT_ALIVE && pt->drv->entry->ready_async;
+}
+
+void edrv__port_ready_async(edrv_port_t *pt, void *data) {
     enter(pt, atomic_load(&pt->owner));
-    e->ready_async(pt->data, (ErlDrvThreadData)data);
+    pt->drv->entry->ready_async(pt->data, (ErlDrvThreadData)data);
     leave(pt);
-    return true;
 }
 
 /* ---- requests from the host (emulator thread) ----------------------------------------- */

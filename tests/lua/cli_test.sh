@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The edrv command as a user runs it: options, exit statuses, arguments,
+# error messages with the script's line, the REPL on a pipe, and the module
+# from a stock lua5.4 with require "edrv".
+# usage: cli_test.sh EDRV_BINARY MODULE_DIR DRIVERS_DIR
+set -uo pipefail
+edrv=$1 module_dir=$2 drivers=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+check() { # name, then the command; its stdout must match the pattern in $want
+  local name=$1; shift
+  local out status
+  out=$("$@" 2>&1); status=$?
+  if [[ $status -eq $want_status && $out =~ $want ]]; then
+    passed=$((passed + 1)); echo "ok   $name"
+  else
+    failed=$((failed + 1)); echo "FAIL $name: status $status (want $want_status), output:"; echo "$out" | head -20
+  fi
+}
+
+want_status=0 want='^usage: edrv' check help "$edrv" --help
+want_status=0 want='^edrv [0-9]+\.[0-9]+\.[0-9]+ ' check version "$edrv" --version
+want_status=2 want='nothing to run' check no_arguments "$edrv"
+want_status=2 want="unknown option '--bogus'" check unknown_option "$edrv" --bogus
+want_status=2 want='1..1024' check bad_pool_size "$edrv" -A 2000 -e 'print(1)'
+want_status=2 want='needs an argument' check missing_argument "$edrv" -e
+want_status=0 want='^3$' check pool_size "$edrv" -A 3 -e 'print(edrv.pool().threads)'
+want_status=0 want='^5$' check pool_size_long "$edrv" --async-threads=5 -e 'print(edrv.pool().threads)'
+want_status=0 want='^hello 2$' check two_e "$edrv" -e 'x = 2' -e 'print("hello " .. x)'
+
+cat > "$tmp/args.lua" <<'LUA'
+print(arg[0], arg[1], arg[2], #arg, select('#', ...))
+LUA
+want_status=0 want='args.lua	a	b c	2	2$' check script_args "$edrv" "$tmp/args.lua" a "b c"
+
+cat > "$tmp/fails.lua" <<'LUA'
+edrv.load_driver(arg[1], "tdrv")
+local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+edrv.port_control(p, 5, "")
+LUA
+want_status=1 want='fails.lua:3: edrv.port_control: badarg \(tdrv: control 5 returned -1\)' \
+  check error_line "$edrv" "$tmp/fails.lua" "$drivers"
+want_status=1 want='driver_incorrect_version' check error_reason \
+  "$edrv" -e "edrv.load_driver('$drivers', 'ld_v34')"
+want_status=1 want='syntax|expected' check syntax_error "$edrv" -e 'print('
+want_status=1 want='cannot open' check missing_script "$edrv" "$tmp/none.lua"
+want_status=0 want='^from stdin$' check script_from_stdin bash -c "echo 'print(\"from stdin\")' | '$edrv' -"
+
+# The REPL reads lines from a pipe too: expressions print their value.
+want_status=0 want='2.*#Port<0\.[0-9]+>' check repl bash -c \
+  "printf '%s\n' '1 + 1' 'edrv.load_driver(\"$drivers\", \"tdrv\")' 'p = edrv.open_port({\"spawn_driver\", \"tdrv\"}, {})' 'p' | HOME='$tmp' '$edrv' -i"
+want_status=0 want='badarg' check repl_error bash -c \
+  "printf '%s\n' 'edrv.port_close(42)' 'print(\"still here\")' | HOME='$tmp' '$edrv' -i"
+want_status=0 want='^for i=1,2 do' check repl_history bash -c "test -s '$tmp/.edrv_history' && printf 'for i=1,2 do\nprint(i)\nend\n' | HOME='$tmp' '$edrv' -i >/dev/null && grep -A2 '^for i=1,2 do' '$tmp/.edrv_history'"
+
+# require "edrv" from a stock lua5.4.
+if command -v lua5.4 > /dev/null; then
+  want_status=0 want='^\{#Port<0\.1>,\{data,<<"ok">>\}\} 2$' check stock_lua \
+    env LUA_CPATH="$module_dir/?.so" EDRV_ASYNC_THREADS=2 lua5.4 -e "
+      local edrv = require 'edrv'
+      edrv.load_driver('$drivers', 'echo_drv')
+      local p = edrv.open_port({'spawn_driver', 'echo_drv'}, {'binary'})
+      edrv.port_command(p, 'ok')
+      print(tostring(edrv.receive(1000)) .. ' ' .. edrv.pool().threads)"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,194 @@
+-- The Lua module edrv: every function and its errors. Run by the edrv command:
+--   edrv module_test.lua DRIVERS_DIR [TEST_NAME]
+local drivers = assert(arg[1], "usage: module_test.lua DRIVERS_DIR [TEST]")
+local only = arg[2]
+local A, T, L = edrv.atom, edrv.tuple, edrv.list
+
+local tests, order = {}, {}
+local function test(name, fn) tests[name] = fn; order[#order + 1] = name end
+
+local function eq(got, want, what)
+  if got ~= want then
+    error(string.format("%s: got %s, want %s", what or "value", tostring(got), tostring(want)), 2)
+  end
+end
+
+-- Runs fn and returns its error object, failing if it did not raise.
+local function raises(reason, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected an error " .. reason, 2) end
+  if type(err) ~= "table" then error("not an edrv error: " .. tostring(err), 2) end
+  eq(err.reason, reason, "reason")
+  return err
+end
+
+local function drain()
+  while edrv.receive(0) do end
+end
+
+test("load_driver", function()
+  eq(edrv.load_driver(drivers, "tdrv"), true)
+  eq(edrv.load_driver(drivers, "tdrv"), true) -- a second user
+  raises("driver_incorrect_version", edrv.load_driver, drivers, "ld_v34")
+  raises("no_driver_init", edrv.load_driver, drivers, "ld_noinit")
+  raises("driver_init_failed", edrv.load_driver, drivers, "ld_initfail")
+  raises("bad_driver_name", edrv.load_driver, drivers, "ld_badname")
+  local e = raises("open_error", edrv.load_driver, drivers, "no_such_driver")
+  assert(e.detail:find("No such file"), e.detail)
+  assert(tostring(e):find("edrv.load_driver: open_error"), tostring(e))
+  eq(edrv.unload_driver("tdrv"), true)
+  eq(edrv.unload_driver("tdrv"), true)
+  raises("not_loaded", edrv.unload_driver, "tdrv")
+  raises("einval", edrv.load_driver, drivers, "../x")
+end)
+
+test("open_port", function()
+  edrv.load_driver(drivers, "tdrv")
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  eq(edrv.type(p), "port")
+  local q = edrv.open_port(T(A"spawn_driver", "tdrv hello"), {A"binary"})
+  eq(tostring(edrv.receive(1000)), string.format('{%s,{data,"hello"}}', tostring(q)))
+  raises("badarg", edrv.open_port, {"spawn", "tdrv"}, {})
+  raises("badarg", edrv.open_port, "tdrv", {})
+  raises("badarg", edrv.open_port, {"spawn_driver", "tdrv"}, {"eof_please"})
+  raises("badarg", edrv.open_port, {"spawn_driver", "nosuchdriver"}, {})
+  raises("einval", edrv.open_port, {"spawn_driver", "tdrv general"}, {})
+  raises("enoent", edrv.open_port, {"spawn_driver", "tdrv errno"}, {})
+  edrv.port_close(p); edrv.port_close(q); drain()
+end)
+
+test("port_command", function()
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {"binary"})
+  eq(edrv.port_command(p, "abc"), true)
+  eq(tostring(edrv.receive(1000)), string.format('{%s,{data,[111,117,116,58|<<"abc">>]}}', tostring(p)))
+  eq(edrv.port_command(p, {"a", {"b", 99}, 100}), true) -- iodata
+  local m = edrv.receive(1000)
+  eq(m[2][2].tail, "abcd")
+  eq(edrv.port_command(p, "x", {"nosuspend"}), true)
+  edrv.receive(1000)
+  raises("badarg", edrv.port_command, p, {"a", 300})
+  raises("badarg", edrv.port_command, p, "x", {"sideways"})
+  raises("badarg", edrv.port_command, "not a port", "x")
+  edrv.port_close(p)
+  raises("badarg", edrv.port_command, p, "x")
+  drain()
+end)
+
+test("port_control", function()
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  eq(edrv.port_control(p, 1, "echo me"), "echo me")
+  eq(edrv.port_control(p, 4, ""), "") -- *rbuf = NULL
+  local e = raises("badarg", edrv.port_control, p, 5, "")
+  assert(e.detail:find("returned %-1"), e.detail)
+  raises("badarg", edrv.port_control, p, -1, "")
+  edrv.port_close(p)
+  raises("badarg", edrv.port_control, p, 1, "")
+  drain()
+end)
+
+test("port_call", function()
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  local term = T(A"ok", 1, -2, 3.5, "bin", L{1, L{}, A"x"}, edrv.map{[A"k"] = "v"}, edrv.self(), p)
+  local back = edrv.port_call(p, 1, term)
+  eq(tostring(back), tostring(term))
+  eq(back[8], edrv.self())
+  eq(back[9], p)
+  eq(edrv.port_call(p, 5, 0), A"kept")
+  raises("badarg", edrv.port_call, p, 2, 0) -- the reply is not a term
+  raises("badarg", edrv.port_call, p, 1, function() end)
+  edrv.port_close(p); drain()
+end)
+
+test("port_close_and_info", function()
+  local p = edrv.open_port({"spawn_driver", "tdrv with args"}, {"binary"})
+  local info = edrv.port_info(p)
+  eq(info[A"name"], "tdrv with args")
+  eq(info[A"connected"], edrv.self())
+  eq(info[A"binary"], true)
+  eq(edrv.port_close(p), true)
+  eq(tostring(edrv.receive(1000)), string.format("{'EXIT',%s,normal}", tostring(p)))
+  eq(edrv.port_info(p), A"undefined")
+  raises("badarg", edrv.port_close, p)
+end)
+
+test("receive", function()
+  eq(edrv.receive(0), nil)
+  local t0 = edrv.monotonic_time()
+  eq(edrv.receive(30), nil)
+  assert(edrv.monotonic_time() - t0 >= 25e6, "receive waited")
+end)
+
+test("terms", function()
+  eq(tostring(A"hello world"), "'hello world'")
+  eq(A"x", A"x")
+  eq(tostring(T()), "{}")
+  eq(tostring(L{}), "[]")
+  eq(edrv.format({}), "[]")
+  eq(edrv.format({a = 1}), "#{<<\"a\">> => 1}")
+  eq(tostring(edrv.list({1, 2, tail = A"t"})), "[1,2|t]")
+  eq(tostring(edrv.string("hi\n")), '"hi\\n"')
+  eq(tostring(T(1.0e10, 0.1, -7, 1 << 62)), "{1.0e10,0.1,-7,4611686018427387904}")
+  eq(tostring(T(true, false)), "{true,false}")
+  eq(edrv.type(A"a"), "atom")
+  eq(edrv.type(true), "atom")
+  eq(edrv.type("b"), "binary")
+  eq(edrv.type(1), "integer")
+  eq(edrv.type(1.5), "float")
+  eq(edrv.type(edrv.map{}), "map")
+  raises("badarg", tostring, T(function() end))
+  raises("badarg", edrv.atom, string.rep("a", 256))
+end)
+
+test("match", function()
+  local msg = T(A"data", 7, L{1, 2})
+  local b = edrv.match(msg, T(A"data", edrv.var("N"), edrv._))
+  eq(b.N, 7)
+  eq(edrv.match(msg, T(A"other", edrv._, edrv._)), nil)
+  eq(edrv.match(msg, T(A"data", edrv._)), nil) -- arity
+  b = edrv.match(T(1, 1), T(edrv.var("X"), edrv.var("X")))
+  eq(b.X, 1)
+  eq(edrv.match(T(1, 2), T(edrv.var("X"), edrv.var("X"))), nil)
+  eq(edrv.match(edrv.map{[A"a"] = 1, [A"b"] = 2}, edrv.map{[A"a"] = edrv.var("A")}).A, 1)
+end)
+
+test("receive_match", function()
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  for _, w in ipairs({"one", "two", "three"}) do edrv.port_command(p, w) end
+  local m, b = edrv.receive_match(T(p, T(A"data", edrv.var("D"))), 1000)
+  assert(m and b.D)
+  -- Selective: take "three" first; the others stay, in order.
+  edrv.port_command(p, "four")
+  local want = edrv.string("out:four")
+  m = edrv.receive_match(T(p, T(A"data", want)), 1000)
+  eq(tostring(m[2][2]), '"out:four"')
+  eq(tostring(edrv.receive(1000)[2][2]), '"out:two"')
+  eq(tostring(edrv.receive(1000)[2][2]), '"out:three"')
+  eq(edrv.receive_match(A"never", 20), nil)
+  edrv.port_close(p); drain()
+end)
+
+test("stats", function()
+  edrv.load_driver(drivers, "adrv")
+  local p = edrv.open_port({"spawn_driver", "adrv"}, {})
+  local before = edrv.pool()
+  edrv.port_control(p, 1, string.pack(">BI4I4I4", 0, 0, 10, 0))
+  for _ = 1, 10 do assert(edrv.receive(2000)) end
+  local after = edrv.pool()
+  eq(after.submitted - before.submitted, 10)
+  eq(after.ready_async - before.ready_async, 10)
+  assert(after.threads >= 1)
+  local mem = edrv.memory()
+  assert(mem.port.blocks >= 1 and mem.total > 0)
+  edrv.port_close(p); drain()
+end)
+
+local passed, failed = 0, 0
+for _, name in ipairs(order) do
+  if not only or only == name then
+    local ok, err = pcall(tests[name])
+    if ok then passed = passed + 1; print("ok   " .. name)
+    else failed = failed + 1; print("FAIL " .. name .. ": " .. tostring(err)) end
+  end
+end
+print(string.format("%d passed, %d failed", passed, failed))
+os.exit(failed == 0 and passed > 0 and 0 or 1)
