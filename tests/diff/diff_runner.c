@@ -7,23 +7,34 @@
  * of binaries, the pieces of an iolist, for edrv_port_commandv) and every
  * call term already in ETF (term_to_binary(Term) as a binary):
  *   {load, Name} | {unload, Name} | {open, Command, Opts} | {close, Idx} |
- *   {command, Idx, Data} | {control, Idx, Op, Data} | {call, Idx, Op, Etf}
- * Runs them in one edrv process, collecting after each step every message that
- * arrives within 50 ms, and writes one packet back:
+ *   {command, Idx, Data} | {control, Idx, Op, Data} | {call, Idx, Op, Etf} |
+ *   {sleep, Ms} | {msg_wait, Ms}
+ * Runs them in one edrv process (started with 2 async threads, as erl +A 2),
+ * collecting after each step every message that arrives within 50 ms (or the
+ * last msg_wait's Ms) of the step's end or of the message before, and writes
+ * one packet back:
  *   {SelfPid, [{Result, [Msg, ...]}, ...]}
  * with Result {ok, Value} or {error, Reason} shaped as erl's results are.
  * Every open step takes the next port index (1, 2, ...), failed or not.
+ * An unload that leaves the driver pending (its async jobs still running)
+ * waits, as erl_ddll:unload_driver/1 does, until the pool has no job left.
  */
 #include <edrv.h>
 #include <ei.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-#define MSG_WAIT_MS 50
+#define MSG_WAIT_MS 50 /* until a msg_wait step sets msg_wait_ms */
+#define ASYNC_THREADS 2
+#define UNLOAD_WAIT_MS 60000
+
+static long msg_wait_ms = MSG_WAIT_MS;
 
 typedef struct {
     edrv_port *v;
@@ -198,6 +209,28 @@ static int run_command(const char *buf, int *idx, edrv_proc *self, edrv_port por
     return rc;
 }
 
+static void sleep_ms(unsigned long ms) {
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* erl_ddll:unload_driver/1 returns once the driver is unloaded, after its
+ * last async job; edrv_unload_driver returns 1 at once. Waits until no job
+ * of any driver is pending: the pool's counters say so once the last job has
+ * ended, and the unload that ending triggers happens on the emulator thread
+ * before it serves the next step. */
+static void wait_pool_idle(void) {
+    for (unsigned long waited = 0; waited < UNLOAD_WAIT_MS; waited++) {
+        edrv_pool_stats st;
+        edrv_pool(&st);
+        if (st.ready_async + st.freed + st.cancelled == st.submitted)
+            return;
+        sleep_ms(1);
+    }
+    die("unload: async jobs still pending after 60 s");
+}
+
 /* Runs the step at *idx and encodes its result into x. */
 static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self,
                      port_list *ports, ei_x_buff *x) {
@@ -211,6 +244,8 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
         char *name = decode_bin(buf, idx, &len);
         rc = what[0] == 'l' ? edrv_load_driver(dir, name) : edrv_unload_driver(name);
         free(name);
+        if (what[0] == 'u' && rc == 1)
+            wait_pool_idle();
         if (rc < 0)
             encode_error(x, rc);
         else
@@ -261,17 +296,23 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
         else
             encode_reply(x, &reply);
         edrv_reply_free(&reply);
+    } else if (strcmp(what, "sleep") == 0) {
+        sleep_ms(decode_ulong(buf, idx));
+        encode_ok_atom(x, "ok");
+    } else if (strcmp(what, "msg_wait") == 0) {
+        msg_wait_ms = (long)decode_ulong(buf, idx);
+        encode_ok_atom(x, "ok");
     } else {
         die("unknown step");
     }
 }
 
-/* Encodes, as a list, every message that arrives within MSG_WAIT_MS. */
+/* Encodes, as a list, every message that arrives within msg_wait_ms. */
 static void collect_messages(edrv_proc *self, ei_x_buff *x) {
     edrv_msg *msgs = NULL;
     size_t n = 0, cap = 0;
     edrv_msg m;
-    while (edrv_receive(self, MSG_WAIT_MS, &m) == 0) {
+    while (edrv_receive(self, msg_wait_ms, &m) == 0) {
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
             msgs = realloc(msgs, cap * sizeof *msgs);
@@ -301,7 +342,7 @@ int main(int argc, char **argv) {
     if (ei_decode_version(in, &idx, &ver) < 0 || ei_decode_list_header(in, &idx, &nsteps) < 0)
         die("the input is not a list of steps in ETF");
 
-    int rc = edrv_start(NULL);
+    int rc = edrv_start(&(edrv_options){.async_threads = ASYNC_THREADS});
     if (rc < 0)
         die(edrv_strerror(rc));
     edrv_proc *self = edrv_proc_new();
