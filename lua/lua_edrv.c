@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MT_ATOM "edrv.Atom"
 #define MT_TUPLE "edrv.Tuple"
@@ -947,6 +948,13 @@ static int l_pool(lua_State *L) {
     return 1;
 }
 
+/* edrv.isatty(fd): whether fd (default 1) is a terminal, e.g. to draw a
+ * progress bar on stderr only for a person. */
+static int l_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 1)));
+    return 1;
+}
+
 /* edrv.type(x): the term kind of a value. */
 static int l_type(lua_State *L) {
     luaL_checkany(L, 1);
@@ -1122,6 +1130,7 @@ static const luaL_Reg funcs[] = {
     {"map", l_map},
     {"string", l_string},
     {"type", l_type},
+    {"isatty", l_isatty},
     {"format", term_tostring},
     {NULL, NULL},
 };
