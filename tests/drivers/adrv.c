@@ -53,17 +53,18 @@ typedef struct {
     char lane[16];
     long record; /* STRESS: index into records, or -1 */
     int quiet;    /* FROM_POOL jobs: no done message */
+    unsigned gate; /* BLOCK jobs: the gate generation they wait past */
     adrv *owner;  /* PDL jobs: the port's data, shared under pdl */
     ErlDrvPDL pdl;
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
-static unsigned key_invokes[4096]; /* by key % 4096; one pool thread per key */
+static _Atomic unsigned key_invokes[4096]; /* by key % 4096 */
 
 /* The gate BLOCK jobs wait on. */
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
-static int gate_open;
+static unsigned gate_gen; /* RELEASE opens the gate of every BLOCK before it */
 
 /* STRESS records: how each job ended. */
 #define MAX_RECORDS 4000000
@@ -86,17 +87,18 @@ static void invoke(void *arg) {
         atomic_fetch_add(&invoked[j->record], 1);
         return;
     }
-    j->invoke_order = ++key_invokes[j->key % 4096];
+    j->invoke_order = atomic_fetch_add(&key_invokes[j->key % 4096], 1) + 1;
     pthread_getname_np(pthread_self(), j->lane, sizeof j->lane);
     if (j->work_us)
         usleep(j->work_us);
 }
 
 static void block_invoke(void *arg) {
-    (void)arg;
+    job *j = arg;
     atomic_fetch_add(&invoked_count, 1);
+    pthread_getname_np(pthread_self(), j->lane, sizeof j->lane);
     pthread_mutex_lock(&gate_lock);
-    while (!gate_open)
+    while (gate_gen == j->gate)
         pthread_cond_wait(&gate_cond, &gate_lock);
     pthread_mutex_unlock(&gate_lock);
 }
@@ -227,10 +229,12 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         if (len < 4)
             return -1;
         unsigned key = get32(buf);
-        pthread_mutex_lock(&gate_lock);
-        gate_open = 0;
-        pthread_mutex_unlock(&gate_lock);
         job *j = new_job(a, key, 1, 0, -1);
+        if (j) {
+            pthread_mutex_lock(&gate_lock);
+            j->gate = gate_gen;
+            pthread_mutex_unlock(&gate_lock);
+        }
         long id = j ? driver_async(a->port, &key, block_invoke, j, job_free) : -1;
         if (id < 0) {
             driver_free(j);
@@ -240,7 +244,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     }
     case 4: /* RELEASE */
         pthread_mutex_lock(&gate_lock);
-        gate_open = 1;
+        gate_gen++;
         pthread_cond_broadcast(&gate_cond);
         pthread_mutex_unlock(&gate_lock);
         return 0;
