@@ -140,6 +140,8 @@ struct _erl_drv_port {
      * the callback returns, never inside another callback. */
     bool exit_pending;
     ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
+    long timer_slot;          /* index in the timer heap, or -1 */
+    int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
     /* References besides the table's: async jobs. The struct outlives the
      * port (DEAD) until the last one goes. */
     int refs;
@@ -174,6 +176,15 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt);
 bool edrv__port_ready_async_ok(const edrv_port_t *pt);
 void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
+
+/* Emulator thread: a due timer's callback. */
+void edrv__port_timeout(edrv_port_t *pt);
+
+/* ---- timer.c: driver timers (emulator thread) ------------------------------- */
+
+void edrv__timer_cancel(edrv_port_t *pt);
+long edrv__timers_next_ms(void); /* until the earliest timer; -1: none */
+void edrv__timers_run(void);      /* runs the due timers */
 
 /* ---- driver.c: loading and the driver registry ----------------------------- */
 

@@ -165,7 +165,7 @@ static void *emulator_main(void *arg) {
     on_emulator = true;
     while (!rt.quit) {
         struct epoll_event ev[32];
-        int n = epoll_wait(rt.epfd, ev, 32, -1);
+        int n = epoll_wait(rt.epfd, ev, 32, (int)edrv__timers_next_ms());
         if (n < 0 && errno != EINTR) {
             edrv__warn("epoll_wait: %s", strerror(errno));
             continue;
@@ -180,6 +180,7 @@ static void *emulator_main(void *arg) {
                 edrv__async_drain();
             }
         }
+        edrv__timers_run();
     }
     return NULL;
 }

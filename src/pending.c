@@ -6,8 +6,7 @@
  * the function, so a driver that needs one fails visibly instead of
  * misbehaving quietly.
  *
- * Still to come: I/O events (driver_select),
- * timers, the driver queue, busy ports, monitors,
+ * Still to come: I/O events (driver_select), the driver queue, busy ports, monitors,
  * driver_create_port and erl_drv_init_ack.
  */
 #include "internal.h"
@@ -23,21 +22,6 @@
 
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
     NOT_YET("driver_select");
-    return -1;
-}
-
-EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
-    NOT_YET("driver_set_timer");
-    return -1;
-}
-
-EDRV_API int driver_cancel_timer(ErlDrvPort port) {
-    NOT_YET("driver_cancel_timer");
-    return -1;
-}
-
-EDRV_API int driver_read_timer(ErlDrvPort port, unsigned long *time_left) {
-    NOT_YET("driver_read_timer");
     return -1;
 }
 

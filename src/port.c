@@ -242,6 +242,7 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
     if (st != PORT_ALIVE && st != PORT_STARTING)
         return -1;
     atomic_store(&pt->state, PORT_EXITING);
+    edrv__timer_cancel(pt);
     if (unlink_owner)
         pt->linked = false;
     if (signal && pt->linked) {
@@ -325,6 +326,7 @@ static void finish_exit(edrv_port_t *pt) {
         pt->in_callback--;
     }
     atomic_store(&pt->state, PORT_DEAD);
+    edrv__timer_cancel(pt); /* one stop may have set */
     table_remove(pt);
     if (pt->pdl) /* the port's reference */
         driver_pdl_dec_refc(pt->pdl);
@@ -347,6 +349,19 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
     /* From start, from any callback, and from stop (a file driver queues its
      * close there); not once the port is dead. */
     return atomic_load(&pt->state) != PORT_DEAD;
+}
+
+void edrv__port_timeout(edrv_port_t *pt) {
+    const ErlDrvEntry *e = pt->drv->entry;
+    if (atomic_load(&pt->state) != PORT_ALIVE)
+        return;
+    if (!e->timeout) {
+        edrv__warn("%s: a timer fired, but the driver has no timeout callback", pt->drv->name);
+        return;
+    }
+    enter(pt, atomic_load(&pt->owner));
+    e->timeout(pt->data);
+    leave(pt);
 }
 
 bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
@@ -377,6 +392,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
         return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
     }
     pt->name = name;
+    pt->timer_slot = -1;
     pt->drv = d;
     pt->linked = true;
     atomic_store(&pt->owner, p->pid);
@@ -402,6 +418,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
         /* Never started, so stop does not run; nothing reaches the owner.
          * Jobs it queued still run, and end with free. */
         atomic_store(&pt->state, PORT_DEAD);
+        edrv__timer_cancel(pt);
         table_remove(pt);
         if (pt->pdl)
             driver_pdl_dec_refc(pt->pdl);

@@ -46,6 +46,9 @@ enum {
     TD_CALLERS = 40,      /* {callers, StartCaller, ControlCaller, Connected} */
     TD_STOP_TERM = 41,    /* stop will send from_stop with output_term */
     TD_PORT_FLAGS = 42,   /* reply with get_port_flags as a decimal */
+    TD_SET_TIMER = 50,    /* driver_set_timer(data: milliseconds, 4 bytes); reply its return */
+    TD_CANCEL_TIMER = 51, /* reply driver_cancel_timer's return */
+    TD_READ_TIMER = 52,   /* reply "rc,L": L is 1 if at least 500 ms are left, else 0 */
 };
 
 typedef struct {
@@ -197,6 +200,12 @@ static int bad_spec(tdrv *t, int which) {
     case 7: return erl_drv_send_term(port, driver_caller(t->port), two, 4);
     default: return -100;
     }
+}
+
+/* A timer's callback: says so to the owner. */
+static void td_timeout(ErlDrvData d) {
+    tdrv *t = (tdrv *)d;
+    driver_output(t->port, "timeout", 7);
 }
 
 #define REPLY(...) return (ErlDrvSSizeT)snprintf(*rbuf, (size_t)rlen, __VA_ARGS__)
@@ -353,6 +362,21 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         return 0;
     case TD_PORT_FLAGS:
         REPLY("%d", get_port_flags(port));
+    case TD_SET_TIMER: {
+        if (len < 4)
+            return -1;
+        const unsigned char *u = (const unsigned char *)buf;
+        unsigned long ms = (unsigned long)u[0] << 24 | (unsigned long)u[1] << 16 |
+                           (unsigned long)u[2] << 8 | u[3];
+        REPLY("%d", driver_set_timer(port, ms));
+    }
+    case TD_CANCEL_TIMER:
+        REPLY("%d", driver_cancel_timer(port));
+    case TD_READ_TIMER: {
+        unsigned long left = 12345;
+        int rc = driver_read_timer(port, &left);
+        REPLY("%d,%d", rc, left >= 500);
+    }
     default:
         return -1;
     }
@@ -407,6 +431,7 @@ static ErlDrvEntry tdrv_entry = {
 #endif
     .driver_name = TDRV_NAME,
     .control = td_control,
+    .timeout = td_timeout,
     .call = td_call,
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
     .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,

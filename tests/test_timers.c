@@ -1,0 +1,88 @@
+/* Driver timers: the heap fires them in deadline order, replacing and
+ * cancelling keep it sound, and a port's timer dies with it. */
+#include "check.h"
+
+#include <unistd.h>
+
+static edrv_proc *proc;
+
+static const char *ctl(edrv_port port, unsigned op, const char *data, size_t len) {
+    static char out[64];
+    edrv_reply r;
+    int rc = edrv_port_control(proc, port, op, data, len, &r);
+    snprintf(out, sizeof out, "%.*s", rc < 0 ? 0 : (int)r.len, r.data ? r.data : "");
+    edrv_reply_free(&r);
+    return out;
+}
+
+static void set_timer(edrv_port port, unsigned ms) {
+    char b[4] = {(char)(ms >> 24), (char)(ms >> 16), (char)(ms >> 8), (char)ms};
+    ctl(port, 50, b, 4);
+}
+
+static void deadline_order(void) {
+    proc = edrv_proc_new();
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
+    enum { N = 64 };
+    edrv_port ports[N];
+    for (int i = 0; i < N; i++)
+        REQUIRE(edrv_open_port(proc, "tdrv", 0, &ports[i]) == 0);
+    /* Port i fires after 10 + 5 * ((i * 37) % N) ms; every third is set
+     * twice (the second replaces the first), every fifth cancelled. */
+    unsigned when[N];
+    for (int i = 0; i < N; i++) {
+        when[i] = 10 + 5 * (unsigned)((i * 37) % N);
+        if (i % 3 == 0)
+            set_timer(ports[i], 5000);
+        set_timer(ports[i], when[i]);
+        if (i % 5 == 0)
+            CHECK_STR(ctl(ports[i], 51, "", 0), "0");
+    }
+    unsigned last = 0;
+    int fired = 0;
+    edrv_msg m;
+    while (edrv_receive(proc, 600, &m) == 0) {
+        int idx = 1, arity;
+        erlang_port p;
+        ei_decode_tuple_header(m.data, &idx, &arity);
+        ei_decode_port(m.data, &idx, &p);
+        int i = 0;
+        while (i < N && ports[i] != p.id)
+            i++;
+        REQUIRE(i < N);
+        CHECK(i % 5 != 0);    /* cancelled ones never fire */
+        CHECK(when[i] > last); /* in deadline order */
+        last = when[i];
+        fired++;
+        edrv_msg_free(&m);
+    }
+    CHECK_INT(fired, N - (N + 4) / 5);
+    edrv_proc_free(proc);
+}
+
+static void timer_ends_with_port(void) {
+    proc = edrv_proc_new();
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
+    edrv_port a, b;
+    REQUIRE(edrv_open_port(proc, "tdrv", 0, &a) == 0);
+    REQUIRE(edrv_open_port(proc, "tdrv", 0, &b) == 0);
+    set_timer(a, 20);
+    set_timer(b, 30);
+    CHECK_INT(edrv_port_close(proc, a), 0);
+    CHECK_MSG(proc, a, "{'EXIT',%P,normal}");
+    CHECK_MSG(proc, b, "{%P,{data,\"timeout\"}}");
+    char *m = recv_text(proc, 100);
+    CHECK_STR(m, "timeout");
+    free(m);
+    /* Stopping the runtime with a timer pending frees everything. */
+    set_timer(b, 10000);
+    edrv_proc_free(proc);
+}
+
+static const test_case cases[] = {
+    {"deadline_order", deadline_order},
+    {"timer_ends_with_port", timer_ends_with_port},
+    {NULL, NULL},
+};
+
+TEST_MAIN(cases)
