@@ -1,7 +1,8 @@
 # Entry points; the build itself is CMake's (build/ for the normal build,
 # build-asan/ and build-tsan/ for the sanitizer builds).
 #
-#   make run         build, then run the main job (the example host program)
+#   make run         build, then run the main job: checksum PATHS (default: this
+#                    source tree's src include examples) on the async pool
 #   make check       build, then run every test
 #   make check-asan  the tests under AddressSanitizer + UBSan
 #   make check-tsan  the tests under ThreadSanitizer
@@ -23,8 +24,10 @@ build: deps
 	cmake -S . -B build -DEDRV_WERROR=ON -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
 	cmake --build build -j$(JOBS)
 
+PATHS ?= src include examples lua
+
 run: build
-	./build/examples/edrv-host
+	./build/lua/edrv examples/sha256sum.lua -v --drivers build/drivers $(PATHS)
 
 check: build
 	cd build && ctest --output-on-failure -j$(JOBS)
