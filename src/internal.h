@@ -117,7 +117,13 @@ bool edrv__proc_alive(uint64_t pid);
 
 /* ---- port.c: ports --------------------------------------------------------- */
 
-typedef enum { PORT_STARTING, PORT_ALIVE, PORT_EXITING, PORT_STOPPING, PORT_DEAD } port_state;
+/* CLOSING: port_close found data in the driver queue; the port lives on for
+ * its timers and async jobs (output dropped) until the queue empties. */
+typedef enum {
+    PORT_STARTING, PORT_ALIVE, PORT_CLOSING, PORT_EXITING, PORT_STOPPING, PORT_DEAD
+} port_state;
+
+typedef struct edrv_queue edrv_queue;
 
 struct edrv_driver;
 
@@ -140,6 +146,7 @@ struct _erl_drv_port {
      * the callback returns, never inside another callback. */
     bool exit_pending;
     ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
+    edrv_queue *queue;        /* the driver queue, or NULL while never used */
     long timer_slot;          /* index in the timer heap, or -1 */
     int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
     /* References besides the table's: async jobs. The struct outlives the
@@ -176,6 +183,14 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt);
 bool edrv__port_ready_async_ok(const edrv_port_t *pt);
 void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
+
+/* The driver queue changed size (queue.c): a closing port may end. */
+void edrv__port_queue_changed(edrv_port_t *pt);
+
+/* ---- queue.c: the driver queue ------------------------------------------------ */
+
+size_t edrv__queue_size(const edrv_queue *q); /* NULL is empty */
+void edrv__queue_free(edrv_queue *q);
 
 /* Emulator thread: a due timer's callback. */
 void edrv__port_timeout(edrv_port_t *pt);

@@ -6,7 +6,7 @@
  * the function, so a driver that needs one fails visibly instead of
  * misbehaving quietly.
  *
- * Still to come: I/O events (driver_select), the driver queue, busy ports, monitors,
+ * Still to come: I/O events (driver_select), busy ports, monitors,
  * driver_create_port and erl_drv_init_ack.
  */
 #include "internal.h"
@@ -22,60 +22,6 @@
 
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
     NOT_YET("driver_select");
-    return -1;
-}
-
-EDRV_API int driver_enq(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
-    NOT_YET("driver_enq");
-    return -1;
-}
-
-EDRV_API int driver_pushq(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
-    NOT_YET("driver_pushq");
-    return -1;
-}
-
-EDRV_API ErlDrvSizeT driver_deq(ErlDrvPort port, ErlDrvSizeT size) {
-    NOT_YET("driver_deq");
-    return (ErlDrvSizeT)-1;
-}
-
-EDRV_API ErlDrvSizeT driver_sizeq(ErlDrvPort port) {
-    NOT_YET("driver_sizeq");
-    return (ErlDrvSizeT)-1;
-}
-
-EDRV_API int driver_enq_bin(ErlDrvPort port, ErlDrvBinary *bin, ErlDrvSizeT offset,
-                            ErlDrvSizeT len) {
-    NOT_YET("driver_enq_bin");
-    return -1;
-}
-
-EDRV_API int driver_pushq_bin(ErlDrvPort port, ErlDrvBinary *bin, ErlDrvSizeT offset,
-                              ErlDrvSizeT len) {
-    NOT_YET("driver_pushq_bin");
-    return -1;
-}
-
-EDRV_API ErlDrvSizeT driver_peekqv(ErlDrvPort port, ErlIOVec *ev) {
-    NOT_YET("driver_peekqv");
-    return (ErlDrvSizeT)-1;
-}
-
-EDRV_API SysIOVec *driver_peekq(ErlDrvPort port, int *vlen) {
-    NOT_YET("driver_peekq");
-    if (vlen)
-        *vlen = 0;
-    return NULL;
-}
-
-EDRV_API int driver_enqv(ErlDrvPort port, ErlIOVec *ev, ErlDrvSizeT skip) {
-    NOT_YET("driver_enqv");
-    return -1;
-}
-
-EDRV_API int driver_pushqv(ErlDrvPort port, ErlIOVec *ev, ErlDrvSizeT skip) {
-    NOT_YET("driver_pushqv");
     return -1;
 }
 

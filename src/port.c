@@ -10,6 +10,9 @@
  * Life of a port, as ERTS does it (checked against OTP 25):
  *   STARTING  in `start`; output is delivered.
  *   ALIVE     callbacks run; output is delivered.
+ *   CLOSING   port_close found data in the driver queue: `flush` ran, output
+ *             is dropped, timers and ready_async still run, and the port
+ *             ends (as EXITING) once a callback empties the queue.
  *   EXITING   a failure or close was decided; output is dropped, a second
  *             driver_failure returns -1. Linked processes get the exit signal.
  *   STOPPING  in `stop`; output is delivered again (ERTS delivers it, after the
@@ -230,16 +233,32 @@ static void enter(edrv_port_t *pt, uint64_t caller) {
 
 static void finish_exit(edrv_port_t *pt);
 
+static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal);
+
+/* After a callback: a failure decided inside it takes effect, and a closing
+ * port whose queue the callback emptied ends. */
 static void leave(edrv_port_t *pt) {
-    if (--pt->in_callback == 0 && pt->exit_pending)
+    if (--pt->in_callback > 0)
+        return;
+    if (pt->exit_pending)
         finish_exit(pt);
+    else if (atomic_load(&pt->state) == PORT_CLOSING && !edrv__queue_size(pt->queue))
+        port_exit(pt, (reason){"normal", 0}, false, true);
+}
+
+void edrv__port_queue_changed(edrv_port_t *pt) {
+    /* Outside callbacks only (a deq from start or a host call); inside one,
+     * leave() sees it. Pool threads never end a port. */
+    if (edrv__on_emulator_thread() && pt->in_callback == 0 &&
+        atomic_load(&pt->state) == PORT_CLOSING && !edrv__queue_size(pt->queue))
+        port_exit(pt, (reason){"normal", 0}, false, true);
 }
 
 /* Decides the end of a port. The exit signal goes out at once (ERTS sends it
  * before stop runs); stop runs now, or when the current callback returns. */
 static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) {
     port_state st = atomic_load(&pt->state);
-    if (st != PORT_ALIVE && st != PORT_STARTING)
+    if (st != PORT_ALIVE && st != PORT_STARTING && st != PORT_CLOSING)
         return -1;
     atomic_store(&pt->state, PORT_EXITING);
     edrv__timer_cancel(pt);
@@ -327,6 +346,8 @@ static void finish_exit(edrv_port_t *pt) {
     }
     atomic_store(&pt->state, PORT_DEAD);
     edrv__timer_cancel(pt); /* one stop may have set */
+    edrv__queue_free(pt->queue);
+    pt->queue = NULL;
     table_remove(pt);
     if (pt->pdl) /* the port's reference */
         driver_pdl_dec_refc(pt->pdl);
@@ -351,9 +372,14 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
     return atomic_load(&pt->state) != PORT_DEAD;
 }
 
+static bool alive_or_closing(const edrv_port_t *pt) {
+    port_state st = atomic_load(&pt->state);
+    return st == PORT_ALIVE || st == PORT_CLOSING;
+}
+
 void edrv__port_timeout(edrv_port_t *pt) {
     const ErlDrvEntry *e = pt->drv->entry;
-    if (atomic_load(&pt->state) != PORT_ALIVE)
+    if (!alive_or_closing(pt))
         return;
     if (!e->timeout) {
         edrv__warn("%s: a timer fired, but the driver has no timeout callback", pt->drv->name);
@@ -365,7 +391,7 @@ void edrv__port_timeout(edrv_port_t *pt) {
 }
 
 bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
-    return atomic_load(&pt->state) == PORT_ALIVE && pt->drv->entry->ready_async;
+    return alive_or_closing(pt) && pt->drv->entry->ready_async;
 }
 
 void edrv__port_ready_async(edrv_port_t *pt, void *data) {
@@ -419,6 +445,8 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
          * Jobs it queued still run, and end with free. */
         atomic_store(&pt->state, PORT_DEAD);
         edrv__timer_cancel(pt);
+        edrv__queue_free(pt->queue);
+        pt->queue = NULL;
         table_remove(pt);
         if (pt->pdl)
             driver_pdl_dec_refc(pt->pdl);
@@ -628,6 +656,22 @@ int edrv__port_close(edrv_proc *p, edrv_port id) {
     edrv_port_t *pt = port_get(id, &err);
     if (!pt)
         return err;
+    if (edrv__queue_size(pt->queue)) {
+        /* Data still queued: the exit signal goes now (as in ERTS), then
+         * flush, and the port ends when the queue is empty. */
+        atomic_store(&pt->state, PORT_CLOSING);
+        if (pt->linked) {
+            exit_msg e = {pt->id, {"normal", 0}};
+            send_built(atomic_load(&pt->owner), write_exit_msg, &e);
+            pt->linked = false;
+        }
+        if (pt->drv->entry->flush) {
+            enter(pt, p->pid);
+            pt->drv->entry->flush(pt->data);
+            leave(pt); /* ends the port if flush emptied the queue */
+        }
+        return 0;
+    }
     port_exit(pt, (reason){"normal", 0}, false, true);
     return 0;
 }

@@ -49,12 +49,22 @@ enum {
     TD_SET_TIMER = 50,    /* driver_set_timer(data: milliseconds, 4 bytes); reply its return */
     TD_CANCEL_TIMER = 51, /* reply driver_cancel_timer's return */
     TD_READ_TIMER = 52,   /* reply "rc,L": L is 1 if at least 500 ms are left, else 0 */
+    TD_ENQ = 60,          /* driver_enq(data); reply its return */
+    TD_PUSHQ = 61,        /* driver_pushq(data) */
+    TD_DEQ = 62,          /* driver_deq(data[0]); reply its return (signed) */
+    TD_SIZEQ = 63,        /* reply driver_sizeq (signed) */
+    TD_PEEKQ = 64,        /* reply "vlen:" then the queued bytes, via driver_peekq */
+    TD_ENQ_BIN = 65,      /* driver_enq_bin(binary of data, offset 1, len - 2) */
+    TD_PEEKQV = 66,       /* reply "vsize,size" via driver_peekqv */
+    TD_EMPTY_ON = 67,     /* data[0]: 1 timeout, 2 flush: that callback empties the queue */
+    TD_ENQV = 68,         /* driver_enqv of data split in two binaries, skip 1 */
 };
 
 typedef struct {
     ErlDrvPort port;
     ErlDrvTermData start_caller;
     int term_in_stop;
+    int empty_on; /* TD_EMPTY_ON */
 } tdrv;
 
 static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
@@ -73,6 +83,7 @@ static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
     t->port = port;
     t->start_caller = driver_caller(port);
     t->term_in_stop = 0;
+    t->empty_on = 0;
     if (strstr(cmd, " hello"))
         driver_output(port, "hello", 5);
     if (fail)
@@ -202,10 +213,20 @@ static int bad_spec(tdrv *t, int which) {
     }
 }
 
-/* A timer's callback: says so to the owner. */
+/* A timer's callback: says so to the owner (and may empty the queue). */
 static void td_timeout(ErlDrvData d) {
     tdrv *t = (tdrv *)d;
     driver_output(t->port, "timeout", 7);
+    if (t->empty_on == 1)
+        driver_deq(t->port, driver_sizeq(t->port));
+}
+
+/* Called by port_close with data queued; its output is dropped. */
+static void td_flush(ErlDrvData d) {
+    tdrv *t = (tdrv *)d;
+    driver_output(t->port, "flush", 5);
+    if (t->empty_on == 2)
+        driver_deq(t->port, driver_sizeq(t->port));
 }
 
 #define REPLY(...) return (ErlDrvSSizeT)snprintf(*rbuf, (size_t)rlen, __VA_ARGS__)
@@ -372,6 +393,57 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     }
     case TD_CANCEL_TIMER:
         REPLY("%d", driver_cancel_timer(port));
+    case TD_ENQ:
+        REPLY("%d", driver_enq(port, buf, len));
+    case TD_PUSHQ:
+        REPLY("%d", driver_pushq(port, buf, len));
+    case TD_DEQ:
+        REPLY("%ld", (long)driver_deq(port, (ErlDrvSizeT)arg));
+    case TD_SIZEQ:
+        REPLY("%ld", (long)driver_sizeq(port));
+    case TD_PEEKQ: {
+        int vlen = -7;
+        SysIOVec *iov = driver_peekq(port, &vlen);
+        int n = snprintf(*rbuf, (size_t)rlen, "%d:", vlen);
+        for (int i = 0; iov && i < vlen; i++)
+            for (size_t k = 0; k < iov[i].iov_len && n < (int)rlen; k++)
+                (*rbuf)[n++] = ((char *)iov[i].iov_base)[k];
+        return n;
+    }
+    case TD_ENQ_BIN: {
+        if (len < 2)
+            return -1;
+        ErlDrvBinary *b = driver_alloc_binary(len);
+        if (!b)
+            return -1;
+        memcpy(b->orig_bytes, buf, len);
+        int rc = driver_enq_bin(port, b, 1, len - 2);
+        driver_free_binary(b); /* the queue holds its own reference */
+        REPLY("%d", rc);
+    }
+    case TD_PEEKQV: {
+        ErlIOVec ev;
+        long size = (long)driver_peekqv(port, &ev);
+        REPLY("%d,%ld", size < 0 ? -1 : ev.vsize, size);
+    }
+    case TD_EMPTY_ON:
+        t->empty_on = arg;
+        return 0;
+    case TD_ENQV: {
+        size_t h = len / 2;
+        ErlDrvBinary *a = driver_alloc_binary(h), *b = driver_alloc_binary(len - h);
+        if (!a || !b)
+            return -1;
+        memcpy(a->orig_bytes, buf, h);
+        memcpy(b->orig_bytes, buf + h, len - h);
+        SysIOVec iov[2] = {{a->orig_bytes, h}, {b->orig_bytes, len - h}};
+        ErlDrvBinary *binv[2] = {a, b};
+        ErlIOVec ev = {2, len, iov, binv};
+        int rc = driver_enqv(port, &ev, 1);
+        driver_free_binary(a);
+        driver_free_binary(b);
+        REPLY("%d", rc);
+    }
     case TD_READ_TIMER: {
         unsigned long left = 12345;
         int rc = driver_read_timer(port, &left);
@@ -432,6 +504,7 @@ static ErlDrvEntry tdrv_entry = {
     .driver_name = TDRV_NAME,
     .control = td_control,
     .timeout = td_timeout,
+    .flush = td_flush,
     .call = td_call,
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
     .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
