@@ -127,6 +127,8 @@ int edrv_unload_driver(const char *name);
 typedef uint64_t edrv_port; /* the number N in #Port<0.N>; 0 is never a port */
 
 #define EDRV_PORT_BINARY 0x1u /* open_port option binary: data as binaries */
+#define EDRV_PORT_EOF 0x2u    /* open_port option eof: driver_failure_eof sends
+                                 {Port, eof} and the port stays open */
 
 /* Opens a port as open_port({spawn_driver, Command}, Options): the driver is
  * the command's first word, and start receives the whole command. The calling

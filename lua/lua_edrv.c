@@ -671,9 +671,11 @@ static int l_open_port(lua_State *L) {
     const char *cmd = port_command_string(L, 1);
     if (!cmd)
         return raise(L, "open_port", "badarg", "the port name must be {\"spawn_driver\", Command}");
-    static const char *const known[] = {"binary", "in", "out", "stream", NULL};
+    static const char *const known[] = {"binary", "eof", "in", "out", "stream", NULL};
     const char *unknown = NULL;
     unsigned flags = has_option(L, 2, "binary", &unknown, known) ? EDRV_PORT_BINARY : 0;
+    if (has_option(L, 2, "eof", NULL, known))
+        flags |= EDRV_PORT_EOF;
     if (unknown)
         return raise(L, "open_port", "badarg", lua_pushfstring(L, "unsupported option '%s'", unknown));
     edrv_port port;

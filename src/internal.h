@@ -140,6 +140,7 @@ struct _erl_drv_port {
     uint64_t caller;          /* process behind the current callback */
     bool linked;              /* owner is linked (edrv processes trap exits) */
     bool binary;              /* binary mode: {data, Binary} */
+    bool eof;                 /* the eof option */
     int control_flags;        /* set_port_control_flags */
     int in_callback;          /* nesting depth of driver callbacks */
     /* Set when the port's end was decided inside a callback: stop runs once

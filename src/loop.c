@@ -333,7 +333,7 @@ EDRV_API int edrv_unload_driver(const char *name) {
 EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port *port) {
     if (!p || !command || !port)
         return edrv__fail(EDRV_EINVAL, "edrv_open_port: NULL process, command or port");
-    if (flags & ~EDRV_PORT_BINARY)
+    if (flags & ~(EDRV_PORT_BINARY | EDRV_PORT_EOF))
         return edrv__fail(EDRV_EINVAL, "edrv_open_port: unknown flags 0x%x", flags);
     request r = {.type = R_OPEN, .proc = p, .s1 = command, .u = flags, .out_port = port};
     return call_sync(&r);

@@ -458,6 +458,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     /* Binary mode starts once start has returned: ERTS delivers output from
      * start as a list even on a binary port. */
     pt->binary = flags & EDRV_PORT_BINARY;
+    pt->eof = flags & EDRV_PORT_EOF;
     port_state starting = PORT_STARTING;
     atomic_compare_exchange_strong(&pt->state, &starting, PORT_ALIVE);
     *out = pt->id;
@@ -884,8 +885,22 @@ EDRV_API int driver_failure_posix(ErlDrvPort port, int error) {
     return port ? port_exit(port, (reason){erl_errno_id(error), 0}, false, true) : -1;
 }
 
+/* {Port, eof} */
+static void write_eof_msg(etf_w *w, const void *ctx) {
+    ei_encode_tuple_header(w->buf, &w->idx, 2);
+    edrv__etf_port(w, *(const uint64_t *)ctx);
+    ei_encode_atom(w->buf, &w->idx, "eof");
+}
+
 EDRV_API int driver_failure_eof(ErlDrvPort port) {
-    return port ? port_exit(port, (reason){"normal", 0}, false, true) : -1;
+    if (!port)
+        return -1;
+    if (port->eof && can_output(port)) {
+        /* Opened with eof: the owner is told, and the port stays open. */
+        send_built(atomic_load(&port->owner), write_eof_msg, &port->id);
+        return 0;
+    }
+    return port_exit(port, (reason){"normal", 0}, false, true);
 }
 
 EDRV_API int driver_failure(ErlDrvPort port, int error) {

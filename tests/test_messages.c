@@ -178,6 +178,20 @@ static void failures(void) {
     failure(24, &eio, 1, NULL);
 }
 
+static void eof_option(void) {
+    /* Opened with eof: driver_failure_eof sends {Port, eof}, the port stays. */
+    proc = edrv_proc_new();
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
+    REQUIRE(edrv_open_port(proc, "tdrv", EDRV_PORT_EOF, &port) == 0);
+    CHECK_STR(ctl(20, "", 0), "");
+    CHECK_MSG(proc, port, "{%P,eof}");
+    CHECK_STR(ctl(1, "still", 5), "still");
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    CHECK_MSG(proc, port, "{'EXIT',%P,normal}");
+    no_more_messages();
+    edrv_proc_free(proc);
+}
+
 static void failure_drops_later_output(void) {
     REQUIRE(setup(0) == 0);
     CHECK_STR(ctl(25, "", 0), "");
@@ -224,6 +238,7 @@ static const test_case cases[] = {
     {"bad_term_specs", bad_term_specs},
     {"callers", callers},
     {"failures", failures},
+    {"eof_option", eof_option},
     {"failure_drops_later_output", failure_drops_later_output},
     {"out_of_memory_messages", out_of_memory_messages},
     {NULL, NULL},
