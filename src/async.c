@@ -4,7 +4,9 @@
  * N pool threads, async_1..async_N, each with its own lane: a FIFO of jobs.
  * driver_async puts a job on the lane its key picks, as ERTS does (*key % N,
  * written back into *key; without a key, the job id % N), so jobs with one key
- * run one at a time, in order, on one thread. A pool thread takes its whole
+ * run one at a time, in order, on one thread. A sleeping thread is signalled
+ * once the emulator thread's current callbacks are done (edrv__async_wake_lanes),
+ * so a burst of jobs costs one wake-up per thread. A pool thread takes its whole
  * lane at once, runs each job's invoke, and pushes the finished job onto one
  * lock-free completion stack; the push that finds the stack empty wakes the
  * emulator thread, so a burst of completions costs one wake-up. The emulator
@@ -32,6 +34,8 @@
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
+#define WAKE_BATCH 64
+
 typedef struct job {
     struct job *next; /* in a lane, then on the completion stack */
     long id;
@@ -47,6 +51,7 @@ typedef struct {
     pthread_cond_t wake;
     job *head, *tail;
     bool sleeping; /* the thread waits on `wake` */
+    bool to_wake;  /* the emulator thread's: listed in pool.wake_list */
     bool quit;
     pthread_t thread;
     bool started;
@@ -58,6 +63,9 @@ static struct {
     _Atomic(job *) done; /* completion stack, newest first */
     /* The emulator thread's: */
     idmap jobs;   /* id -> queued or running job */
+    lane **wake_list; /* lanes to signal once the current callbacks are done */
+    int nwake;
+    unsigned since_wake; /* jobs submitted since the lanes were last signalled */
     long next_id; /* last id handed out */
     size_t pending;
     /* Statistics, any thread. */
@@ -114,7 +122,9 @@ int edrv__async_start(int threads) {
     atomic_store(&pool.freed, 0);
     atomic_store(&pool.cancelled, 0);
     pool.lanes = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.lanes);
-    if (!pool.lanes)
+    pool.wake_list = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.wake_list);
+    pool.nwake = 0;
+    if (!pool.lanes || !pool.wake_list)
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);
     pool.n = threads;
     for (int i = 0; i < threads; i++) {
@@ -150,6 +160,8 @@ void edrv__async_stop(void) {
         pthread_cond_destroy(&l->wake);
     }
     edrv__free(pool.lanes);
+    edrv__free(pool.wake_list);
+    pool.wake_list = NULL;
     edrv__idmap_free(&pool.jobs);
     pool.lanes = NULL;
     pool.n = 0;
@@ -195,6 +207,18 @@ size_t edrv__async_drain(void) {
         n++;
     }
     return n;
+}
+
+void edrv__async_wake_lanes(void) {
+    /* A lane listed here was asleep with its queue empty when a job went in;
+     * signalling it late is safe: it cannot have gone back to sleep with the
+     * job still queued, it rechecks under its lock before waiting. */
+    for (int i = 0; i < pool.nwake; i++) {
+        pool.wake_list[i]->to_wake = false;
+        pthread_cond_signal(&pool.wake_list[i]->wake);
+    }
+    pool.nwake = 0;
+    pool.since_wake = 0;
 }
 
 size_t edrv__async_pending(void) {
@@ -245,10 +269,18 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
     else
         l->head = j;
     l->tail = j;
-    bool wake = l->sleeping;
+    bool wake = l->sleeping && !l->to_wake;
     pthread_mutex_unlock(&l->lock);
-    if (wake)
-        pthread_cond_signal(&l->wake);
+    if (wake) {
+        /* One signal per lane per turn of the loop, not one per job: a burst
+         * of submissions from one callback wakes a thread once ... */
+        l->to_wake = true;
+        pool.wake_list[pool.nwake++] = l;
+    }
+    /* ... or every WAKE_BATCH jobs, so that a long burst's first jobs start
+     * while the rest are still being submitted. */
+    if (++pool.since_wake >= WAKE_BATCH && pool.nwake)
+        edrv__async_wake_lanes();
     return id;
 }
 

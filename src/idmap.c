@@ -11,8 +11,11 @@
 
 #define TOMB ((void *)1)
 
+/* The keys are counters (pids, port numbers, job ids): taken as they are,
+ * consecutive keys fall in consecutive slots, which keeps a busy map's
+ * accesses sequential in memory and free of collisions until it wraps. */
 static size_t slot_of(uint64_t key, size_t cap) {
-    return (size_t)(key * 0x9E3779B97F4A7C15ull >> 17) & (cap - 1);
+    return (size_t)key & (cap - 1);
 }
 
 void *edrv__idmap_get(const idmap *m, uint64_t key) {

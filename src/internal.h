@@ -233,6 +233,8 @@ void edrv__async_stop(void);        /* edrv_stop, after every job ended */
  * many. */
 size_t edrv__async_drain(void);
 size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
+/* Emulator thread, before it sleeps: signals the lanes that got jobs. */
+void edrv__async_wake_lanes(void);
 
 /* ---- loop.c: the emulator thread ------------------------------------------ */
 

@@ -78,6 +78,7 @@ int edrv__async_threads(void) {
 }
 
 static void wait_for_wake(void) {
+    edrv__async_wake_lanes();
     struct epoll_event ev;
     if (epoll_wait(rt.epfd, &ev, 1, -1) == 1) {
         uint64_t v;
@@ -164,6 +165,7 @@ static void *emulator_main(void *arg) {
     (void)arg;
     on_emulator = true;
     while (!rt.quit) {
+        edrv__async_wake_lanes(); /* jobs the last turn submitted */
         struct epoll_event ev[32];
         int n = epoll_wait(rt.epfd, ev, 32, (int)edrv__timers_next_ms());
         if (n < 0 && errno != EINTR) {
