@@ -177,6 +177,7 @@ typedef struct {
     uint64_t connected;  /* the owner's pid number */
     int binary;          /* opened with EDRV_PORT_BINARY */
     size_t pending_jobs; /* async jobs of this port not yet ended */
+    long long os_pid;    /* set by erl_drv_set_os_pid, or -1 */
 } edrv_port_status;
 
 /* port_info/1: what a live port is. EDRV_ENOPORT/EDRV_ECLOSED otherwise. */

@@ -848,6 +848,12 @@ static int l_port_info(lua_State *L) {
     push_atom(L, "pending_jobs");
     lua_pushinteger(L, (lua_Integer)st.pending_jobs);
     lua_rawset(L, -3);
+    push_atom(L, "os_pid");
+    if (st.os_pid < 0)
+        push_atom(L, "undefined");
+    else
+        lua_pushinteger(L, (lua_Integer)st.os_pid);
+    lua_rawset(L, -3);
     return 1;
 }
 

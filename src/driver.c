@@ -159,6 +159,10 @@ int edrv__driver_unload(const char *name) {
         return edrv__fail(EDRV_ENODRIVER, "no driver named '%s' is loaded", name);
     if (--d->users > 0)
         return 0;
+    if (d->locked) { /* driver_lock_driver: stays until edrv_stop */
+        d->users = 0;
+        return 0;
+    }
     d->unload_pending = true;
     if (!d->ports && !d->jobs) {
         unload(d);
@@ -189,6 +193,14 @@ void edrv__drivers_unload_all(void) {
 }
 
 /* ---- the driver interface ------------------------------------------------------------ */
+
+EDRV_API int driver_lock_driver(ErlDrvPort ix) {
+    /* The driver stays loaded, and its ports open, until the runtime stops. */
+    if (!ix || !edrv__on_emulator_thread())
+        return -1;
+    ix->drv->locked = true;
+    return 0;
+}
 
 EDRV_API void add_driver_entry(ErlDrvEntry *de) {
     if (!de || !edrv__on_emulator_thread()) {

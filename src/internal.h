@@ -141,6 +141,7 @@ struct _erl_drv_port {
     bool linked;              /* owner is linked (edrv processes trap exits) */
     bool binary;              /* binary mode: {data, Binary} */
     bool eof;                 /* the eof option */
+    ErlDrvSInt os_pid;        /* erl_drv_set_os_pid, or -1 */
     int control_flags;        /* set_port_control_flags */
     int in_callback;          /* nesting depth of driver callbacks */
     /* Set when the port's end was decided inside a callback: stop runs once
@@ -185,6 +186,14 @@ bool edrv__port_ready_async_ok(const edrv_port_t *pt);
 void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
 
+/* Emulator thread: a monitored process ended (monitor.c). */
+void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon);
+
+/* ---- monitor.c (emulator thread) ---------------------------------------------- */
+
+void edrv__monitors_process_exited(uint64_t pid);
+void edrv__monitors_port_gone(edrv_port_t *pt);
+
 /* The driver queue changed size (queue.c): a closing port may end. */
 void edrv__port_queue_changed(edrv_port_t *pt);
 
@@ -213,6 +222,7 @@ typedef struct edrv_driver {
     size_t ports;         /* ports using it */
     size_t jobs;          /* async jobs not yet ended: they keep it loaded */
     bool unload_pending;  /* unload asked while ports were open */
+    bool locked;          /* driver_lock_driver: loaded until the runtime stops */
 } edrv_driver;
 
 /* Emulator thread. */

@@ -6,7 +6,7 @@
  * the function, so a driver that needs one fails visibly instead of
  * misbehaving quietly.
  *
- * Still to come: I/O events (driver_select), busy ports, monitors,
+ * Still to come: I/O events (driver_select), busy ports,
  * driver_create_port and erl_drv_init_ack.
  */
 #include "internal.h"
@@ -37,27 +37,6 @@ EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrv
         *high = ERL_DRV_BUSY_MSGQ_DISABLED;
 }
 
-EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
-                                    ErlDrvMonitor *monitor) {
-    NOT_YET("driver_monitor_process");
-    return -1;
-}
-
-EDRV_API int driver_demonitor_process(ErlDrvPort port, const ErlDrvMonitor *monitor) {
-    NOT_YET("driver_demonitor_process");
-    return -1;
-}
-
-EDRV_API ErlDrvTermData driver_get_monitored_process(ErlDrvPort port,
-                                                     const ErlDrvMonitor *monitor) {
-    NOT_YET("driver_get_monitored_process");
-    return driver_term_nil;
-}
-
-EDRV_API int driver_compare_monitors(const ErlDrvMonitor *a, const ErlDrvMonitor *b) {
-    return memcmp(a, b, sizeof *a);
-}
-
 EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData connected,
                                        char *name, ErlDrvData drv_data) {
     NOT_YET("driver_create_port");
@@ -66,18 +45,4 @@ EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData c
 
 EDRV_API void erl_drv_init_ack(ErlDrvPort ix, ErlDrvData res) {
     NOT_YET("erl_drv_init_ack");
-}
-
-EDRV_API void erl_drv_set_os_pid(ErlDrvPort ix, ErlDrvSInt pid) {
-    NOT_YET("erl_drv_set_os_pid");
-}
-
-EDRV_API int erl_drv_consume_timeslice(ErlDrvPort port, int percent) {
-    /* edrv has no reductions to count: a callback's time slice never ends. */
-    return 0;
-}
-
-EDRV_API int driver_lock_driver(ErlDrvPort ix) {
-    NOT_YET("driver_lock_driver");
-    return -1;
 }

@@ -349,6 +349,7 @@ static void finish_exit(edrv_port_t *pt) {
     edrv__queue_free(pt->queue);
     pt->queue = NULL;
     table_remove(pt);
+    edrv__monitors_port_gone(pt);
     if (pt->pdl) /* the port's reference */
         driver_pdl_dec_refc(pt->pdl);
     pt->pdl = NULL;
@@ -390,6 +391,14 @@ void edrv__port_timeout(edrv_port_t *pt) {
     leave(pt);
 }
 
+void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon) {
+    if (!alive_or_closing(pt))
+        return;
+    enter(pt, atomic_load(&pt->owner));
+    pt->drv->entry->process_exit(pt->data, mon);
+    leave(pt);
+}
+
 bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
     return alive_or_closing(pt) && pt->drv->entry->ready_async;
 }
@@ -419,6 +428,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     }
     pt->name = name;
     pt->timer_slot = -1;
+    pt->os_pid = -1;
     pt->drv = d;
     pt->linked = true;
     atomic_store(&pt->owner, p->pid);
@@ -448,6 +458,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
         edrv__queue_free(pt->queue);
         pt->queue = NULL;
         table_remove(pt);
+        edrv__monitors_port_gone(pt);
         if (pt->pdl)
             driver_pdl_dec_refc(pt->pdl);
         port_release(pt);
@@ -645,6 +656,7 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
         .connected = atomic_load(&pt->owner),
         .binary = pt->binary,
         .pending_jobs = (size_t)pt->refs,
+        .os_pid = (long long)pt->os_pid,
     };
     snprintf(st->name, sizeof st->name, "%s", pt->name);
     snprintf(st->driver, sizeof st->driver, "%s", pt->drv->name);
@@ -709,6 +721,7 @@ static void close_ports_of(uint64_t pid, const edrv_driver *d, reason why, bool 
 }
 
 void edrv__ports_of_proc_exit(uint64_t pid) {
+    edrv__monitors_process_exited(pid);
     /* The owner is gone: the exit signal has no one to reach. */
     close_ports_of(pid, NULL, (reason){"normal", 0}, false);
 }
@@ -862,6 +875,16 @@ EDRV_API ErlDrvTermData driver_caller(ErlDrvPort port) {
 
 EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {
     return port ? (unsigned int)port->id : 0;
+}
+
+EDRV_API void erl_drv_set_os_pid(ErlDrvPort port, ErlDrvSInt pid) {
+    if (port)
+        port->os_pid = pid;
+}
+
+EDRV_API int erl_drv_consume_timeslice(ErlDrvPort port, int percent) {
+    /* edrv has no reductions to count: a callback's time slice never ends. */
+    return 0;
 }
 
 EDRV_API void set_port_control_flags(ErlDrvPort port, int flags) {

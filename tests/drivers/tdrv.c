@@ -58,6 +58,10 @@ enum {
     TD_PEEKQV = 66,       /* reply "vsize,size" via driver_peekqv */
     TD_EMPTY_ON = 67,     /* data[0]: 1 timeout, 2 flush: that callback empties the queue */
     TD_ENQV = 68,         /* driver_enqv of data split in two binaries, skip 1 */
+    TD_MONITOR = 70,      /* driver_monitor_process(driver_caller); reply its return */
+    TD_DEMONITOR = 71,    /* reply driver_demonitor_process's return */
+    TD_MONITORED = 72,    /* sends {monitored, driver_get_monitored_process(...)} */
+    TD_OS_PID = 73,       /* erl_drv_set_os_pid(4711) */
 };
 
 typedef struct {
@@ -65,6 +69,7 @@ typedef struct {
     ErlDrvTermData start_caller;
     int term_in_stop;
     int empty_on; /* TD_EMPTY_ON */
+    ErlDrvMonitor mon;
 } tdrv;
 
 static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
@@ -219,6 +224,16 @@ static void td_timeout(ErlDrvData d) {
     driver_output(t->port, "timeout", 7);
     if (t->empty_on == 1)
         driver_deq(t->port, driver_sizeq(t->port));
+}
+
+/* A monitored process ended: {process_exit, Same} where Same tells whether
+ * the monitor is the one TD_MONITOR made. */
+static void td_process_exit(ErlDrvData d, ErlDrvMonitor *m) {
+    tdrv *t = (tdrv *)d;
+    ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("process_exit"), ERL_DRV_ATOM,
+                             driver_mk_atom(driver_compare_monitors(m, &t->mon) == 0 ? "same" : "other"),
+                             ERL_DRV_TUPLE, 2};
+    erl_drv_output_term(driver_mk_port(t->port), spec, 6);
 }
 
 /* Called by port_close with data queued; its output is dropped. */
@@ -444,6 +459,28 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         driver_free_binary(b);
         REPLY("%d", rc);
     }
+    case TD_MONITOR:
+        REPLY("%d", driver_monitor_process(port, driver_caller(port), &t->mon));
+    case TD_DEMONITOR:
+        REPLY("%d", driver_demonitor_process(port, &t->mon));
+    case TD_MONITORED: {
+        ErlDrvTermData who = driver_get_monitored_process(port, &t->mon);
+        ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("monitored"),
+                                 who == driver_term_nil ? ERL_DRV_NIL : ERL_DRV_PID, who,
+                                 ERL_DRV_TUPLE, 2};
+        int n = 6;
+        if (who == driver_term_nil) { /* NIL takes no argument */
+            spec[2] = ERL_DRV_NIL;
+            spec[3] = ERL_DRV_TUPLE;
+            spec[4] = 2;
+            n = 5;
+        }
+        erl_drv_output_term(driver_mk_port(port), spec, n);
+        return 0;
+    }
+    case TD_OS_PID:
+        erl_drv_set_os_pid(port, 4711);
+        return 0;
     case TD_READ_TIMER: {
         unsigned long left = 12345;
         int rc = driver_read_timer(port, &left);
@@ -505,6 +542,7 @@ static ErlDrvEntry tdrv_entry = {
     .control = td_control,
     .timeout = td_timeout,
     .flush = td_flush,
+    .process_exit = td_process_exit,
     .call = td_call,
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
     .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
