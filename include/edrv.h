@@ -61,7 +61,8 @@ extern "C" {
     X(ELOADED, -1015, "already_loaded", "another driver of that name is loaded")    \
     X(ENOTSUP, -1016, "notsup", "not supported")                                     \
     X(EBADTERM, -1017, "badarg", "not a valid term in external term format")         \
-    X(ENOPROC, -1018, "noproc", "no such process")
+    X(ENOPROC, -1018, "noproc", "no such process")                                  \
+    X(EBUSY, -1019, "busy", "the port is busy (sent with EDRV_CMD_NOSUSPEND)")
 
 enum {
 #define EDRV_ERR_ENUM(name, code, reason, text) EDRV_##name = (code),
@@ -142,6 +143,19 @@ int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port 
  * Returns once queued; EDRV_ENOPORT/EDRV_ECLOSED for a port that is gone. */
 int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, size_t len);
 int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt);
+
+/* Back-pressure, as port_command/3: a port made busy by its driver
+ * (set_busy_port) or by too much command data waiting for it (the busy
+ * message queue limits, erl_drv_busy_msgq_limits: 4096/8192 bytes by default)
+ * suspends senders: edrv_port_command(v) waits until the port is not busy or
+ * is gone. With EDRV_CMD_NOSUSPEND the call returns EDRV_EBUSY instead (the
+ * data is not sent); with EDRV_CMD_FORCE it sends anyway, if the driver has
+ * ERL_DRV_FLAG_SOFT_BUSY, and returns EDRV_ENOTSUP otherwise. port_control
+ * and port_call are never blocked. */
+#define EDRV_CMD_NOSUSPEND 0x1u
+#define EDRV_CMD_FORCE 0x2u
+int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
+                           unsigned opts);
 
 typedef enum {
     EDRV_REPLY_NONE = 0,

@@ -742,12 +742,14 @@ static int l_port_command(lua_State *L) {
     luaL_checkany(L, 2);
     static const char *const known[] = {"nosuspend", "force", NULL};
     const char *unknown = NULL;
-    has_option(L, 3, "force", &unknown, known);
+    unsigned opts = has_option(L, 3, "force", &unknown, known) ? EDRV_CMD_FORCE : 0;
+    if (has_option(L, 3, "nosuspend", NULL, known))
+        opts |= EDRV_CMD_NOSUSPEND;
     if (unknown)
         return raise(L, "port_command", "badarg",
                      lua_pushfstring(L, "unsupported option '%s'", unknown));
     int rc;
-    if (lua_type(L, 2) == LUA_TSTRING) {
+    if (lua_type(L, 2) == LUA_TSTRING && !opts) {
         size_t len;
         const char *s = lua_tolstring(L, 2, &len);
         rc = edrv_port_command(self_proc(L), port, s, len);
@@ -759,8 +761,12 @@ static int l_port_command(lua_State *L) {
                          "data must be iodata: strings, bytes 0..255, tables of them");
         }
         struct iovec v = {b.p, b.len};
-        rc = edrv_port_commandv(self_proc(L), port, &v, b.len ? 1 : 0);
+        rc = edrv_port_command_opts(self_proc(L), port, &v, b.len ? 1 : 0, opts);
         free(b.p);
+    }
+    if (rc == EDRV_EBUSY) { /* nosuspend on a busy port */
+        lua_pushboolean(L, 0);
+        return 1;
     }
     if (rc < 0)
         return raise_rc(L, "port_command", rc);

@@ -142,6 +142,11 @@ struct _erl_drv_port {
     bool binary;              /* binary mode: {data, Binary} */
     bool eof;                 /* the eof option */
     ErlDrvSInt os_pid;        /* erl_drv_set_os_pid, or -1 */
+    /* Back-pressure (any thread reads; see port.c "busy"). */
+    _Atomic bool busy;        /* set_busy_port */
+    _Atomic bool msgq_busy;   /* queued command data passed the high limit */
+    _Atomic size_t msgq_bytes; /* command data sent and not yet given to the driver */
+    _Atomic size_t msgq_low, msgq_high; /* 0 high: disabled */
     int control_flags;        /* set_port_control_flags */
     int in_callback;          /* nesting depth of driver callbacks */
     /* Set when the port's end was decided inside a callback: stop runs once
@@ -177,6 +182,11 @@ void edrv__ports_close_all(void);
 void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloaded */
 size_t edrv__ports_using(struct edrv_driver *d);
 int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
+/* Any thread but the emulator's: waits while the port is busy (see edrv.h
+ * EDRV_CMD_*), then counts len bytes into its message queue. 0 or an error. */
+int edrv__port_admit(edrv_port id, size_t len, unsigned opts);
+/* Any thread: len admitted bytes leave the port's message queue. */
+void edrv__port_unadmit(edrv_port id, size_t len);
 /* Emulator thread: for the async pool. */
 void edrv__port_ref(edrv_port_t *pt);
 void edrv__port_unref(edrv_port_t *pt);

@@ -39,6 +39,7 @@ typedef struct request {
     size_t len;
     ErlDrvBinary *bin; /* R_COMMAND: the data, owned by the request */
     bool whole;        /* R_COMMAND: one binary (port_command), not a vector */
+    bool admitted;     /* R_COMMAND: counted in the port's message queue */
     int npieces;       /* R_COMMAND: the vector's pieces, in pieces[] */
     ErlDrvEntry *entry;
     edrv_reply *reply;
@@ -115,6 +116,8 @@ static void execute(request *r) {
         r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port);
         break;
     case R_COMMAND:
+        if (r->admitted)
+            edrv__port_unadmit(r->port, (size_t)r->bin->orig_size);
         r->result = edrv__port_command(r->proc, r->port, r->bin, r->pieces, r->npieces, r->whole);
         r->bin = NULL; /* the port took it */
         break;
@@ -345,16 +348,15 @@ EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, e
  * binary (port_command/2 with a binary), otherwise as the vector's pieces (as
  * an iolist: an outputv driver gets one element per non-empty piece). */
 static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
-                        bool whole) {
+                        bool whole, unsigned opts) {
     if (!p || (iovcnt && !iov) || iovcnt < 0)
         return edrv__fail(EDRV_EINVAL, "edrv_port_command: NULL process or vector");
     if (!edrv__running())
         return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
     /* Fail early, as port_command/2 raises badarg at once for a dead port; a
      * port that dies after this check drops the data, as in ERTS. */
-    int rc = edrv__port_check(port);
-    if (rc < 0)
-        return rc;
+    if (opts & ~(EDRV_CMD_NOSUSPEND | EDRV_CMD_FORCE))
+        return edrv__fail(EDRV_EINVAL, "edrv_port_command: unknown options 0x%x", opts);
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++) {
         if (!iov[i].iov_base && iov[i].iov_len)
@@ -363,10 +365,17 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
             return edrv__fail(EDRV_EINVAL, "edrv_port_command: data too large");
         total += iov[i].iov_len;
     }
+    /* A busy port suspends the sender here (a driver callback sending to a
+     * port cannot wait for the thread it runs on: it is never suspended). */
+    int rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts);
+    if (rc < 0)
+        return rc;
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {
         edrv__free(r);
+        if (!on_emulator)
+            edrv__port_unadmit(port, total);
         return edrv__fail(EDRV_ENOMEM, "out of memory for %zu bytes of command data", total);
     }
     size_t off = 0;
@@ -382,6 +391,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     r->bin = bin;
     r->whole = whole;
     r->npieces = iovcnt;
+    r->admitted = !on_emulator;
     if (on_emulator) {
         execute(r);
         edrv__free(r);
@@ -389,6 +399,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     }
     rc = enqueue(r);
     if (rc < 0) {
+        edrv__port_unadmit(port, total);
         driver_free_binary(bin);
         edrv__free(r);
     }
@@ -397,12 +408,17 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
 
 EDRV_API int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov,
                                 int iovcnt) {
-    return port_command(p, port, iov, iovcnt, false);
+    return port_command(p, port, iov, iovcnt, false, 0);
 }
 
 EDRV_API int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, size_t len) {
     struct iovec v = {(void *)data, len};
-    return port_command(p, port, &v, 1, true);
+    return port_command(p, port, &v, 1, true, 0);
+}
+
+EDRV_API int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct iovec *iov,
+                                    int iovcnt, unsigned opts) {
+    return port_command(p, port, iov, iovcnt, false, opts);
 }
 
 EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,

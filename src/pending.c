@@ -6,7 +6,7 @@
  * the function, so a driver that needs one fails visibly instead of
  * misbehaving quietly.
  *
- * Still to come: I/O events (driver_select), busy ports,
+ * Still to come: I/O events (driver_select),
  * driver_create_port and erl_drv_init_ack.
  */
 #include "internal.h"
@@ -23,18 +23,6 @@
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
     NOT_YET("driver_select");
     return -1;
-}
-
-EDRV_API void set_busy_port(ErlDrvPort port, int on) {
-    NOT_YET("set_busy_port");
-}
-
-EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrvSizeT *high) {
-    NOT_YET("erl_drv_busy_msgq_limits");
-    if (low)
-        *low = ERL_DRV_BUSY_MSGQ_DISABLED;
-    if (high)
-        *high = ERL_DRV_BUSY_MSGQ_DISABLED;
 }
 
 EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData connected,

@@ -54,10 +54,122 @@ static bool table_insert(edrv_port_t *pt) {
     return ok;
 }
 
+static void busy_changed(void);
+
 static void table_remove(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
     edrv__idmap_del(&ports.map, pt->id);
     pthread_mutex_unlock(&ports.lock);
+    busy_changed(); /* senders waiting for it learn that it is gone */
+}
+
+/* ---- busy ports -------------------------------------------------------------
+ * A sender (a host thread) waits in edrv__port_admit while the port is busy:
+ * set busy by its driver (set_busy_port), or by command data sent to it and
+ * not yet taken by the driver reaching the high limit of the busy message
+ * queue (until it drops below the low limit). Every change that may end a
+ * wait broadcasts on busy_cond. Lock order: busy_lock -> ports.lock. */
+
+static pthread_mutex_t busy_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t busy_cond = PTHREAD_COND_INITIALIZER;
+
+static void busy_changed(void) {
+    pthread_mutex_lock(&busy_lock);
+    pthread_cond_broadcast(&busy_cond);
+    pthread_mutex_unlock(&busy_lock);
+}
+
+int edrv__port_admit(edrv_port id, size_t len, unsigned opts) {
+    int rc = 0;
+    pthread_mutex_lock(&busy_lock);
+    for (;;) {
+        pthread_mutex_lock(&ports.lock);
+        edrv_port_t *pt = lookup_locked(id);
+        if (!pt || atomic_load(&pt->state) != PORT_ALIVE) {
+            pthread_mutex_unlock(&ports.lock);
+            rc = edrv__port_check(id);
+            break;
+        }
+        bool soft = pt->drv->entry->driver_flags & ERL_DRV_FLAG_SOFT_BUSY;
+        bool busy = atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy);
+        if ((opts & EDRV_CMD_FORCE) && !soft) {
+            pthread_mutex_unlock(&ports.lock);
+            rc = edrv__fail(EDRV_ENOTSUP, "force needs a driver with ERL_DRV_FLAG_SOFT_BUSY");
+            break;
+        }
+        if (!busy || (opts & EDRV_CMD_FORCE)) {
+            size_t q = atomic_fetch_add(&pt->msgq_bytes, len) + len;
+            size_t high = atomic_load(&pt->msgq_high);
+            if (high && q >= high)
+                atomic_store(&pt->msgq_busy, true);
+            pthread_mutex_unlock(&ports.lock);
+            break;
+        }
+        pthread_mutex_unlock(&ports.lock);
+        if (opts & EDRV_CMD_NOSUSPEND) {
+            rc = edrv__fail(EDRV_EBUSY, "#Port<0.%llu> is busy", (unsigned long long)id);
+            break;
+        }
+        pthread_cond_wait(&busy_cond, &busy_lock);
+    }
+    pthread_mutex_unlock(&busy_lock);
+    return rc;
+}
+
+void edrv__port_unadmit(edrv_port id, size_t len) {
+    bool freed = false;
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(id);
+    if (pt) {
+        size_t q = atomic_fetch_sub(&pt->msgq_bytes, len) - len;
+        if (atomic_load(&pt->msgq_busy) && q < atomic_load(&pt->msgq_low)) {
+            atomic_store(&pt->msgq_busy, false);
+            freed = true;
+        }
+    }
+    pthread_mutex_unlock(&ports.lock);
+    if (freed)
+        busy_changed();
+}
+
+EDRV_API void set_busy_port(ErlDrvPort port, int on) {
+    if (!port)
+        return;
+    atomic_store(&port->busy, on != 0);
+    if (!on)
+        busy_changed();
+}
+
+EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrvSizeT *high) {
+    if (!port || !low || !high)
+        return;
+    if (port->drv->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ) {
+        *low = *high = ERL_DRV_BUSY_MSGQ_DISABLED;
+        return;
+    }
+    /* 0 reads a limit; ERL_DRV_BUSY_MSGQ_DISABLED turns the queue off. */
+    if (*low == ERL_DRV_BUSY_MSGQ_DISABLED || *high == ERL_DRV_BUSY_MSGQ_DISABLED) {
+        atomic_store(&port->msgq_high, 0);
+        atomic_store(&port->msgq_busy, false);
+    } else {
+        size_t l = atomic_load(&port->msgq_low), h = atomic_load(&port->msgq_high);
+        if (!h) { /* turned on again: from the defaults */
+            l = 4096;
+            h = 8192;
+        }
+        if (*low)
+            l = *low > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *low;
+        if (*high)
+            h = *high > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *high;
+        if (l > h)
+            l = h;
+        atomic_store(&port->msgq_low, l);
+        atomic_store(&port->msgq_high, h);
+    }
+    size_t h = atomic_load(&port->msgq_high);
+    *low = h ? atomic_load(&port->msgq_low) : ERL_DRV_BUSY_MSGQ_DISABLED;
+    *high = h ? h : ERL_DRV_BUSY_MSGQ_DISABLED;
+    busy_changed();
 }
 
 void edrv__ports_reset(void) {
@@ -429,6 +541,10 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     pt->name = name;
     pt->timer_slot = -1;
     pt->os_pid = -1;
+    if (!(d->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ)) {
+        atomic_store(&pt->msgq_low, 4096); /* ERTS's defaults */
+        atomic_store(&pt->msgq_high, 8192);
+    }
     pt->drv = d;
     pt->linked = true;
     atomic_store(&pt->owner, p->pid);

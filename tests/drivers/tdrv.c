@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef TDRV_OUTPUTV
 #define TDRV_NAME "tdrvv"
@@ -62,6 +63,9 @@ enum {
     TD_DEMONITOR = 71,    /* reply driver_demonitor_process's return */
     TD_MONITORED = 72,    /* sends {monitored, driver_get_monitored_process(...)} */
     TD_OS_PID = 73,       /* erl_drv_set_os_pid(4711) */
+    TD_BUSY = 74,         /* set_busy_port(data[0]) */
+    TD_MSGQ = 75,         /* erl_drv_busy_msgq_limits(low:4, high:4); reply "low,high" (-1: disabled) */
+    TD_SLEEP = 76,        /* sleeps data[0] * 10 ms in the callback */
 };
 
 typedef struct {
@@ -478,6 +482,26 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         erl_drv_output_term(driver_mk_port(port), spec, n);
         return 0;
     }
+    case TD_BUSY:
+        set_busy_port(port, arg);
+        return 0;
+    case TD_MSGQ: {
+        if (len < 8)
+            return -1;
+        const unsigned char *u = (const unsigned char *)buf;
+        ErlDrvSizeT lo = (ErlDrvSizeT)u[0] << 24 | (ErlDrvSizeT)u[1] << 16 | (ErlDrvSizeT)u[2] << 8 | u[3];
+        ErlDrvSizeT hi = (ErlDrvSizeT)u[4] << 24 | (ErlDrvSizeT)u[5] << 16 | (ErlDrvSizeT)u[6] << 8 | u[7];
+        if (lo == 0xffffffff)
+            lo = ERL_DRV_BUSY_MSGQ_DISABLED;
+        if (hi == 0xffffffff)
+            hi = ERL_DRV_BUSY_MSGQ_DISABLED;
+        erl_drv_busy_msgq_limits(port, &lo, &hi);
+        REPLY("%ld,%ld", lo == ERL_DRV_BUSY_MSGQ_DISABLED ? -1L : (long)lo,
+              hi == ERL_DRV_BUSY_MSGQ_DISABLED ? -1L : (long)hi);
+    }
+    case TD_SLEEP:
+        usleep((useconds_t)arg * 10000);
+        return 0;
     case TD_OS_PID:
         erl_drv_set_os_pid(port, 4711);
         return 0;

@@ -1,0 +1,109 @@
+/* Back-pressure: busy ports suspend senders, nosuspend and force, the busy
+ * message queue, and port_control is never blocked. */
+#include "check.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+static edrv_proc *proc;
+static edrv_port port;
+
+static const char *ctl(edrv_proc *p, unsigned op, const char *data, size_t len) {
+    static __thread char out[64];
+    edrv_reply r;
+    int rc = edrv_port_control(p, port, op, data, len, &r);
+    snprintf(out, sizeof out, "%.*s", rc < 0 ? 0 : (int)r.len, r.data ? r.data : "");
+    edrv_reply_free(&r);
+    return out;
+}
+
+static int setup(void) {
+    proc = edrv_proc_new();
+    int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
+    return rc ? rc : edrv_open_port(proc, "tdrv", 0, &port);
+}
+
+static _Atomic int sent;
+
+static void *sender(void *arg) {
+    edrv_proc *p = arg;
+    if (edrv_port_command(p, port, "late", 4) == 0)
+        atomic_store(&sent, 1);
+    return NULL;
+}
+
+static void busy_suspends(void) {
+    REQUIRE(setup() == 0);
+    ctl(proc, 74, "\x01", 1); /* busy */
+    struct iovec v = {"x", 1};
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
+    CHECK_STR(edrv_err_name(EDRV_EBUSY), "busy");
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_FORCE), EDRV_ENOTSUP);
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0x80), EDRV_EINVAL);
+    edrv_proc *other = edrv_proc_new();
+    atomic_store(&sent, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, sender, other);
+    usleep(50000);
+    CHECK_INT(atomic_load(&sent), 0);       /* suspended */
+    CHECK_STR(ctl(proc, 1, "ok", 2), "ok"); /* control is not blocked */
+    ctl(proc, 74, "\x00", 1);                /* not busy: the sender goes on */
+    pthread_join(t, NULL);
+    CHECK_INT(atomic_load(&sent), 1);
+    CHECK_MSG(proc, port, "{%P,{data,\"out:late\"}}");
+    edrv_proc_free(other);
+    edrv_proc_free(proc);
+}
+
+static void busy_port_closes(void) {
+    /* A sender waiting on a busy port that closes gets an error, not a hang. */
+    REQUIRE(setup() == 0);
+    ctl(proc, 74, "\x01", 1);
+    edrv_proc *other = edrv_proc_new();
+    atomic_store(&sent, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, sender, other);
+    usleep(50000);
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    pthread_join(t, NULL);
+    CHECK_INT(atomic_load(&sent), 0);
+    edrv_proc_free(other);
+    edrv_proc_free(proc);
+}
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    edrv_proc *p = edrv_proc_new();
+    ctl(p, 76, "\x0a", 1); /* the emulator thread sleeps 100 ms */
+    edrv_proc_free(p);
+    return NULL;
+}
+
+static void busy_message_queue(void) {
+    REQUIRE(setup() == 0);
+    CHECK_STR(ctl(proc, 75, "\0\0\0\0\0\0\0\0", 8), "4096,8192"); /* defaults */
+    CHECK_STR(ctl(proc, 75, "\0\0\0\x0a\0\0\0\x14", 8), "10,20");
+    pthread_t t;
+    pthread_create(&t, NULL, sleeper, NULL);
+    usleep(20000); /* the emulator thread is asleep in a callback */
+    struct iovec v = {"0123456789", 10};
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0);
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 20: busy */
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0), 0); /* waits, then goes */
+    pthread_join(t, NULL);
+    for (int i = 0; i < 3; i++)
+        CHECK_MSG(proc, port, "{%P,{data,\"out:0123456789\"}}");
+    CHECK_STR(ctl(proc, 75, "\xff\xff\xff\xff\0\0\0\0", 8), "-1,-1"); /* disabled */
+    edrv_proc_free(proc);
+}
+
+static const test_case cases[] = {
+    {"busy_suspends", busy_suspends},
+    {"busy_port_closes", busy_port_closes},
+    {"busy_message_queue", busy_message_queue},
+    {NULL, NULL},
+};
+
+TEST_MAIN(cases)
