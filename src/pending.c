@@ -7,7 +7,7 @@
  * misbehaving quietly.
  *
  * Still to come: I/O events (driver_select),
- * driver_create_port and erl_drv_init_ack.
+ * erl_drv_init_ack.
  */
 #include "internal.h"
 
@@ -23,12 +23,6 @@
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
     NOT_YET("driver_select");
     return -1;
-}
-
-EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator_port, ErlDrvTermData connected,
-                                       char *name, ErlDrvData drv_data) {
-    NOT_YET("driver_create_port");
-    return NULL;
 }
 
 EDRV_API void erl_drv_init_ack(ErlDrvPort ix, ErlDrvData res) {

@@ -523,22 +523,16 @@ void edrv__port_ready_async(edrv_port_t *pt, void *data) {
 
 /* ---- requests from the host (emulator thread) ----------------------------------------- */
 
-int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out) {
-    size_t name_len = strcspn(command, " ");
-    edrv_driver *d = edrv__driver_find(command, name_len);
-    if (!d || d->unload_pending)
-        return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
-                          command);
+/* A new port of driver d in the table, owned by (and linked to) owner. */
+static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, port_state st) {
     edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
-    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
-    char *name = edrv__strdup(EDRV_MEM_PORT, command);
-    if (!pt || !cmd || !name || !table_insert(pt)) {
+    char *copy = edrv__strdup(EDRV_MEM_PORT, name);
+    if (!pt || !copy || !table_insert(pt)) {
         edrv__free(pt);
-        edrv__free(cmd);
-        edrv__free(name);
-        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
+        edrv__free(copy);
+        return NULL;
     }
-    pt->name = name;
+    pt->name = copy;
     pt->timer_slot = -1;
     pt->os_pid = -1;
     if (!(d->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ)) {
@@ -547,9 +541,24 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     }
     pt->drv = d;
     pt->linked = true;
-    atomic_store(&pt->owner, p->pid);
-    atomic_store(&pt->state, PORT_STARTING);
+    atomic_store(&pt->owner, owner);
+    atomic_store(&pt->state, st);
     d->ports++;
+    return pt;
+}
+
+int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out) {
+    size_t name_len = strcspn(command, " ");
+    edrv_driver *d = edrv__driver_find(command, name_len);
+    if (!d || d->unload_pending)
+        return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
+                          command);
+    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
+    edrv_port_t *pt = cmd ? port_new(d, command, p->pid, PORT_STARTING) : NULL;
+    if (!pt) {
+        edrv__free(cmd);
+        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
+    }
 
     enter(pt, p->pid);
     errno = 0;
@@ -991,6 +1000,23 @@ EDRV_API ErlDrvTermData driver_caller(ErlDrvPort port) {
 
 EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {
     return port ? (unsigned int)port->id : 0;
+}
+
+/* A port of the creator's driver, with drv_data as its data (start does not
+ * run), owned by and linked to `connected`, in the creator's mode. */
+EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator, ErlDrvTermData connected, char *name,
+                                       ErlDrvData drv_data) {
+    if (!creator || !name || !edrv__on_emulator_thread() ||
+        atomic_load(&creator->state) == PORT_DEAD || TD_TAG(connected) != TD_PID ||
+        !edrv__proc_alive(TD_VAL(connected)))
+        return NULL;
+    edrv_port_t *pt = port_new(creator->drv, name, TD_VAL(connected), PORT_ALIVE);
+    if (!pt)
+        return NULL;
+    pt->data = drv_data;
+    pt->binary = creator->binary;
+    pt->control_flags = creator->control_flags;
+    return pt;
 }
 
 EDRV_API void erl_drv_set_os_pid(ErlDrvPort port, ErlDrvSInt pid) {

@@ -151,6 +151,34 @@ static void commands_keep_order(void) {
     teardown();
 }
 
+static void create_port(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_proc *other = edrv_proc_new();
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(other, port, 77, "", 0, &r), 0); /* for `other` */
+    CHECK(r.len == 1 && r.data[0] == '1');
+    edrv_reply_free(&r);
+    edrv_msg m;
+    REQUIRE(edrv_receive(other, 1000, &m) == 0);
+    int idx = 1, arity;
+    char atom[MAXATOMLEN];
+    erlang_port child;
+    CHECK(ei_decode_tuple_header(m.data, &idx, &arity) == 0 && arity == 2);
+    CHECK(ei_decode_atom(m.data, &idx, atom) == 0 && strcmp(atom, "created") == 0);
+    CHECK(ei_decode_port(m.data, &idx, &child) == 0);
+    edrv_msg_free(&m);
+    edrv_port_status st;
+    CHECK_INT(edrv_port_info(child.id, &st), 0);
+    CHECK_STR(st.name, "tdrv child");
+    CHECK_INT(st.connected, edrv_proc_pid(other));
+    /* It works like any port of the driver, and dies with its owner. */
+    CHECK_INT(edrv_port_command(other, child.id, "hi", 2), 0);
+    CHECK_MSG(other, child.id, "{%P,{data,\"out:hi\"}}");
+    edrv_proc_free(other);
+    CHECK_INT(edrv_port_info(child.id, &st), EDRV_ECLOSED);
+    teardown();
+}
+
 static void port_info(void) {
     REQUIRE(setup("tdrv some args", EDRV_PORT_BINARY) == 0);
     edrv_port_status st;
@@ -196,6 +224,7 @@ static const test_case cases[] = {
     {"stop_output_after_exit", stop_output_after_exit},
     {"owner_exit_closes_ports", owner_exit_closes_ports},
     {"commands_keep_order", commands_keep_order},
+    {"create_port", create_port},
     {"port_info", port_info},
     {"bad_arguments", bad_arguments},
     {NULL, NULL},

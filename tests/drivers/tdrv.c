@@ -66,6 +66,7 @@ enum {
     TD_BUSY = 74,         /* set_busy_port(data[0]) */
     TD_MSGQ = 75,         /* erl_drv_busy_msgq_limits(low:4, high:4); reply "low,high" (-1: disabled) */
     TD_SLEEP = 76,        /* sleeps data[0] * 10 ms in the callback */
+    TD_CREATE = 77,       /* driver_create_port for the caller; sends it {created, Port} */
 };
 
 typedef struct {
@@ -502,6 +503,22 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     case TD_SLEEP:
         usleep((useconds_t)arg * 10000);
         return 0;
+    case TD_CREATE: {
+        tdrv *c = driver_alloc(sizeof *c);
+        if (!c)
+            return -1;
+        memset(c, 0, sizeof *c);
+        ErlDrvPort np = driver_create_port(port, driver_caller(port), "tdrv child", (ErlDrvData)c);
+        if (!np) {
+            driver_free(c);
+            return -1;
+        }
+        c->port = np;
+        c->start_caller = driver_caller(port);
+        ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("created"), ERL_DRV_PORT,
+                                 driver_mk_port(np), ERL_DRV_TUPLE, 2};
+        REPLY("%d", erl_drv_send_term(driver_mk_port(port), driver_caller(port), spec, 6));
+    }
     case TD_OS_PID:
         erl_drv_set_os_pid(port, 4711);
         return 0;
