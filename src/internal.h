@@ -142,6 +142,12 @@ struct _erl_drv_port {
     bool binary;              /* binary mode: {data, Binary} */
     bool eof;                 /* the eof option */
     ErlDrvSInt os_pid;        /* erl_drv_set_os_pid, or -1 */
+    /* Opening (ERL_DRV_FLAG_USE_INIT_ACK may answer after start returned). */
+    unsigned open_flags;
+    edrv_port *open_id;       /* where the opener wants the number */
+    void *open_req;           /* the opener's request, while unanswered */
+    bool acked;
+    ErlDrvData ack_data;
     /* Back-pressure (any thread reads; see port.c "busy"). */
     _Atomic bool busy;        /* set_busy_port */
     _Atomic bool msgq_busy;   /* queued command data passed the high limit */
@@ -168,7 +174,11 @@ typedef struct _erl_drv_port edrv_port_t;
 uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing);
 
 /* Emulator thread: the operations a request carries out. */
-int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out);
+/* Returns EDRV__PENDING when the driver answers later with erl_drv_init_ack;
+ * the port then finishes the request (req) itself. */
+#define EDRV__PENDING 1
+int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out,
+                    void *req);
 int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole);
 int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
@@ -221,6 +231,25 @@ void edrv__timer_cancel(edrv_port_t *pt);
 long edrv__timers_next_ms(void); /* until the earliest timer; -1: none */
 void edrv__timers_run(void);      /* runs the due timers */
 
+/* ---- select.c: I/O events, driver_select (emulator thread) ------------------ */
+
+/* The epoll data of loop.c's wake-up eventfd. select.c's keys are
+ * gen << 32 | fd, with fd <= INT_MAX, so they never equal it. */
+#define EDRV_EV_WAKE UINT64_MAX
+
+/* An epoll event whose data is not EDRV_EV_WAKE: runs the ready_input and
+ * ready_output callbacks it stands for. */
+void edrv__select_ready(uint64_t key, uint32_t revents);
+/* finish_exit, after stop: the port's fds are deselected; stop_select is not
+ * called, as in ERTS. */
+void edrv__select_port_gone(edrv_port_t *pt);
+/* Shutdown, once every port has ended: forgets every fd. */
+void edrv__select_reset(void);
+/* port.c: runs ready_input (input) or ready_output as a callback of the port. */
+void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input);
+/* loop.c: the emulator thread's epoll set. */
+int edrv__epoll_fd(void);
+
 /* ---- driver.c: loading and the driver registry ----------------------------- */
 
 typedef struct edrv_driver {
@@ -264,6 +293,8 @@ void edrv__wake(void);
 bool edrv__on_emulator_thread(void);
 bool edrv__running(void);
 int edrv__async_threads(void);
+/* Emulator thread: answers a request left pending (EDRV__PENDING). */
+void edrv__request_finish(void *req, int result);
 /* Any thread but the emulator's: closes the ports a process ended with. */
 void edrv__proc_exited(uint64_t pid);
 

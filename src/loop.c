@@ -6,7 +6,7 @@
  * requests: each edrv.h call that acts on drivers or ports becomes a request in
  * one FIFO queue (so one thread's calls keep their order), and the thread is
  * woken through an eventfd registered in its epoll set, the one wake-up
- * primitive of the loop (timers and driver_select events will join the same
+ * primitive of the loop (timers and driver_select events share the same
  * epoll set). A synchronous call waits on a semaphore in its request, which
  * lives on the caller's stack; an asynchronous one (port_command) is allocated
  * and freed by the emulator thread.
@@ -78,6 +78,10 @@ int edrv__async_threads(void) {
     return rt.async_threads;
 }
 
+int edrv__epoll_fd(void) {
+    return rt.epfd;
+}
+
 static void wait_for_wake(void) {
     edrv__async_wake_lanes();
     struct epoll_event ev;
@@ -92,6 +96,7 @@ static void wait_for_wake(void) {
  * and end with free, as for any closed port), then every driver unloads. */
 static void shutdown(void) {
     edrv__ports_close_all();
+    edrv__select_reset(); /* fds that a port whose start failed left selected */
     while (edrv__async_pending()) {
         if (!edrv__async_drain())
             wait_for_wake();
@@ -113,7 +118,7 @@ static void execute(request *r) {
         r->result = edrv__driver_unload(r->s1);
         break;
     case R_OPEN:
-        r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port);
+        r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port, r->done ? r : NULL);
         break;
     case R_COMMAND:
         if (r->admitted)
@@ -146,6 +151,14 @@ static void execute(request *r) {
         snprintf(r->detail, sizeof r->detail, "%s", edrv_last_error());
 }
 
+void edrv__request_finish(void *req, int result) {
+    request *r = req;
+    r->result = result;
+    if (result < 0)
+        snprintf(r->detail, sizeof r->detail, "%s", edrv_last_error());
+    sem_post(r->done);
+}
+
 static void drain_requests(void) {
     pthread_mutex_lock(&rt.lock);
     request *r = rt.head;
@@ -154,7 +167,9 @@ static void drain_requests(void) {
     while (r) {
         request *next = r->next; /* r may be gone once done is posted */
         execute(r);
-        if (r->done) {
+        if (r->type == R_OPEN && r->result == EDRV__PENDING) {
+            /* answered later, through edrv__request_finish */
+        } else if (r->done) {
             sem_post(r->done);
         } else {
             driver_free_binary(r->bin);
@@ -176,13 +191,15 @@ static void *emulator_main(void *arg) {
             continue;
         }
         for (int i = 0; i < n; i++) {
-            if (ev[i].data.fd == rt.wakefd) {
+            if (ev[i].data.u64 == EDRV_EV_WAKE) {
                 uint64_t v;
                 while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
                     ;
                 /* One wake-up for both: requests from hosts, finished jobs. */
                 drain_requests();
                 edrv__async_drain();
+            } else {
+                edrv__select_ready(ev[i].data.u64, ev[i].events); /* driver_select */
             }
         }
         edrv__timers_run();
@@ -262,7 +279,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     int err = 0;
     rt.epfd = epoll_create1(EPOLL_CLOEXEC);
     rt.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = rt.wakefd};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EDRV_EV_WAKE};
     if (rt.epfd < 0 || rt.wakefd < 0 || epoll_ctl(rt.epfd, EPOLL_CTL_ADD, rt.wakefd, &ev) < 0)
         err = -errno;
     rt.async_threads = threads;

@@ -141,30 +141,31 @@ EDRV_API void set_busy_port(ErlDrvPort port, int on) {
 }
 
 EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrvSizeT *high) {
-    if (!port || !low || !high)
+    if (!port)
         return;
-    if (port->drv->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ) {
-        *low = *high = ERL_DRV_BUSY_MSGQ_DISABLED;
-        return;
-    }
-    /* 0 reads a limit; ERL_DRV_BUSY_MSGQ_DISABLED turns the queue off. */
-    if (*low == ERL_DRV_BUSY_MSGQ_DISABLED || *high == ERL_DRV_BUSY_MSGQ_DISABLED) {
-        atomic_store(&port->msgq_high, 0);
-        atomic_store(&port->msgq_busy, false);
-    } else {
-        size_t l = atomic_load(&port->msgq_low), h = atomic_load(&port->msgq_high);
-        if (!h) { /* turned on again: from the defaults */
-            l = 4096;
-            h = 8192;
+    ErlDrvSizeT zero_low = 0, zero_high = 0; /* NULL: only read */
+    if (!low)
+        low = &zero_low;
+    if (!high)
+        high = &zero_high;
+    /* Disabled (by the driver flag, or by a call) is for good, as in OTP. */
+    if (!(port->drv->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ) &&
+        atomic_load(&port->msgq_high)) {
+        if (*low == ERL_DRV_BUSY_MSGQ_DISABLED || *high == ERL_DRV_BUSY_MSGQ_DISABLED) {
+            atomic_store(&port->msgq_high, 0);
+            atomic_store(&port->msgq_busy, false);
+        } else {
+            /* 0 reads a limit; others set it, within OTP's bounds. */
+            size_t l = atomic_load(&port->msgq_low), h = atomic_load(&port->msgq_high);
+            if (*low)
+                l = *low > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *low;
+            if (*high)
+                h = *high > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *high;
+            if (l > h)
+                l = h;
+            atomic_store(&port->msgq_low, l);
+            atomic_store(&port->msgq_high, h);
         }
-        if (*low)
-            l = *low > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *low;
-        if (*high)
-            h = *high > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *high;
-        if (l > h)
-            l = h;
-        atomic_store(&port->msgq_low, l);
-        atomic_store(&port->msgq_high, h);
     }
     size_t h = atomic_load(&port->msgq_high);
     *low = h ? atomic_load(&port->msgq_low) : ERL_DRV_BUSY_MSGQ_DISABLED;
@@ -346,12 +347,17 @@ static void enter(edrv_port_t *pt, uint64_t caller) {
 static void finish_exit(edrv_port_t *pt);
 
 static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal);
+static void port_release(edrv_port_t *pt);
 
 /* After a callback: a failure decided inside it takes effect, and a closing
  * port whose queue the callback emptied ends. */
 static void leave(edrv_port_t *pt) {
     if (--pt->in_callback > 0)
         return;
+    if (atomic_load(&pt->state) == PORT_DEAD) { /* it ended inside the callback */
+        port_release(pt);
+        return;
+    }
     if (pt->exit_pending)
         finish_exit(pt);
     else if (atomic_load(&pt->state) == PORT_CLOSING && !edrv__queue_size(pt->queue))
@@ -440,9 +446,10 @@ static void port_free(edrv_port_t *pt) {
     edrv__free(pt);
 }
 
-/* Frees a dead port's struct once no job refers to it. */
+/* Frees a dead port's struct once no job refers to it and no callback of
+ * it is running (an init-ack failure ends a port from its own timeout). */
 static void port_release(edrv_port_t *pt) {
-    if (pt->refs == 0)
+    if (pt->refs == 0 && pt->in_callback == 0)
         port_free(pt);
 }
 
@@ -450,14 +457,22 @@ static void port_release(edrv_port_t *pt) {
  * port was started (it has driver data). */
 static void finish_exit(edrv_port_t *pt) {
     pt->exit_pending = false;
+    bool started = !pt->open_req; /* an init-ack port may end unanswered */
+    if (pt->open_req) {
+        void *req = pt->open_req;
+        pt->open_req = NULL;
+        edrv__request_finish(req, edrv__fail(EDRV_ECLOSED, "%s: the port ended before "
+                                             "erl_drv_init_ack", pt->drv->name));
+    }
     atomic_store(&pt->state, PORT_STOPPING);
-    if (pt->drv->entry->stop) {
+    if (started && pt->drv->entry->stop) {
         pt->in_callback++;
         pt->drv->entry->stop(pt->data);
         pt->in_callback--;
     }
     atomic_store(&pt->state, PORT_DEAD);
     edrv__timer_cancel(pt); /* one stop may have set */
+    edrv__select_port_gone(pt);
     edrv__queue_free(pt->queue);
     pt->queue = NULL;
     table_remove(pt);
@@ -475,8 +490,9 @@ void edrv__port_ref(edrv_port_t *pt) {
 }
 
 void edrv__port_unref(edrv_port_t *pt) {
-    if (--pt->refs == 0 && atomic_load(&pt->state) == PORT_DEAD)
-        port_free(pt);
+    pt->refs--;
+    if (atomic_load(&pt->state) == PORT_DEAD)
+        port_release(pt);
 }
 
 bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
@@ -492,21 +508,41 @@ static bool alive_or_closing(const edrv_port_t *pt) {
 
 void edrv__port_timeout(edrv_port_t *pt) {
     const ErlDrvEntry *e = pt->drv->entry;
-    if (!alive_or_closing(pt))
+    /* STARTING: an init-ack driver waits for its own timer to answer. */
+    if (!alive_or_closing(pt) && atomic_load(&pt->state) != PORT_STARTING)
         return;
     if (!e->timeout) {
         edrv__warn("%s: a timer fired, but the driver has no timeout callback", pt->drv->name);
         return;
     }
-    enter(pt, atomic_load(&pt->owner));
+    enter(pt, 0);
     e->timeout(pt->data);
+    leave(pt);
+}
+
+void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input) {
+    const ErlDrvEntry *e = pt->drv->entry;
+    void (*ready)(ErlDrvData, ErlDrvEvent) = input ? e->ready_input : e->ready_output;
+    if (!alive_or_closing(pt))
+        return;
+    if (!ready) {
+        /* As ERTS: reported, the port lives on, and the direction is
+         * deselected, so it is reported again only once selected again. */
+        edrv__warn("#Port<0.%llu>: %s driver '%s' does not implement the %s() callback",
+                   (unsigned long long)pt->id, input ? "Input" : "Output", pt->drv->name,
+                   input ? "ready_input" : "ready_output");
+        driver_select(pt, ev, input ? ERL_DRV_READ : ERL_DRV_WRITE, 0);
+        return;
+    }
+    enter(pt, 0);
+    ready(pt->data, ev);
     leave(pt);
 }
 
 void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon) {
     if (!alive_or_closing(pt))
         return;
-    enter(pt, atomic_load(&pt->owner));
+    enter(pt, 0);
     pt->drv->entry->process_exit(pt->data, mon);
     leave(pt);
 }
@@ -516,7 +552,7 @@ bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
 }
 
 void edrv__port_ready_async(edrv_port_t *pt, void *data) {
-    enter(pt, atomic_load(&pt->owner));
+    enter(pt, 0);
     pt->drv->entry->ready_async(pt->data, (ErlDrvThreadData)data);
     leave(pt);
 }
@@ -547,26 +583,10 @@ static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, p
     return pt;
 }
 
-int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out) {
-    size_t name_len = strcspn(command, " ");
-    edrv_driver *d = edrv__driver_find(command, name_len);
-    if (!d || d->unload_pending)
-        return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
-                          command);
-    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
-    edrv_port_t *pt = cmd ? port_new(d, command, p->pid, PORT_STARTING) : NULL;
-    if (!pt) {
-        edrv__free(cmd);
-        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
-    }
-
-    enter(pt, p->pid);
-    errno = 0;
-    ErlDrvData data = d->entry->start ? d->entry->start(pt, cmd) : NULL;
-    int err = errno;
-    pt->in_callback--;
-    edrv__free(cmd);
-
+/* Ends the start of a port with start's result (or erl_drv_init_ack's):
+ * the port lives on, or goes as if it never was. Returns 0 or the error. */
+static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
+    edrv_driver *d = pt->drv;
     int rc = 0;
     if (data == ERL_DRV_ERROR_GENERAL)
         rc = edrv__fail(-EINVAL, "%s: start failed (ERL_DRV_ERROR_GENERAL)", d->name);
@@ -580,6 +600,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
          * Jobs it queued still run, and end with free. */
         atomic_store(&pt->state, PORT_DEAD);
         edrv__timer_cancel(pt);
+        edrv__select_port_gone(pt);
         edrv__queue_free(pt->queue);
         pt->queue = NULL;
         table_remove(pt);
@@ -593,14 +614,73 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     pt->data = data;
     /* Binary mode starts once start has returned: ERTS delivers output from
      * start as a list even on a binary port. */
-    pt->binary = flags & EDRV_PORT_BINARY;
-    pt->eof = flags & EDRV_PORT_EOF;
+    pt->binary = pt->open_flags & EDRV_PORT_BINARY;
+    pt->eof = pt->open_flags & EDRV_PORT_EOF;
     port_state starting = PORT_STARTING;
     atomic_compare_exchange_strong(&pt->state, &starting, PORT_ALIVE);
-    *out = pt->id;
+    if (pt->open_id)
+        *pt->open_id = pt->id;
     if (pt->exit_pending) /* start called driver_failure */
         finish_exit(pt);
     return 0;
+}
+
+int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out,
+                    void *req) {
+    size_t name_len = strcspn(command, " ");
+    edrv_driver *d = edrv__driver_find(command, name_len);
+    if (!d || d->unload_pending)
+        return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
+                          command);
+    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
+    edrv_port_t *pt = cmd ? port_new(d, command, p->pid, PORT_STARTING) : NULL;
+    if (!pt) {
+        edrv__free(cmd);
+        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
+    }
+    pt->open_flags = flags;
+    pt->open_id = out;
+
+    enter(pt, p->pid);
+    errno = 0;
+    ErlDrvData data = d->entry->start ? d->entry->start(pt, cmd) : NULL;
+    int err = errno;
+    pt->in_callback--;
+    edrv__free(cmd);
+
+    if (d->entry->driver_flags & ERL_DRV_FLAG_USE_INIT_ACK) {
+        /* start's return is not the answer, unless it is an error (OTP fails
+         * the open then): erl_drv_init_ack's is, now or later; until then the
+         * opener waits. (OTP 25 never answers an ack made inside start; edrv
+         * takes it.) */
+        if (data == ERL_DRV_ERROR_GENERAL || data == ERL_DRV_ERROR_ERRNO ||
+            data == ERL_DRV_ERROR_BADARG)
+            return start_done(pt, data, err);
+        if (pt->acked)
+            return start_done(pt, pt->ack_data, 0);
+        if (!req) {
+            start_done(pt, ERL_DRV_ERROR_GENERAL, 0);
+            return edrv__fail(EDRV_ENOTSUP, "%s: an init-ack driver opened from a callback",
+                              d->name);
+        }
+        pt->data = data; /* for callbacks before the ack (a timer that answers) */
+        pt->open_req = req;
+        return EDRV__PENDING;
+    }
+    return start_done(pt, data, err);
+}
+
+EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
+    if (!port || !edrv__on_emulator_thread() || atomic_load(&port->state) != PORT_STARTING ||
+        !(port->drv->entry->driver_flags & ERL_DRV_FLAG_USE_INIT_ACK) || port->acked)
+        return;
+    port->acked = true;
+    port->ack_data = res;
+    if (port->open_req) { /* start has returned: answer the opener now */
+        void *req = port->open_req;
+        port->open_req = NULL;
+        edrv__request_finish(req, start_done(port, res, 0));
+    }
 }
 
 /* Gives command data to the driver: to outputv as an ErlIOVec whose first
@@ -995,7 +1075,8 @@ EDRV_API ErlDrvTermData driver_connected(ErlDrvPort port) {
 }
 
 EDRV_API ErlDrvTermData driver_caller(ErlDrvPort port) {
-    return port ? TD_MAKE(TD_PID, port->caller) : 0;
+    /* No process behind timeouts, I/O and async completions: [] as in OTP. */
+    return port && port->caller ? TD_MAKE(TD_PID, port->caller) : driver_term_nil;
 }
 
 EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {

@@ -64,7 +64,7 @@ static ErlDrvTermData atom_put(const char *name, size_t len) {
     for (; atom_hash[j]; j = (j + 1) & (hash_cap - 1)) {
         const char *a = atoms[atom_hash[j] - 1];
         if (strncmp(a, name, len) == 0 && a[len] == '\0') {
-            t = TD_MAKE(TD_ATOM, atom_hash[j] - 1);
+            t = TD_MAKE(TD_ATOM, atom_hash[j]);
             goto out;
         }
     }
@@ -83,7 +83,7 @@ static ErlDrvTermData atom_put(const char *name, size_t len) {
     copy[len] = '\0';
     atoms[natoms] = copy;
     atom_hash[j] = (uint32_t)(natoms + 1);
-    t = TD_MAKE(TD_ATOM, natoms);
+    t = TD_MAKE(TD_ATOM, natoms + 1); /* from 1: the value 1 is driver_term_nil */
     natoms++;
 out:
     pthread_mutex_unlock(&atoms_lock);
@@ -95,8 +95,8 @@ const char *edrv__atom_name(ErlDrvTermData t) {
         return NULL;
     const char *name = NULL;
     pthread_mutex_lock(&atoms_lock);
-    if (TD_VAL(t) < natoms)
-        name = atoms[TD_VAL(t)];
+    if (TD_VAL(t) >= 1 && TD_VAL(t) <= natoms)
+        name = atoms[TD_VAL(t) - 1];
     pthread_mutex_unlock(&atoms_lock);
     return name; /* atoms are never freed while the runtime runs */
 }

@@ -151,6 +151,22 @@ static void commands_keep_order(void) {
     teardown();
 }
 
+static void init_ack(void) {
+    /* ERL_DRV_FLAG_USE_INIT_ACK: the open waits for erl_drv_init_ack. */
+    REQUIRE(setup("tdrv", 0) == 0);
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrva") == 0);
+    edrv_port a, b, c = 0;
+    CHECK_INT(edrv_open_port(proc, "tdrva ack_now", 0, &a), 0);
+    CHECK_INT(edrv_open_port(proc, "tdrva ack_later", 0, &b), 0); /* acked by a timer */
+    CHECK(a && b && a != b);
+    CHECK_INT(edrv_open_port(proc, "tdrva ack_fail", 0, &c), EDRV_EBADARG);
+    CHECK_INT(c, 0);
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(proc, b, 1, "up", 2, &r), 0);
+    edrv_reply_free(&r);
+    teardown();
+}
+
 static void create_port(void) {
     REQUIRE(setup("tdrv", 0) == 0);
     edrv_proc *other = edrv_proc_new();
@@ -224,6 +240,7 @@ static const test_case cases[] = {
     {"stop_output_after_exit", stop_output_after_exit},
     {"owner_exit_closes_ports", owner_exit_closes_ports},
     {"commands_keep_order", commands_keep_order},
+    {"init_ack", init_ack},
     {"create_port", create_port},
     {"port_info", port_info},
     {"bad_arguments", bad_arguments},

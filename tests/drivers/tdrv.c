@@ -15,8 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifdef TDRV_OUTPUTV
+#if defined(TDRV_OUTPUTV)
 #define TDRV_NAME "tdrvv"
+#elif defined(TDRV_INIT_ACK)
+#define TDRV_NAME "tdrva" /* ERL_DRV_FLAG_USE_INIT_ACK: "tdrva ack_now|ack_later|ack_fail" */
 #else
 #define TDRV_NAME "tdrv"
 #endif
@@ -74,6 +76,7 @@ typedef struct {
     ErlDrvTermData start_caller;
     int term_in_stop;
     int empty_on; /* TD_EMPTY_ON */
+    int ack_mode; /* tdrva: 1 ack from the timer, 2 ack a failure from it */
     ErlDrvMonitor mon;
 } tdrv;
 
@@ -98,7 +101,15 @@ static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
         driver_output(port, "hello", 5);
     if (fail)
         driver_failure_atom(port, "failed_in_start");
-    return (ErlDrvData)t;
+#ifdef TDRV_INIT_ACK
+    if (strstr(cmd, " ack_now")) {
+        erl_drv_init_ack(port, (ErlDrvData)t);
+    } else {
+        t->ack_mode = strstr(cmd, " ack_fail") ? 2 : 1;
+        driver_set_timer(port, 20);
+    }
+#endif
+    return (ErlDrvData)t; /* with init ack, the callbacks before the ack get it */
 }
 
 static void td_stop(ErlDrvData d) {
@@ -226,6 +237,17 @@ static int bad_spec(tdrv *t, int which) {
 /* A timer's callback: says so to the owner (and may empty the queue). */
 static void td_timeout(ErlDrvData d) {
     tdrv *t = (tdrv *)d;
+#ifdef TDRV_INIT_ACK
+    if (t->ack_mode) {
+        ErlDrvPort port = t->port;
+        int failed = t->ack_mode == 2;
+        t->ack_mode = 0;
+        if (failed)
+            driver_free(t);
+        erl_drv_init_ack(port, failed ? ERL_DRV_ERROR_BADARG : (ErlDrvData)t);
+        return;
+    }
+#endif
     driver_output(t->port, "timeout", 7);
     if (t->empty_on == 1)
         driver_deq(t->port, driver_sizeq(t->port));
@@ -588,6 +610,9 @@ static ErlDrvEntry tdrv_entry = {
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
     .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
     .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+#ifdef TDRV_INIT_ACK
+    .driver_flags = ERL_DRV_FLAG_USE_INIT_ACK,
+#endif
 };
 
 DRIVER_INIT(tdrv) {
