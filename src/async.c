@@ -124,13 +124,22 @@ int edrv__async_start(int threads) {
     pool.lanes = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.lanes);
     pool.wake_list = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.wake_list);
     pool.nwake = 0;
-    if (!pool.lanes || !pool.wake_list)
+    if (!pool.lanes || !pool.wake_list) {
+        edrv__free(pool.lanes);
+        edrv__free(pool.wake_list);
+        pool.lanes = NULL;
+        pool.wake_list = NULL;
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);
+    }
     pool.n = threads;
+    /* Every lane's lock exists before any thread does, so that stopping after
+     * a failed start destroys only what was made. */
+    for (int i = 0; i < threads; i++) {
+        pthread_mutex_init(&pool.lanes[i].lock, NULL);
+        pthread_cond_init(&pool.lanes[i].wake, NULL);
+    }
     for (int i = 0; i < threads; i++) {
         lane *l = &pool.lanes[i];
-        pthread_mutex_init(&l->lock, NULL);
-        pthread_cond_init(&l->wake, NULL);
         int rc = pthread_create(&l->thread, NULL, lane_main, l);
         if (rc) {
             edrv__async_stop();

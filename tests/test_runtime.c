@@ -42,6 +42,29 @@ static void start_twice_and_options(void) {
     CHECK((unsigned char)small.guard[0] == 0x5a);
 }
 
+static void start_out_of_memory(void) {
+    /* Every allocation of edrv_start can fail: a clear error, nothing left
+     * behind, and the runtime starts afterwards. */
+    CHECK_INT(edrv_stop(), 0);
+    int failures = 0;
+    for (long n = 1; n <= 6; n++) {
+        edrv_testing_fail_alloc(n);
+        edrv_options o = {.async_threads = 3};
+        int rc = edrv_start(&o);
+        edrv_testing_fail_alloc(0);
+        if (rc == 0) {
+            CHECK_INT(edrv_stop(), 0);
+        } else {
+            CHECK_INT(rc, EDRV_ENOMEM);
+            CHECK_INT(edrv_stop(), EDRV_ENOTRUNNING);
+            failures++;
+        }
+        CHECK(!mem_in_use());
+    }
+    CHECK(failures > 0);
+    CHECK_INT(edrv_start(NULL), 0);
+}
+
 static void stop_with_ports_open(void) {
     char log[64];
     snprintf(log, sizeof log, "/tmp/edrv-runtime-%d.log", (int)getpid());
@@ -147,6 +170,7 @@ static void misc_functions(void) {
 
 static const test_case cases[] = {
     {"start_twice_and_options", start_twice_and_options},
+    {"start_out_of_memory", start_out_of_memory},
     {"stop_with_ports_open", stop_with_ports_open},
     {"time_functions", time_functions},
     {"misc_functions", misc_functions},
