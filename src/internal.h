@@ -86,9 +86,10 @@ void edrv__etf_port(etf_w *w, uint64_t port);
  * libei may decode the bytes afterwards. Any thread. */
 int edrv__etf_measure(const void *buf, size_t len);
 
-/* Builds a message from a term spec. Returns 0 and the message (type MESSAGE,
- * version byte included) in *out, or -1 for a bad spec. Any thread. */
-int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *outlen);
+/* Builds a message from a term spec, ready for edrv__deliver. Returns 0 and
+ * the message in *out, or -1 for a bad spec (or no memory). Any thread. */
+struct mbox_msg;
+int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, struct mbox_msg **out);
 
 /* ---- proc.c: processes and mailboxes -------------------------------------- */
 

@@ -1030,21 +1030,15 @@ static int send_spec(ErlDrvTermData port, bool to_owner, ErlDrvTermData to,
     uint64_t owner = edrv__port_owner_of(TD_VAL(port), &closing);
     if (!owner)
         return -1; /* no such port */
-    char *buf;
-    size_t len;
-    if (edrv__spec_to_msg(spec, n, &buf, &len) < 0)
+    mbox_msg *m;
+    if (edrv__spec_to_msg(spec, n, &m) < 0)
         return -1;
     uint64_t pid = to_owner ? owner : TD_TAG(to) == TD_PID ? TD_VAL(to) : 0;
-    int rc = 0;
-    if (!closing && pid) {
-        mbox_msg *m = edrv__msg_new(len);
-        if (m) {
-            memcpy(m->data, buf, len);
-            rc = edrv__deliver(pid, m);
-        }
+    if (closing || !pid) {
+        edrv__msg_drop(m);
+        return 0;
     }
-    edrv__free(buf);
-    return rc;
+    return edrv__deliver(pid, m);
 }
 
 EDRV_API int erl_drv_output_term(ErlDrvTermData port, ErlDrvTermData *data, int len) {

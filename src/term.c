@@ -505,7 +505,7 @@ static void spec_write(etf_w *w, const node *nodes, int32_t root, int32_t *todo)
     }
 }
 
-int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *outlen) {
+int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
     if (!spec || n <= 0)
         return -1;
     /* A spec of n words has at most n nodes; one block holds the nodes and two
@@ -520,13 +520,12 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, char **out, size_t *out
     if (root >= 0) {
         etf_w w = {NULL, 1};
         spec_write(&w, nodes, root, stack);
-        char *buf = edrv__alloc(EDRV_MEM_MESSAGE, (size_t)w.idx);
-        if (buf) {
-            w = (etf_w){buf, 0};
-            ei_encode_version(buf, &w.idx);
+        mbox_msg *m = edrv__msg_new((size_t)w.idx);
+        if (m) {
+            w = (etf_w){m->data, 0};
+            ei_encode_version(w.buf, &w.idx);
             spec_write(&w, nodes, root, stack);
-            *out = buf;
-            *outlen = (size_t)w.idx;
+            *out = m;
             rc = 0;
         }
     }
