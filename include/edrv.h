@@ -80,7 +80,13 @@ const char *edrv_last_error(void);
 /* ---- the runtime ---------------------------------------------------------- */
 
 typedef struct {
-    int async_threads; /* pool size, 0 for the default */
+    int async_threads; /* pool size, 0 for the default (one per core) */
+    /* How long, in microseconds, an idle thread (the emulator thread, pool
+     * threads) spins looking for work before it sleeps: 0 for the default
+     * (50), negative never to spin. Spinning turns a wake-up of several
+     * microseconds into a fraction of one while work keeps coming; an idle
+     * runtime sleeps once the spin is over and uses no CPU. */
+    int spin_us;
 } edrv_options;
 
 /* Starts the emulator thread. opts may be NULL. EDRV_ERUNNING if started. */

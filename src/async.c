@@ -1,76 +1,163 @@
 /*
  * async.c: the async thread pool (driver_async) and its cancel.
  *
- * N pool threads, async_1..async_N, each with its own lane: a FIFO of jobs.
+ * N pool threads, async_1..async_N, each with its own lane of jobs.
  * driver_async puts a job on the lane its key picks, as ERTS does (*key % N,
  * written back into *key; without a key, the job id % N), so jobs with one key
- * run one at a time, in order, on one thread. A sleeping thread is signalled
- * once the emulator thread's current callbacks are done (edrv__async_wake_lanes),
- * so a burst of jobs costs one wake-up per thread. A pool thread takes its whole
- * lane at once, runs each job's invoke, and pushes the finished job onto one
- * lock-free completion stack; the push that finds the stack empty wakes the
- * emulator thread, so a burst of completions costs one wake-up. The emulator
- * thread then takes the whole stack, restores its order, and ends each job
+ * run one at a time, in order, on one thread.
+ *
+ * Lanes: only the emulator thread submits, and only the lane's thread takes,
+ * so a lane is a lock-free stack that the emulator pushes onto (one
+ * compare-and-swap) and the pool thread empties in one exchange, then reverses
+ * into submission order. Nobody ever holds a lock around a job.
+ *
+ * Sleeping and waking: a pool thread with nothing to do first spins for a
+ * while (edrv_options.spin_us), watching its lane; only then does it set its
+ * `sleeping` word, look at the lane once more, and wait on the word (a futex).
+ * The emulator thread wakes a sleeping lane once its current callbacks are
+ * done, or after every WAKE_BATCH jobs of a long burst: a burst costs one
+ * wake-up per thread, and a thread that is spinning or working costs none.
+ * The flag and the lane are each written before the other is read (sequentially
+ * consistent), so a job is never left on the lane of a sleeping thread.
+ *
+ * Completions: a pool thread pushes each finished job onto one lock-free
+ * stack and wakes the emulator thread only if it is parked (edrv__wake); the
+ * emulator thread takes the whole stack, restores its order, and ends each job
  * with exactly one of ready_async (the port lives and has one) or free.
  *
  * Cancel: every job has an atomic state. A pool thread moves QUEUED to
  * RUNNING before invoke; driver_async_cancel moves QUEUED to CANCELLED. One
  * compare-and-swap decides, so a job is cancelled or run, never both; the
- * canceller finds the job through the id map, in O(1), and never walks a lane.
- * A cancelled job stays linked in its lane until its thread reaches it and
- * frees it without running it.
+ * canceller finds the job through the job table, in O(1), and never walks a
+ * lane. A cancelled job stays on its lane until its thread reaches it and
+ * hands it back through the completion stack, unrun, for reuse.
+ *
+ * Memory: a job is 40 bytes, cut from slabs of SLAB_JOBS and reused through
+ * a free list, all on the emulator thread; its invoke and free functions are
+ * one index into a table of the distinct pairs drivers use; the job table is
+ * one pointer per slot and at most three quarters full. When no job is live
+ * the slabs but one go back to the allocator.
  *
  * Threads: driver_async, driver_async_cancel and the completion pass run on
- * the emulator thread, which alone touches the id map, ports and drivers. A
- * lane's lock is held only to link or unlink jobs; a pool thread never holds
- * it while a job runs. Lock order: lane lock -> nothing.
+ * the emulator thread, which alone touches the job table, the slabs, ports
+ * and drivers. Pool threads touch only their lane, the jobs they take, the
+ * completion stack and the function table's published entries.
  */
 #include "internal.h"
-#include "idmap.h"
 
 #include <limits.h>
+#include <linux/futex.h>
+#include <stdalign.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
 #define WAKE_BATCH 64
+#define SLAB_JOBS 1024
+#define CACHE_LINE 64
+/* The function table: FN_CHUNKS chunks of FN_CHUNK pairs, never moved, so a
+ * pool thread reads a pair without a lock while the table grows. */
+#define FN_CHUNK 256
+#define FN_CHUNKS 256
 
 typedef struct job {
-    struct job *next; /* in a lane, then on the completion stack */
-    long id;
+    struct job *next; /* on a lane, then on the completion stack, or free */
     edrv_port_t *port;
-    void (*invoke)(void *);
-    void (*free_data)(void *);
     void *data;
-    _Atomic int state;
+    long id;
+    uint32_t fn; /* index into the function table */
+    _Atomic uint32_t state;
 } job;
 
+typedef struct slab {
+    struct slab *next;
+    job jobs[SLAB_JOBS];
+} slab;
+
 typedef struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    job *head, *tail;
-    bool sleeping; /* the thread waits on `wake` */
-    bool to_wake;  /* the emulator thread's: listed in pool.wake_list */
-    bool quit;
+    void (*invoke)(void *);
+    void (*free)(void *);
+} fn_pair;
+
+/* One lane per pool thread, each on cache lines of its own: the emulator
+ * thread writes `head` and reads `sleeping`, the pool thread the reverse. */
+typedef struct {
+    alignas(CACHE_LINE) _Atomic(job *) head; /* newest first */
+    _Atomic uint32_t sleeping;               /* the futex word: 1 while it sleeps */
+    _Atomic bool quit;
+    bool to_wake; /* the emulator thread's: listed in pool.wake_list */
+    alignas(CACHE_LINE) _Atomic uint64_t started; /* the pool thread's counter */
     pthread_t thread;
-    bool started;
+    bool running;
 } lane;
 
 static struct {
-    lane *lanes;
+    alignas(CACHE_LINE) _Atomic(job *) done; /* completion stack, newest first */
+    alignas(CACHE_LINE) lane *lanes;
+    void *lanes_block; /* what lanes was cut from */
     int n;
-    _Atomic(job *) done; /* completion stack, newest first */
+    long spin_ns;            /* how long an idle pool thread spins */
+    _Atomic int spinning;    /* pool threads spinning now */
+    int max_spinning;        /* at most this many at once */
     /* The emulator thread's: */
-    idmap jobs;   /* id -> queued or running job */
+    struct {
+        job **slots; /* NULL: empty; TOMB: removed */
+        size_t cap, used, live;
+    } table;          /* id -> queued or running job */
+    slab *slabs;      /* newest first; jobs are cut from slabs->jobs[slab_used..] */
+    size_t slab_used;
+    job *free_jobs;
+    size_t live_jobs; /* cut and not back on the free list (cancelled ones on a lane too) */
+    fn_pair *fns[FN_CHUNKS];
+    uint32_t nfns, last_fn;
     lane **wake_list; /* lanes to signal once the current callbacks are done */
     int nwake;
     unsigned since_wake; /* jobs submitted since the lanes were last signalled */
-    long next_id; /* last id handed out */
+    long next_id;        /* last id handed out */
     size_t pending;
-    /* Statistics, any thread. */
-    _Atomic uint64_t submitted, started, ready, freed, cancelled;
+    /* Statistics: written by the emulator thread alone, read by any. */
+    _Atomic uint64_t submitted, ready, freed, cancelled;
 } pool;
+
+#define TOMB ((job *)1)
+
+/* Guards pool.n and pool.lanes against edrv_pool on another thread while
+ * the pool starts or stops. */
+static pthread_mutex_t lanes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- futex ------------------------------------------------------------------- */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t val) {
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Emulator thread, emulator-only counters: a plain add, no locked instruction. */
+static inline void bump(_Atomic uint64_t *c) {
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
 
 /* ---- pool threads ---------------------------------------------------------- */
 
@@ -78,66 +165,111 @@ static void complete(job *j) {
     job *old = atomic_load_explicit(&pool.done, memory_order_relaxed);
     do {
         j->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&pool.done, &old, j, memory_order_release,
+    } while (!atomic_compare_exchange_weak_explicit(&pool.done, &old, j, memory_order_seq_cst,
                                                     memory_order_relaxed));
-    if (!old)
-        edrv__wake(); /* the first of a batch: the emulator thread drains them all */
+    edrv__wake(); /* only if the emulator thread is parked */
+}
+
+/* Spins until the lane has jobs or spin_ns pass; whether it has. At most
+ * max_spinning threads spin at once, so that spinners never crowd out the
+ * threads that work on a machine with few cores. */
+static bool spin_for_jobs(lane *l) {
+    if (pool.spin_ns <= 0)
+        return false;
+    if (atomic_fetch_add_explicit(&pool.spinning, 1, memory_order_relaxed) >= pool.max_spinning) {
+        atomic_fetch_sub_explicit(&pool.spinning, 1, memory_order_relaxed);
+        return false;
+    }
+    bool found = false;
+    uint64_t until = now_ns() + (uint64_t)pool.spin_ns;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&l->head, memory_order_relaxed) ||
+            atomic_load_explicit(&l->quit, memory_order_relaxed)) {
+            found = true;
+            break;
+        }
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() >= until)
+            break;
+    }
+    atomic_fetch_sub_explicit(&pool.spinning, 1, memory_order_relaxed);
+    return found;
 }
 
 static void *lane_main(void *arg) {
     lane *l = arg;
     for (;;) {
-        pthread_mutex_lock(&l->lock);
-        while (!l->head && !l->quit) {
-            l->sleeping = true;
-            pthread_cond_wait(&l->wake, &l->lock);
-            l->sleeping = false;
+        job *stack = atomic_exchange_explicit(&l->head, NULL, memory_order_acquire);
+        if (!stack) {
+            if (atomic_load_explicit(&l->quit, memory_order_acquire))
+                return NULL;
+            if (spin_for_jobs(l))
+                continue;
+            atomic_store(&l->sleeping, 1);
+            if (atomic_load(&l->head) || atomic_load(&l->quit)) {
+                atomic_store(&l->sleeping, 0);
+                continue;
+            }
+            futex_wait(&l->sleeping, 1);
+            atomic_store(&l->sleeping, 0); /* woken, or a spurious return */
+            continue;
         }
-        job *batch = l->head;
-        l->head = l->tail = NULL;
-        bool quit = l->quit;
-        pthread_mutex_unlock(&l->lock);
-        if (!batch && quit)
-            return NULL;
+        /* Newest first: reverse into submission order. */
+        job *batch = NULL;
+        while (stack) {
+            job *next = stack->next;
+            stack->next = batch;
+            batch = stack;
+            stack = next;
+        }
         while (batch) {
             job *j = batch;
             batch = j->next;
-            int queued = JOB_QUEUED;
-            if (!atomic_compare_exchange_strong(&j->state, &queued, JOB_RUNNING)) {
-                edrv__free(j); /* cancelled: the canceller released the rest */
-                continue;
+            uint32_t queued = JOB_QUEUED;
+            if (atomic_compare_exchange_strong(&j->state, &queued, JOB_RUNNING)) {
+                atomic_fetch_add_explicit(&l->started, 1, memory_order_relaxed);
+                const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
+                f->invoke(j->data);
+                atomic_store_explicit(&j->state, JOB_DONE, memory_order_relaxed);
             }
-            atomic_fetch_add_explicit(&pool.started, 1, memory_order_relaxed);
-            j->invoke(j->data);
-            atomic_store_explicit(&j->state, JOB_DONE, memory_order_relaxed);
-            complete(j);
+            complete(j); /* cancelled ones go back unrun, for reuse */
         }
     }
 }
 
-int edrv__async_start(int threads) {
+static long spin_ns_from(int spin_us) {
+    if (spin_us < 0)
+        return 0;
+    return (long)(spin_us ? spin_us : EDRV_DEFAULT_SPIN_US) * 1000;
+}
+
+int edrv__async_start(int threads, int spin_us) {
     atomic_store(&pool.submitted, 0);
-    atomic_store(&pool.started, 0);
     atomic_store(&pool.ready, 0);
     atomic_store(&pool.freed, 0);
     atomic_store(&pool.cancelled, 0);
-    pool.lanes = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.lanes);
+    atomic_store(&pool.done, NULL);
+    atomic_store(&pool.spinning, 0);
+    pool.spin_ns = spin_ns_from(spin_us);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    /* The emulator thread spins too: leave it a core. */
+    pool.max_spinning = cpus > 2 ? (int)cpus - 1 : 1;
+    pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
     pool.wake_list = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.wake_list);
     pool.nwake = 0;
-    if (!pool.lanes || !pool.wake_list) {
-        edrv__free(pool.lanes);
+    if (!pool.lanes_block || !pool.wake_list) {
+        edrv__free(pool.lanes_block);
         edrv__free(pool.wake_list);
-        pool.lanes = NULL;
+        pool.lanes_block = NULL;
         pool.wake_list = NULL;
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);
     }
+    uintptr_t at = ((uintptr_t)pool.lanes_block + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1);
+    memset((void *)at, 0, (size_t)threads * sizeof(lane));
+    pthread_mutex_lock(&lanes_lock);
+    pool.lanes = (lane *)at;
     pool.n = threads;
-    /* Every lane's lock exists before any thread does, so that stopping after
-     * a failed start destroys only what was made. */
-    for (int i = 0; i < threads; i++) {
-        pthread_mutex_init(&pool.lanes[i].lock, NULL);
-        pthread_cond_init(&pool.lanes[i].wake, NULL);
-    }
+    pthread_mutex_unlock(&lanes_lock);
     for (int i = 0; i < threads; i++) {
         lane *l = &pool.lanes[i];
         int rc = pthread_create(&l->thread, NULL, lane_main, l);
@@ -145,7 +277,7 @@ int edrv__async_start(int threads) {
             edrv__async_stop();
             return edrv__fail(-rc, "cannot start pool thread %d: %s", i + 1, strerror(rc));
         }
-        l->started = true;
+        l->running = true;
         char name[16]; /* the kernel's limit; async_1024 fits */
         snprintf(name, sizeof name, "async_%d", (i + 1) % 10000);
         pthread_setname_np(l->thread, name);
@@ -153,37 +285,192 @@ int edrv__async_start(int threads) {
     return 0;
 }
 
+static void slabs_free(void);
+
 void edrv__async_stop(void) {
-    for (int i = 0; i < pool.n; i++) {
-        lane *l = &pool.lanes[i];
-        pthread_mutex_lock(&l->lock);
-        l->quit = true;
-        pthread_cond_signal(&l->wake);
-        pthread_mutex_unlock(&l->lock);
-    }
-    for (int i = 0; i < pool.n; i++) {
-        lane *l = &pool.lanes[i];
-        if (l->started)
-            pthread_join(l->thread, NULL);
-        pthread_mutex_destroy(&l->lock);
-        pthread_cond_destroy(&l->wake);
-    }
-    edrv__free(pool.lanes);
-    edrv__free(pool.wake_list);
-    pool.wake_list = NULL;
-    edrv__idmap_free(&pool.jobs);
-    pool.lanes = NULL;
+    pthread_mutex_lock(&lanes_lock);
+    int n = pool.n;
     pool.n = 0;
+    pthread_mutex_unlock(&lanes_lock);
+    for (int i = 0; i < n; i++) {
+        lane *l = &pool.lanes[i];
+        atomic_store(&l->quit, true);
+        if (atomic_exchange(&l->sleeping, 0))
+            futex_wake(&l->sleeping);
+    }
+    for (int i = 0; i < n; i++) {
+        lane *l = &pool.lanes[i];
+        if (l->running)
+            pthread_join(l->thread, NULL);
+    }
+    /* Every job has ended; cancelled ones may still be on the completion
+     * stack, and all of them live in the slabs. */
+    atomic_store(&pool.done, NULL);
+    slabs_free();
+    edrv__free(pool.lanes_block);
+    edrv__free(pool.wake_list);
+    edrv__free(pool.table.slots);
+    for (uint32_t c = 0; c < FN_CHUNKS && pool.fns[c]; c++) {
+        edrv__free(pool.fns[c]);
+        pool.fns[c] = NULL;
+    }
+    pool.nfns = pool.last_fn = 0;
+    pool.table.slots = NULL;
+    pool.table.cap = pool.table.used = pool.table.live = 0;
+    pool.wake_list = NULL;
+    pool.lanes_block = NULL;
+    pool.lanes = NULL;
 }
 
-/* ---- the emulator thread ------------------------------------------------------ */
+/* ---- the emulator thread: jobs, slabs, functions, the job table --------------- */
+
+static void slabs_free(void) {
+    while (pool.slabs) {
+        slab *s = pool.slabs;
+        pool.slabs = s->next;
+        edrv__free(s);
+    }
+    pool.slab_used = 0;
+    pool.free_jobs = NULL;
+    pool.live_jobs = 0;
+}
+
+static job *job_new(void) {
+    job *j = pool.free_jobs;
+    if (j) {
+        pool.free_jobs = j->next;
+    } else {
+        if (!pool.slabs || pool.slab_used == SLAB_JOBS) {
+            slab *s = edrv__alloc(EDRV_MEM_ASYNC, sizeof *s);
+            if (!s)
+                return NULL;
+            s->next = pool.slabs;
+            pool.slabs = s;
+            pool.slab_used = 0;
+        }
+        j = &pool.slabs->jobs[pool.slab_used++];
+    }
+    pool.live_jobs++;
+    return j;
+}
+
+/* A job is back: onto the free list; when none is live, the slabs but the
+ * newest go back to the allocator and the newest is cut from the start again. */
+static void job_recycle(job *j) {
+    j->next = pool.free_jobs;
+    pool.free_jobs = j;
+    if (--pool.live_jobs == 0) {
+        slab *keep = pool.slabs;
+        pool.slabs = keep->next;
+        slabs_free();
+        pool.slabs = keep;
+        keep->next = NULL;
+    }
+}
+
+/* The index of the pair (invoke, free), added if new; UINT32_MAX when the
+ * table is full or out of memory. Drivers use a handful of pairs: the last
+ * one found is tried first, then the table from the start. */
+static uint32_t fn_index(void (*invoke)(void *), void (*free_fn)(void *)) {
+    if (pool.nfns) {
+        const fn_pair *f = &pool.fns[pool.last_fn / FN_CHUNK][pool.last_fn % FN_CHUNK];
+        if (f->invoke == invoke && f->free == free_fn)
+            return pool.last_fn;
+    }
+    for (uint32_t i = 0; i < pool.nfns; i++) {
+        const fn_pair *f = &pool.fns[i / FN_CHUNK][i % FN_CHUNK];
+        if (f->invoke == invoke && f->free == free_fn)
+            return pool.last_fn = i;
+    }
+    uint32_t i = pool.nfns;
+    if (i == FN_CHUNK * FN_CHUNKS) {
+        edrv__warn("driver_async: more than %d distinct (invoke, free) pairs",
+                   FN_CHUNK * FN_CHUNKS);
+        return UINT32_MAX;
+    }
+    if (!pool.fns[i / FN_CHUNK] &&
+        !(pool.fns[i / FN_CHUNK] = edrv__alloc(EDRV_MEM_ASYNC, FN_CHUNK * sizeof(fn_pair))))
+        return UINT32_MAX;
+    pool.fns[i / FN_CHUNK][i % FN_CHUNK] = (fn_pair){invoke, free_fn};
+    pool.nfns++; /* published to pool threads with the job that uses it */
+    return pool.last_fn = i;
+}
+
+/* The job table: open addressing on the id (ids are consecutive, so live
+ * jobs fall in consecutive slots and rarely collide), one pointer a slot. */
+static size_t slot_of(long id) {
+    return (size_t)id & (pool.table.cap - 1);
+}
+
+static job *table_get(long id) {
+    if (!pool.table.cap)
+        return NULL;
+    for (size_t i = slot_of(id);; i = (i + 1) & (pool.table.cap - 1)) {
+        job *j = pool.table.slots[i];
+        if (!j)
+            return NULL;
+        if (j != TOMB && j->id == id)
+            return j;
+    }
+}
+
+static void table_del(job *j) {
+    for (size_t i = slot_of(j->id);; i = (i + 1) & (pool.table.cap - 1)) {
+        if (pool.table.slots[i] == j) {
+            pool.table.slots[i] = TOMB;
+            pool.table.live--;
+            return;
+        }
+    }
+}
+
+/* Rebuilt without tombstones, at most three eighths full. */
+static int table_rehash(void) {
+    size_t cap = 64;
+    while (cap * 3 < (pool.table.live + 1) * 8)
+        cap *= 2;
+    job **t = edrv__calloc(EDRV_MEM_ASYNC, cap * sizeof *t);
+    if (!t)
+        return -1;
+    size_t old = pool.table.cap;
+    job **s = pool.table.slots;
+    pool.table.slots = t;
+    pool.table.cap = cap;
+    for (size_t i = 0; i < old; i++) {
+        if (s[i] && s[i] != TOMB) {
+            size_t k = slot_of(s[i]->id);
+            while (t[k])
+                k = (k + 1) & (cap - 1);
+            t[k] = s[i];
+        }
+    }
+    edrv__free(s);
+    pool.table.used = pool.table.live;
+    return 0;
+}
+
+static int table_put(job *j) {
+    if ((pool.table.used + 1) * 4 > pool.table.cap * 3 && table_rehash() < 0)
+        return -1;
+    size_t i = slot_of(j->id);
+    while (pool.table.slots[i] && pool.table.slots[i] != TOMB)
+        i = (i + 1) & (pool.table.cap - 1);
+    if (!pool.table.slots[i])
+        pool.table.used++;
+    pool.table.slots[i] = j;
+    pool.table.live++;
+    return 0;
+}
 
 /* Ends a job that will not run again: its port and driver let go of it. */
-static void release(job *j) {
-    edrv_port_t *pt = j->port;
+static void release(edrv_port_t *pt) {
     pool.pending--;
     edrv__driver_job_done(pt->drv);
     edrv__port_unref(pt);
+}
+
+bool edrv__async_has_done(void) {
+    return atomic_load(&pool.done) != NULL;
 }
 
 size_t edrv__async_drain(void) {
@@ -200,31 +487,38 @@ size_t edrv__async_drain(void) {
     while (list) {
         job *j = list;
         list = j->next;
-        edrv__idmap_del(&pool.jobs, (uint64_t)j->id);
+        if (atomic_load_explicit(&j->state, memory_order_relaxed) == JOB_CANCELLED) {
+            job_recycle(j); /* ended when it was cancelled */
+            continue;
+        }
+        table_del(j);
+        const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
         /* Counted before the callback runs, so that a host that saw the
          * callback's message also sees the count. */
         if (edrv__port_ready_async_ok(j->port)) {
-            atomic_fetch_add_explicit(&pool.ready, 1, memory_order_relaxed);
+            bump(&pool.ready);
             edrv__port_ready_async(j->port, j->data);
         } else {
-            atomic_fetch_add_explicit(&pool.freed, 1, memory_order_relaxed);
-            if (j->free_data)
-                j->free_data(j->data);
+            bump(&pool.freed);
+            if (f->free)
+                f->free(j->data);
         }
-        release(j);
-        edrv__free(j);
+        release(j->port);
+        job_recycle(j);
         n++;
     }
     return n;
 }
 
 void edrv__async_wake_lanes(void) {
-    /* A lane listed here was asleep with its queue empty when a job went in;
-     * signalling it late is safe: it cannot have gone back to sleep with the
-     * job still queued, it rechecks under its lock before waiting. */
+    /* A lane listed here had its thread asleep when a job went in. Waking it
+     * late is safe: it cannot sleep again with the job still on its lane, as
+     * it looks at the lane after it sets `sleeping` and before it waits. */
     for (int i = 0; i < pool.nwake; i++) {
-        pool.wake_list[i]->to_wake = false;
-        pthread_cond_signal(&pool.wake_list[i]->wake);
+        lane *l = pool.wake_list[i];
+        l->to_wake = false;
+        if (atomic_exchange(&l->sleeping, 0))
+            futex_wake(&l->sleeping);
     }
     pool.nwake = 0;
     pool.since_wake = 0;
@@ -242,47 +536,45 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
     }
     if (!port || !async_invoke || !edrv__port_accepts_jobs(port) || !pool.n)
         return -1;
-    job *j = edrv__alloc(EDRV_MEM_ASYNC, sizeof *j);
+    uint32_t fn = fn_index(async_invoke, async_free);
+    if (fn == UINT32_MAX)
+        return -1;
+    job *j = job_new();
     if (!j)
         return -1;
     /* Ids are positive and never 0, from one counter, as in ERTS. */
-    long id = pool.next_id == LONG_MAX ? 1 : pool.next_id + 1;
-    if (edrv__idmap_put(&pool.jobs, (uint64_t)id, j) < 0) {
-        edrv__free(j);
+    j->id = pool.next_id == LONG_MAX ? 1 : pool.next_id + 1;
+    if (table_put(j) < 0) {
+        job_recycle(j);
         return -1;
     }
-    pool.next_id = id;
+    pool.next_id = j->id;
     unsigned int qix;
     if (key) {
         qix = *key % (unsigned)pool.n;
         *key = qix; /* ERTS writes the lane back */
     } else {
-        qix = (unsigned)(id % pool.n);
+        qix = (unsigned)(j->id % pool.n);
     }
-    j->next = NULL;
-    j->id = id;
     j->port = port;
-    j->invoke = async_invoke;
-    j->free_data = async_free;
     j->data = async_data;
-    atomic_init(&j->state, JOB_QUEUED);
+    j->fn = fn;
+    atomic_store_explicit(&j->state, JOB_QUEUED, memory_order_relaxed);
     edrv__port_ref(port);
     edrv__driver_job_added(port->drv);
     pool.pending++;
-    atomic_fetch_add_explicit(&pool.submitted, 1, memory_order_relaxed);
+    bump(&pool.submitted);
+    long id = j->id; /* j belongs to the lane's thread once it is pushed */
 
     lane *l = &pool.lanes[qix];
-    pthread_mutex_lock(&l->lock);
-    if (l->tail)
-        l->tail->next = j;
-    else
-        l->head = j;
-    l->tail = j;
-    bool wake = l->sleeping && !l->to_wake;
-    pthread_mutex_unlock(&l->lock);
-    if (wake) {
-        /* One signal per lane per turn of the loop, not one per job: a burst
-         * of submissions from one callback wakes a thread once ... */
+    job *old = atomic_load_explicit(&l->head, memory_order_relaxed);
+    do {
+        j->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&l->head, &old, j, memory_order_seq_cst,
+                                                    memory_order_relaxed));
+    if (!l->to_wake && atomic_load(&l->sleeping)) {
+        /* One wake-up per lane per turn of the loop, not one per job: a
+         * burst of submissions from one callback wakes a thread once ... */
         l->to_wake = true;
         pool.wake_list[pool.nwake++] = l;
     }
@@ -298,33 +590,35 @@ EDRV_API int driver_async_cancel(long id) {
         edrv__warn("driver_async_cancel called outside the emulator thread");
         return 0;
     }
-    job *j = id > 0 ? edrv__idmap_get(&pool.jobs, (uint64_t)id) : NULL;
+    job *j = id > 0 ? table_get(id) : NULL;
     if (!j)
         return 0; /* finished, or never was */
-    /* Read the job before the swap: once it is CANCELLED, its pool thread may
-     * free it at any moment. */
-    void (*free_data)(void *) = j->free_data;
-    void *data = j->data;
-    edrv_port_t *pt = j->port;
-    int queued = JOB_QUEUED;
+    uint32_t queued = JOB_QUEUED;
     if (!atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED))
         return 0; /* running, or done and waiting to be completed */
-    edrv__idmap_del(&pool.jobs, (uint64_t)id);
-    if (free_data)
-        free_data(data);
-    atomic_fetch_add_explicit(&pool.cancelled, 1, memory_order_relaxed);
-    pool.pending--;
-    edrv__driver_job_done(pt->drv);
-    edrv__port_unref(pt);
+    /* The job stays on its lane, and comes back through the completion stack
+     * unrun; its fields are the emulator thread's to read until then. */
+    table_del(j);
+    const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
+    if (f->free)
+        f->free(j->data);
+    bump(&pool.cancelled);
+    release(j->port);
     return 1;
 }
 
 EDRV_API void edrv_pool(edrv_pool_stats *st) {
     if (!st)
         return;
-    st->threads = pool.n ? pool.n : edrv__async_threads();
+    st->threads = edrv__async_threads();
     st->submitted = atomic_load(&pool.submitted);
-    st->started = atomic_load(&pool.started);
+    st->started = 0;
+    /* The lanes exist from edrv_start to edrv_stop; outside, no pool thread
+     * runs and the counters read 0 or the last run's. */
+    pthread_mutex_lock(&lanes_lock);
+    for (int i = 0; i < pool.n; i++)
+        st->started += atomic_load(&pool.lanes[i].started);
+    pthread_mutex_unlock(&lanes_lock);
     st->ready_async = atomic_load(&pool.ready);
     st->freed = atomic_load(&pool.freed);
     st->cancelled = atomic_load(&pool.cancelled);

@@ -241,6 +241,8 @@ void edrv__timers_run(void);      /* runs the due timers */
 /* An epoll event whose data is not EDRV_EV_WAKE: runs the ready_input and
  * ready_output callbacks it stands for. */
 void edrv__select_ready(uint64_t key, uint32_t revents);
+/* Emulator thread: fds selected now (the loop looks at them between turns). */
+size_t edrv__select_count(void);
 /* finish_exit, after stop: the port's fds are deselected; stop_select is not
  * called, as in ERTS. */
 void edrv__select_port_gone(edrv_port_t *pt);
@@ -277,12 +279,15 @@ void edrv__drivers_unload_all(void);
 
 /* ---- async.c: the pool ---------------------------------------------------- */
 
-int edrv__async_start(int threads); /* edrv_start */
+/* An idle thread's spin before it sleeps, when edrv_options.spin_us is 0. */
+#define EDRV_DEFAULT_SPIN_US 50
+int edrv__async_start(int threads, int spin_us); /* edrv_start */
 void edrv__async_stop(void);        /* edrv_stop, after every job ended */
 /* Emulator thread: ends the finished jobs (ready_async or free); returns how
  * many. */
 size_t edrv__async_drain(void);
 size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
+bool edrv__async_has_done(void);  /* any thread: finished jobs wait for the drain */
 /* Emulator thread, before it sleeps: signals the lanes that got jobs. */
 void edrv__async_wake_lanes(void);
 

@@ -12,6 +12,14 @@
  * and freed by the emulator thread.
  *
  * The queue lock is held only to link or unlink requests, never while one runs.
+ *
+ * Idle: with nothing to do, the emulator thread spins for a while (spin_us)
+ * watching the request queue and the pool's completion stack, then parks: it
+ * sets `parked`, looks at both once more, and sleeps in epoll_wait. Producers
+ * (enqueue, finished jobs) publish their work, then write the eventfd only if
+ * they find it parked, so a busy emulator thread costs them no system call.
+ * Each side writes before it reads (sequentially consistent), so work is never
+ * left waiting for a thread that sleeps.
  */
 #include "internal.h"
 
@@ -20,6 +28,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef enum {
@@ -61,6 +70,9 @@ static struct {
     int epfd, wakefd;
     pthread_t thread;
     int async_threads;
+    long spin_ns; /* the emulator thread's spin before it parks */
+    _Atomic bool requests; /* the queue may hold requests */
+    _Atomic bool parked;   /* the emulator thread sleeps, or is about to */
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
 
 static _Atomic int state = ST_STOPPED;
@@ -82,13 +94,62 @@ int edrv__epoll_fd(void) {
     return rt.epfd;
 }
 
-static void wait_for_wake(void) {
-    edrv__async_wake_lanes();
-    struct epoll_event ev;
-    if (epoll_wait(rt.epfd, &ev, 1, -1) == 1) {
-        uint64_t v;
-        while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
-            ;
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool work_waiting(void) {
+    return atomic_load(&rt.requests) || edrv__async_has_done();
+}
+
+/* Spins until a request or a finished job comes, or spin_ns pass; whether
+ * one came. */
+static bool spin_for_work(void) {
+    if (rt.spin_ns <= 0)
+        return false;
+    uint64_t until = now_ns() + (uint64_t)rt.spin_ns;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&rt.requests, memory_order_relaxed) || edrv__async_has_done())
+            return true;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (i % 64 == 0 && now_ns() >= until)
+            return false;
+    }
+}
+
+/* Waits for events: at most timeout_ms (-1: no limit; 0: only looks), and
+ * only as long as no request and no finished job is waiting. Handles the fd
+ * events it gets (driver_select) and drains the wake-up eventfd. */
+static void wait_events(int timeout_ms) {
+    bool parked = false;
+    if (timeout_ms != 0) {
+        if (spin_for_work()) {
+            timeout_ms = 0;
+        } else {
+            atomic_store(&rt.parked, true);
+            parked = true;
+            if (work_waiting())
+                timeout_ms = 0;
+        }
+    }
+    struct epoll_event ev[32];
+    int n = epoll_wait(rt.epfd, ev, 32, timeout_ms);
+    if (parked)
+        atomic_store(&rt.parked, false);
+    if (n < 0 && errno != EINTR)
+        edrv__warn("epoll_wait: %s", strerror(errno));
+    for (int i = 0; i < n; i++) {
+        if (ev[i].data.u64 == EDRV_EV_WAKE) {
+            uint64_t v;
+            while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
+                ;
+        } else {
+            edrv__select_ready(ev[i].data.u64, ev[i].events); /* driver_select */
+        }
     }
 }
 
@@ -98,8 +159,9 @@ static void shutdown(void) {
     edrv__ports_close_all();
     edrv__select_reset(); /* fds that a port whose start failed left selected */
     while (edrv__async_pending()) {
+        edrv__async_wake_lanes();
         if (!edrv__async_drain())
-            wait_for_wake();
+            wait_events(-1);
     }
     edrv__drivers_unload_all();
     rt.quit = true;
@@ -159,11 +221,16 @@ void edrv__request_finish(void *req, int result) {
     sem_post(r->done);
 }
 
-static void drain_requests(void) {
+/* Runs the queued requests; whether there were any. */
+static bool drain_requests(void) {
+    if (!atomic_load_explicit(&rt.requests, memory_order_relaxed))
+        return false;
+    atomic_store(&rt.requests, false);
     pthread_mutex_lock(&rt.lock);
     request *r = rt.head;
     rt.head = rt.tail = NULL;
     pthread_mutex_unlock(&rt.lock);
+    bool any = r != NULL;
     while (r) {
         request *next = r->next; /* r may be gone once done is posted */
         execute(r);
@@ -177,32 +244,25 @@ static void drain_requests(void) {
         }
         r = next;
     }
+    return any;
 }
 
 static void *emulator_main(void *arg) {
     (void)arg;
     on_emulator = true;
     while (!rt.quit) {
-        edrv__async_wake_lanes(); /* jobs the last turn submitted */
-        struct epoll_event ev[32];
-        int n = epoll_wait(rt.epfd, ev, 32, (int)edrv__timers_next_ms());
-        if (n < 0 && errno != EINTR) {
-            edrv__warn("epoll_wait: %s", strerror(errno));
-            continue;
-        }
-        for (int i = 0; i < n; i++) {
-            if (ev[i].data.u64 == EDRV_EV_WAKE) {
-                uint64_t v;
-                while (read(rt.wakefd, &v, sizeof v) < 0 && errno == EINTR)
-                    ;
-                /* One wake-up for both: requests from hosts, finished jobs. */
-                drain_requests();
-                edrv__async_drain();
-            } else {
-                edrv__select_ready(ev[i].data.u64, ev[i].events); /* driver_select */
-            }
-        }
+        bool busy = drain_requests();
+        busy |= edrv__async_drain() != 0;
         edrv__timers_run();
+        edrv__async_wake_lanes(); /* jobs this turn submitted */
+        if (rt.quit)
+            break;
+        /* Busy: only a look at the fds (when any is selected) before the next
+         * turn. Idle: wait, until the next timer at most. */
+        if (!busy)
+            wait_events((int)edrv__timers_next_ms());
+        else if (edrv__select_count())
+            wait_events(0);
     }
     return NULL;
 }
@@ -225,12 +285,16 @@ static int enqueue(request *r) {
     if (r->type == R_STOP)
         rt.accepting = false;
     pthread_mutex_unlock(&rt.lock);
-    if (was_empty)
+    if (was_empty) {
+        atomic_store(&rt.requests, true);
         edrv__wake();
+    }
     return 0;
 }
 
 void edrv__wake(void) {
+    if (!atomic_load(&rt.parked) || !atomic_exchange(&rt.parked, false))
+        return; /* running or spinning: it will see the work */
     uint64_t one = 1;
     while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
         ;
@@ -265,6 +329,9 @@ static int call_sync(request *r) {
 
 EDRV_API int edrv_start(const edrv_options *opts) {
     int threads = opts && opts->async_threads ? opts->async_threads : 0;
+    int spin_us = opts ? opts->spin_us : 0;
+    if (spin_us > 1000000)
+        return edrv__fail(EDRV_EINVAL, "spin_us must be at most 1000000 (1 s), not %d", spin_us);
     if (threads < 0 || threads > 1024)
         return edrv__fail(EDRV_EINVAL, "async_threads must be 1..1024, not %d", threads);
     if (!threads) {
@@ -285,8 +352,11 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     rt.async_threads = threads;
     rt.quit = false;
     rt.head = rt.tail = NULL;
+    rt.spin_ns = spin_us < 0 ? 0 : (long)(spin_us ? spin_us : EDRV_DEFAULT_SPIN_US) * 1000;
+    atomic_store(&rt.requests, false);
+    atomic_store(&rt.parked, false);
     if (!err)
-        err = edrv__async_start(threads);
+        err = edrv__async_start(threads, spin_us);
     if (!err) {
         rt.accepting = true;
         err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);

@@ -394,3 +394,7 @@ EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on)
         stop_select(port, event);
     return 0;
 }
+
+size_t edrv__select_count(void) {
+    return sels.map.live;
+}
