@@ -12,7 +12,8 @@
  * into submission order. Nobody ever holds a lock around a job.
  *
  * Sleeping and waking: a pool thread with nothing to do first spins for a
- * while (edrv_options.spin_us), watching its lane; only then does it set its
+ * while (edrv_options.spin_us), watching its lane and yielding its core;
+ * only then does it set its
  * `sleeping` word, look at the lane once more, and wait on the word (a futex).
  * The emulator thread wakes a sleeping lane once its current callbacks are
  * done, or after every WAKE_BATCH jobs of a long burst: a burst costs one
@@ -35,8 +36,8 @@
  * Memory: a job is 40 bytes, cut from slabs of SLAB_JOBS and reused through
  * a free list, all on the emulator thread; its invoke and free functions are
  * one index into a table of the distinct pairs drivers use; the job table is
- * one pointer per slot and at most three quarters full. When no job is live
- * the slabs but one go back to the allocator.
+ * one pointer per slot and at most three quarters full. A second after the
+ * last job ended, the slabs but one and the table go back to the allocator.
  *
  * Threads: driver_async, driver_async_cancel and the completion pass run on
  * the emulator thread, which alone touches the job table, the slabs, ports
@@ -46,6 +47,7 @@
 #include "internal.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <stdalign.h>
 #include <stdio.h>
@@ -58,6 +60,10 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
 #define WAKE_BATCH 64
 #define SLAB_JOBS 1024
+/* Spare slabs and a big job table go back after a second with no live job:
+ * a pool that works in bursts keeps them between bursts, and glibc is not
+ * asked for a large block (which merges its free small blocks) every burst. */
+#define TRIM_AFTER_NS 1000000000u
 #define CACHE_LINE 64
 /* The function table: FN_CHUNKS chunks of FN_CHUNK pairs, never moved, so a
  * pool thread reads a pair without a lock while the table grows. */
@@ -100,9 +106,7 @@ static struct {
     alignas(CACHE_LINE) lane *lanes;
     void *lanes_block; /* what lanes was cut from */
     int n;
-    long spin_ns;            /* how long an idle pool thread spins */
-    _Atomic int spinning;    /* pool threads spinning now */
-    int max_spinning;        /* at most this many at once */
+    long spin_ns; /* how long an idle pool thread spins */
     /* The emulator thread's: */
     struct {
         job **slots; /* NULL: empty; TOMB: removed */
@@ -112,6 +116,8 @@ static struct {
     size_t slab_used;
     job *free_jobs;
     size_t live_jobs; /* cut and not back on the free list (cancelled ones on a lane too) */
+    uint64_t idle_since; /* edrv__async_trim_ms: when no job was live, 0 if unknown */
+    long idle_id;        /* next_id then */
     fn_pair *fns[FN_CHUNKS];
     uint32_t nfns, last_fn;
     lane **wake_list; /* lanes to signal once the current callbacks are done */
@@ -139,14 +145,6 @@ static void futex_wake(_Atomic uint32_t *word) {
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -170,30 +168,21 @@ static void complete(job *j) {
     edrv__wake(); /* only if the emulator thread is parked */
 }
 
-/* Spins until the lane has jobs or spin_ns pass; whether it has. At most
- * max_spinning threads spin at once, so that spinners never crowd out the
- * threads that work on a machine with few cores. */
+/* Spins until the lane has jobs or spin_ns pass; whether it has. The spin
+ * yields the processor on every round: where threads outnumber cores, a
+ * spinning thread gives its core to one with work, and comes back within a
+ * scheduler round when there is none. */
 static bool spin_for_jobs(lane *l) {
     if (pool.spin_ns <= 0)
         return false;
-    if (atomic_fetch_add_explicit(&pool.spinning, 1, memory_order_relaxed) >= pool.max_spinning) {
-        atomic_fetch_sub_explicit(&pool.spinning, 1, memory_order_relaxed);
-        return false;
-    }
-    bool found = false;
     uint64_t until = now_ns() + (uint64_t)pool.spin_ns;
-    for (unsigned i = 1;; i++) {
+    do {
         if (atomic_load_explicit(&l->head, memory_order_relaxed) ||
-            atomic_load_explicit(&l->quit, memory_order_relaxed)) {
-            found = true;
-            break;
-        }
-        cpu_relax();
-        if (i % 64 == 0 && now_ns() >= until)
-            break;
-    }
-    atomic_fetch_sub_explicit(&pool.spinning, 1, memory_order_relaxed);
-    return found;
+            atomic_load_explicit(&l->quit, memory_order_relaxed))
+            return true;
+        sched_yield();
+    } while (now_ns() < until);
+    return false;
 }
 
 static void *lane_main(void *arg) {
@@ -249,11 +238,7 @@ int edrv__async_start(int threads, int spin_us) {
     atomic_store(&pool.freed, 0);
     atomic_store(&pool.cancelled, 0);
     atomic_store(&pool.done, NULL);
-    atomic_store(&pool.spinning, 0);
     pool.spin_ns = spin_ns_from(spin_us);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    /* The emulator thread spins too: leave it a core. */
-    pool.max_spinning = cpus > 2 ? (int)cpus - 1 : 1;
     pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
     pool.wake_list = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.wake_list);
     pool.nwake = 0;
@@ -354,18 +339,44 @@ static job *job_new(void) {
     return j;
 }
 
-/* A job is back: onto the free list; when none is live, the slabs but the
- * newest go back to the allocator and the newest is cut from the start again. */
+/* A job is back: onto the free list. When none is live, the newest slab is
+ * cut from the start again (a pool that runs one job at a time keeps using
+ * the same few cache lines); the others wait for edrv__async_trim_ms. */
 static void job_recycle(job *j) {
     j->next = pool.free_jobs;
     pool.free_jobs = j;
-    if (--pool.live_jobs == 0) {
-        slab *keep = pool.slabs;
+    if (--pool.live_jobs == 0 && !pool.slabs->next) {
+        pool.free_jobs = NULL;
+        pool.slab_used = 0;
+    }
+}
+
+int edrv__async_trim_ms(uint64_t now) {
+    bool spare = pool.slabs && pool.slabs->next;
+    if (pool.live_jobs || (!spare && pool.table.cap <= 64)) {
+        pool.idle_since = 0;
+        return -1;
+    }
+    if (!pool.idle_since || pool.idle_id != pool.next_id) {
+        pool.idle_since = now; /* idle from now on, or again */
+        pool.idle_id = pool.next_id;
+    }
+    uint64_t waited = now - pool.idle_since;
+    if (waited < TRIM_AFTER_NS)
+        return (int)((TRIM_AFTER_NS - waited + 999999) / 1000000);
+    /* No job is live: every job is on the free list or not cut yet. */
+    slab *keep = pool.slabs;
+    if (keep) {
         pool.slabs = keep->next;
         slabs_free();
         pool.slabs = keep;
         keep->next = NULL;
     }
+    edrv__free(pool.table.slots);
+    pool.table.slots = NULL;
+    pool.table.cap = pool.table.used = pool.table.live = 0;
+    pool.idle_since = 0;
+    return -1;
 }
 
 /* The index of the pair (invoke, free), added if new; UINT32_MAX when the

@@ -288,6 +288,10 @@ void edrv__async_stop(void);        /* edrv_stop, after every job ended */
 size_t edrv__async_drain(void);
 size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
 bool edrv__async_has_done(void);  /* any thread: finished jobs wait for the drain */
+/* Emulator thread, about to sleep at now (ns, CLOCK_MONOTONIC): gives spare
+ * job memory back once the pool has been idle long enough; returns the ms
+ * until it wants to be asked again, or -1. */
+int edrv__async_trim_ms(uint64_t now);
 /* Emulator thread, before it sleeps: signals the lanes that got jobs. */
 void edrv__async_wake_lanes(void);
 

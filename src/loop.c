@@ -29,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 typedef enum {
@@ -94,6 +95,10 @@ int edrv__epoll_fd(void) {
     return rt.epfd;
 }
 
+/* More jobs than this per pool thread waiting: a backlog (wait_events). */
+#define BACKLOG_PER_THREAD 16
+#define BACKLOG_NAP_NS 100000
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -110,36 +115,59 @@ static bool spin_for_work(void) {
     if (rt.spin_ns <= 0)
         return false;
     uint64_t until = now_ns() + (uint64_t)rt.spin_ns;
-    for (unsigned i = 1;; i++) {
+    for (;;) {
         if (atomic_load_explicit(&rt.requests, memory_order_relaxed) || edrv__async_has_done())
             return true;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-        if (i % 64 == 0 && now_ns() >= until)
+        sched_yield(); /* as the pool threads do (async.c) */
+        if (now_ns() >= until)
             return false;
     }
 }
+
+static void handle_events(const struct epoll_event *ev, int n);
 
 /* Waits for events: at most timeout_ms (-1: no limit; 0: only looks), and
  * only as long as no request and no finished job is waiting. Handles the fd
  * events it gets (driver_select) and drains the wake-up eventfd. */
 static void wait_events(int timeout_ms) {
     bool parked = false;
+    struct epoll_event ev[32];
+    int n;
+    static bool idle_nap; /* the last nap found nothing to do */
+    if (timeout_ms != 0 && !idle_nap &&
+        edrv__async_pending() > BACKLOG_PER_THREAD * (size_t)rt.async_threads) {
+        /* A backlog: jobs wait behind others on the lanes, and finished ones
+         * come in a stream. Collect them every BACKLOG_NAP_NS rather than
+         * take a wake-up for each, or spin on a core the pool needs. A nap
+         * that finds nothing (jobs that block) ends the napping until the
+         * next normal wait. */
+        struct timespec nap = {0, BACKLOG_NAP_NS}; /* timers are due in 1 ms or more */
+        n = epoll_pwait2(rt.epfd, ev, 32, &nap, NULL);
+        idle_nap = n <= 0 && !work_waiting();
+        handle_events(ev, n);
+        return;
+    }
+    idle_nap = false;
     if (timeout_ms != 0) {
         if (spin_for_work()) {
             timeout_ms = 0;
         } else {
+            int trim_ms = edrv__async_trim_ms(now_ns());
+            if (trim_ms >= 0 && (timeout_ms < 0 || trim_ms < timeout_ms))
+                timeout_ms = trim_ms;
             atomic_store(&rt.parked, true);
             parked = true;
             if (work_waiting())
                 timeout_ms = 0;
         }
     }
-    struct epoll_event ev[32];
-    int n = epoll_wait(rt.epfd, ev, 32, timeout_ms);
+    n = epoll_wait(rt.epfd, ev, 32, timeout_ms);
     if (parked)
         atomic_store(&rt.parked, false);
+    handle_events(ev, n);
+}
+
+static void handle_events(const struct epoll_event *ev, int n) {
     if (n < 0 && errno != EINTR)
         edrv__warn("epoll_wait: %s", strerror(errno));
     for (int i = 0; i < n; i++) {
