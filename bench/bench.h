@@ -36,6 +36,11 @@ static inline int bench_cmp_u64(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* The growth case: per-job cost of small bursts (the median of
+ * BENCH_SMALL_REPS bursts of BENCH_SMALL_JOBS) against one big burst. */
+#define BENCH_SMALL_JOBS 10000
+#define BENCH_SMALL_REPS 21
+
 /* The p-th percentile (0 < p <= 100) by nearest rank; sorts v. */
 static inline uint64_t bench_percentile(uint64_t *v, size_t n, double p, int sorted) {
     if (!n)

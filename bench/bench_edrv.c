@@ -4,9 +4,10 @@
  * loads into erl too), and runs the four cases through bdrv's RUN control op;
  * the driver times each run and reports it in a {bench_done, ...} message.
  *
- * Usage: bench_edrv DRIVERS_DIR N K JOBS TRIPS
+ * Usage: bench_edrv DRIVERS_DIR N K JOBS TRIPS BIG
  *   N pool threads, K spin steps per "work" job, JOBS jobs per throughput
- *   case, TRIPS round trips in the latency case.
+ *   case, TRIPS round trips in the latency case, BIG jobs in the growth
+ *   case's big burst.
  * Prints `RESULT edrv CASE METRIC VALUE` lines (see bench/README.md).
  */
 #include <edrv.h>
@@ -93,9 +94,23 @@ static int throughput(const char *name, unsigned count, unsigned k, unsigned nke
     return 0;
 }
 
+/* The growth case: small bursts, then one of `big` jobs (bench.h). */
+static int growth(unsigned big) {
+    uint64_t ns[BENCH_SMALL_REPS];
+    for (int i = 0; i < BENCH_SMALL_REPS; i++) {
+        run_result r;
+        if (run(0, BENCH_SMALL_JOBS, 0, 0, &r) < 0)
+            return -1;
+        ns[i] = r.ns;
+    }
+    printf("RESULT edrv burst10k jobs_per_s %.1f\n",
+           BENCH_SMALL_JOBS * 1e9 / (double)bench_percentile(ns, BENCH_SMALL_REPS, 50, 0));
+    return throughput("burstbig", big, 0, 0);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: bench_edrv DRIVERS_DIR N K JOBS TRIPS\n");
+    if (argc != 7) {
+        fprintf(stderr, "usage: bench_edrv DRIVERS_DIR N K JOBS TRIPS BIG\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -103,8 +118,9 @@ int main(int argc, char **argv) {
     unsigned k = (unsigned)strtoul(argv[3], NULL, 10);
     unsigned jobs = (unsigned)strtoul(argv[4], NULL, 10);
     unsigned trips = (unsigned)strtoul(argv[5], NULL, 10);
-    if (n < 1 || !jobs || !trips) {
-        fprintf(stderr, "bench_edrv: N, JOBS and TRIPS must be positive\n");
+    unsigned big = (unsigned)strtoul(argv[6], NULL, 10);
+    if (n < 1 || !jobs || !trips || !big) {
+        fprintf(stderr, "bench_edrv: N, JOBS, TRIPS and BIG must be positive\n");
         return 2;
     }
     int rc = edrv_start(&(edrv_options){.async_threads = n});
@@ -129,7 +145,7 @@ int main(int argc, char **argv) {
     if (run(0, jobs, 0, 0, &r) < 0 || run(1, BENCH_WARMUP_TRIPS, 0, 0, &r) < 0)
         failed = 1;
     if (!failed && (throughput("burst", jobs, 0, 0) < 0 || throughput("work", jobs, k, 0) < 0 ||
-                    throughput("keys", jobs, 0, 64) < 0))
+                    throughput("keys", jobs, 0, 64) < 0 || growth(big) < 0))
         failed = 1;
     if (!failed) {
         if (run(1, trips, 0, 0, &r) < 0) {

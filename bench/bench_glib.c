@@ -94,17 +94,29 @@ static int throughput(const char *name, unsigned count, unsigned k, unsigned nke
     return 0;
 }
 
+/* The growth case: small bursts, then one of `big` jobs (bench.h). */
+static int growth(unsigned big) {
+    uint64_t ns[BENCH_SMALL_REPS];
+    for (int i = 0; i < BENCH_SMALL_REPS; i++)
+        if (!(ns[i] = run(0, BENCH_SMALL_JOBS, 0, 0, NULL)))
+            return -1;
+    printf("RESULT glib burst10k jobs_per_s %.1f\n",
+           BENCH_SMALL_JOBS * 1e9 / (double)bench_percentile(ns, BENCH_SMALL_REPS, 50, 0));
+    return throughput("burstbig", big, 0, 0);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: bench_glib N K JOBS TRIPS\n");
+    if (argc != 6) {
+        fprintf(stderr, "usage: bench_glib N K JOBS TRIPS BIG\n");
         return 2;
     }
     int n = atoi(argv[1]);
     unsigned k = (unsigned)strtoul(argv[2], NULL, 10);
     unsigned jobs = (unsigned)strtoul(argv[3], NULL, 10);
     unsigned trips = (unsigned)strtoul(argv[4], NULL, 10);
-    if (n < 1 || !jobs || !trips) {
-        fprintf(stderr, "bench_glib: N, JOBS and TRIPS must be positive\n");
+    unsigned big = (unsigned)strtoul(argv[5], NULL, 10);
+    if (n < 1 || !jobs || !trips || !big) {
+        fprintf(stderr, "bench_glib: N, JOBS, TRIPS and BIG must be positive\n");
         return 2;
     }
     printf("INFO glib version %u.%u.%u\n", glib_major_version, glib_minor_version,
@@ -126,7 +138,7 @@ int main(int argc, char **argv) {
     if (!run(0, jobs, 0, 0, NULL) || !run(1, BENCH_WARMUP_TRIPS, 0, 0, lat))
         failed = 1;
     if (!failed && (throughput("burst", jobs, 0, 0) < 0 || throughput("work", jobs, k, 0) < 0 ||
-                    throughput("keys", jobs, 0, 64) < 0))
+                    throughput("keys", jobs, 0, 64) < 0 || growth(big) < 0))
         failed = 1;
     if (!failed) {
         if (!run(1, trips, 0, 0, lat)) {

@@ -435,10 +435,11 @@ static void table_del(job *j) {
     }
 }
 
-/* Rebuilt without tombstones, at most three eighths full. */
+/* Rebuilt without tombstones, at most half full: a table that fills to
+ * three quarters doubles, to three eighths full. */
 static int table_rehash(void) {
     size_t cap = 64;
-    while (cap * 3 < (pool.table.live + 1) * 8)
+    while (cap < (pool.table.live + 1) * 2)
         cap *= 2;
     job **t = edrv__calloc(EDRV_MEM_ASYNC, cap * sizeof *t);
     if (!t)
