@@ -3,6 +3,8 @@
 #include "check.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 static edrv_proc *proc;
@@ -359,6 +361,105 @@ static void stress(void) {
     edrv_proc_free(proc);
 }
 
+/* Submits count jobs in batches over keys 0..3 and waits for every done
+ * message; how many came. */
+static long run_jobs(edrv_port port, long count) {
+    long got = 0;
+    for (long sent = 0; sent < count; sent += 500) {
+        submit(port, 1, (unsigned)(sent / 500) % 4, 500, 0);
+        done_msg d;
+        for (int i = 0; i < 500 && next_done(&d, 10000) == 0; i++)
+            got++;
+    }
+    return got;
+}
+
+/* Restarts the runtime with these options (the harness stops it at the end). */
+static int restart(int spin_us) {
+    CHECK_INT(edrv_stop(), 0);
+    return edrv_start(&(edrv_options){.async_threads = 2, .spin_us = spin_us});
+}
+
+static void spin_option(void) {
+    CHECK_INT(restart(1000001), EDRV_EINVAL);
+    CHECK(strstr(edrv_last_error(), "spin_us") != NULL);
+    CHECK_INT(edrv_start(&(edrv_options){.async_threads = 2, .spin_us = 1000000}), 0);
+    CHECK_INT(restart(0), 0);
+}
+
+static void never_spinning(void) {
+    /* spin_us < 0: every idle thread sleeps at once, so every job goes
+     * through the futex and eventfd wake-ups; all must still end, in order. */
+    REQUIRE(restart(-1) == 0);
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    CHECK_INT(run_jobs(port, 20000), 20000);
+    for (int i = 0; i < 200; i++) { /* one job in flight at a time */
+        submit(port, 0, 0, 1, 0);
+        done_msg d;
+        CHECK_INT(next_done(&d, 5000), 0);
+    }
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    CHECK_INT(st.ready_async, 20200);
+    CHECK_INT(st.started, 20200);
+    edrv_proc_free(proc);
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void idle_uses_no_cpu(void) {
+    /* After work, the spins end within spin_us and every thread sleeps: a
+     * second of idling costs (almost) no CPU. A thread that kept spinning
+     * would cost a whole second per thread. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    CHECK_INT(run_jobs(port, 5000), 5000);
+    usleep(200000);
+    double c0 = cpu_seconds();
+    usleep(1000000);
+    double used = cpu_seconds() - c0;
+    printf("idle: %.1f ms of CPU in 1 s\n", used * 1e3);
+    CHECK(used < 0.1);
+    edrv_proc_free(proc);
+}
+
+static void spare_memory_returned(void) {
+    /* A burst grows the job slabs and the job table; a second after the last
+     * job ended, all but one slab go back. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    char b[4];
+    put32(b, 0);
+    long blocker = atol(ctl(port, 3, b, 4)); /* lane 0 blocked: the rest queue */
+    CHECK(blocker > 0);
+    submit(port, 1, 0, 20000, 0);
+    edrv_mem_stats m;
+    edrv_memory(&m);
+    size_t busy = m.bytes[EDRV_MEM_ASYNC];
+    CHECK(busy > 20000 * 40);
+    ctl(port, 4, "", 0); /* unblock */
+    done_msg d;
+    long got = 0;
+    while (got < 20001 && next_done(&d, 10000) == 0)
+        got++;
+    CHECK_INT(got, 20001);
+    size_t idle = busy;
+    for (int i = 0; i < 40 && idle > 64 * 1024; i++) { /* up to 2 s */
+        usleep(50000);
+        edrv_memory(&m);
+        idle = m.bytes[EDRV_MEM_ASYNC];
+    }
+    printf("async memory: %zu bytes with 20000 jobs queued, %zu when idle\n", busy, idle);
+    CHECK(idle <= 64 * 1024);
+    edrv_proc_free(proc);
+}
+
 static const test_case cases[] = {
     {"one_job", one_job},
     {"key_choice", key_choice},
@@ -370,6 +471,10 @@ static const test_case cases[] = {
     {"output_from_pool_threads", output_from_pool_threads},
     {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
     {"stress", stress},
+    {"spin_option", spin_option},
+    {"never_spinning", never_spinning},
+    {"idle_uses_no_cpu", idle_uses_no_cpu},
+    {"spare_memory_returned", spare_memory_returned},
     {NULL, NULL},
 };
 
