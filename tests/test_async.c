@@ -460,6 +460,62 @@ static void spare_memory_returned(void) {
     edrv_proc_free(proc);
 }
 
+static void cancel_finds_every_job(void) {
+    /* Rounds of jobs queued behind blocked lanes, half of them cancelled in
+     * a shuffled order: every cancel of a queued job must find it (1), a
+     * second cancel must not (0), and exactly the others run. As ids go by,
+     * the job table fills with removed entries and is cleaned in place many
+     * times over; a lookup that went wrong would show here. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    enum { ROUNDS = 12, PER_KEY = 1000, N = 2 * PER_KEY };
+    static long ids[N];
+    unsigned seed = 7;
+    long ran = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        char b[4];
+        put32(b, 0);
+        REQUIRE(atol(ctl(port, 3, b, 4)) > 0);
+        put32(b, 1);
+        REQUIRE(atol(ctl(port, 3, b, 4)) > 0);
+        long last0 = atol(submit(port, 1, 0, PER_KEY, 0));
+        long last1 = atol(submit(port, 1, 1, PER_KEY, 0));
+        for (int i = 0; i < PER_KEY; i++) {
+            ids[i] = last0 - PER_KEY + 1 + i;
+            ids[PER_KEY + i] = last1 - PER_KEY + 1 + i;
+        }
+        for (int i = N - 1; i > 0; i--) { /* shuffle */
+            seed = seed * 1103515245u + 12345u;
+            int k = (int)((seed >> 8) % (unsigned)(i + 1));
+            long t = ids[i];
+            ids[i] = ids[k];
+            ids[k] = t;
+        }
+        int found = 0;
+        for (int i = 0; i < N / 2; i++)
+            found += cancel(port, ids[i]);
+        CHECK_INT(found, N / 2);
+        int again = 0;
+        for (int i = 0; i < N / 2; i++)
+            again += cancel(port, ids[i]);
+        CHECK_INT(again, 0);
+        ctl(port, 4, "", 0); /* release */
+        done_msg d;
+        long got = 0;
+        while (got < N / 2 + 2 && next_done(&d, 10000) == 0)
+            got++;
+        CHECK_INT(got, N / 2 + 2);
+        ran += got;
+    }
+    edrv_pool_stats st;
+    edrv_pool(&st);
+    CHECK_INT(st.cancelled, ROUNDS * N / 2);
+    CHECK_INT(st.ready_async, ran);
+    done_msg d;
+    CHECK_INT(next_done(&d, 100), -1); /* no cancelled job ran */
+    edrv_proc_free(proc);
+}
+
 static const test_case cases[] = {
     {"one_job", one_job},
     {"key_choice", key_choice},
@@ -471,6 +527,7 @@ static const test_case cases[] = {
     {"output_from_pool_threads", output_from_pool_threads},
     {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
     {"stress", stress},
+    {"cancel_finds_every_job", cancel_finds_every_job},
     {"spin_option", spin_option},
     {"never_spinning", never_spinning},
     {"idle_uses_no_cpu", idle_uses_no_cpu},
