@@ -13,13 +13,14 @@
  *
  * Sleeping and waking: a pool thread with nothing to do first spins for a
  * while (edrv_options.spin_us), watching its lane and yielding its core;
- * only then does it set its
- * `sleeping` word, look at the lane once more, and wait on the word (a futex).
- * The emulator thread wakes a sleeping lane once its current callbacks are
- * done, or after every WAKE_BATCH jobs of a long burst: a burst costs one
- * wake-up per thread, and a thread that is spinning or working costs none.
- * The flag and the lane are each written before the other is read (sequentially
- * consistent), so a job is never left on the lane of a sleeping thread.
+ * only then does it set its `sleeping` word, look at the lane once more, and
+ * wait on the word (a futex). driver_async wakes the thread right away if it
+ * sleeps, as ERTS does (a callback may wait for its own job), and only then:
+ * the wake-up clears the word, so a burst costs one wake-up per thread, and a
+ * thread that is spinning or working costs none. The job is pushed before
+ * `sleeping` is read, and `sleeping` is set before the lane is read (both
+ * sequentially consistent), so a job is never left on the lane of a sleeping
+ * thread.
  *
  * Completions: a pool thread pushes each finished job onto one lock-free
  * stack and wakes the emulator thread only if it is parked (edrv__wake); the
@@ -58,7 +59,6 @@
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
-#define WAKE_BATCH 64
 #define SLAB_JOBS 1024
 /* Spare slabs and a big job table go back after a second with no live job:
  * a pool that works in bursts keeps them between bursts, and glibc is not
@@ -95,7 +95,6 @@ typedef struct {
     alignas(CACHE_LINE) _Atomic(job *) head; /* newest first */
     _Atomic uint32_t sleeping;               /* the futex word: 1 while it sleeps */
     _Atomic bool quit;
-    bool to_wake; /* the emulator thread's: listed in pool.wake_list */
     alignas(CACHE_LINE) _Atomic uint64_t started; /* the pool thread's counter */
     pthread_t thread;
     bool running;
@@ -120,9 +119,6 @@ static struct {
     long idle_id;        /* next_id then */
     fn_pair *fns[FN_CHUNKS];
     uint32_t nfns, last_fn;
-    lane **wake_list; /* lanes to signal once the current callbacks are done */
-    int nwake;
-    unsigned since_wake; /* jobs submitted since the lanes were last signalled */
     long next_id;        /* last id handed out */
     size_t pending;
     /* Statistics: written by the emulator thread alone, read by any. */
@@ -240,13 +236,9 @@ int edrv__async_start(int threads, int spin_us) {
     atomic_store(&pool.done, NULL);
     pool.spin_ns = spin_ns_from(spin_us);
     pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
-    pool.wake_list = edrv__calloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof *pool.wake_list);
-    pool.nwake = 0;
-    if (!pool.lanes_block || !pool.wake_list) {
+    if (!pool.lanes_block) {
         edrv__free(pool.lanes_block);
-        edrv__free(pool.wake_list);
         pool.lanes_block = NULL;
-        pool.wake_list = NULL;
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);
     }
     uintptr_t at = ((uintptr_t)pool.lanes_block + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1);
@@ -293,7 +285,6 @@ void edrv__async_stop(void) {
     atomic_store(&pool.done, NULL);
     slabs_free();
     edrv__free(pool.lanes_block);
-    edrv__free(pool.wake_list);
     edrv__free(pool.table.slots);
     for (uint32_t c = 0; c < FN_CHUNKS && pool.fns[c]; c++) {
         edrv__free(pool.fns[c]);
@@ -302,7 +293,6 @@ void edrv__async_stop(void) {
     pool.nfns = pool.last_fn = 0;
     pool.table.slots = NULL;
     pool.table.cap = pool.table.used = pool.table.live = 0;
-    pool.wake_list = NULL;
     pool.lanes_block = NULL;
     pool.lanes = NULL;
 }
@@ -522,20 +512,6 @@ size_t edrv__async_drain(void) {
     return n;
 }
 
-void edrv__async_wake_lanes(void) {
-    /* A lane listed here had its thread asleep when a job went in. Waking it
-     * late is safe: it cannot sleep again with the job still on its lane, as
-     * it looks at the lane after it sets `sleeping` and before it waits. */
-    for (int i = 0; i < pool.nwake; i++) {
-        lane *l = pool.wake_list[i];
-        l->to_wake = false;
-        if (atomic_exchange(&l->sleeping, 0))
-            futex_wake(&l->sleeping);
-    }
-    pool.nwake = 0;
-    pool.since_wake = 0;
-}
-
 size_t edrv__async_pending(void) {
     return pool.pending;
 }
@@ -584,16 +560,8 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
         j->next = old;
     } while (!atomic_compare_exchange_weak_explicit(&l->head, &old, j, memory_order_seq_cst,
                                                     memory_order_relaxed));
-    if (!l->to_wake && atomic_load(&l->sleeping)) {
-        /* One wake-up per lane per turn of the loop, not one per job: a
-         * burst of submissions from one callback wakes a thread once ... */
-        l->to_wake = true;
-        pool.wake_list[pool.nwake++] = l;
-    }
-    /* ... or every WAKE_BATCH jobs, so that a long burst's first jobs start
-     * while the rest are still being submitted. */
-    if (++pool.since_wake >= WAKE_BATCH && pool.nwake)
-        edrv__async_wake_lanes();
+    if (atomic_load(&l->sleeping) && atomic_exchange(&l->sleeping, 0))
+        futex_wake(&l->sleeping);
     return id;
 }
 

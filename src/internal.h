@@ -292,8 +292,6 @@ bool edrv__async_has_done(void);  /* any thread: finished jobs wait for the drai
  * job memory back once the pool has been idle long enough; returns the ms
  * until it wants to be asked again, or -1. */
 int edrv__async_trim_ms(uint64_t now);
-/* Emulator thread, before it sleeps: signals the lanes that got jobs. */
-void edrv__async_wake_lanes(void);
 
 /* ---- loop.c: the emulator thread ------------------------------------------ */
 

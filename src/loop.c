@@ -187,7 +187,6 @@ static void shutdown(void) {
     edrv__ports_close_all();
     edrv__select_reset(); /* fds that a port whose start failed left selected */
     while (edrv__async_pending()) {
-        edrv__async_wake_lanes();
         if (!edrv__async_drain())
             wait_events(-1);
     }
@@ -282,7 +281,6 @@ static void *emulator_main(void *arg) {
         bool busy = drain_requests();
         busy |= edrv__async_drain() != 0;
         edrv__timers_run();
-        edrv__async_wake_lanes(); /* jobs this turn submitted */
         if (rt.quit)
             break;
         /* Busy: only a look at the fds (when any is selected) before the next

@@ -516,6 +516,24 @@ static void cancel_finds_every_job(void) {
     edrv_proc_free(proc);
 }
 
+static void callback_waits_for_its_job(void) {
+    /* A callback that submits a job and waits for its invoke: the pool thread
+     * must start at once, even asleep (spin_us < 0: every idle thread sleeps),
+     * not once the callback has returned. */
+    REQUIRE(restart(-1) == 0);
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    char b[4];
+    for (unsigned key = 0; key < 4; key++) {
+        usleep(2000); /* the thread goes back to sleep */
+        put32(b, key);
+        CHECK_STR(ctl(port, 13, b, 4), "ran");
+        done_msg d;
+        CHECK_INT(next_done(&d, 5000), 0);
+    }
+    edrv_proc_free(proc);
+}
+
 static const test_case cases[] = {
     {"one_job", one_job},
     {"key_choice", key_choice},
@@ -528,6 +546,7 @@ static const test_case cases[] = {
     {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
     {"stress", stress},
     {"cancel_finds_every_job", cancel_finds_every_job},
+    {"callback_waits_for_its_job", callback_waits_for_its_job},
     {"spin_option", spin_option},
     {"never_spinning", never_spinning},
     {"idle_uses_no_cpu", idle_uses_no_cpu},

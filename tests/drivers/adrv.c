@@ -24,6 +24,9 @@
  *  11 PDL_READ -> reply "count=C,refc=R" (read under the lock)
  *  12 FROM_POOL n:4 -> n jobs that each send {from_pool, Seq} from their pool
  *              thread with erl_drv_output_term
+ *  13 WAIT_OWN key:4 -> submits a job, then waits inside this callback (up to
+ *              5 s) until the job's invoke has run; reply "ran" or "timeout".
+ *              Works in ERTS, where driver_async wakes a pool thread at once.
  */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <dlfcn.h>
@@ -33,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -101,6 +105,19 @@ static void block_invoke(void *arg) {
     while (gate_gen == j->gate)
         pthread_cond_wait(&gate_cond, &gate_lock);
     pthread_mutex_unlock(&gate_lock);
+}
+
+/* WAIT_OWN: the invoke signals the callback that waits for it. */
+static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t own_cond = PTHREAD_COND_INITIALIZER;
+static int own_ran;
+
+static void own_invoke(void *arg) {
+    invoke(arg);
+    pthread_mutex_lock(&own_lock);
+    own_ran = 1;
+    pthread_cond_broadcast(&own_cond);
+    pthread_mutex_unlock(&own_lock);
 }
 
 static void end_record(job *j) {
@@ -351,6 +368,30 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             }
         }
         return 0;
+    }
+    case 13: { /* WAIT_OWN */
+        if (len < 4)
+            return -1;
+        unsigned key = get32(buf);
+        job *j = new_job(a, key, 1, 0, -1);
+        if (!j)
+            return -1;
+        pthread_mutex_lock(&own_lock);
+        own_ran = 0;
+        pthread_mutex_unlock(&own_lock);
+        if (driver_async(a->port, &key, own_invoke, j, job_free) < 0) {
+            driver_free(j);
+            return -1;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        pthread_mutex_lock(&own_lock);
+        while (!own_ran && pthread_cond_timedwait(&own_cond, &own_lock, &until) == 0)
+            ;
+        int ran = own_ran;
+        pthread_mutex_unlock(&own_lock);
+        REPLY("%s", ran ? "ran" : "timeout");
     }
     default:
         return -1;
