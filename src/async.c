@@ -22,28 +22,34 @@
  * sequentially consistent), so a job is never left on the lane of a sleeping
  * thread.
  *
- * Completions: a pool thread pushes each finished job onto one lock-free
- * stack and wakes the emulator thread only if it is parked (edrv__wake); the
- * emulator thread takes the whole stack, restores its order, and ends each job
- * with exactly one of ready_async (the port lives and has one) or free.
+ * Completions: each pool thread appends its finished jobs to a queue of its
+ * own, a FIFO linked through the jobs (the producer links the new job to the
+ * last one; the consumer keeps the job it ended last as the queue's head
+ * until the next one ends, and only then reuses it). It wakes the emulator
+ * thread only if that is parked (edrv__wake). The emulator thread walks the
+ * queues in order, a few jobs from each in turn, and ends each job with
+ * exactly one of ready_async (the port lives and has one) or free. There is
+ * no shared completion word for the pool threads to fight over, and no list
+ * to reverse: a long backlog of completions is read once, in order.
  *
  * Cancel: every job has an atomic state. A pool thread moves QUEUED to
  * RUNNING before invoke; driver_async_cancel moves QUEUED to CANCELLED. One
  * compare-and-swap decides, so a job is cancelled or run, never both; the
  * canceller finds the job through the job table, in O(1), and never walks a
  * lane. A cancelled job stays on its lane until its thread reaches it and
- * hands it back through the completion stack, unrun, for reuse.
+ * hands it back through its completion queue, unrun, for reuse.
  *
  * Memory: a job is 40 bytes, cut from slabs of SLAB_JOBS and reused through
  * a free list, all on the emulator thread; its invoke and free functions are
  * one index into a table of the distinct pairs drivers use; the job table is
  * one pointer per slot and at most three quarters full. A second after the
- * last job ended, the slabs but one and the table go back to the allocator.
+ * last job ended, the slabs go back to the allocator but the newest and any
+ * that holds a completion queue's head, and so does the table.
  *
  * Threads: driver_async, driver_async_cancel and the completion pass run on
  * the emulator thread, which alone touches the job table, the slabs, ports
- * and drivers. Pool threads touch only their lane, the jobs they take, the
- * completion stack and the function table's published entries.
+ * and drivers. Pool threads touch only their lane, the jobs they take, their
+ * completion queue's tail and the function table's published entries.
  */
 #include "internal.h"
 
@@ -60,6 +66,8 @@
 enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 
 #define SLAB_JOBS 1024
+/* Jobs the drain ends from one lane before it turns to the next. */
+#define DRAIN_TURN 4
 /* Spare slabs and a big job table go back after a second with no live job:
  * a pool that works in bursts keeps them between bursts, and glibc is not
  * asked for a large block (which merges its free small blocks) every burst. */
@@ -71,7 +79,7 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 #define FN_CHUNKS 256
 
 typedef struct job {
-    struct job *next; /* on a lane, then on the completion stack, or free */
+    _Atomic(struct job *) next; /* on a lane, then on a completion queue, or free */
     edrv_port_t *port;
     void *data;
     long id;
@@ -96,12 +104,17 @@ typedef struct {
     _Atomic uint32_t sleeping;               /* the futex word: 1 while it sleeps */
     _Atomic bool quit;
     alignas(CACHE_LINE) _Atomic uint64_t started; /* the pool thread's counter */
+    job *ctail; /* the pool thread's: the last job on its completion queue */
     pthread_t thread;
     bool running;
+    /* The completion queue: a FIFO linked through the jobs, from stub or the
+     * job last ended (kept until the next one ends: the pool thread may still
+     * link to it) to ctail. The emulator thread's: */
+    alignas(CACHE_LINE) job *chead;
+    job stub;
 } lane;
 
 static struct {
-    alignas(CACHE_LINE) _Atomic(job *) done; /* completion stack, newest first */
     alignas(CACHE_LINE) lane *lanes;
     void *lanes_block; /* what lanes was cut from */
     int n;
@@ -123,6 +136,7 @@ static struct {
     size_t pending;
     /* Statistics: written by the emulator thread alone, read by any. */
     _Atomic uint64_t submitted, ready, freed, cancelled;
+    _Atomic uint64_t started; /* after a stop: what the lanes' counters came to */
 } pool;
 
 #define TOMB ((job *)1)
@@ -147,7 +161,7 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Emulator thread, emulator-only counters: a plain add, no locked instruction. */
+/* A counter with one writer: a plain add, no locked instruction. */
 static inline void bump(_Atomic uint64_t *c) {
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -155,12 +169,12 @@ static inline void bump(_Atomic uint64_t *c) {
 
 /* ---- pool threads ---------------------------------------------------------- */
 
-static void complete(job *j) {
-    job *old = atomic_load_explicit(&pool.done, memory_order_relaxed);
-    do {
-        j->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&pool.done, &old, j, memory_order_seq_cst,
-                                                    memory_order_relaxed));
+/* Appends a finished (or cancelled) job to the lane's completion queue. */
+static void complete(lane *l, job *j) {
+    atomic_store_explicit(&j->next, NULL, memory_order_relaxed);
+    atomic_store_explicit(&l->ctail->next, j, memory_order_release);
+    l->ctail = j;
+    atomic_thread_fence(memory_order_seq_cst); /* the link, then the parked flag */
     edrv__wake(); /* only if the emulator thread is parked */
 }
 
@@ -202,22 +216,22 @@ static void *lane_main(void *arg) {
         /* Newest first: reverse into submission order. */
         job *batch = NULL;
         while (stack) {
-            job *next = stack->next;
-            stack->next = batch;
+            job *next = atomic_load_explicit(&stack->next, memory_order_relaxed);
+            atomic_store_explicit(&stack->next, batch, memory_order_relaxed);
             batch = stack;
             stack = next;
         }
         while (batch) {
             job *j = batch;
-            batch = j->next;
+            batch = atomic_load_explicit(&j->next, memory_order_relaxed);
             uint32_t queued = JOB_QUEUED;
             if (atomic_compare_exchange_strong(&j->state, &queued, JOB_RUNNING)) {
-                atomic_fetch_add_explicit(&l->started, 1, memory_order_relaxed);
+                bump(&l->started); /* this thread's alone */
                 const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
                 f->invoke(j->data);
                 atomic_store_explicit(&j->state, JOB_DONE, memory_order_relaxed);
             }
-            complete(j); /* cancelled ones go back unrun, for reuse */
+            complete(l, j); /* cancelled ones go back unrun, for reuse */
         }
     }
 }
@@ -233,7 +247,7 @@ int edrv__async_start(int threads, int spin_us) {
     atomic_store(&pool.ready, 0);
     atomic_store(&pool.freed, 0);
     atomic_store(&pool.cancelled, 0);
-    atomic_store(&pool.done, NULL);
+    atomic_store(&pool.started, 0);
     pool.spin_ns = spin_ns_from(spin_us);
     pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
     if (!pool.lanes_block) {
@@ -243,6 +257,10 @@ int edrv__async_start(int threads, int spin_us) {
     }
     uintptr_t at = ((uintptr_t)pool.lanes_block + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1);
     memset((void *)at, 0, (size_t)threads * sizeof(lane));
+    for (int i = 0; i < threads; i++) {
+        lane *l = (lane *)at + i;
+        l->chead = l->ctail = &l->stub;
+    }
     pthread_mutex_lock(&lanes_lock);
     pool.lanes = (lane *)at;
     pool.n = threads;
@@ -265,10 +283,7 @@ int edrv__async_start(int threads, int spin_us) {
 static void slabs_free(void);
 
 void edrv__async_stop(void) {
-    pthread_mutex_lock(&lanes_lock);
-    int n = pool.n;
-    pool.n = 0;
-    pthread_mutex_unlock(&lanes_lock);
+    int n = pool.n; /* only start and stop, on this thread, change it */
     for (int i = 0; i < n; i++) {
         lane *l = &pool.lanes[i];
         atomic_store(&l->quit, true);
@@ -280,9 +295,13 @@ void edrv__async_stop(void) {
         if (l->running)
             pthread_join(l->thread, NULL);
     }
-    /* Every job has ended; cancelled ones may still be on the completion
-     * stack, and all of them live in the slabs. */
-    atomic_store(&pool.done, NULL);
+    pthread_mutex_lock(&lanes_lock);
+    for (int i = 0; i < n; i++)
+        atomic_fetch_add(&pool.started, atomic_load(&pool.lanes[i].started));
+    pool.n = 0;
+    pthread_mutex_unlock(&lanes_lock);
+    /* Every job has ended; cancelled ones may still be on a completion
+     * queue, and all of them live in the slabs. */
     slabs_free();
     edrv__free(pool.lanes_block);
     edrv__free(pool.table.slots);
@@ -293,6 +312,7 @@ void edrv__async_stop(void) {
     pool.nfns = pool.last_fn = 0;
     pool.table.slots = NULL;
     pool.table.cap = pool.table.used = pool.table.live = 0;
+    pool.idle_since = 0;
     pool.lanes_block = NULL;
     pool.lanes = NULL;
 }
@@ -313,7 +333,7 @@ static void slabs_free(void) {
 static job *job_new(void) {
     job *j = pool.free_jobs;
     if (j) {
-        pool.free_jobs = j->next;
+        pool.free_jobs = atomic_load_explicit(&j->next, memory_order_relaxed);
     } else {
         if (!pool.slabs || pool.slab_used == SLAB_JOBS) {
             slab *s = edrv__alloc(EDRV_MEM_ASYNC, sizeof *s);
@@ -329,21 +349,31 @@ static job *job_new(void) {
     return j;
 }
 
-/* A job is back: onto the free list. When none is live, the newest slab is
- * cut from the start again (a pool that runs one job at a time keeps using
- * the same few cache lines); the others wait for edrv__async_trim_ms. */
+/* A job is back: onto the free list. */
 static void job_recycle(job *j) {
-    j->next = pool.free_jobs;
+    atomic_store_explicit(&j->next, pool.free_jobs, memory_order_relaxed);
     pool.free_jobs = j;
-    if (--pool.live_jobs == 0 && !pool.slabs->next) {
-        pool.free_jobs = NULL;
-        pool.slab_used = 0;
-    }
+    pool.live_jobs--;
+}
+
+/* The job a lane's completion queue starts from, if it is one of the slabs'. */
+static job *queue_dummy(int i) {
+    job *h = pool.lanes[i].chead;
+    return h == &pool.lanes[i].stub ? NULL : h;
+}
+
+static bool in_slab(const job *j, const slab *s, size_t cut) {
+    return j >= s->jobs && j < s->jobs + cut;
 }
 
 int edrv__async_trim_ms(uint64_t now) {
+    /* Live, every job is queued, running or waiting to be ended, but for the
+     * one each completion queue starts from. */
+    size_t dummies = 0;
+    for (int i = 0; i < pool.n; i++)
+        dummies += queue_dummy(i) != NULL;
     bool spare = pool.slabs && pool.slabs->next;
-    if (pool.live_jobs || (!spare && pool.table.cap <= 64)) {
+    if (pool.live_jobs > dummies || (!spare && pool.table.cap <= 64)) {
         pool.idle_since = 0;
         return -1;
     }
@@ -354,14 +384,38 @@ int edrv__async_trim_ms(uint64_t now) {
     uint64_t waited = now - pool.idle_since;
     if (waited < TRIM_AFTER_NS)
         return (int)((TRIM_AFTER_NS - waited + 999999) / 1000000);
-    /* No job is live: every job is on the free list or not cut yet. */
-    slab *keep = pool.slabs;
-    if (keep) {
-        pool.slabs = keep->next;
-        slabs_free();
-        pool.slabs = keep;
-        keep->next = NULL;
+    /* The newest slab stays, and any that holds a queue's first job; the
+     * free list is made again from the jobs cut from the slabs that stay. */
+    slab *s = pool.slabs, *kept = NULL, **tail = &kept;
+    bool newest = true;
+    pool.free_jobs = NULL;
+    while (s) {
+        slab *next = s->next;
+        size_t cut = newest ? pool.slab_used : SLAB_JOBS;
+        bool keep = newest;
+        for (int i = 0; i < pool.n && !keep; i++)
+            keep = queue_dummy(i) && in_slab(queue_dummy(i), s, cut);
+        if (keep) {
+            for (size_t k = 0; k < cut; k++) {
+                job *j = &s->jobs[k];
+                bool dummy = false;
+                for (int i = 0; i < pool.n; i++)
+                    dummy |= queue_dummy(i) == j;
+                if (!dummy) {
+                    atomic_store_explicit(&j->next, pool.free_jobs, memory_order_relaxed);
+                    pool.free_jobs = j;
+                }
+            }
+            *tail = s;
+            tail = &s->next;
+        } else {
+            edrv__free(s);
+        }
+        newest = false;
+        s = next;
     }
+    *tail = NULL;
+    pool.slabs = kept;
     edrv__free(pool.table.slots);
     pool.table.slots = NULL;
     pool.table.cap = pool.table.used = pool.table.live = 0;
@@ -472,44 +526,62 @@ static void release(edrv_port_t *pt) {
 }
 
 bool edrv__async_has_done(void) {
-    return atomic_load(&pool.done) != NULL;
+    for (int i = 0; i < pool.n; i++)
+        if (atomic_load(&pool.lanes[i].chead->next))
+            return true;
+    return false;
+}
+
+/* Ends one finished (or cancelled) job; it is recycled later (see drain). */
+static void end_job(job *j) {
+    if (atomic_load_explicit(&j->state, memory_order_relaxed) == JOB_CANCELLED)
+        return; /* ended when it was cancelled */
+    table_del(j);
+    /* Counted before the callback runs, so that a host that saw the
+     * callback's message also sees the count. */
+    if (edrv__port_ready_async_ok(j->port)) {
+        bump(&pool.ready);
+        edrv__port_ready_async(j->port, j->data);
+    } else {
+        bump(&pool.freed);
+        const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
+        if (f->free)
+            f->free(j->data);
+    }
+    release(j->port);
 }
 
 size_t edrv__async_drain(void) {
-    job *stack = atomic_exchange_explicit(&pool.done, NULL, memory_order_acquire);
-    /* Newest first on the stack: reverse, so each lane's jobs end in order. */
-    job *list = NULL;
-    while (stack) {
-        job *next = stack->next;
-        stack->next = list;
-        list = stack;
-        stack = next;
-    }
-    size_t n = 0;
-    while (list) {
-        job *j = list;
-        list = j->next;
-        if (atomic_load_explicit(&j->state, memory_order_relaxed) == JOB_CANCELLED) {
-            job_recycle(j); /* ended when it was cancelled */
-            continue;
+    /* Each lane's finished jobs in the order they ran, DRAIN_TURN at a time
+     * from each lane in turn: across lanes, jobs end close to the order they
+     * were submitted in, so a driver frees its job data close to the order it
+     * allocated it, and one busy lane does not hold back the others. A job
+     * that ended stays at the head of its queue until the next one ends (the
+     * pool thread may link the next one to it), then goes to the free list. */
+    size_t ended = 0;
+    for (bool more = true; more;) {
+        more = false;
+        for (int i = 0; i < pool.n; i++) {
+            lane *l = &pool.lanes[i];
+            job *h = l->chead;
+            for (int k = 0; k < DRAIN_TURN; k++) {
+                job *j = atomic_load_explicit(&h->next, memory_order_acquire);
+                if (!j)
+                    break;
+                job *ahead = atomic_load_explicit(&j->next, memory_order_relaxed);
+                if (ahead)
+                    __builtin_prefetch(ahead, 1);
+                if (atomic_load_explicit(&j->state, memory_order_relaxed) != JOB_CANCELLED)
+                    ended++;
+                end_job(j);
+                if (h != &l->stub)
+                    job_recycle(h);
+                h = l->chead = j;
+                more = true;
+            }
         }
-        table_del(j);
-        const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
-        /* Counted before the callback runs, so that a host that saw the
-         * callback's message also sees the count. */
-        if (edrv__port_ready_async_ok(j->port)) {
-            bump(&pool.ready);
-            edrv__port_ready_async(j->port, j->data);
-        } else {
-            bump(&pool.freed);
-            if (f->free)
-                f->free(j->data);
-        }
-        release(j->port);
-        job_recycle(j);
-        n++;
     }
-    return n;
+    return ended;
 }
 
 size_t edrv__async_pending(void) {
@@ -557,7 +629,7 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
     lane *l = &pool.lanes[qix];
     job *old = atomic_load_explicit(&l->head, memory_order_relaxed);
     do {
-        j->next = old;
+        atomic_store_explicit(&j->next, old, memory_order_relaxed);
     } while (!atomic_compare_exchange_weak_explicit(&l->head, &old, j, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (atomic_load(&l->sleeping) && atomic_exchange(&l->sleeping, 0))
@@ -592,9 +664,9 @@ EDRV_API void edrv_pool(edrv_pool_stats *st) {
         return;
     st->threads = edrv__async_threads();
     st->submitted = atomic_load(&pool.submitted);
-    st->started = 0;
-    /* The lanes exist from edrv_start to edrv_stop; outside, no pool thread
-     * runs and the counters read 0 or the last run's. */
+    /* The lanes exist from edrv_start to edrv_stop; after a stop, the
+     * counters read the last run's. */
+    st->started = atomic_load(&pool.started);
     pthread_mutex_lock(&lanes_lock);
     for (int i = 0; i < pool.n; i++)
         st->started += atomic_load(&pool.lanes[i].started);
