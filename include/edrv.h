@@ -104,8 +104,9 @@ typedef struct edrv_proc edrv_proc;
 
 /* Creates a process. NULL when out of memory (edrv_last_error says so). */
 edrv_proc *edrv_proc_new(void);
-/* Ends a process: ports it owns are closed as if it had exited, undelivered
- * messages are dropped. NULL is fine. */
+/* Ends a process: ports it owns are closed as if it had exited (a port with
+ * data in its driver queue flushes first, as after edrv_port_close),
+ * undelivered messages are dropped. NULL is fine. */
 void edrv_proc_free(edrv_proc *p);
 /* The pid's number N, as in <0.N.0>. */
 uint64_t edrv_proc_pid(const edrv_proc *p);
@@ -178,15 +179,18 @@ typedef struct {
 } edrv_reply;
 
 /* port_control/3: synchronous; EDRV_EBADARG when the driver has no control
- * callback or returns a negative value. */
+ * callback or returns a negative value. A port closing with data in its
+ * driver queue (see edrv_port_close) still serves control and call, as in
+ * OTP 25, while command and close give EDRV_ECLOSED. */
 int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,
                       size_t len, edrv_reply *reply);
 /* port_call/3: `etf` is a term in external term format (version byte first);
  * the reply is the term the driver encoded. EDRV_EBADTERM for bad ETF. */
 int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *etf,
                    size_t len, edrv_reply *reply);
-/* port_close/1: the driver's stop runs before this returns. No {Port, closed}
- * message is sent. */
+/* port_close/1: the driver's stop runs before this returns, or, with data
+ * in the driver queue, flush runs and the port ends once a callback empties
+ * the queue. No {Port, closed} message is sent. */
 int edrv_port_close(edrv_proc *p, edrv_port port);
 void edrv_reply_free(edrv_reply *reply);
 
@@ -200,7 +204,8 @@ typedef struct {
     long long os_pid;    /* set by erl_drv_set_os_pid, or -1 */
 } edrv_port_status;
 
-/* port_info/1: what a live port is. EDRV_ENOPORT/EDRV_ECLOSED otherwise. */
+/* port_info/1: what a live port is (or a closing one, see
+ * edrv_port_control). EDRV_ENOPORT/EDRV_ECLOSED otherwise. */
 int edrv_port_info(edrv_port port, edrv_port_status *status);
 
 /* ---- messages -------------------------------------------------------------- */

@@ -118,8 +118,9 @@ bool edrv__proc_alive(uint64_t pid);
 
 /* ---- port.c: ports --------------------------------------------------------- */
 
-/* CLOSING: port_close found data in the driver queue; the port lives on for
- * its timers and async jobs (output dropped) until the queue empties. */
+/* CLOSING: port_close, or the owner's exit, found data in the driver queue;
+ * the port lives on for its timers, async jobs, port_control and port_call
+ * (output dropped) until a callback empties the queue (see port.c). */
 typedef enum {
     PORT_STARTING, PORT_ALIVE, PORT_CLOSING, PORT_EXITING, PORT_STOPPING, PORT_DEAD
 } port_state;

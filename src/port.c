@@ -10,9 +10,11 @@
  * Life of a port, as ERTS does it (checked against OTP 25):
  *   STARTING  in `start`; output is delivered.
  *   ALIVE     callbacks run; output is delivered.
- *   CLOSING   port_close found data in the driver queue: `flush` ran, output
- *             is dropped, timers and ready_async still run, and the port
- *             ends (as EXITING) once a callback empties the queue.
+ *   CLOSING   port_close, or the owner's exit, found data in the driver
+ *             queue: `flush` ran, output is dropped, timers, ready_async,
+ *             port_control and port_call still run (port_command and
+ *             port_close do not), and the port ends (as EXITING) once a
+ *             callback empties the queue, or unloading or edrv_stop end it.
  *   EXITING   a failure or close was decided; output is dropped, a second
  *             driver_failure returns -1. Linked processes get the exit signal.
  *   STOPPING  in `stop`; output is delivered again (ERTS delivers it, after the
@@ -100,7 +102,7 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts) {
         if (!busy || (opts & EDRV_CMD_FORCE)) {
             size_t q = atomic_fetch_add(&pt->msgq_bytes, len) + len;
             size_t high = atomic_load(&pt->msgq_high);
-            if (high && q >= high)
+            if (high && q > high) /* above high, as ERTS: reaching it is not busy */
                 atomic_store(&pt->msgq_busy, true);
             pthread_mutex_unlock(&ports.lock);
             break;
@@ -140,37 +142,57 @@ EDRV_API void set_busy_port(ErlDrvPort port, int on) {
         busy_changed();
 }
 
-EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *low, ErlDrvSizeT *high) {
-    if (!port)
+/* As ERTS (erl_port_task.c): a limit of 0 (or a NULL pointer) reads it,
+ * other values set it; a low limit above the high one raises the high one,
+ * and a high limit below the low one lowers the low one. Setting a limit
+ * re-decides busy from the bytes queued now. ERL_DRV_BUSY_MSGQ_DISABLED in
+ * either turns the queue off for good (and the values passed are written
+ * back as they are); on a port whose queue is off both read DISABLED. */
+EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *lowp, ErlDrvSizeT *highp) {
+    if (!port || !atomic_load(&port->msgq_high)) { /* off: by the driver flag, or a call */
+        if (lowp)
+            *lowp = ERL_DRV_BUSY_MSGQ_DISABLED;
+        if (highp)
+            *highp = ERL_DRV_BUSY_MSGQ_DISABLED;
         return;
-    ErlDrvSizeT zero_low = 0, zero_high = 0; /* NULL: only read */
-    if (!low)
-        low = &zero_low;
-    if (!high)
-        high = &zero_high;
-    /* Disabled (by the driver flag, or by a call) is for good, as in OTP. */
-    if (!(port->drv->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ) &&
-        atomic_load(&port->msgq_high)) {
-        if (*low == ERL_DRV_BUSY_MSGQ_DISABLED || *high == ERL_DRV_BUSY_MSGQ_DISABLED) {
-            atomic_store(&port->msgq_high, 0);
-            atomic_store(&port->msgq_busy, false);
+    }
+    ErlDrvSizeT low = lowp ? *lowp : 0, high = highp ? *highp : 0;
+    if (low == ERL_DRV_BUSY_MSGQ_DISABLED || high == ERL_DRV_BUSY_MSGQ_DISABLED) {
+        atomic_store(&port->msgq_high, 0);
+        atomic_store(&port->msgq_busy, false);
+    } else {
+        bool written = false;
+        if (!low) {
+            low = atomic_load(&port->msgq_low);
         } else {
-            /* 0 reads a limit; others set it, within OTP's bounds. */
-            size_t l = atomic_load(&port->msgq_low), h = atomic_load(&port->msgq_high);
-            if (*low)
-                l = *low > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *low;
-            if (*high)
-                h = *high > ERL_DRV_BUSY_MSGQ_LIM_MAX ? ERL_DRV_BUSY_MSGQ_LIM_MAX : *high;
-            if (l > h)
-                l = h;
-            atomic_store(&port->msgq_low, l);
-            atomic_store(&port->msgq_high, h);
+            if (atomic_load(&port->msgq_high) < low)
+                atomic_store(&port->msgq_high, low);
+            atomic_store(&port->msgq_low, low);
+            written = true;
+        }
+        if (!high) {
+            high = atomic_load(&port->msgq_high);
+        } else {
+            if (low > high) {
+                low = high;
+                atomic_store(&port->msgq_low, low);
+            }
+            atomic_store(&port->msgq_high, high);
+            written = true;
+        }
+        if (written) {
+            size_t q = atomic_load(&port->msgq_bytes);
+            if (q > high)
+                atomic_store(&port->msgq_busy, true);
+            else if (q < low)
+                atomic_store(&port->msgq_busy, false);
         }
     }
-    size_t h = atomic_load(&port->msgq_high);
-    *low = h ? atomic_load(&port->msgq_low) : ERL_DRV_BUSY_MSGQ_DISABLED;
-    *high = h ? h : ERL_DRV_BUSY_MSGQ_DISABLED;
     busy_changed();
+    if (lowp)
+        *lowp = low;
+    if (highp)
+        *highp = high;
 }
 
 void edrv__ports_reset(void) {
@@ -201,6 +223,18 @@ static edrv_port_t *port_get(edrv_port id, int *err) {
         return pt;
     *err = edrv__port_check(id);
     return NULL;
+}
+
+/* The port for port_control, port_call and port_info: live, or closing. OTP
+ * 25 still serves these on a port that waits for its driver queue to empty
+ * (checked in erl), while port_command and port_close raise badarg. */
+static edrv_port_t *port_get_closing_ok(edrv_port id, int *err) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(id);
+    pthread_mutex_unlock(&ports.lock);
+    if (pt && atomic_load(&pt->state) == PORT_CLOSING)
+        return pt;
+    return port_get(id, err);
 }
 
 /* ---- messages ------------------------------------------------------------------ */
@@ -379,6 +413,7 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
     if (st != PORT_ALIVE && st != PORT_STARTING && st != PORT_CLOSING)
         return -1;
     atomic_store(&pt->state, PORT_EXITING);
+    busy_changed(); /* senders waiting on it fail now, as in ERTS */
     edrv__timer_cancel(pt);
     if (unlink_owner)
         pt->linked = false;
@@ -583,18 +618,24 @@ static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, p
     return pt;
 }
 
+/* The open's error for a start (or init ack) result that is one of the
+ * ERL_DRV_ERROR_* values, 0 for driver data. err is errno after start. */
+static int start_error(const edrv_driver *d, ErlDrvData data, int err) {
+    if (data == ERL_DRV_ERROR_GENERAL)
+        return edrv__fail(-EINVAL, "%s: start failed (ERL_DRV_ERROR_GENERAL)", d->name);
+    if (data == ERL_DRV_ERROR_ERRNO)
+        return edrv__fail(err > 0 ? -err : -EINVAL, "%s: start failed: %s", d->name,
+                          err > 0 ? erl_errno_id(err) : "errno not set");
+    if (data == ERL_DRV_ERROR_BADARG)
+        return edrv__fail(EDRV_EBADARG, "%s: start failed (ERL_DRV_ERROR_BADARG)", d->name);
+    return 0;
+}
+
 /* Ends the start of a port with start's result (or erl_drv_init_ack's):
  * the port lives on, or goes as if it never was. Returns 0 or the error. */
 static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
     edrv_driver *d = pt->drv;
-    int rc = 0;
-    if (data == ERL_DRV_ERROR_GENERAL)
-        rc = edrv__fail(-EINVAL, "%s: start failed (ERL_DRV_ERROR_GENERAL)", d->name);
-    else if (data == ERL_DRV_ERROR_ERRNO)
-        rc = edrv__fail(err > 0 ? -err : -EINVAL, "%s: start failed: %s", d->name,
-                        err > 0 ? erl_errno_id(err) : "errno not set");
-    else if (data == ERL_DRV_ERROR_BADARG)
-        rc = edrv__fail(EDRV_EBADARG, "%s: start failed (ERL_DRV_ERROR_BADARG)", d->name);
+    int rc = start_error(d, data, err);
     if (rc < 0) {
         /* Never started, so stop does not run; nothing reaches the owner.
          * Jobs it queued still run, and end with free. */
@@ -676,11 +717,22 @@ EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
         return;
     port->acked = true;
     port->ack_data = res;
-    if (port->open_req) { /* start has returned: answer the opener now */
-        void *req = port->open_req;
-        port->open_req = NULL;
+    if (!port->open_req)
+        return; /* inside start: answered when start returns */
+    /* start has returned: answer the opener now. */
+    void *req = port->open_req;
+    port->open_req = NULL;
+    int rc = start_error(port->drv, res, errno);
+    if (rc == 0) {
         edrv__request_finish(req, start_done(port, res, 0));
+        return;
     }
+    /* A failure: the open fails, and the port, which start did start, ends
+     * as after a driver failure: stop runs with start's data (now, or when
+     * the current callback returns). The opener is unlinked first, so no
+     * exit signal reaches it. As OTP 25 (checked in erl). */
+    edrv__request_finish(req, rc);
+    port_exit(port, (reason){"normal", 0}, true, true);
 }
 
 /* Gives command data to the driver: to outputv as an ErlIOVec whose first
@@ -746,7 +798,7 @@ int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size
 int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply) {
     int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+    edrv_port_t *pt = port_get_closing_ok(id, &err);
     if (!pt)
         return err;
     const ErlDrvEntry *e = pt->drv->entry;
@@ -809,7 +861,7 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
     if (edrv__etf_measure(data, len) != (int)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
     int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+    edrv_port_t *pt = port_get_closing_ok(id, &err);
     if (!pt)
         return err;
     const ErlDrvEntry *e = pt->drv->entry;
@@ -853,7 +905,7 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
 
 int edrv__port_info(edrv_port id, edrv_port_status *st) {
     int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+    edrv_port_t *pt = port_get_closing_ok(id, &err);
     if (!pt)
         return err;
     *st = (edrv_port_status){
@@ -868,29 +920,36 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
     return 0;
 }
 
+/* Starts the end of a port with data in its driver queue: the exit signal
+ * goes now to a linked owner (as in ERTS), then flush runs (caller is the
+ * process behind it, 0 for none), and the port ends when the queue is
+ * empty. Meanwhile it is CLOSING: output is dropped, timers, ready_async,
+ * control and call still run. */
+static void start_closing(edrv_port_t *pt, uint64_t caller) {
+    atomic_store(&pt->state, PORT_CLOSING);
+    busy_changed(); /* senders waiting on it fail now, as in ERTS */
+    if (pt->linked) {
+        exit_msg e = {pt->id, {"normal", 0}};
+        send_built(atomic_load(&pt->owner), write_exit_msg, &e);
+        pt->linked = false;
+    }
+    if (pt->drv->entry->flush) {
+        enter(pt, caller);
+        pt->drv->entry->flush(pt->data);
+        leave(pt); /* ends the port if flush emptied the queue */
+    }
+}
+
 int edrv__port_close(edrv_proc *p, edrv_port id) {
-    (void)p; /* any process may close a port with port_close/1 */
+    /* Any process may close a port with port_close/1. */
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
     if (!pt)
         return err;
-    if (edrv__queue_size(pt->queue)) {
-        /* Data still queued: the exit signal goes now (as in ERTS), then
-         * flush, and the port ends when the queue is empty. */
-        atomic_store(&pt->state, PORT_CLOSING);
-        if (pt->linked) {
-            exit_msg e = {pt->id, {"normal", 0}};
-            send_built(atomic_load(&pt->owner), write_exit_msg, &e);
-            pt->linked = false;
-        }
-        if (pt->drv->entry->flush) {
-            enter(pt, p->pid);
-            pt->drv->entry->flush(pt->data);
-            leave(pt); /* ends the port if flush emptied the queue */
-        }
-        return 0;
-    }
-    port_exit(pt, (reason){"normal", 0}, false, true);
+    if (edrv__queue_size(pt->queue))
+        start_closing(pt, p->pid);
+    else
+        port_exit(pt, (reason){"normal", 0}, false, true);
     return 0;
 }
 
@@ -909,16 +968,20 @@ static uint64_t *collect_ports(uint64_t pid, const edrv_driver *d, size_t *n) {
     return ids;
 }
 
-static void close_ports_of(uint64_t pid, const edrv_driver *d, reason why, bool signal) {
+/* Ends the ports of driver d (NULL: every port), closing ones too: unloading
+ * ends a port that flushes, as in ERTS, and so does edrv_stop. port_exit
+ * passes over ports whose end is decided already. */
+static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
     size_t n;
-    uint64_t *ids = collect_ports(pid, d, &n);
+    uint64_t *ids = collect_ports(0, d, &n);
     if (!ids) {
-        edrv__warn("out of memory: cannot close the ports of <0.%llu.0>", (unsigned long long)pid);
+        edrv__warn("out of memory: cannot close the ports of %s", d ? d->name : "every driver");
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        int err;
-        edrv_port_t *pt = port_get(ids[i], &err);
+        pthread_mutex_lock(&ports.lock);
+        edrv_port_t *pt = lookup_locked(ids[i]);
+        pthread_mutex_unlock(&ports.lock);
         if (pt)
             port_exit(pt, why, !signal, signal);
     }
@@ -927,16 +990,35 @@ static void close_ports_of(uint64_t pid, const edrv_driver *d, reason why, bool 
 
 void edrv__ports_of_proc_exit(uint64_t pid) {
     edrv__monitors_process_exited(pid);
-    /* The owner is gone: the exit signal has no one to reach. */
-    close_ports_of(pid, NULL, (reason){"normal", 0}, false);
+    /* The owner is gone: the exit signal has no one to reach. A port with
+     * data in its driver queue flushes first, as after port_close (OTP 25
+     * does so, checked in erl); the others end now. */
+    size_t n;
+    uint64_t *ids = collect_ports(pid, NULL, &n);
+    if (!ids) {
+        edrv__warn("out of memory: cannot close the ports of <0.%llu.0>", (unsigned long long)pid);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int err;
+        edrv_port_t *pt = port_get(ids[i], &err);
+        if (!pt)
+            continue;
+        pt->linked = false;
+        if (edrv__queue_size(pt->queue))
+            start_closing(pt, 0);
+        else
+            port_exit(pt, (reason){"normal", 0}, false, false);
+    }
+    edrv__free(ids);
 }
 
 void edrv__ports_close_all(void) {
-    close_ports_of(0, NULL, (reason){"normal", 0}, false);
+    close_ports_of(NULL, (reason){"normal", 0}, false);
 }
 
 void edrv__ports_kill_driver(edrv_driver *d) {
-    close_ports_of(0, d, (reason){"driver_unloaded", 0}, true);
+    close_ports_of(d, (reason){"driver_unloaded", 0}, true);
 }
 
 uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing) {
@@ -1078,7 +1160,9 @@ EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {
 }
 
 /* A port of the creator's driver, with drv_data as its data (start does not
- * run), owned by and linked to `connected`, in the creator's mode. */
+ * run), owned by and linked to `connected`. It starts in list mode with no
+ * control flags, whatever the creator's: OTP 25 does the same (checked in
+ * erl, tests/diff/create_port.scenario). */
 EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator, ErlDrvTermData connected, char *name,
                                        ErlDrvData drv_data) {
     if (!creator || !name || !edrv__on_emulator_thread() ||
@@ -1089,8 +1173,6 @@ EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator, ErlDrvTermData connec
     if (!pt)
         return NULL;
     pt->data = drv_data;
-    pt->binary = creator->binary;
-    pt->control_flags = creator->control_flags;
     return pt;
 }
 

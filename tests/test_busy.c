@@ -89,13 +89,17 @@ static void busy_message_queue(void) {
     usleep(20000); /* the emulator thread is asleep in a callback */
     struct iovec v = {"0123456789", 10};
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0);
-    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 20: busy */
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 20: at high */
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 30: busy */
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0), 0); /* waits, then goes */
     pthread_join(t, NULL);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         CHECK_MSG(proc, port, "{%P,{data,\"out:0123456789\"}}");
-    CHECK_STR(ctl(proc, 75, "\xff\xff\xff\xff\0\0\0\0", 8), "-1,-1"); /* disabled */
+    /* Disabling writes back the values passed, as ERTS; then both read
+     * DISABLED. */
+    CHECK_STR(ctl(proc, 75, "\xff\xff\xff\xff\0\0\0\0", 8), "-1,0");
+    CHECK_STR(ctl(proc, 75, "\0\0\0\0\0\0\0\0", 8), "-1,-1");
     edrv_proc_free(proc);
 }
 

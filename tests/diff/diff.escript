@@ -6,21 +6,51 @@
 %%
 %% A scenario (read with file:consult/1) is a list of steps:
 %%   {load, Name}  {unload, Name}  {open, Command, Opts}  {close, Idx}
-%%   {command, Idx, Data}  {control, Idx, Op, Data}  {call, Idx, Op, Term}
+%%   {command, Idx, Data}  {command, Idx, Data, Opts}
+%%   {control, Idx, Op, Data}  {call, Idx, Op, Term}
 %%   {sleep, Ms}  {msg_wait, Ms}
+%%   {spawn, P}  {as, P, Step}  {async, P, Step}  {exit, P}  {adopt, Who}
 %% load and unload are erl_ddll:load_driver/2 and unload_driver/1 in erl
 %% (unload_driver waits until the driver is really gone, i.e. until its async
-%% jobs have ended; diff_runner waits the same way). sleep waits Ms ms and
-%% gives {ok, ok}. Every open step takes the next port index (1, 2, ...),
-%% failed or not. Each step gives {ok, Value} or {error, Reason}, then the
-%% messages that arrive within 50 ms of the step's end or of each other
-%% ({msg_wait, Ms} sets that time from its own step on, and gives {ok, ok};
-%% messages from pool threads need more on a loaded machine). Here the steps
-%% run in a fresh process that traps exits; diff_runner runs them in edrv.
-%% Ports become {port, K} (K by first appearance), the running process's pid
-%% `self`, other pids `pid`; then the two runs must be equal step by step.
-%% Exit status 0 when they are. With DIFF_VERBOSE set, the steps that match
-%% are printed too.
+%% jobs have ended; diff_runner waits the same way). command with Opts is
+%% port_command/3 (nosuspend, force): false, for a busy port with nosuspend,
+%% is {ok, false} on both sides. sleep waits Ms ms and gives {ok, ok}. Every
+%% open step takes the next port index (1, 2, ...), failed or not. Each step
+%% gives {ok, Value} or {error, Reason}, then the messages that arrive within
+%% 50 ms of the step's end or of each other ({msg_wait, Ms} sets that time
+%% from its own step on, and gives {ok, ok}; messages from pool threads need
+%% more on a loaded machine). Here the steps run in a fresh process that
+%% traps exits, the main process; diff_runner runs them in edrv.
+%%
+%% Several processes. {spawn, P} starts a helper named P (an atom, not
+%% `self`; each name once): here a process that traps exits, in diff_runner
+%% an edrv process with its own thread. {as, P, Step} runs Step in P and
+%% waits for its result, which is the step's; Step is one of load, unload,
+%% open (which takes the next port index as any open), close, command,
+%% control, call and sleep. {async, P, Step} starts Step in P and gives
+%% {ok, started} at once, for a port_command that waits on a busy port; not
+%% an open. {exit, P} ends P (reason normal; edrv_proc_free in edrv) and
+%% gives {ok, ok} once P is gone; P's ports close. A helper runs one step at
+%% a time: as, async and exit need P idle (no async step of it unreported).
+%% {adopt, Who} gives the next port index to the first port that came in a
+%% message to Who (self or a helper) and has none yet, such as a port from
+%% driver_create_port: {ok, Port}, or {error, no_port} (the index is taken
+%% all the same).
+%% A step's messages are, in this order: the main process's, collected as
+%% above, where the end of an async step counts as an arrival; then, by
+%% helper name, those of each helper not in an async step, as {P, Msg},
+%% collected by all helpers at once with the same wait after the main
+%% process's; then the results of the async steps that ended, as
+%% {P, result, Result}, by name. A helper in an async step is not asked:
+%% its messages come in the step its result comes in, after it.
+%%
+%% Ports become {port, K} (K by first appearance), the main process's pid
+%% `self`, a helper's {pid, P}, other pids `pid`; then the two runs must be
+%% equal step by step. Exit status 0 when they are. With DIFF_VERBOSE set,
+%% the steps that match are printed too.
+%%
+%% A scenario must end with no port waiting for its driver queue to empty
+%% (unload_driver kills such ports): erl's halt waits for them.
 %%
 %% The async pool: both sides have 2 pool threads (+A 2 above; diff_runner
 %% starts edrv with async_threads = 2). erl runs one scheduler (+S 1), as
@@ -53,6 +83,8 @@
 -mode(compile).
 
 -define(WAIT, 50).
+%% The harness's own messages between the main process and helpers.
+-define(IS_DIFF(M), (is_tuple(M) andalso tuple_size(M) > 0 andalso element(1, M) =:= '$diff')).
 
 main([Runner, Dir, Scenario]) ->
     {ok, Steps} = file:consult(Scenario),
@@ -80,27 +112,119 @@ report(I, S, E, D, _) -> io:format("step ~b: ~p~n  erl:  ~p~n  edrv: ~p~n", [I, 
 
 %% ---- erl -------------------------------------------------------------------
 
+%% The run's state: ports (index => port or no_port), next (the next port
+%% index), helpers (name => #{pid, mon, state: idle | async | dead}) and seen
+%% (who => the ports in the messages who got, in order of arrival).
 run_erl(Dir, Steps) ->
     Parent = self(),
-    Pid = spawn(fun() ->
-                        process_flag(trap_exit, true),
-                        Parent ! {self(), run_steps(Dir, Steps, #{}, 1)}
-                end),
-    receive {Pid, Results} -> {Pid, Results} end.
+    {Pid, Mon} = spawn_monitor(
+                   fun() ->
+                           process_flag(trap_exit, true),
+                           S0 = #{ports => #{}, next => 1, helpers => #{}, seen => #{}},
+                           {Results, S} = run_steps(Dir, Steps, S0),
+                           Helpers = maps:to_list(maps:get(helpers, S)),
+                           Pids = [{P, Name} || {Name, #{pid := P}} <- Helpers],
+                           Parent ! {self(), Pids, Results},
+                           %% Helpers still blocked in a step die with the run.
+                           [exit(P, kill) || {P, _} <- Pids]
+                   end),
+    receive
+        {Pid, Pids, Results} ->
+            erlang:demonitor(Mon, [flush]),
+            {Pid, Pids, Results};
+        {'DOWN', Mon, process, Pid, Reason} ->
+            error({erl_run_failed, Reason})
+    end.
 
-run_steps(_Dir, [], _Ports, _Next) ->
-    [];
-run_steps(Dir, [Step | Rest], Ports, Next) ->
-    Result = try step(Dir, Step, Ports) catch error:R -> {error, R} end,
-    Msgs = collect(),
-    {Ports1, Next1} = case Step of
-                          {open, _, _} -> {Ports#{Next => port_of(Result)}, Next + 1};
-                          _ -> {Ports, Next}
-                      end,
-    [{Result, Msgs} | run_steps(Dir, Rest, Ports1, Next1)].
+run_steps(_Dir, [], S) ->
+    {[], S};
+run_steps(Dir, [Step | Rest], S) ->
+    {Result, S1} = top_step(Dir, Step, S),
+    {Msgs, S2} = collect_all(S1),
+    S3 = case takes_index(Step) of
+             true -> index_port(port_of(Result), S2);
+             false -> S2
+         end,
+    {Results, S4} = run_steps(Dir, Rest, S3),
+    {[{Result, Msgs} | Results], S4}.
+
+%% The steps that take the next port index.
+takes_index({open, _, _}) -> true;
+takes_index({as, _, {open, _, _}}) -> true;
+takes_index({adopt, _}) -> true;
+takes_index(_) -> false.
+
+index_port(Port, #{ports := Ports, next := Next} = S) ->
+    S#{ports := Ports#{Next => Port}, next := Next + 1}.
 
 port_of({ok, Port}) -> Port;
 port_of({error, _}) -> no_port.
+
+%% The steps of the main process, which include running steps in helpers.
+top_step(Dir, {spawn, P}, #{helpers := Hs} = S) when is_atom(P), P =/= self ->
+    not maps:is_key(P, Hs) orelse error({helper_exists, P}),
+    Main = self(),
+    {Pid, Mon} = spawn_monitor(fun() -> helper(Dir, P, Main) end),
+    {{ok, ok}, S#{helpers := Hs#{P => #{pid => Pid, mon => Mon, state => idle}}}};
+top_step(_, {as, P, Step}, #{ports := Ports} = S) ->
+    #{pid := Pid} = idle_helper(P, Step, S),
+    Pid ! {'$diff', {run, helper_step(Step), Ports}},
+    receive {'$diff', P, result, R} -> {R, S} end;
+top_step(_, {async, P, Step}, #{ports := Ports, helpers := Hs} = S) ->
+    takes_index(Step) andalso error({async_cannot_open, Step}),
+    #{pid := Pid} = H = idle_helper(P, Step, S),
+    Pid ! {'$diff', {async, helper_step(Step), Ports}},
+    {{ok, started}, S#{helpers := Hs#{P := H#{state := async}}}};
+top_step(_, {exit, P}, #{helpers := Hs} = S) ->
+    #{pid := Pid, mon := Mon} = H = idle_helper(P, exit, S),
+    Pid ! {'$diff', exit},
+    receive {'DOWN', Mon, process, Pid, _} -> ok end,
+    {{ok, ok}, S#{helpers := Hs#{P := H#{state := dead}}}};
+top_step(_, {adopt, Who}, #{ports := Ports, seen := Seen} = S) ->
+    Indexed = maps:values(Ports),
+    case [Port || Port <- maps:get(Who, Seen, []), not lists:member(Port, Indexed)] of
+        [Port | _] -> {{ok, Port}, S};
+        [] -> {{error, no_port}, S}
+    end;
+top_step(Dir, Step, #{ports := Ports} = S) ->
+    {run(Dir, Step, Ports), S}.
+
+idle_helper(P, Step, #{helpers := Hs}) ->
+    case Hs of
+        #{P := #{state := idle} = H} -> H;
+        _ -> error({helper_not_idle, P, Step})
+    end.
+
+%% A helper process: runs steps sent to it, keeps the other messages it gets
+%% until asked for them, and ends (reason normal) when told to.
+helper(Dir, Name, Main) ->
+    process_flag(trap_exit, true),
+    helper_loop(Dir, Name, Main).
+
+helper_loop(Dir, Name, Main) ->
+    receive
+        {'$diff', {run, Step, Ports}} ->
+            Main ! {'$diff', Name, result, run(Dir, Step, Ports)},
+            helper_loop(Dir, Name, Main);
+        {'$diff', {async, Step, Ports}} ->
+            Main ! {'$diff', Name, async_result, run(Dir, Step, Ports)},
+            helper_loop(Dir, Name, Main);
+        {'$diff', {collect, Wait}} ->
+            Main ! {'$diff', Name, msgs, collect(Wait)},
+            helper_loop(Dir, Name, Main);
+        {'$diff', exit} ->
+            ok
+    end.
+
+%% The steps a helper may run (checked in the main process: an error there
+%% ends the run).
+helper_step({Op, _} = S) when Op =:= load; Op =:= unload; Op =:= close; Op =:= sleep -> S;
+helper_step({Op, _, _} = S) when Op =:= open; Op =:= command -> S;
+helper_step({Op, _, _, _} = S) when Op =:= control; Op =:= call; Op =:= command -> S;
+helper_step(S) -> error({not_a_helper_step, S}).
+
+run(Dir, Step, Ports) ->
+    try step(Dir, Step, Ports) catch error:R -> {error, R} end.
 
 step(Dir, {load, Name}, _) ->
     case erl_ddll:load_driver(Dir, Name) of
@@ -119,6 +243,8 @@ step(_, {close, I}, Ports) ->
     {ok, port_close(port(I, Ports))};
 step(_, {command, I, Data}, Ports) ->
     {ok, port_command(port(I, Ports), Data)};
+step(_, {command, I, Data, Opts}, Ports) ->
+    {ok, port_command(port(I, Ports), Data, Opts)};
 step(_, {control, I, Op, Data}, Ports) ->
     {ok, port_control(port(I, Ports), Op, Data)};
 step(_, {call, I, Op, Term}, Ports) ->
@@ -132,9 +258,51 @@ step(_, {msg_wait, Ms}, _) when is_integer(Ms), Ms > 0 ->
 
 port(I, Ports) -> maps:get(I, Ports, no_port).
 
-collect() ->
-    Wait = case get(msg_wait) of undefined -> ?WAIT; Ms -> Ms end,
-    receive M -> [M | collect()] after Wait -> [] end.
+%% After a step: the main process's messages, then each idle helper's (by
+%% name) as {P, Msg}, then the results of async steps that ended, as
+%% {P, result, R} (by name). An async step's end counts as an arrival for the
+%% main process's wait; a helper still in an async step is not asked (its
+%% messages wait for the step its result comes in).
+collect_all(#{helpers := Hs, seen := Seen} = S) ->
+    Wait = msg_wait(),
+    Got = collect_main(Wait),
+    Own = [M || M <- Got, not ?IS_DIFF(M)],
+    Done = lists:sort([{P, R} || {'$diff', P, async_result, R} <- Got]),
+    Hs1 = lists:foldl(fun({P, _}, A) -> maps:update_with(P, fun(H) -> H#{state := idle} end, A) end,
+                      Hs, Done),
+    Idle = lists:sort([{P, Pid} || {P, #{state := idle, pid := Pid}} <- maps:to_list(Hs1)]),
+    [Pid ! {'$diff', {collect, Wait}} || {_, Pid} <- Idle],
+    Theirs = [{P, receive {'$diff', P, msgs, Ms} -> Ms end} || {P, _} <- Idle],
+    Seen1 = lists:foldl(fun({Who, Ms}, A) -> see(Who, Ms, A) end, Seen,
+                        [{self, Own} | Theirs]),
+    Msgs = Own ++ [{P, M} || {P, Ms} <- Theirs, M <- Ms] ++ [{P, result, R} || {P, R} <- Done],
+    {Msgs, S#{helpers := Hs1, seen := Seen1}}.
+
+msg_wait() ->
+    case get(msg_wait) of undefined -> ?WAIT; Ms -> Ms end.
+
+collect_main(Wait) ->
+    receive
+        {'$diff', _, async_result, _} = D -> [D | collect_main(Wait)];
+        M when not ?IS_DIFF(M) -> [M | collect_main(Wait)]
+    after Wait -> []
+    end.
+
+collect(Wait) ->
+    receive M when not ?IS_DIFF(M) -> [M | collect(Wait)] after Wait -> [] end.
+
+%% The ports in Msgs, after those Who has seen, each once.
+see(Who, Msgs, Seen) ->
+    Old = maps:get(Who, Seen, []),
+    New = lists:foldl(fun(P, A) -> case lists:member(P, A) of true -> A; false -> A ++ [P] end end,
+                      Old, ports_in(Msgs)),
+    Seen#{Who => New}.
+
+ports_in(P) when is_port(P) -> [P];
+ports_in([H | T]) -> ports_in(H) ++ ports_in(T);
+ports_in(T) when is_tuple(T) -> ports_in(tuple_to_list(T));
+ports_in(M) when is_map(M) -> ports_in(lists:sort(maps:to_list(M)));
+ports_in(_) -> [].
 
 %% ---- edrv ------------------------------------------------------------------
 
@@ -154,7 +322,8 @@ run_edrv(Runner, Dir, Steps) ->
     end.
 
 %% Names, commands and data as binaries, call terms in ETF. Command data that
-%% is an iolist goes as the list of its pieces, for edrv_port_commandv.
+%% is an iolist goes as the list of its pieces, for edrv_port_commandv; with
+%% options (port_command/3), always as a list, for edrv_port_command_opts.
 for_runner({load, Name}) -> {load, bin(Name)};
 for_runner({unload, Name}) -> {unload, bin(Name)};
 for_runner({open, Command, Opts}) -> {open, bin(Command), Opts};
@@ -163,8 +332,15 @@ for_runner({command, I, Data}) when is_binary(Data) -> {command, I, Data};
 for_runner({command, I, Data}) -> {command, I, pieces(Data)};
 for_runner({control, I, Op, Data}) -> {control, I, Op, bin(Data)};
 for_runner({call, I, Op, Term}) -> {call, I, Op, term_to_binary(Term)};
+for_runner({command, I, Data, Opts}) when is_binary(Data) -> {command, I, [Data], Opts};
+for_runner({command, I, Data, Opts}) -> {command, I, pieces(Data), Opts};
 for_runner({sleep, Ms}) -> {sleep, Ms};
-for_runner({msg_wait, Ms}) -> {msg_wait, Ms}.
+for_runner({msg_wait, Ms}) -> {msg_wait, Ms};
+for_runner({spawn, P}) -> {spawn, P};
+for_runner({as, P, Step}) -> {as, P, for_runner(Step)};
+for_runner({async, P, Step}) -> {async, P, for_runner(Step)};
+for_runner({exit, P}) -> {exit, P};
+for_runner({adopt, Who}) -> {adopt, Who}.
 
 bin(A) when is_atom(A) -> atom_to_binary(A);
 bin(Data) -> iolist_to_binary(Data).
@@ -184,42 +360,50 @@ merge(L) ->
 
 %% ---- normalizing -------------------------------------------------------------
 
-%% {Self, Results} -> Results with ports and pids replaced, then adrv's job
-%% ids and lanes (see the top of the file).
-normalize(Steps, {Self, Results}) ->
-    {Norm, _} = norm(Results, Self, #{}),
+%% {Self, Helpers, Results} -> Results with ports and pids replaced, then
+%% adrv's job ids and lanes (see the top of the file). Helpers is a list of
+%% {Pid, Name}.
+normalize(Steps, {Self, Helpers, Results}) ->
+    Pids = maps:from_list([{Self, self} | [{P, {pid, N}} || {P, N} <- Helpers]]),
+    {Norm, _} = norm(Results, Pids, #{}),
     async_norm(Steps, Norm, adrv_ports(Steps, 1), #{}).
 
-norm(P, _Self, Ports) when is_port(P) ->
+norm(P, _Pids, Ports) when is_port(P) ->
     case Ports of
         #{P := K} -> {{port, K}, Ports};
         _ -> K = map_size(Ports) + 1, {{port, K}, Ports#{P => K}}
     end;
-norm(Self, Self, Ports) -> {self, Ports};
-norm(P, _Self, Ports) when is_pid(P) -> {pid, Ports};
-norm([H | T], Self, Ports) ->
-    {H1, Ports1} = norm(H, Self, Ports),
-    {T1, Ports2} = norm(T, Self, Ports1),
+norm(P, Pids, Ports) when is_pid(P) ->
+    {maps:get(P, Pids, pid), Ports};
+norm([H | T], Pids, Ports) ->
+    {H1, Ports1} = norm(H, Pids, Ports),
+    {T1, Ports2} = norm(T, Pids, Ports1),
     {[H1 | T1], Ports2};
-norm(T, Self, Ports) when is_tuple(T) ->
-    {L, Ports1} = norm(tuple_to_list(T), Self, Ports),
+norm(T, Pids, Ports) when is_tuple(T) ->
+    {L, Ports1} = norm(tuple_to_list(T), Pids, Ports),
     {list_to_tuple(L), Ports1};
-norm(M, Self, Ports) when is_map(M) ->
-    {L, Ports1} = norm(lists:sort(maps:to_list(M)), Self, Ports),
+norm(M, Pids, Ports) when is_map(M) ->
+    {L, Ports1} = norm(lists:sort(maps:to_list(M)), Pids, Ports),
     {maps:from_list(L), Ports1};
-norm(X, _Self, Ports) ->
+norm(X, _Pids, Ports) ->
     {X, Ports}.
 
 %% ---- normalizing the async pool (adrv) -----------------------------------------
 
-%% The indices of the ports opened on adrv.
+%% The indices of the ports opened on adrv (by any process).
 adrv_ports([], _) -> [];
+adrv_ports([{as, _, {open, _, _} = Open} | Rest], I) ->
+    adrv_ports([Open | Rest], I);
 adrv_ports([{open, Command, _} | Rest], I) ->
     case string:lexemes(bin(Command), " ") of
         [<<"adrv">> | _] -> [I | adrv_ports(Rest, I + 1)];
         _ -> adrv_ports(Rest, I + 1)
     end;
-adrv_ports([_ | Rest], I) -> adrv_ports(Rest, I).
+adrv_ports([Step | Rest], I) ->
+    case takes_index(Step) of
+        true -> adrv_ports(Rest, I + 1);
+        false -> adrv_ports(Rest, I)
+    end.
 
 async_norm([], [], _Adrv, _Lanes) ->
     [];
@@ -228,6 +412,8 @@ async_norm([Step | Steps], [{Result, Msgs} | Results], Adrv, Lanes) ->
     [{reply(Step, Result, Adrv), Msgs1} | async_norm(Steps, Results, Adrv, Lanes1)].
 
 %% SUBMIT (1) and BLOCK (3) replies without the job id.
+reply({as, _, Step}, Result, Adrv) ->
+    reply(Step, Result, Adrv);
 reply({control, I, Op, _}, {ok, Reply}, Adrv) when Op =:= 1; Op =:= 3 ->
     case {lists:member(I, Adrv), Op, string:split(Reply, ",")} of
         {true, 1, [_Id, KeyAfter]} -> {ok, {submitted, KeyAfter}};

@@ -4,18 +4,30 @@
  * Usage: diff_runner DRIVERS_DIR, started by diff.escript with {packet, 4}.
  * Reads one packet from stdin: term_to_binary of the scenario's steps, with
  * every name, command and data as a binary (command data may also be a list
- * of binaries, the pieces of an iolist, for edrv_port_commandv) and every
- * call term already in ETF (term_to_binary(Term) as a binary):
+ * of binaries, the pieces of an iolist, for edrv_port_commandv; with options
+ * it is always such a list) and every call term already in ETF
+ * (term_to_binary(Term) as a binary):
  *   {load, Name} | {unload, Name} | {open, Command, Opts} | {close, Idx} |
- *   {command, Idx, Data} | {control, Idx, Op, Data} | {call, Idx, Op, Etf} |
- *   {sleep, Ms} | {msg_wait, Ms}
+ *   {command, Idx, Data} | {command, Idx, Pieces, Opts} |
+ *   {control, Idx, Op, Data} | {call, Idx, Op, Etf} | {sleep, Ms} |
+ *   {msg_wait, Ms} | {spawn, P} | {as, P, Step} | {async, P, Step} |
+ *   {exit, P} | {adopt, Who}
  * Runs them in one edrv process (started with 2 async threads, as erl +A 2),
- * collecting after each step every message that arrives within 50 ms (or the
- * last msg_wait's Ms) of the step's end or of the message before, and writes
+ * the main one, and in helpers: each helper is a process with its own
+ * thread, which runs the steps (load, unload, open, close, command, control,
+ * call, sleep) that `as` (the main thread waits for the result) and `async`
+ * (it does not) hand it, collects its mailbox when asked, and ends with
+ * edrv_proc_free at `exit`. After each step it collects, as diff.escript
+ * describes: the main process's messages until none and no async step's end
+ * came for 50 ms (or the last msg_wait's Ms), then each idle helper's
+ * messages (by name, collected at once, with the same wait) as {P, Msg},
+ * then the results of async steps that ended, as {P, result, R}. It writes
  * one packet back:
- *   {SelfPid, [{Result, [Msg, ...]}, ...]}
+ *   {SelfPid, [{HelperPid, P}, ...], [{Result, [Msg, ...]}, ...]}
  * with Result {ok, Value} or {error, Reason} shaped as erl's results are.
- * Every open step takes the next port index (1, 2, ...), failed or not.
+ * Every open step (also in a helper) and every adopt step takes the next port
+ * index (1, 2, ...), failed or not; adopt takes the first port that came in a
+ * message to Who (self or a helper) and has no index yet.
  * An unload that leaves the driver pending (its async jobs still running)
  * waits, as erl_ddll:unload_driver/1 does, until the pool has no job left.
  */
@@ -23,6 +35,8 @@
 #include <ei.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +47,60 @@
 #define MSG_WAIT_MS 50 /* until a msg_wait step sets msg_wait_ms */
 #define ASYNC_THREADS 2
 #define UNLOAD_WAIT_MS 60000
+#define POLL_MS 5       /* how often the main thread looks for async steps' ends */
+#define MAX_HELPERS 16
 
-static long msg_wait_ms = MSG_WAIT_MS;
+static long msg_wait_ms = MSG_WAIT_MS; /* the main thread's */
+static const char *drivers_dir;
 
+/* The ports by index (1-based; 0 for a failed open). Helpers open ports and
+ * resolve indices too, so the list has a lock. */
+static struct {
+    pthread_mutex_t lock;
+    edrv_port *v;
+    size_t n, cap;
+} ports = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* The ports that came in messages to one process, each once, in order. */
 typedef struct {
     edrv_port *v;
     size_t n, cap;
-} port_list;
+} port_set;
+
+typedef struct {
+    edrv_msg *v;
+    size_t n, cap;
+} msg_list;
+
+typedef enum { JOB_NONE, JOB_STEP, JOB_COLLECT, JOB_EXIT } job_kind;
+
+/* A helper process and its thread. The main thread posts a job under the
+ * lock and sets busy; the helper takes it, runs it and clears busy. While
+ * busy the job's fields (buf, idx, wait, result, msgs) are the helper's,
+ * otherwise the main thread's; `async` (the main thread has not waited for
+ * the step) and `seen` are only the main thread's. */
+typedef struct {
+    char name[MAXATOMLEN_UTF8];
+    edrv_proc *proc;
+    uint64_t pid;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    job_kind job; /* posted, not yet taken */
+    bool busy;    /* a job is posted or running */
+    bool async;   /* an async step, its end not yet reported */
+    bool dead;
+    const char *buf; /* JOB_STEP: the step at buf + idx */
+    int idx;
+    long wait;        /* JOB_COLLECT */
+    ei_x_buff result; /* JOB_STEP: {ok, V} or {error, R} */
+    msg_list msgs;    /* JOB_COLLECT */
+    port_set seen;
+} helper;
+
+static helper helpers[MAX_HELPERS];
+static int nhelpers;
+static port_set main_seen;
 
 static void die(const char *what) {
     fprintf(stderr, "diff_runner: %s\n", what);
@@ -109,8 +170,33 @@ static unsigned long decode_ulong(const char *buf, int *idx) {
 }
 
 /* The port behind a 1-based index; 0 (no port) for an unknown index. */
-static edrv_port port_at(const port_list *ports, unsigned long i) {
-    return i >= 1 && i <= ports->n ? ports->v[i - 1] : 0;
+static edrv_port port_at(unsigned long i) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port port = i >= 1 && i <= ports.n ? ports.v[i - 1] : 0;
+    pthread_mutex_unlock(&ports.lock);
+    return port;
+}
+
+/* Gives port (0: none) the next index. */
+static void index_port(edrv_port port) {
+    pthread_mutex_lock(&ports.lock);
+    if (ports.n == ports.cap) {
+        ports.cap = ports.cap ? ports.cap * 2 : 8;
+        ports.v = realloc(ports.v, ports.cap * sizeof *ports.v);
+        if (!ports.v)
+            die("out of memory");
+    }
+    ports.v[ports.n++] = port;
+    pthread_mutex_unlock(&ports.lock);
+}
+
+static bool port_indexed(edrv_port port) {
+    pthread_mutex_lock(&ports.lock);
+    bool found = false;
+    for (size_t i = 0; i < ports.n && !found; i++)
+        found = ports.v[i] == port;
+    pthread_mutex_unlock(&ports.lock);
+    return found;
 }
 
 static void encode_port(ei_x_buff *x, edrv_port port) {
@@ -178,6 +264,31 @@ static unsigned decode_open_flags(const char *buf, int *idx) {
     return flags;
 }
 
+/* The pieces of command data, a list of binaries, as a vector; the caller
+ * frees it with free_iov. */
+static struct iovec *decode_pieces(const char *buf, int *idx, int *n) {
+    int size;
+    long len;
+    if (ei_decode_list_header(buf, idx, n) < 0)
+        die("command: data must be a binary or a list of binaries");
+    struct iovec *iov = calloc(*n ? (size_t)*n : 1, sizeof *iov);
+    if (!iov)
+        die("out of memory");
+    for (int i = 0; i < *n; i++) {
+        iov[i].iov_base = decode_bin(buf, idx, &len);
+        iov[i].iov_len = (size_t)len;
+    }
+    if (*n && ei_decode_list_header(buf, idx, &size) < 0)
+        die("command: improper list");
+    return iov;
+}
+
+static void free_iov(struct iovec *iov, int n) {
+    for (int i = 0; i < n; i++)
+        free(iov[i].iov_base);
+    free(iov);
+}
+
 /* Command data: a binary goes to edrv_port_command, a list of binaries (the
  * pieces of an iolist) to edrv_port_commandv. */
 static int run_command(const char *buf, int *idx, edrv_proc *self, edrv_port port) {
@@ -191,21 +302,34 @@ static int run_command(const char *buf, int *idx, edrv_proc *self, edrv_port por
         free(data);
         return rc;
     }
-    if (ei_decode_list_header(buf, idx, &n) < 0)
-        die("command: data must be a binary or a list of binaries");
-    struct iovec *iov = calloc(n ? (size_t)n : 1, sizeof *iov);
-    if (!iov)
-        die("out of memory");
-    for (int i = 0; i < n; i++) {
-        iov[i].iov_base = decode_bin(buf, idx, &len);
-        iov[i].iov_len = (size_t)len;
-    }
-    if (n && ei_decode_list_header(buf, idx, &size) < 0)
-        die("command: improper list");
+    struct iovec *iov = decode_pieces(buf, idx, &n);
     int rc = edrv_port_commandv(self, port, iov, n);
-    for (int i = 0; i < n; i++)
-        free(iov[i].iov_base);
-    free(iov);
+    free_iov(iov, n);
+    return rc;
+}
+
+/* port_command/3: the pieces, then the options (nosuspend, force). */
+static int run_command_opts(const char *buf, int *idx, edrv_proc *self, edrv_port port) {
+    int n, nopts;
+    struct iovec *iov = decode_pieces(buf, idx, &n);
+    unsigned opts = 0;
+    if (ei_decode_list_header(buf, idx, &nopts) < 0)
+        die("command: expected a list of options");
+    for (int i = 0; i < nopts; i++) {
+        char atom[MAXATOMLEN_UTF8];
+        if (ei_decode_atom(buf, idx, atom) < 0)
+            die("command: options must be atoms");
+        if (strcmp(atom, "nosuspend") == 0)
+            opts |= EDRV_CMD_NOSUSPEND;
+        else if (strcmp(atom, "force") == 0)
+            opts |= EDRV_CMD_FORCE;
+        else
+            die("command: unknown option");
+    }
+    if (nopts && ei_decode_list_header(buf, idx, &nopts) < 0)
+        die("command: improper option list");
+    int rc = edrv_port_command_opts(self, port, iov, n, opts);
+    free_iov(iov, n);
     return rc;
 }
 
@@ -231,9 +355,9 @@ static void wait_pool_idle(void) {
     die("unload: async jobs still pending after 60 s");
 }
 
-/* Runs the step at *idx and encodes its result into x. */
-static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self,
-                     port_list *ports, ei_x_buff *x) {
+/* Runs the step at *idx as self and encodes its result into x. A helper
+ * runs only some steps (main_only false). */
+static void run_step(const char *buf, int *idx, edrv_proc *self, bool main_only, ei_x_buff *x) {
     int arity;
     char what[MAXATOMLEN_UTF8];
     if (ei_decode_tuple_header(buf, idx, &arity) < 0 || ei_decode_atom(buf, idx, what) < 0)
@@ -242,7 +366,7 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
     int rc;
     if (strcmp(what, "load") == 0 || strcmp(what, "unload") == 0) {
         char *name = decode_bin(buf, idx, &len);
-        rc = what[0] == 'l' ? edrv_load_driver(dir, name) : edrv_unload_driver(name);
+        rc = what[0] == 'l' ? edrv_load_driver(drivers_dir, name) : edrv_unload_driver(name);
         free(name);
         if (what[0] == 'u' && rc == 1)
             wait_pool_idle();
@@ -256,13 +380,7 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
         edrv_port port = 0;
         rc = edrv_open_port(self, cmd, flags, &port);
         free(cmd);
-        if (ports->n == ports->cap) {
-            ports->cap = ports->cap ? ports->cap * 2 : 8;
-            ports->v = realloc(ports->v, ports->cap * sizeof *ports->v);
-            if (!ports->v)
-                die("out of memory");
-        }
-        ports->v[ports->n++] = rc < 0 ? 0 : port;
+        index_port(rc < 0 ? 0 : port);
         if (rc < 0) {
             encode_error(x, rc);
         } else {
@@ -271,20 +389,23 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
             encode_port(x, port);
         }
     } else if (strcmp(what, "close") == 0) {
-        rc = edrv_port_close(self, port_at(ports, decode_ulong(buf, idx)));
+        rc = edrv_port_close(self, port_at(decode_ulong(buf, idx)));
         if (rc < 0)
             encode_error(x, rc);
         else
             encode_ok_atom(x, "true");
     } else if (strcmp(what, "command") == 0) {
-        edrv_port port = port_at(ports, decode_ulong(buf, idx));
-        rc = run_command(buf, idx, self, port);
-        if (rc < 0)
+        edrv_port port = port_at(decode_ulong(buf, idx));
+        rc = arity == 4 ? run_command_opts(buf, idx, self, port)
+                        : run_command(buf, idx, self, port);
+        if (rc == EDRV_EBUSY)
+            encode_ok_atom(x, "false"); /* nosuspend: port_command/3 returns false */
+        else if (rc < 0)
             encode_error(x, rc);
         else
             encode_ok_atom(x, "true");
     } else if (strcmp(what, "control") == 0 || strcmp(what, "call") == 0) {
-        edrv_port port = port_at(ports, decode_ulong(buf, idx));
+        edrv_port port = port_at(decode_ulong(buf, idx));
         unsigned op = (unsigned)decode_ulong(buf, idx);
         char *data = decode_bin(buf, idx, &len);
         edrv_reply reply = {0};
@@ -299,36 +420,347 @@ static void run_step(const char *buf, int *idx, const char *dir, edrv_proc *self
     } else if (strcmp(what, "sleep") == 0) {
         sleep_ms(decode_ulong(buf, idx));
         encode_ok_atom(x, "ok");
-    } else if (strcmp(what, "msg_wait") == 0) {
+    } else if (strcmp(what, "msg_wait") == 0 && main_only) {
         msg_wait_ms = (long)decode_ulong(buf, idx);
         encode_ok_atom(x, "ok");
     } else {
-        die("unknown step");
+        fprintf(stderr, "diff_runner: step %s\n", what);
+        die(main_only ? "unknown step" : "not a step for a helper");
     }
 }
 
-/* Encodes, as a list, every message that arrives within msg_wait_ms. */
-static void collect_messages(edrv_proc *self, ei_x_buff *x) {
-    edrv_msg *msgs = NULL;
-    size_t n = 0, cap = 0;
-    edrv_msg m;
-    while (edrv_receive(self, msg_wait_ms, &m) == 0) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 8;
-            msgs = realloc(msgs, cap * sizeof *msgs);
-            if (!msgs)
-                die("out of memory");
-        }
-        msgs[n++] = m;
+/* ---- messages ---------------------------------------------------------------- */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void msg_push(msg_list *l, edrv_msg m) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 8;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        if (!l->v)
+            die("out of memory");
     }
-    if (n)
-        ei_x_encode_list_header(x, (long)n);
-    for (size_t i = 0; i < n; i++) {
-        ei_x_append_buf(x, msgs[i].data + 1, (int)msgs[i].len - 1);
-        edrv_msg_free(&msgs[i]);
+    l->v[l->n++] = m;
+}
+
+/* Encodes the messages (the version byte left out) and frees them. */
+static void msgs_encode(ei_x_buff *x, msg_list *l, const char *tag) {
+    for (size_t i = 0; i < l->n; i++) {
+        if (tag) {
+            ei_x_encode_tuple_header(x, 2);
+            ei_x_encode_atom(x, tag);
+        }
+        ei_x_append_buf(x, l->v[i].data + 1, (int)l->v[i].len - 1);
+        edrv_msg_free(&l->v[i]);
+    }
+    l->n = 0;
+}
+
+/* Every message that arrives within wait ms of the last. */
+static void receive_all(edrv_proc *p, long wait, msg_list *l) {
+    edrv_msg m;
+    while (edrv_receive(p, wait, &m) == 0)
+        msg_push(l, m);
+}
+
+static void see_port(port_set *s, edrv_port port) {
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i] == port)
+            return;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 8;
+        s->v = realloc(s->v, s->cap * sizeof *s->v);
+        if (!s->v)
+            die("out of memory");
+    }
+    s->v[s->n++] = port;
+}
+
+/* Notes every port in the term at *idx, in order (depth first, as
+ * diff.escript's ports_in). */
+static void scan_ports(const char *buf, int *idx, port_set *s) {
+    int type, size, n;
+    if (ei_get_type(buf, idx, &type, &size) < 0)
+        die("a message is not a term");
+    switch (type) {
+    case ERL_PORT_EXT:
+    case ERL_NEW_PORT_EXT:
+    case ERL_V4_PORT_EXT: {
+        erlang_port p;
+        ei_decode_port(buf, idx, &p);
+        see_port(s, (edrv_port)p.id);
+        return;
+    }
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT:
+        ei_decode_tuple_header(buf, idx, &n);
+        for (int i = 0; i < n; i++)
+            scan_ports(buf, idx, s);
+        return;
+    case ERL_LIST_EXT:
+        ei_decode_list_header(buf, idx, &n);
+        for (int i = 0; i < n; i++)
+            scan_ports(buf, idx, s);
+        scan_ports(buf, idx, s); /* the tail */
+        return;
+    case ERL_MAP_EXT:
+        /* diff.escript walks a map in key order: only the order of ports in
+         * one map could differ, and no scenario sends such a map. */
+        ei_decode_map_header(buf, idx, &n);
+        for (int i = 0; i < 2 * n; i++)
+            scan_ports(buf, idx, s);
+        return;
+    default:
+        if (ei_skip_term(buf, idx) < 0)
+            die("a message is not a term");
+    }
+}
+
+static void scan_msgs(const msg_list *l, port_set *s) {
+    for (size_t i = 0; i < l->n; i++) {
+        int idx = 1;
+        scan_ports(l->v[i].data, &idx, s);
+    }
+}
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static void *helper_main(void *arg) {
+    helper *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->lock);
+        while (h->job == JOB_NONE)
+            pthread_cond_wait(&h->cond, &h->lock);
+        job_kind job = h->job;
+        h->job = JOB_NONE;
+        pthread_mutex_unlock(&h->lock);
+        if (job == JOB_EXIT)
+            break;
+        if (job == JOB_STEP) {
+            int idx = h->idx;
+            h->result.index = 0;
+            run_step(h->buf, &idx, h->proc, false, &h->result);
+        } else {
+            receive_all(h->proc, h->wait, &h->msgs);
+        }
+        pthread_mutex_lock(&h->lock);
+        h->busy = false;
+        pthread_cond_broadcast(&h->cond);
+        pthread_mutex_unlock(&h->lock);
+    }
+    edrv_proc_free(h->proc); /* its ports close: erl's exit with reason normal */
+    h->proc = NULL;
+    return NULL;
+}
+
+static helper *helper_named(const char *name) {
+    for (int i = 0; i < nhelpers; i++)
+        if (strcmp(helpers[i].name, name) == 0)
+            return &helpers[i];
+    return NULL;
+}
+
+static void helper_post(helper *h, job_kind job) {
+    pthread_mutex_lock(&h->lock);
+    h->job = job;
+    h->busy = true;
+    pthread_cond_broadcast(&h->cond);
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void helper_wait(helper *h) {
+    pthread_mutex_lock(&h->lock);
+    while (h->busy)
+        pthread_cond_wait(&h->cond, &h->lock);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* The helper named by the atom at *idx, alive and not in an async step. */
+static helper *idle_helper(const char *buf, int *idx) {
+    char name[MAXATOMLEN_UTF8];
+    if (ei_decode_atom(buf, idx, name) < 0)
+        die("a helper's name must be an atom");
+    helper *h = helper_named(name);
+    if (!h || h->dead || h->async) {
+        fprintf(stderr, "diff_runner: helper %s\n", name);
+        die("no such helper, or it is not idle");
+    }
+    return h;
+}
+
+static void spawn_helper(const char *buf, int *idx) {
+    char name[MAXATOMLEN_UTF8];
+    if (ei_decode_atom(buf, idx, name) < 0 || strcmp(name, "self") == 0 || helper_named(name))
+        die("spawn: a helper needs a new name (an atom, not self)");
+    if (nhelpers == MAX_HELPERS)
+        die("spawn: too many helpers");
+    helper *h = &helpers[nhelpers];
+    memset(h, 0, sizeof *h);
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->proc = edrv_proc_new();
+    if (!h->proc)
+        die("edrv_proc_new failed");
+    h->pid = edrv_proc_pid(h->proc);
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->cond, NULL);
+    ei_x_new(&h->result);
+    if (pthread_create(&h->thread, NULL, helper_main, h) != 0)
+        die("pthread_create failed");
+    nhelpers++;
+}
+
+/* Ends a helper's process; waits until its ports are closed. */
+static void helper_exit(helper *h) {
+    helper_post(h, JOB_EXIT);
+    pthread_join(h->thread, NULL);
+    h->dead = true;
+}
+
+/* Runs the steps that involve processes, or any other step as the main
+ * process, and encodes the result into x. */
+static void run_top_step(const char *buf, int *idx, edrv_proc *self, ei_x_buff *x) {
+    int at = *idx, arity;
+    char what[MAXATOMLEN_UTF8];
+    if (ei_decode_tuple_header(buf, &at, &arity) < 0 || ei_decode_atom(buf, &at, what) < 0)
+        die("a step must be a tuple with an atom first");
+    if (strcmp(what, "spawn") == 0) {
+        spawn_helper(buf, &at);
+        encode_ok_atom(x, "ok");
+    } else if (strcmp(what, "as") == 0 || strcmp(what, "async") == 0) {
+        helper *h = idle_helper(buf, &at);
+        h->buf = buf;
+        h->idx = at;
+        if (ei_skip_term(buf, &at) < 0)
+            die("as/async: bad step");
+        if (strcmp(what, "as") == 0) {
+            helper_post(h, JOB_STEP);
+            helper_wait(h);
+            ei_x_append_buf(x, h->result.buff, h->result.index);
+        } else {
+            int t = h->idx, a;
+            char inner[MAXATOMLEN_UTF8];
+            if (ei_decode_tuple_header(buf, &t, &a) < 0 || ei_decode_atom(buf, &t, inner) < 0 ||
+                strcmp(inner, "open") == 0)
+                die("async: not a step for async (open takes an index)");
+            h->async = true;
+            helper_post(h, JOB_STEP);
+            encode_ok_atom(x, "started");
+        }
+    } else if (strcmp(what, "exit") == 0) {
+        helper_exit(idle_helper(buf, &at));
+        encode_ok_atom(x, "ok");
+    } else if (strcmp(what, "adopt") == 0) {
+        char who[MAXATOMLEN_UTF8];
+        if (ei_decode_atom(buf, &at, who) < 0)
+            die("adopt: expected an atom");
+        helper *h = strcmp(who, "self") == 0 ? NULL : helper_named(who);
+        if (!h && strcmp(who, "self") != 0)
+            die("adopt: no such process");
+        port_set *seen = h ? &h->seen : &main_seen;
+        edrv_port port = 0;
+        for (size_t i = 0; i < seen->n && !port; i++)
+            if (!port_indexed(seen->v[i]))
+                port = seen->v[i];
+        index_port(port);
+        if (port) {
+            ei_x_encode_tuple_header(x, 2);
+            ei_x_encode_atom(x, "ok");
+            encode_port(x, port);
+        } else {
+            ei_x_encode_tuple_header(x, 2);
+            ei_x_encode_atom(x, "error");
+            ei_x_encode_atom(x, "no_port");
+        }
+    } else {
+        at = *idx;
+        run_step(buf, &at, self, true, x);
+    }
+    *idx = at;
+}
+
+/* The helpers' indices in name order. */
+static int by_name(const void *a, const void *b) {
+    return strcmp(helpers[*(const int *)a].name, helpers[*(const int *)b].name);
+}
+
+/* After a step: encodes, as a list, the main process's messages (until none
+ * and no async step's end came for msg_wait_ms), each idle helper's
+ * messages as {P, Msg}, and the results of the async steps that ended as
+ * {P, result, R}; helpers by name. */
+static void collect_all(edrv_proc *self, ei_x_buff *x) {
+    msg_list own = {0};
+    bool ended[MAX_HELPERS] = {false};
+    int64_t last = now_ns();
+    for (;;) {
+        bool waiting = false; /* for an async step's end: poll */
+        for (int i = 0; i < nhelpers; i++) {
+            helper *h = &helpers[i];
+            pthread_mutex_lock(&h->lock);
+            if (h->async && !h->busy) {
+                h->async = false;
+                ended[i] = true;
+                last = now_ns();
+            }
+            waiting |= h->async;
+            pthread_mutex_unlock(&h->lock);
+        }
+        int64_t left_ns = (int64_t)msg_wait_ms * 1000000 - (now_ns() - last);
+        if (left_ns <= 0)
+            break;
+        long left = (long)((left_ns + 999999) / 1000000);
+        edrv_msg m;
+        if (edrv_receive(self, waiting && left > POLL_MS ? POLL_MS : left, &m) == 0) {
+            msg_push(&own, m);
+            last = now_ns();
+        } else if (!waiting) {
+            break; /* a whole wait without a message */
+        }
+    }
+    int order[MAX_HELPERS];
+    for (int i = 0; i < nhelpers; i++)
+        order[i] = i;
+    qsort(order, (size_t)nhelpers, sizeof order[0], by_name);
+    /* The idle helpers collect at once, each in its own thread. */
+    for (int i = 0; i < nhelpers; i++) {
+        helper *h = &helpers[i];
+        if (!h->dead && !h->async) {
+            h->wait = msg_wait_ms;
+            helper_post(h, JOB_COLLECT);
+        }
+    }
+    size_t total = own.n;
+    for (int i = 0; i < nhelpers; i++) {
+        helper *h = &helpers[i];
+        if (!h->dead && !h->async) {
+            helper_wait(h);
+            total += h->msgs.n;
+        }
+        total += ended[i];
+    }
+    scan_msgs(&own, &main_seen);
+    if (total)
+        ei_x_encode_list_header(x, (long)total);
+    msgs_encode(x, &own, NULL);
+    for (int k = 0; k < nhelpers; k++) {
+        helper *h = &helpers[order[k]];
+        scan_msgs(&h->msgs, &h->seen);
+        msgs_encode(x, &h->msgs, h->name);
+    }
+    for (int k = 0; k < nhelpers; k++) {
+        if (!ended[order[k]])
+            continue;
+        helper *h = &helpers[order[k]];
+        ei_x_encode_tuple_header(x, 3);
+        ei_x_encode_atom(x, h->name);
+        ei_x_encode_atom(x, "result");
+        ei_x_append_buf(x, h->result.buff, h->result.index);
     }
     ei_x_encode_empty_list(x);
-    free(msgs);
+    free(own.v);
 }
 
 int main(int argc, char **argv) {
@@ -336,6 +768,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s DRIVERS_DIR (steps on stdin, {packet, 4})\n", argv[0]);
         return 2;
     }
+    drivers_dir = argv[1];
     size_t in_len;
     char *in = read_packet(&in_len);
     int idx = 0, ver, nsteps;
@@ -348,25 +781,53 @@ int main(int argc, char **argv) {
     edrv_proc *self = edrv_proc_new();
     if (!self)
         die("edrv_proc_new failed");
-    port_list ports = {0};
+    ei_x_buff steps;
+    ei_x_new(&steps);
+    if (nsteps)
+        ei_x_encode_list_header(&steps, nsteps);
+    for (int i = 0; i < nsteps; i++) {
+        ei_x_encode_tuple_header(&steps, 2);
+        run_top_step(in, &idx, self, &steps);
+        collect_all(self, &steps);
+    }
+    ei_x_encode_empty_list(&steps);
+
     ei_x_buff x;
     ei_x_new_with_version(&x);
-    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_tuple_header(&x, 3);
     encode_pid(&x, edrv_proc_pid(self));
-    if (nsteps)
-        ei_x_encode_list_header(&x, nsteps);
-    for (int i = 0; i < nsteps; i++) {
+    if (nhelpers)
+        ei_x_encode_list_header(&x, nhelpers);
+    for (int i = 0; i < nhelpers; i++) {
         ei_x_encode_tuple_header(&x, 2);
-        run_step(in, &idx, argv[1], self, &ports, &x);
-        collect_messages(self, &x);
+        encode_pid(&x, helpers[i].pid);
+        ei_x_encode_atom(&x, helpers[i].name);
     }
     ei_x_encode_empty_list(&x);
-
+    ei_x_append_buf(&x, steps.buff, steps.index);
     write_packet(x.buff, (size_t)x.index);
     ei_x_free(&x);
-    free(ports.v);
-    free(in);
+    ei_x_free(&steps);
+
+    /* Helpers still alive end now; one still blocked in an async step (on a
+     * busy port) is released when edrv_stop closes every port. */
+    for (int i = 0; i < nhelpers; i++)
+        if (!helpers[i].dead)
+            helper_post(&helpers[i], JOB_EXIT);
     edrv_proc_free(self);
     rc = edrv_stop();
+    for (int i = 0; i < nhelpers; i++) {
+        helper *h = &helpers[i];
+        if (!h->dead)
+            pthread_join(h->thread, NULL);
+        ei_x_free(&h->result);
+        free(h->msgs.v);
+        free(h->seen.v);
+        pthread_mutex_destroy(&h->lock);
+        pthread_cond_destroy(&h->cond);
+    }
+    free(main_seen.v);
+    free(ports.v);
+    free(in);
     return rc < 0 ? 1 : 0;
 }

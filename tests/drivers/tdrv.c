@@ -4,10 +4,18 @@
  * differential tests do exactly that.
  *
  * Behaviour is chosen by port_control op codes (see the TD_* list below); the
- * command data is the argument. Built twice: "tdrv" with an output callback,
- * and "tdrvv" (-DTDRV_OUTPUTV) with outputv, which reports the ErlIOVec it got.
+ * command data is the argument. Built five times: "tdrv" with an output
+ * callback; "tdrvv" (-DTDRV_OUTPUTV) with outputv, which reports the ErlIOVec
+ * it got; "tdrva" (-DTDRV_INIT_ACK) with ERL_DRV_FLAG_USE_INIT_ACK; "tdrvs"
+ * (-DTDRV_SOFT_BUSY) with ERL_DRV_FLAG_SOFT_BUSY; and "tdrvp"
+ * (-DTDRV_PORT_LOCKING) with ERL_DRV_FLAG_USE_PORT_LOCKING: OTP 25 hangs
+ * when a driver with the default driver-level lock calls driver_create_port
+ * (TD_CREATE) from its control callback (checked in erl), so the
+ * differential tests create ports with tdrvp.
  * The start command's words select start failures: "tdrv general", "tdrv
- * errno", "tdrv badarg", "tdrv fail" (driver_failure_atom inside start).
+ * errno", "tdrv badarg", "tdrv fail" (driver_failure_atom inside start);
+ * "hello" sends output from start, and "stop_term" does what TD_STOP_TERM
+ * does (for ports that no control reaches before they end).
  */
 #include <erl_driver.h>
 #include <errno.h>
@@ -19,6 +27,10 @@
 #define TDRV_NAME "tdrvv"
 #elif defined(TDRV_INIT_ACK)
 #define TDRV_NAME "tdrva" /* ERL_DRV_FLAG_USE_INIT_ACK: "tdrva ack_now|ack_later|ack_fail" */
+#elif defined(TDRV_SOFT_BUSY)
+#define TDRV_NAME "tdrvs" /* ERL_DRV_FLAG_SOFT_BUSY: port_command(P, D, [force]) sends */
+#elif defined(TDRV_PORT_LOCKING)
+#define TDRV_NAME "tdrvp" /* ERL_DRV_FLAG_USE_PORT_LOCKING: OTP 25 needs it for TD_CREATE */
 #else
 #define TDRV_NAME "tdrv"
 #endif
@@ -95,7 +107,7 @@ static ErlDrvData td_start(ErlDrvPort port, char *cmd) {
         return ERL_DRV_ERROR_GENERAL;
     t->port = port;
     t->start_caller = driver_caller(port);
-    t->term_in_stop = 0;
+    t->term_in_stop = strstr(cmd, " stop_term") != NULL; /* as TD_STOP_TERM */
     t->empty_on = 0;
     if (strstr(cmd, " hello"))
         driver_output(port, "hello", 5);
@@ -239,12 +251,11 @@ static void td_timeout(ErlDrvData d) {
     tdrv *t = (tdrv *)d;
 #ifdef TDRV_INIT_ACK
     if (t->ack_mode) {
-        ErlDrvPort port = t->port;
+        /* A failed ack ends the port: stop still runs, with start's data,
+         * and frees it (OTP 25 does that too). */
         int failed = t->ack_mode == 2;
         t->ack_mode = 0;
-        if (failed)
-            driver_free(t);
-        erl_drv_init_ack(port, failed ? ERL_DRV_ERROR_BADARG : (ErlDrvData)t);
+        erl_drv_init_ack(t->port, failed ? ERL_DRV_ERROR_BADARG : (ErlDrvData)t);
         return;
     }
 #endif
@@ -610,8 +621,12 @@ static ErlDrvEntry tdrv_entry = {
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
     .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
     .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
-#ifdef TDRV_INIT_ACK
+#if defined(TDRV_INIT_ACK)
     .driver_flags = ERL_DRV_FLAG_USE_INIT_ACK,
+#elif defined(TDRV_SOFT_BUSY)
+    .driver_flags = ERL_DRV_FLAG_SOFT_BUSY,
+#elif defined(TDRV_PORT_LOCKING)
+    .driver_flags = ERL_DRV_FLAG_USE_PORT_LOCKING,
 #endif
 };
 
