@@ -155,12 +155,6 @@ static void futex_wake(_Atomic uint32_t *word) {
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* A counter with one writer: a plain add, no locked instruction. */
 static inline void bump(_Atomic uint64_t *c) {
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
@@ -185,13 +179,13 @@ static void complete(lane *l, job *j) {
 static bool spin_for_jobs(lane *l) {
     if (pool.spin_ns <= 0)
         return false;
-    uint64_t until = now_ns() + (uint64_t)pool.spin_ns;
+    int64_t until = edrv__now_ns() + pool.spin_ns;
     do {
         if (atomic_load_explicit(&l->head, memory_order_relaxed) ||
             atomic_load_explicit(&l->quit, memory_order_relaxed))
             return true;
         sched_yield();
-    } while (now_ns() < until);
+    } while (edrv__now_ns() < until);
     return false;
 }
 
@@ -236,19 +230,13 @@ static void *lane_main(void *arg) {
     }
 }
 
-static long spin_ns_from(int spin_us) {
-    if (spin_us < 0)
-        return 0;
-    return (long)(spin_us ? spin_us : EDRV_DEFAULT_SPIN_US) * 1000;
-}
-
-int edrv__async_start(int threads, int spin_us) {
+int edrv__async_start(int threads, long spin_ns) {
     atomic_store(&pool.submitted, 0);
     atomic_store(&pool.ready, 0);
     atomic_store(&pool.freed, 0);
     atomic_store(&pool.cancelled, 0);
     atomic_store(&pool.started, 0);
-    pool.spin_ns = spin_ns_from(spin_us);
+    pool.spin_ns = spin_ns;
     pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
     if (!pool.lanes_block) {
         edrv__free(pool.lanes_block);

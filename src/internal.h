@@ -28,6 +28,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
+
+/* CLOCK_MONOTONIC in nanoseconds: timers, and the idle threads' spins. */
+static inline int64_t edrv__now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 #define EDRV_API __attribute__((visibility("default")))
 #define EDRV_UNUSED __attribute__((unused))
@@ -280,9 +288,8 @@ void edrv__drivers_unload_all(void);
 
 /* ---- async.c: the pool ---------------------------------------------------- */
 
-/* An idle thread's spin before it sleeps, when edrv_options.spin_us is 0. */
-#define EDRV_DEFAULT_SPIN_US 50
-int edrv__async_start(int threads, int spin_us); /* edrv_start */
+/* edrv_start; spin_ns: how long an idle pool thread spins (0: never). */
+int edrv__async_start(int threads, long spin_ns);
 void edrv__async_stop(void);        /* edrv_stop, after every job ended */
 /* Emulator thread: ends the finished jobs (ready_async or free); returns how
  * many. */

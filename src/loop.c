@@ -98,12 +98,8 @@ int edrv__epoll_fd(void) {
 /* More jobs than this per pool thread waiting: a backlog (wait_events). */
 #define BACKLOG_PER_THREAD 16
 #define BACKLOG_NAP_NS 100000
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+/* An idle thread's spin before it sleeps, when edrv_options.spin_us is 0. */
+#define DEFAULT_SPIN_US 50
 
 static bool work_waiting(void) {
     return atomic_load(&rt.requests) || edrv__async_has_done();
@@ -114,12 +110,12 @@ static bool work_waiting(void) {
 static bool spin_for_work(void) {
     if (rt.spin_ns <= 0)
         return false;
-    uint64_t until = now_ns() + (uint64_t)rt.spin_ns;
+    int64_t until = edrv__now_ns() + rt.spin_ns;
     for (;;) {
         if (atomic_load_explicit(&rt.requests, memory_order_relaxed) || edrv__async_has_done())
             return true;
         sched_yield(); /* as the pool threads do (async.c) */
-        if (now_ns() >= until)
+        if (edrv__now_ns() >= until)
             return false;
     }
 }
@@ -152,7 +148,7 @@ static void wait_events(int timeout_ms) {
         if (spin_for_work()) {
             timeout_ms = 0;
         } else {
-            int trim_ms = edrv__async_trim_ms(now_ns());
+            int trim_ms = edrv__async_trim_ms((uint64_t)edrv__now_ns());
             if (trim_ms >= 0 && (timeout_ms < 0 || trim_ms < timeout_ms))
                 timeout_ms = trim_ms;
             atomic_store(&rt.parked, true);
@@ -378,11 +374,11 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     rt.async_threads = threads;
     rt.quit = false;
     rt.head = rt.tail = NULL;
-    rt.spin_ns = spin_us < 0 ? 0 : (long)(spin_us ? spin_us : EDRV_DEFAULT_SPIN_US) * 1000;
+    rt.spin_ns = spin_us < 0 ? 0 : (long)(spin_us ? spin_us : DEFAULT_SPIN_US) * 1000;
     atomic_store(&rt.requests, false);
     atomic_store(&rt.parked, false);
     if (!err)
-        err = edrv__async_start(threads, spin_us);
+        err = edrv__async_start(threads, rt.spin_ns); /* the pool spins as long */
     if (!err) {
         rt.accepting = true;
         err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);

@@ -18,12 +18,6 @@ static struct {
     size_t n, cap;
 } timers;
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void place(size_t i, edrv_port_t *pt) {
     timers.heap[i] = pt;
     pt->timer_slot = (long)i;
@@ -78,12 +72,12 @@ void edrv__timer_cancel(edrv_port_t *pt) {
 long edrv__timers_next_ms(void) {
     if (!timers.n)
         return -1;
-    int64_t left = timers.heap[0]->timer_deadline - now_ns();
+    int64_t left = timers.heap[0]->timer_deadline - edrv__now_ns();
     return left <= 0 ? 0 : (long)((left + 999999) / 1000000);
 }
 
 void edrv__timers_run(void) {
-    int64_t now = now_ns();
+    int64_t now = edrv__now_ns();
     while (timers.n && timers.heap[0]->timer_deadline <= now) {
         edrv_port_t *pt = timers.heap[0];
         edrv__timer_cancel(pt);
@@ -105,7 +99,7 @@ EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
         timers.heap = h;
         timers.cap = cap;
     }
-    port->timer_deadline = now_ns() + (int64_t)time * 1000000;
+    port->timer_deadline = edrv__now_ns() + (int64_t)time * 1000000;
     timers.heap[timers.n++] = port;
     sift_up(timers.n - 1);
     return 0;
@@ -125,7 +119,7 @@ EDRV_API int driver_read_timer(ErlDrvPort port, unsigned long *time_left) {
         *time_left = 0;
         return 0;
     }
-    int64_t left = port->timer_deadline - now_ns();
+    int64_t left = port->timer_deadline - edrv__now_ns();
     *time_left = left <= 0 ? 0 : (unsigned long)(left / 1000000);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #ifndef EDRV_TEST_DRIVERS
 #error EDRV_TEST_DRIVERS must name the directory of the test drivers
@@ -104,6 +105,14 @@ static inline void port_subst(char *out, size_t cap, const char *want, edrv_port
         }
     }
     out[o] = '\0';
+}
+
+/* CPU time this process has used, user and system, in seconds. */
+static inline double check_cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
 }
 
 static inline int mem_in_use(void) {

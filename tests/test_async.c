@@ -406,13 +406,6 @@ static void never_spinning(void) {
     edrv_proc_free(proc);
 }
 
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
-}
-
 static void idle_uses_no_cpu(void) {
     /* After work, the spins end within spin_us and every thread sleeps: a
      * second of idling costs (almost) no CPU. A thread that kept spinning
@@ -421,9 +414,9 @@ static void idle_uses_no_cpu(void) {
     edrv_port port = open_adrv();
     CHECK_INT(run_jobs(port, 5000), 5000);
     usleep(200000);
-    double c0 = cpu_seconds();
+    double c0 = check_cpu_seconds();
     usleep(1000000);
-    double used = cpu_seconds() - c0;
+    double used = check_cpu_seconds() - c0;
     printf("idle: %.1f ms of CPU in 1 s\n", used * 1e3);
     CHECK(used < 0.1);
     edrv_proc_free(proc);

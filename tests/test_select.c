@@ -50,19 +50,12 @@ static void check_quiet(long ms) {
     free(m);
 }
 
-static double cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec / 1e6;
-}
-
 /* The emulator thread sleeps: no fd keeps the loop spinning. The bound is
  * loose; a spinning loop uses all of the 300 ms. */
 static void check_idle(void) {
-    double before = cpu_seconds();
+    double before = check_cpu_seconds();
     usleep(300 * 1000);
-    CHECK(cpu_seconds() - before < 0.15);
+    CHECK(check_cpu_seconds() - before < 0.15);
 }
 
 static int setup(edrv_port *port, const char *driver) {
