@@ -6,50 +6,51 @@
  * written back into *key; without a key, the job id % N), so jobs with one key
  * run one at a time, in order, on one thread.
  *
- * Lanes: only the emulator thread submits, and only the lane's thread takes,
- * so a lane is a lock-free stack that the emulator pushes onto (one
- * compare-and-swap) and the pool thread empties in one exchange, then reverses
- * into submission order. Nobody ever holds a lock around a job.
+ * Lanes: a lane is a queue of jobs stored in place, in segments of SEG_JOBS
+ * job slots linked in order. Three cursors walk it, all counting from the
+ * lane's first job: `pushed` (the emulator thread has written that many
+ * jobs), `done` (the pool thread has run or skipped that many) and `ended`
+ * (the emulator thread has ended that many with ready_async or free). Only
+ * the emulator thread writes jobs and only the lane's thread runs them, so
+ * each side publishes its cursor with one release store and reads the other's
+ * with an acquire load: no lock, no compare-and-swap on a shared word, and
+ * both sides walk memory in order, which the processor's prefetcher follows
+ * however many jobs are queued. A segment whose jobs have all ended goes on a
+ * free list for the next one the emulator thread needs.
  *
  * Sleeping and waking: a pool thread with nothing to do first spins for a
- * while (edrv_options.spin_us), watching its lane and yielding its core;
- * only then does it set its `sleeping` word, look at the lane once more, and
+ * while (edrv_options.spin_us), watching `pushed` and yielding its core;
+ * only then does it set its `sleeping` word, look at `pushed` once more, and
  * wait on the word (a futex). driver_async wakes the thread right away if it
  * sleeps, as ERTS does (a callback may wait for its own job), and only then:
  * the wake-up clears the word, so a burst costs one wake-up per thread, and a
- * thread that is spinning or working costs none. The job is pushed before
- * `sleeping` is read, and `sleeping` is set before the lane is read (both
+ * thread that is spinning or working costs none. `pushed` is stored before
+ * `sleeping` is read, and `sleeping` is set before `pushed` is read (both
  * sequentially consistent), so a job is never left on the lane of a sleeping
  * thread.
  *
- * Completions: each pool thread appends its finished jobs to a queue of its
- * own, a FIFO linked through the jobs (the producer links the new job to the
- * last one; the consumer keeps the job it ended last as the queue's head
- * until the next one ends, and only then reuses it). It wakes the emulator
- * thread only if that is parked (edrv__wake). The emulator thread walks the
- * queues in order, a few jobs from each in turn, and ends each job with
- * exactly one of ready_async (the port lives and has one) or free. There is
- * no shared completion word for the pool threads to fight over, and no list
- * to reverse: a long backlog of completions is read once, in order.
+ * Completions: after each job the pool thread stores `done`, and wakes the
+ * emulator thread only if that is parked (edrv__wake). The emulator thread
+ * ends the jobs between `ended` and `done`, a few from each lane in turn, with
+ * exactly one of ready_async (the port lives and has one) or free.
  *
  * Cancel: every job has an atomic state. A pool thread moves QUEUED to
  * RUNNING before invoke; driver_async_cancel moves QUEUED to CANCELLED. One
- * compare-and-swap decides, so a job is cancelled or run, never both; the
- * canceller finds the job through the job table, in O(1), and never walks a
- * lane. A cancelled job stays on its lane until its thread reaches it and
- * hands it back through its completion queue, unrun, for reuse.
+ * compare-and-swap decides, so a job is cancelled or run, never both. Ids
+ * grow with every job, so along a lane they are sorted: the canceller finds a
+ * job with a binary search over each lane's jobs not yet ended, through the
+ * lane's table of segments, and keeps no index of its own. A cancelled job
+ * stays in its slot; its thread skips it.
  *
- * Memory: a job is 40 bytes, cut from slabs of SLAB_JOBS and reused through
- * a free list, all on the emulator thread; its invoke and free functions are
- * one index into a table of the distinct pairs drivers use; the job table is
- * one pointer per slot and at most three quarters full. A second after the
- * last job ended, the slabs go back to the allocator but the newest and any
- * that holds a completion queue's head, and so does the table.
+ * Memory: a job is 32 bytes in its lane's segment, and nothing else: its
+ * invoke and free functions are one index into a table of the distinct pairs
+ * drivers use. A second after the last job ended, the spare segments go back
+ * to the allocator.
  *
- * Threads: driver_async, driver_async_cancel and the completion pass run on
- * the emulator thread, which alone touches the job table, the slabs, ports
- * and drivers. Pool threads touch only their lane, the jobs they take, their
- * completion queue's tail and the function table's published entries.
+ * Threads: driver_async, driver_async_cancel and the drain run on the
+ * emulator thread, which alone writes jobs and touches ports and drivers.
+ * Pool threads read the jobs between `done` and `pushed`, write their state,
+ * and read the function table's published entries.
  */
 #include "internal.h"
 
@@ -63,14 +64,19 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
+enum { JOB_QUEUED, JOB_RUNNING, JOB_CANCELLED };
 
-#define SLAB_JOBS 1024
+/* Jobs per segment: 16 KiB of jobs. */
+#define SEG_JOBS 512
 /* Jobs the drain ends from one lane before it turns to the next. */
 #define DRAIN_TURN 4
-/* Spare slabs and a big job table go back after a second with no live job:
- * a pool that works in bursts keeps them between bursts, and glibc is not
- * asked for a large block (which merges its free small blocks) every burst. */
+/* How far ahead (in jobs) the pool thread and the drain prefetch the data a
+ * job points to: a long queue's driver data is no longer in the cache. */
+#define PREFETCH_AHEAD 4
+/* Spare segments go back a second after the last job was submitted, when no
+ * job is pending: a pool that works in bursts keeps them between bursts, and
+ * glibc is not asked for large blocks (which merges its free small blocks)
+ * every burst. */
 #define TRIM_AFTER_NS 1000000000u
 #define CACHE_LINE 64
 /* The function table: FN_CHUNKS chunks of FN_CHUNK pairs, never moved, so a
@@ -78,40 +84,48 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_CANCELLED };
 #define FN_CHUNK 256
 #define FN_CHUNKS 256
 
-typedef struct job {
-    _Atomic(struct job *) next; /* on a lane, then on a completion queue, or free */
-    edrv_port_t *port;
+typedef struct {
     void *data;
+    edrv_port_t *port;
     long id;
     uint32_t fn; /* index into the function table */
     _Atomic uint32_t state;
 } job;
 
-typedef struct slab {
-    struct slab *next;
-    job jobs[SLAB_JOBS];
-} slab;
+/* `next` is written before the jobs in the next segment are published, so
+ * the pool thread reads it without an atomic; free segments are linked
+ * through it too. */
+typedef struct seg {
+    struct seg *next;
+    alignas(CACHE_LINE) job jobs[SEG_JOBS];
+} seg;
 
 typedef struct {
     void (*invoke)(void *);
     void (*free)(void *);
 } fn_pair;
 
-/* One lane per pool thread, each on cache lines of its own: the emulator
- * thread writes `head` and reads `sleeping`, the pool thread the reverse. */
+/* One lane per pool thread. Its hot words sit on cache lines by who writes
+ * them: `pushed` by the emulator thread, `done` by the pool thread, and the
+ * rarely written `sleeping` apart from both, since the emulator thread reads
+ * it on every submission. */
 typedef struct {
-    alignas(CACHE_LINE) _Atomic(job *) head; /* newest first */
-    _Atomic uint32_t sleeping;               /* the futex word: 1 while it sleeps */
+    alignas(CACHE_LINE) _Atomic uint64_t pushed;
+    seg *first; /* the segment of job 0, for the pool thread */
+    alignas(CACHE_LINE) _Atomic uint64_t done;
+    _Atomic uint64_t started; /* the pool thread's counter */
+    alignas(CACHE_LINE) _Atomic uint32_t sleeping; /* the futex word: 1 while it sleeps */
     _Atomic bool quit;
-    alignas(CACHE_LINE) _Atomic uint64_t started; /* the pool thread's counter */
-    job *ctail; /* the pool thread's: the last job on its completion queue */
     pthread_t thread;
     bool running;
-    /* The completion queue: a FIFO linked through the jobs, from stub or the
-     * job last ended (kept until the next one ends: the pool thread may still
-     * link to it) to ctail. The emulator thread's: */
-    alignas(CACHE_LINE) job *chead;
-    job stub;
+    /* The emulator thread's: the last segment and the one of the next job
+     * to end, and every segment from that one to the last, in order, for
+     * cancel (a ring of segs_cap pointers from segs[segs_at]). */
+    alignas(CACHE_LINE) uint64_t tail, ended;
+    seg *tail_seg, *end_seg;
+    seg **segs;
+    size_t segs_cap, segs_at, nsegs;
+    uint64_t segs_base; /* the number of the first job in segs[segs_at] */
 } lane;
 
 static struct {
@@ -120,15 +134,8 @@ static struct {
     int n;
     long spin_ns; /* how long an idle pool thread spins */
     /* The emulator thread's: */
-    struct {
-        job **slots; /* NULL: empty; TOMB: removed */
-        size_t cap, used, live;
-    } table;          /* id -> queued or running job */
-    slab *slabs;      /* newest first; jobs are cut from slabs->jobs[slab_used..] */
-    size_t slab_used;
-    job *free_jobs;
-    size_t live_jobs; /* cut and not back on the free list (cancelled ones on a lane too) */
-    uint64_t idle_since; /* edrv__async_trim_ms: when no job was live, 0 if unknown */
+    seg *free_segs;
+    uint64_t idle_since; /* edrv__async_trim_ms: when no job was pending, 0 if unknown */
     long idle_id;        /* next_id then */
     fn_pair *fns[FN_CHUNKS];
     uint32_t nfns, last_fn;
@@ -138,8 +145,6 @@ static struct {
     _Atomic uint64_t submitted, ready, freed, cancelled;
     _Atomic uint64_t started; /* after a stop: what the lanes' counters came to */
 } pool;
-
-#define TOMB ((job *)1)
 
 /* Guards pool.n and pool.lanes against edrv_pool on another thread while
  * the pool starts or stops. */
@@ -161,27 +166,22 @@ static inline void bump(_Atomic uint64_t *c) {
                           memory_order_relaxed);
 }
 
-/* ---- pool threads ---------------------------------------------------------- */
-
-/* Appends a finished (or cancelled) job to the lane's completion queue. */
-static void complete(lane *l, job *j) {
-    atomic_store_explicit(&j->next, NULL, memory_order_relaxed);
-    atomic_store_explicit(&l->ctail->next, j, memory_order_release);
-    l->ctail = j;
-    atomic_thread_fence(memory_order_seq_cst); /* the link, then the parked flag */
-    edrv__wake(); /* only if the emulator thread is parked */
+static inline const fn_pair *fn_of(uint32_t fn) {
+    return &pool.fns[fn / FN_CHUNK][fn % FN_CHUNK];
 }
 
-/* Spins until the lane has jobs or spin_ns pass; whether it has. The spin
- * yields the processor on every round: where threads outnumber cores, a
- * spinning thread gives its core to one with work, and comes back within a
- * scheduler round when there is none. */
-static bool spin_for_jobs(lane *l) {
+/* ---- pool threads ---------------------------------------------------------- */
+
+/* Spins until the lane has a job past `at` or spin_ns pass; whether it has.
+ * The spin yields the processor on every round: where threads outnumber
+ * cores, a spinning thread gives its core to one with work, and comes back
+ * within a scheduler round when there is none. */
+static bool spin_for_jobs(lane *l, uint64_t at) {
     if (pool.spin_ns <= 0)
         return false;
     int64_t until = edrv__now_ns() + pool.spin_ns;
     do {
-        if (atomic_load_explicit(&l->head, memory_order_relaxed) ||
+        if (atomic_load_explicit(&l->pushed, memory_order_relaxed) != at ||
             atomic_load_explicit(&l->quit, memory_order_relaxed))
             return true;
         sched_yield();
@@ -191,15 +191,17 @@ static bool spin_for_jobs(lane *l) {
 
 static void *lane_main(void *arg) {
     lane *l = arg;
+    seg *s = NULL; /* the segment of job `at` */
+    uint64_t at = 0;
     for (;;) {
-        job *stack = atomic_exchange_explicit(&l->head, NULL, memory_order_acquire);
-        if (!stack) {
+        uint64_t pushed = atomic_load_explicit(&l->pushed, memory_order_acquire);
+        if (pushed == at) {
             if (atomic_load_explicit(&l->quit, memory_order_acquire))
                 return NULL;
-            if (spin_for_jobs(l))
+            if (spin_for_jobs(l, at))
                 continue;
             atomic_store(&l->sleeping, 1);
-            if (atomic_load(&l->head) || atomic_load(&l->quit)) {
+            if (atomic_load(&l->pushed) != at || atomic_load(&l->quit)) {
                 atomic_store(&l->sleeping, 0);
                 continue;
             }
@@ -207,26 +209,23 @@ static void *lane_main(void *arg) {
             atomic_store(&l->sleeping, 0); /* woken, or a spurious return */
             continue;
         }
-        /* Newest first: reverse into submission order. */
-        job *batch = NULL;
-        while (stack) {
-            job *next = atomic_load_explicit(&stack->next, memory_order_relaxed);
-            atomic_store_explicit(&stack->next, batch, memory_order_relaxed);
-            batch = stack;
-            stack = next;
-        }
-        while (batch) {
-            job *j = batch;
-            batch = atomic_load_explicit(&j->next, memory_order_relaxed);
+        do {
+            size_t k = at % SEG_JOBS;
+            if (k == 0)
+                s = at ? s->next : l->first;
+            if (k + PREFETCH_AHEAD < SEG_JOBS && at + PREFETCH_AHEAD < pushed)
+                __builtin_prefetch(s->jobs[k + PREFETCH_AHEAD].data);
+            job *j = &s->jobs[k];
             uint32_t queued = JOB_QUEUED;
             if (atomic_compare_exchange_strong(&j->state, &queued, JOB_RUNNING)) {
                 bump(&l->started); /* this thread's alone */
-                const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
-                f->invoke(j->data);
-                atomic_store_explicit(&j->state, JOB_DONE, memory_order_relaxed);
-            }
-            complete(l, j); /* cancelled ones go back unrun, for reuse */
-        }
+                fn_of(j->fn)->invoke(j->data);
+            } /* else cancelled: skipped */
+            at++;
+            atomic_store_explicit(&l->done, at, memory_order_release);
+            atomic_thread_fence(memory_order_seq_cst); /* `done`, then the parked flag */
+            edrv__wake(); /* only if the emulator thread is parked */
+        } while (at < pushed);
     }
 }
 
@@ -238,17 +237,10 @@ int edrv__async_start(int threads, long spin_ns) {
     atomic_store(&pool.started, 0);
     pool.spin_ns = spin_ns;
     pool.lanes_block = edrv__alloc(EDRV_MEM_SYSTEM, (size_t)threads * sizeof(lane) + CACHE_LINE);
-    if (!pool.lanes_block) {
-        edrv__free(pool.lanes_block);
-        pool.lanes_block = NULL;
+    if (!pool.lanes_block)
         return edrv__fail(EDRV_ENOMEM, "out of memory for %d pool threads", threads);
-    }
     uintptr_t at = ((uintptr_t)pool.lanes_block + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1);
     memset((void *)at, 0, (size_t)threads * sizeof(lane));
-    for (int i = 0; i < threads; i++) {
-        lane *l = (lane *)at + i;
-        l->chead = l->ctail = &l->stub;
-    }
     pthread_mutex_lock(&lanes_lock);
     pool.lanes = (lane *)at;
     pool.n = threads;
@@ -268,7 +260,13 @@ int edrv__async_start(int threads, long spin_ns) {
     return 0;
 }
 
-static void slabs_free(void);
+static void segs_free(seg *s) {
+    while (s) {
+        seg *next = s->next;
+        edrv__free(s);
+        s = next;
+    }
+}
 
 void edrv__async_stop(void) {
     int n = pool.n; /* only start and stop, on this thread, change it */
@@ -288,80 +286,30 @@ void edrv__async_stop(void) {
         atomic_fetch_add(&pool.started, atomic_load(&pool.lanes[i].started));
     pool.n = 0;
     pthread_mutex_unlock(&lanes_lock);
-    /* Every job has ended; cancelled ones may still be on a completion
-     * queue, and all of them live in the slabs. */
-    slabs_free();
+    /* Every job has ended, but cancelled ones may still sit in their slots:
+     * the segments go, with whatever they hold. */
+    for (int i = 0; i < n; i++) {
+        lane *l = &pool.lanes[i];
+        segs_free(l->end_seg); /* linked through to tail_seg */
+        edrv__free(l->segs);
+    }
+    segs_free(pool.free_segs);
+    pool.free_segs = NULL;
     edrv__free(pool.lanes_block);
-    edrv__free(pool.table.slots);
     for (uint32_t c = 0; c < FN_CHUNKS && pool.fns[c]; c++) {
         edrv__free(pool.fns[c]);
         pool.fns[c] = NULL;
     }
     pool.nfns = pool.last_fn = 0;
-    pool.table.slots = NULL;
-    pool.table.cap = pool.table.used = pool.table.live = 0;
     pool.idle_since = 0;
     pool.lanes_block = NULL;
     pool.lanes = NULL;
 }
 
-/* ---- the emulator thread: jobs, slabs, functions, the job table --------------- */
-
-static void slabs_free(void) {
-    while (pool.slabs) {
-        slab *s = pool.slabs;
-        pool.slabs = s->next;
-        edrv__free(s);
-    }
-    pool.slab_used = 0;
-    pool.free_jobs = NULL;
-    pool.live_jobs = 0;
-}
-
-static job *job_new(void) {
-    job *j = pool.free_jobs;
-    if (j) {
-        pool.free_jobs = atomic_load_explicit(&j->next, memory_order_relaxed);
-    } else {
-        if (!pool.slabs || pool.slab_used == SLAB_JOBS) {
-            slab *s = edrv__alloc(EDRV_MEM_ASYNC, sizeof *s);
-            if (!s)
-                return NULL;
-            s->next = pool.slabs;
-            pool.slabs = s;
-            pool.slab_used = 0;
-        }
-        j = &pool.slabs->jobs[pool.slab_used++];
-    }
-    pool.live_jobs++;
-    return j;
-}
-
-/* A job is back: onto the free list. */
-static void job_recycle(job *j) {
-    atomic_store_explicit(&j->next, pool.free_jobs, memory_order_relaxed);
-    pool.free_jobs = j;
-    pool.live_jobs--;
-}
-
-/* The job a lane's completion queue starts from, if it is one of the slabs'. */
-static job *queue_dummy(int i) {
-    job *h = pool.lanes[i].chead;
-    return h == &pool.lanes[i].stub ? NULL : h;
-}
-
-static bool in_slab(const job *j, const slab *s, size_t cut) {
-    return j >= s->jobs && j < s->jobs + cut;
-}
+/* ---- the emulator thread: segments, functions, cancel -------------------------- */
 
 int edrv__async_trim_ms(uint64_t now) {
-    /* Live, every job is queued, running or waiting to be ended, but for the
-     * one each completion queue starts from. */
-    size_t dummies = 0;
-    for (int i = 0; i < pool.n; i++)
-        dummies += queue_dummy(i) != NULL;
-    bool spare = pool.slabs && pool.slabs->next;
-    if (pool.live_jobs > dummies || (!spare && pool.table.cap <= 64)) {
+    if (!pool.free_segs || pool.pending) {
         pool.idle_since = 0;
         return -1;
     }
@@ -372,43 +320,82 @@ int edrv__async_trim_ms(uint64_t now) {
     uint64_t waited = now - pool.idle_since;
     if (waited < TRIM_AFTER_NS)
         return (int)((TRIM_AFTER_NS - waited + 999999) / 1000000);
-    /* The newest slab stays, and any that holds a queue's first job; the
-     * free list is made again from the jobs cut from the slabs that stay. */
-    slab *s = pool.slabs, *kept = NULL, **tail = &kept;
-    bool newest = true;
-    pool.free_jobs = NULL;
-    while (s) {
-        slab *next = s->next;
-        size_t cut = newest ? pool.slab_used : SLAB_JOBS;
-        bool keep = newest;
-        for (int i = 0; i < pool.n && !keep; i++)
-            keep = queue_dummy(i) && in_slab(queue_dummy(i), s, cut);
-        if (keep) {
-            for (size_t k = 0; k < cut; k++) {
-                job *j = &s->jobs[k];
-                bool dummy = false;
-                for (int i = 0; i < pool.n; i++)
-                    dummy |= queue_dummy(i) == j;
-                if (!dummy) {
-                    atomic_store_explicit(&j->next, pool.free_jobs, memory_order_relaxed);
-                    pool.free_jobs = j;
-                }
-            }
-            *tail = s;
-            tail = &s->next;
-        } else {
-            edrv__free(s);
-        }
-        newest = false;
-        s = next;
-    }
-    *tail = NULL;
-    pool.slabs = kept;
-    edrv__free(pool.table.slots);
-    pool.table.slots = NULL;
-    pool.table.cap = pool.table.used = pool.table.live = 0;
+    segs_free(pool.free_segs);
+    pool.free_segs = NULL;
     pool.idle_since = 0;
     return -1;
+}
+
+/* A lane's segment table: segment number i (from the lane's first live one). */
+static seg *lane_seg(const lane *l, size_t i) {
+    return l->segs[(l->segs_at + i) & (l->segs_cap - 1)];
+}
+
+/* Appends a new segment to lane l; -1 when out of memory. */
+static int lane_grow(lane *l) {
+    if (l->nsegs == l->segs_cap) {
+        size_t cap = l->segs_cap ? l->segs_cap * 2 : 8;
+        seg **t = edrv__alloc(EDRV_MEM_ASYNC, cap * sizeof *t);
+        if (!t)
+            return -1;
+        for (size_t i = 0; i < l->nsegs; i++)
+            t[i] = lane_seg(l, i);
+        edrv__free(l->segs);
+        l->segs = t;
+        l->segs_cap = cap;
+        l->segs_at = 0;
+    }
+    seg *s = pool.free_segs;
+    if (s) {
+        pool.free_segs = s->next;
+    } else if (!(s = edrv__alloc(EDRV_MEM_ASYNC, sizeof *s))) {
+        return -1;
+    }
+    s->next = NULL;
+    if (l->tail_seg) {
+        l->tail_seg->next = s;
+    } else { /* the lane's first job */
+        l->first = l->end_seg = s;
+        l->segs_base = 0;
+    }
+    l->tail_seg = s;
+    l->segs[(l->segs_at + l->nsegs++) & (l->segs_cap - 1)] = s;
+    return 0;
+}
+
+/* Lane l's oldest segment has ended all its jobs and its thread has moved
+ * on: onto the free list. */
+static void lane_shrink(lane *l) {
+    seg *s = l->end_seg;
+    l->end_seg = s->next;
+    l->segs_at = (l->segs_at + 1) & (l->segs_cap - 1);
+    l->nsegs--;
+    l->segs_base += SEG_JOBS;
+    s->next = pool.free_segs;
+    pool.free_segs = s;
+}
+
+/* The queued or running job with this id, found by a binary search along
+ * each lane's jobs not yet ended (ids grow along a lane, until they wrap
+ * after LONG_MAX jobs: a cancel then may miss, and the job runs); NULL if
+ * none. */
+static job *job_find(long id) {
+    for (int i = 0; i < pool.n; i++) {
+        lane *l = &pool.lanes[i];
+        uint64_t lo = l->ended, hi = l->tail; /* the jobs in [lo, hi) */
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            uint64_t off = mid - l->segs_base;
+            job *j = &lane_seg(l, off / SEG_JOBS)->jobs[off % SEG_JOBS];
+            if (j->id == id)
+                return j;
+            if (j->id < id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+    }
+    return NULL;
 }
 
 /* The index of the pair (invoke, free), added if new; UINT32_MAX when the
@@ -416,12 +403,12 @@ int edrv__async_trim_ms(uint64_t now) {
  * one found is tried first, then the table from the start. */
 static uint32_t fn_index(void (*invoke)(void *), void (*free_fn)(void *)) {
     if (pool.nfns) {
-        const fn_pair *f = &pool.fns[pool.last_fn / FN_CHUNK][pool.last_fn % FN_CHUNK];
+        const fn_pair *f = fn_of(pool.last_fn);
         if (f->invoke == invoke && f->free == free_fn)
             return pool.last_fn;
     }
     for (uint32_t i = 0; i < pool.nfns; i++) {
-        const fn_pair *f = &pool.fns[i / FN_CHUNK][i % FN_CHUNK];
+        const fn_pair *f = fn_of(i);
         if (f->invoke == invoke && f->free == free_fn)
             return pool.last_fn = i;
     }
@@ -439,73 +426,6 @@ static uint32_t fn_index(void (*invoke)(void *), void (*free_fn)(void *)) {
     return pool.last_fn = i;
 }
 
-/* The job table: open addressing on the id (ids are consecutive, so live
- * jobs fall in consecutive slots and rarely collide), one pointer a slot. */
-static size_t slot_of(long id) {
-    return (size_t)id & (pool.table.cap - 1);
-}
-
-static job *table_get(long id) {
-    if (!pool.table.cap)
-        return NULL;
-    for (size_t i = slot_of(id);; i = (i + 1) & (pool.table.cap - 1)) {
-        job *j = pool.table.slots[i];
-        if (!j)
-            return NULL;
-        if (j != TOMB && j->id == id)
-            return j;
-    }
-}
-
-static void table_del(job *j) {
-    for (size_t i = slot_of(j->id);; i = (i + 1) & (pool.table.cap - 1)) {
-        if (pool.table.slots[i] == j) {
-            pool.table.slots[i] = TOMB;
-            pool.table.live--;
-            return;
-        }
-    }
-}
-
-/* Rebuilt without tombstones, at most half full: a table that fills to
- * three quarters doubles, to three eighths full. */
-static int table_rehash(void) {
-    size_t cap = 64;
-    while (cap < (pool.table.live + 1) * 2)
-        cap *= 2;
-    job **t = edrv__calloc(EDRV_MEM_ASYNC, cap * sizeof *t);
-    if (!t)
-        return -1;
-    size_t old = pool.table.cap;
-    job **s = pool.table.slots;
-    pool.table.slots = t;
-    pool.table.cap = cap;
-    for (size_t i = 0; i < old; i++) {
-        if (s[i] && s[i] != TOMB) {
-            size_t k = slot_of(s[i]->id);
-            while (t[k])
-                k = (k + 1) & (cap - 1);
-            t[k] = s[i];
-        }
-    }
-    edrv__free(s);
-    pool.table.used = pool.table.live;
-    return 0;
-}
-
-static int table_put(job *j) {
-    if ((pool.table.used + 1) * 4 > pool.table.cap * 3 && table_rehash() < 0)
-        return -1;
-    size_t i = slot_of(j->id);
-    while (pool.table.slots[i] && pool.table.slots[i] != TOMB)
-        i = (i + 1) & (pool.table.cap - 1);
-    if (!pool.table.slots[i])
-        pool.table.used++;
-    pool.table.slots[i] = j;
-    pool.table.live++;
-    return 0;
-}
-
 /* Ends a job that will not run again: its port and driver let go of it. */
 static void release(edrv_port_t *pt) {
     pool.pending--;
@@ -514,17 +434,18 @@ static void release(edrv_port_t *pt) {
 }
 
 bool edrv__async_has_done(void) {
-    for (int i = 0; i < pool.n; i++)
-        if (atomic_load(&pool.lanes[i].chead->next))
+    for (int i = 0; i < pool.n; i++) {
+        lane *l = &pool.lanes[i];
+        if (atomic_load_explicit(&l->done, memory_order_relaxed) != l->ended)
             return true;
+    }
     return false;
 }
 
-/* Ends one finished (or cancelled) job; it is recycled later (see drain). */
+/* Ends one finished (or cancelled) job. */
 static void end_job(job *j) {
     if (atomic_load_explicit(&j->state, memory_order_relaxed) == JOB_CANCELLED)
         return; /* ended when it was cancelled */
-    table_del(j);
     /* Counted before the callback runs, so that a host that saw the
      * callback's message also sees the count. */
     if (edrv__port_ready_async_ok(j->port)) {
@@ -532,7 +453,7 @@ static void end_job(job *j) {
         edrv__port_ready_async(j->port, j->data);
     } else {
         bump(&pool.freed);
-        const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
+        const fn_pair *f = fn_of(j->fn);
         if (f->free)
             f->free(j->data);
     }
@@ -543,28 +464,25 @@ size_t edrv__async_drain(void) {
     /* Each lane's finished jobs in the order they ran, DRAIN_TURN at a time
      * from each lane in turn: across lanes, jobs end close to the order they
      * were submitted in, so a driver frees its job data close to the order it
-     * allocated it, and one busy lane does not hold back the others. A job
-     * that ended stays at the head of its queue until the next one ends (the
-     * pool thread may link the next one to it), then goes to the free list. */
+     * allocated it, and one busy lane does not hold back the others. */
     size_t ended = 0;
     for (bool more = true; more;) {
         more = false;
         for (int i = 0; i < pool.n; i++) {
             lane *l = &pool.lanes[i];
-            job *h = l->chead;
-            for (int k = 0; k < DRAIN_TURN; k++) {
-                job *j = atomic_load_explicit(&h->next, memory_order_acquire);
-                if (!j)
-                    break;
-                job *ahead = atomic_load_explicit(&j->next, memory_order_relaxed);
-                if (ahead)
-                    __builtin_prefetch(ahead, 1);
+            uint64_t done = atomic_load_explicit(&l->done, memory_order_acquire);
+            uint64_t stop = done - l->ended > DRAIN_TURN ? l->ended + DRAIN_TURN : done;
+            for (uint64_t p = l->ended; p < stop; p++) {
+                size_t k = p % SEG_JOBS;
+                if (k == 0 && p) /* the thread is past the old segment */
+                    lane_shrink(l);
+                if (k + PREFETCH_AHEAD < SEG_JOBS && p + PREFETCH_AHEAD < done)
+                    __builtin_prefetch(l->end_seg->jobs[k + PREFETCH_AHEAD].data);
+                job *j = &l->end_seg->jobs[k];
                 if (atomic_load_explicit(&j->state, memory_order_relaxed) != JOB_CANCELLED)
                     ended++;
+                l->ended = p + 1; /* first: a callback may cancel, which searches */
                 end_job(j);
-                if (h != &l->stub)
-                    job_recycle(h);
-                h = l->chead = j;
                 more = true;
             }
         }
@@ -587,39 +505,32 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
     uint32_t fn = fn_index(async_invoke, async_free);
     if (fn == UINT32_MAX)
         return -1;
-    job *j = job_new();
-    if (!j)
-        return -1;
     /* Ids are positive and never 0, from one counter, as in ERTS. */
-    j->id = pool.next_id == LONG_MAX ? 1 : pool.next_id + 1;
-    if (table_put(j) < 0) {
-        job_recycle(j);
-        return -1;
-    }
-    pool.next_id = j->id;
+    long id = pool.next_id == LONG_MAX ? 1 : pool.next_id + 1;
     unsigned int qix;
     if (key) {
         qix = *key % (unsigned)pool.n;
         *key = qix; /* ERTS writes the lane back */
     } else {
-        qix = (unsigned)(j->id % pool.n);
+        qix = (unsigned)(id % pool.n);
     }
-    j->port = port;
+    lane *l = &pool.lanes[qix];
+    uint64_t p = l->tail;
+    if (p % SEG_JOBS == 0 && lane_grow(l) < 0)
+        return -1;
+    pool.next_id = id;
+    job *j = &l->tail_seg->jobs[p % SEG_JOBS];
     j->data = async_data;
+    j->port = port;
+    j->id = id;
     j->fn = fn;
     atomic_store_explicit(&j->state, JOB_QUEUED, memory_order_relaxed);
     edrv__port_ref(port);
     edrv__driver_job_added(port->drv);
     pool.pending++;
     bump(&pool.submitted);
-    long id = j->id; /* j belongs to the lane's thread once it is pushed */
-
-    lane *l = &pool.lanes[qix];
-    job *old = atomic_load_explicit(&l->head, memory_order_relaxed);
-    do {
-        atomic_store_explicit(&j->next, old, memory_order_relaxed);
-    } while (!atomic_compare_exchange_weak_explicit(&l->head, &old, j, memory_order_seq_cst,
-                                                    memory_order_relaxed));
+    l->tail = p + 1;
+    atomic_store_explicit(&l->pushed, p + 1, memory_order_seq_cst);
     if (atomic_load(&l->sleeping) && atomic_exchange(&l->sleeping, 0))
         futex_wake(&l->sleeping);
     return id;
@@ -630,16 +541,15 @@ EDRV_API int driver_async_cancel(long id) {
         edrv__warn("driver_async_cancel called outside the emulator thread");
         return 0;
     }
-    job *j = id > 0 ? table_get(id) : NULL;
+    job *j = id > 0 ? job_find(id) : NULL;
     if (!j)
-        return 0; /* finished, or never was */
+        return 0; /* ended, or never was */
     uint32_t queued = JOB_QUEUED;
     if (!atomic_compare_exchange_strong(&j->state, &queued, JOB_CANCELLED))
-        return 0; /* running, or done and waiting to be completed */
-    /* The job stays on its lane, and comes back through the completion stack
-     * unrun; its fields are the emulator thread's to read until then. */
-    table_del(j);
-    const fn_pair *f = &pool.fns[j->fn / FN_CHUNK][j->fn % FN_CHUNK];
+        return 0; /* running, done and waiting to be ended, or cancelled */
+    /* The job stays in its slot, which its thread skips; its fields are the
+     * emulator thread's to read. */
+    const fn_pair *f = fn_of(j->fn);
     if (f->free)
         f->free(j->data);
     bump(&pool.cancelled);
