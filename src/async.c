@@ -94,10 +94,13 @@ typedef struct {
 
 /* `next` is written before the jobs in the next segment are published, so
  * the pool thread reads it without an atomic; free segments are linked
- * through it too. */
+ * through it too. A segment is cut from its block at a cache line, so that
+ * no job straddles two lines. */
 typedef struct seg {
     struct seg *next;
-    alignas(CACHE_LINE) job jobs[SEG_JOBS];
+    void *block;
+    char pad[CACHE_LINE - 2 * sizeof(void *)];
+    job jobs[SEG_JOBS];
 } seg;
 
 typedef struct {
@@ -260,10 +263,19 @@ int edrv__async_start(int threads, long spin_ns) {
     return 0;
 }
 
+static seg *seg_new(void) {
+    void *block = edrv__alloc(EDRV_MEM_ASYNC, sizeof(seg) + CACHE_LINE);
+    if (!block)
+        return NULL;
+    seg *s = (seg *)(((uintptr_t)block + CACHE_LINE - 1) & ~(uintptr_t)(CACHE_LINE - 1));
+    s->block = block;
+    return s;
+}
+
 static void segs_free(seg *s) {
     while (s) {
         seg *next = s->next;
-        edrv__free(s);
+        edrv__free(s->block);
         s = next;
     }
 }
@@ -348,7 +360,7 @@ static int lane_grow(lane *l) {
     seg *s = pool.free_segs;
     if (s) {
         pool.free_segs = s->next;
-    } else if (!(s = edrv__alloc(EDRV_MEM_ASYNC, sizeof *s))) {
+    } else if (!(s = seg_new())) {
         return -1;
     }
     s->next = NULL;
