@@ -54,6 +54,17 @@ void *edrv__realloc(edrv_mem_type type, void *ptr, size_t size);
 void edrv__free(void *ptr); /* NULL is fine */
 char *edrv__strdup(edrv_mem_type type, const char *s);
 
+/* Counters of one thread's allocations, written by that thread alone (a
+ * plain add instead of a locked one, which would wait for the block's cold
+ * header). edrv's own busy threads, the emulator thread and the pool threads,
+ * keep one for their lifetime, on their stack: */
+typedef struct edrv_mem_counters {
+    _Atomic size_t bytes[EDRV_MEM_TYPES], blocks[EDRV_MEM_TYPES];
+    struct edrv_mem_counters *next;
+} edrv_mem_counters;
+void edrv__mem_thread_begin(edrv_mem_counters *c);
+void edrv__mem_thread_end(edrv_mem_counters *c); /* its counts go to the shared ones */
+
 /* Binaries: an ErlDrvBinary with a reference count in front of it. */
 ErlDrvBinary *edrv__binary_new(const void *bytes, size_t size);
 

@@ -77,7 +77,8 @@ static struct {
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
 
 static _Atomic int state = ST_STOPPED;
-static _Thread_local bool on_emulator;
+/* Initial-exec: driver_async asks on every call. */
+static _Thread_local bool on_emulator __attribute__((tls_model("initial-exec")));
 
 bool edrv__on_emulator_thread(void) {
     return on_emulator;
@@ -273,6 +274,8 @@ static bool drain_requests(void) {
 static void *emulator_main(void *arg) {
     (void)arg;
     on_emulator = true;
+    edrv_mem_counters counters;
+    edrv__mem_thread_begin(&counters);
     while (!rt.quit) {
         bool busy = drain_requests();
         busy |= edrv__async_drain() != 0;
@@ -286,6 +289,7 @@ static void *emulator_main(void *arg) {
         else if (edrv__select_count())
             wait_events(0);
     }
+    edrv__mem_thread_end(&counters);
     return NULL;
 }
 
