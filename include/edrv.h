@@ -265,6 +265,15 @@ typedef struct {
 void edrv_memory(edrv_mem_stats *stats);
 const char *edrv_mem_type_name(edrv_mem_type type);
 
+/* The allocator behind driver_alloc, driver binaries and libedrv's own memory:
+ * "mimalloc" (the default, as ERTS gives driver_alloc an allocator of its
+ * own) or "system" (glibc's malloc). It is chosen once, when libedrv loads:
+ * "system" in sanitizer builds, under valgrind, in builds configured with
+ * -DEDRV_MIMALLOC=OFF, and when the environment variable EDRV_MALLOC is
+ * "system", so that memory checkers see every block a driver allocates.
+ * EDRV_MALLOC=mimalloc asks for mimalloc even under valgrind. */
+const char *edrv_allocator(void);
+
 /* Fault injection for tests: the nth allocation from now (1 = the next) and
  * only it fails; 0 turns it off. */
 void edrv_testing_fail_alloc(long nth);

@@ -529,6 +529,15 @@ size_t edrv__async_pending(void) {
     return pool.pending;
 }
 
+size_t edrv__async_queued(void) {
+    size_t n = 0;
+    for (int i = 0; i < pool.n; i++) {
+        lane *l = &pool.lanes[i];
+        n += l->tail - atomic_load_explicit(&l->done, memory_order_relaxed);
+    }
+    return n;
+}
+
 EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invoke)(void *),
                            void *async_data, void (*async_free)(void *)) {
     if (!edrv__on_emulator_thread()) {

@@ -306,7 +306,8 @@ void edrv__async_stop(void);        /* edrv_stop, after every job ended */
  * many. */
 size_t edrv__async_drain(void);
 size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
-bool edrv__async_has_done(void);  /* any thread: finished jobs wait for the drain */
+size_t edrv__async_queued(void);  /* jobs submitted and not yet run */
+bool edrv__async_has_done(void);  /* finished jobs wait for the drain */
 /* Emulator thread, about to sleep at now (ns, CLOCK_MONOTONIC): gives spare
  * job memory back once the pool has been idle long enough; returns the ms
  * until it wants to be asked again, or -1. */

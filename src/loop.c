@@ -74,6 +74,8 @@ static struct {
     long spin_ns; /* the emulator thread's spin before it parks */
     _Atomic bool requests; /* the queue may hold requests */
     _Atomic bool parked;   /* the emulator thread sleeps, or is about to */
+    _Atomic bool napping;  /* it naps through a backlog: only requests wake it */
+    long nap_ns;           /* the next backlog nap (wait_events) */
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
 
 static _Atomic int state = ST_STOPPED;
@@ -98,7 +100,10 @@ int edrv__epoll_fd(void) {
 
 /* More jobs than this per pool thread waiting: a backlog (wait_events). */
 #define BACKLOG_PER_THREAD 16
-#define BACKLOG_NAP_NS 100000
+/* A backlog nap starts this long and doubles, up to the most, while the
+ * pool threads still have queued jobs when it ends. */
+#define BACKLOG_NAP_MIN_NS 100000
+#define BACKLOG_NAP_MAX_NS 1000000
 /* An idle thread's spin before it sleeps, when edrv_options.spin_us is 0. */
 #define DEFAULT_SPIN_US 50
 
@@ -122,6 +127,7 @@ static bool spin_for_work(void) {
 }
 
 static void handle_events(const struct epoll_event *ev, int n);
+static void wake_write(void);
 
 /* Waits for events: at most timeout_ms (-1: no limit; 0: only looks), and
  * only as long as no request and no finished job is waiting. Handles the fd
@@ -134,13 +140,26 @@ static void wait_events(int timeout_ms) {
     if (timeout_ms != 0 && !idle_nap &&
         edrv__async_pending() > BACKLOG_PER_THREAD * (size_t)rt.async_threads) {
         /* A backlog: jobs wait behind others on the lanes, and finished ones
-         * come in a stream. Collect them every BACKLOG_NAP_NS rather than
-         * take a wake-up for each, or spin on a core the pool needs. A nap
-         * that finds nothing (jobs that block) ends the napping until the
-         * next normal wait. */
-        struct timespec nap = {0, BACKLOG_NAP_NS}; /* timers are due in 1 ms or more */
-        n = epoll_pwait2(rt.epfd, ev, 32, &nap, NULL);
+         * come in a stream. Collect them every nap_ns rather than take a
+         * wake-up for each, or spin on a core the pool needs. Naps grow
+         * while the pool threads stay busy through them, and start short
+         * again once a nap outlasted their work (a driver that submits from
+         * ready_async must not find its pool idle). A request wakes the
+         * thread at once (`napping`); finished jobs do not. A nap that finds
+         * nothing (jobs that block) ends the napping until the next normal
+         * wait. */
+        long ns = rt.nap_ns;
+        if (timeout_ms > 0 && ns > (long)timeout_ms * 1000000)
+            ns = (long)timeout_ms * 1000000;
+        struct timespec nap = {ns / 1000000000, ns % 1000000000};
+        atomic_store(&rt.napping, true);
+        n = atomic_load(&rt.requests) ? 0 : epoll_pwait2(rt.epfd, ev, 32, &nap, NULL);
+        atomic_store(&rt.napping, false);
         idle_nap = n <= 0 && !work_waiting();
+        if (!edrv__async_queued())
+            rt.nap_ns = BACKLOG_NAP_MIN_NS;
+        else if (rt.nap_ns < BACKLOG_NAP_MAX_NS)
+            rt.nap_ns *= 2;
         handle_events(ev, n);
         return;
     }
@@ -313,17 +332,24 @@ static int enqueue(request *r) {
     pthread_mutex_unlock(&rt.lock);
     if (was_empty) {
         atomic_store(&rt.requests, true);
-        edrv__wake();
+        if (atomic_load(&rt.napping) && atomic_exchange(&rt.napping, false))
+            wake_write();
+        else
+            edrv__wake();
     }
     return 0;
+}
+
+static void wake_write(void) {
+    uint64_t one = 1;
+    while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
 }
 
 void edrv__wake(void) {
     if (!atomic_load(&rt.parked) || !atomic_exchange(&rt.parked, false))
         return; /* running or spinning: it will see the work */
-    uint64_t one = 1;
-    while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
+    wake_write();
 }
 
 /* Runs r on the emulator thread and waits for its result. */
@@ -381,6 +407,8 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     rt.spin_ns = spin_us < 0 ? 0 : (long)(spin_us ? spin_us : DEFAULT_SPIN_US) * 1000;
     atomic_store(&rt.requests, false);
     atomic_store(&rt.parked, false);
+    atomic_store(&rt.napping, false);
+    rt.nap_ns = BACKLOG_NAP_MIN_NS;
     if (!err)
         err = edrv__async_start(threads, rt.spin_ns); /* the pool spins as long */
     if (!err) {

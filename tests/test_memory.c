@@ -130,12 +130,30 @@ static void open_port_out_of_memory(void) {
     edrv_proc_free(p);
 }
 
+static void allocator(void) {
+    /* EDRV_TEST_ALLOCATOR: what this build and environment must have chosen
+     * (tests/CMakeLists.txt runs this case with several EDRV_MALLOC). */
+    const char *want = getenv("EDRV_TEST_ALLOCATOR");
+    REQUIRE(want);
+    CHECK_STR(edrv_allocator(), want);
+    /* Blocks of every size, resized across the small and large classes. */
+    char *p = driver_alloc(1);
+    REQUIRE(p);
+    for (size_t n = 2; n <= (size_t)1 << 22; n *= 4) {
+        p = driver_realloc(p, n);
+        REQUIRE(p);
+        p[n - 1] = 1;
+    }
+    driver_free(p);
+}
+
 static const test_case cases[] = {
     {"driver_alloc_counts", driver_alloc_counts},
     {"binaries", binaries},
     {"fault_injection", fault_injection},
     {"port_and_message_types", port_and_message_types},
     {"open_port_out_of_memory", open_port_out_of_memory},
+    {"allocator", allocator},
     {NULL, NULL},
 };
 
