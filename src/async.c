@@ -75,6 +75,11 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_CANCELLED };
 
 /* Jobs per segment: 16 KiB of jobs. */
 #define SEG_JOBS 512
+/* A pool thread whose lane, once empty, had jobs again within STREAM_GAP_NS
+ * is chasing a burst: from then on, each time the lane runs empty, it looks
+ * for more only after STREAM_PAUSE_NS (lane_main). */
+#define STREAM_GAP_NS 500
+#define STREAM_PAUSE_NS 1000
 /* Jobs the drain ends from one lane before it turns to the next. */
 #define DRAIN_TURN 4
 /* How far ahead (in jobs) the pool thread and the drain prefetch the data a
@@ -206,10 +211,20 @@ static bool spin_for_jobs(lane *l, uint64_t at) {
     return false;
 }
 
+/* A pause of about ns that touches no shared memory, and gives the
+ * processor to any thread that waits for it. */
+static void pause_ns(long ns) {
+    int64_t until = edrv__now_ns() + ns;
+    do
+        sched_yield();
+    while (edrv__now_ns() < until);
+}
+
 static void *lane_main(void *arg) {
     lane *l = arg;
     seg *s = NULL; /* the segment of job `at` */
     uint64_t at = 0;
+    bool streaming = false; /* jobs came right after the lane ran empty */
     edrv_mem_counters counters; /* for the jobs' driver_alloc and driver_free */
     edrv__mem_thread_begin(&counters);
     for (;;) {
@@ -219,8 +234,21 @@ static void *lane_main(void *arg) {
                 edrv__mem_thread_end(&counters);
                 return NULL;
             }
-            if (spin_for_jobs(l, at))
+            if (streaming) {
+                /* Chasing a burst job by job: every look at `pushed` and at
+                 * a new job takes its cache line from the emulator thread,
+                 * which then waits to write the next one. Look again only
+                 * after a pause, at a batch; a job that comes alone (a
+                 * round trip) does not start this. */
+                pause_ns(STREAM_PAUSE_NS);
+                streaming = atomic_load_explicit(&l->pushed, memory_order_relaxed) != at;
                 continue;
+            }
+            int64_t idle_from = edrv__now_ns();
+            if (spin_for_jobs(l, at)) {
+                streaming = edrv__now_ns() - idle_from < STREAM_GAP_NS;
+                continue;
+            }
             atomic_store(&l->sleeping, 1);
             if (pool.membarrier)
                 barrier_everywhere();

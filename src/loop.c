@@ -100,8 +100,7 @@ int edrv__epoll_fd(void) {
 
 /* More jobs than this per pool thread waiting: a backlog (wait_events). */
 #define BACKLOG_PER_THREAD 16
-/* A backlog nap starts this long and doubles, up to the most, while the
- * pool threads still have queued jobs when it ends. */
+/* A backlog nap: at least and at most this long (wait_events). */
 #define BACKLOG_NAP_MIN_NS 100000
 #define BACKLOG_NAP_MAX_NS 1000000
 /* An idle thread's spin before it sleeps, when edrv_options.spin_us is 0. */
@@ -141,9 +140,10 @@ static void wait_events(int timeout_ms) {
         edrv__async_pending() > BACKLOG_PER_THREAD * (size_t)rt.async_threads) {
         /* A backlog: jobs wait behind others on the lanes, and finished ones
          * come in a stream. Collect them every nap_ns rather than take a
-         * wake-up for each, or spin on a core the pool needs. Naps grow
-         * while the pool threads stay busy through them, and start short
-         * again once a nap outlasted their work (a driver that submits from
+         * wake-up for each, or spin on a core the pool needs. A nap lasts
+         * half as long as the queued jobs still need at the pace of the
+         * last one: long naps through a long backlog, and none that
+         * outlasts the work by much (a driver that submits from
          * ready_async must not find its pool idle). A request wakes the
          * thread at once (`napping`); finished jobs do not. A nap that finds
          * nothing (jobs that block) ends the napping until the next normal
@@ -152,14 +152,18 @@ static void wait_events(int timeout_ms) {
         if (timeout_ms > 0 && ns > (long)timeout_ms * 1000000)
             ns = (long)timeout_ms * 1000000;
         struct timespec nap = {ns / 1000000000, ns % 1000000000};
+        size_t before = edrv__async_queued();
         atomic_store(&rt.napping, true);
         n = atomic_load(&rt.requests) ? 0 : epoll_pwait2(rt.epfd, ev, 32, &nap, NULL);
         atomic_store(&rt.napping, false);
         idle_nap = n <= 0 && !work_waiting();
-        if (!edrv__async_queued())
-            rt.nap_ns = BACKLOG_NAP_MIN_NS;
-        else if (rt.nap_ns < BACKLOG_NAP_MAX_NS)
-            rt.nap_ns *= 2;
+        /* The next nap: half the time the queued jobs still need at the
+         * pace of this one, within the bounds. */
+        size_t after = edrv__async_queued();
+        double need = after && after < before ? (double)after * (double)ns / (double)(before - after) : 0;
+        rt.nap_ns = need / 2 > BACKLOG_NAP_MAX_NS   ? BACKLOG_NAP_MAX_NS
+                    : need / 2 < BACKLOG_NAP_MIN_NS ? BACKLOG_NAP_MIN_NS
+                                                    : (long)(need / 2);
         handle_events(ev, n);
         return;
     }

@@ -27,11 +27,13 @@ static void deadline_order(void) {
     edrv_port ports[N];
     for (int i = 0; i < N; i++)
         REQUIRE(edrv_open_port(proc, "tdrv", 0, &ports[i]) == 0);
-    /* Port i fires after 10 + 5 * ((i * 37) % N) ms; every third is set
-     * twice (the second replaces the first), every fifth cancelled. */
+    /* Port i fires after 200 + 5 * ((i * 37) % N) ms; every third is set
+     * twice (the second replaces the first), every fifth cancelled. The
+     * first 200 ms are for setting them all, on a slow (sanitizer) build
+     * of a loaded machine too. */
     unsigned when[N];
     for (int i = 0; i < N; i++) {
-        when[i] = 10 + 5 * (unsigned)((i * 37) % N);
+        when[i] = 200 + 5 * (unsigned)((i * 37) % N);
         if (i % 3 == 0)
             set_timer(ports[i], 5000);
         set_timer(ports[i], when[i]);
