@@ -136,7 +136,7 @@ typedef struct {
     /* The emulator thread's: the last segment and the one of the next job
      * to end, and every segment from that one to the last, in order, for
      * cancel (a ring of segs_cap pointers from segs[segs_at]). */
-    alignas(CACHE_LINE) uint64_t tail, ended;
+    alignas(CACHE_LINE) uint64_t tail, ended, seen_done;
     seg *tail_seg, *end_seg;
     seg **segs;
     size_t segs_cap, segs_at, nsegs;
@@ -533,7 +533,11 @@ size_t edrv__async_drain(void) {
         more = false;
         for (int i = 0; i < pool.n; i++) {
             lane *l = &pool.lanes[i];
-            uint64_t done = atomic_load_explicit(&l->done, memory_order_acquire);
+            /* `done` is read again only once the jobs it showed have ended:
+             * its line is the pool thread's, written after every job. */
+            if (l->ended == l->seen_done)
+                l->seen_done = atomic_load_explicit(&l->done, memory_order_acquire);
+            uint64_t done = l->seen_done;
             uint64_t stop = done - l->ended > DRAIN_TURN ? l->ended + DRAIN_TURN : done;
             for (uint64_t p = l->ended; p < stop; p++) {
                 size_t k = p % SEG_JOBS;
