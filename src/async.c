@@ -157,6 +157,7 @@ static struct {
     fn_pair *fns[FN_CHUNKS];
     uint32_t nfns, last_fn;
     long next_id;        /* last id handed out */
+    unsigned id_lane;    /* the lane of the next id: (next_id + 1) % n */
     size_t pending;
     /* Statistics: written by the emulator thread alone, read by any. */
     _Atomic uint64_t submitted, ready, freed, cancelled;
@@ -288,6 +289,7 @@ int edrv__async_start(int threads, long spin_ns) {
     atomic_store(&pool.cancelled, 0);
     atomic_store(&pool.started, 0);
     pool.spin_ns = spin_ns;
+    pool.id_lane = (unsigned)((pool.next_id == LONG_MAX ? 1 : pool.next_id + 1) % threads);
     /* EDRV_TESTING_MEMBARRIER=off: the other way, for its tests. */
     const char *mb = getenv("EDRV_TESTING_MEMBARRIER");
     long cmds = mb && strcmp(mb, "off") == 0 ? 0 : syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
@@ -591,14 +593,22 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
         qix = *key % (unsigned)pool.n;
         *key = qix; /* ERTS writes the lane back */
     } else {
-        qix = (unsigned)(id % pool.n);
+        qix = pool.id_lane; /* id % N, kept without a division */
     }
     lane *l = &pool.lanes[qix];
     uint64_t p = l->tail;
-    if (p % SEG_JOBS == 0 && lane_grow(l) < 0)
+    size_t k = p % SEG_JOBS;
+    if (k == 0 && lane_grow(l) < 0)
         return -1;
     pool.next_id = id;
-    job *j = &l->tail_seg->jobs[p % SEG_JOBS];
+    pool.id_lane = id == LONG_MAX ? 1 % (unsigned)pool.n
+                   : pool.id_lane + 1 == (unsigned)pool.n ? 0
+                                                          : pool.id_lane + 1;
+    job *j = &l->tail_seg->jobs[k];
+    /* The slots ahead were last written long ago, or by another lane: ask
+     * for their lines now, not when the jobs come. */
+    if (k + PREFETCH_AHEAD < SEG_JOBS)
+        __builtin_prefetch(&l->tail_seg->jobs[k + PREFETCH_AHEAD], 1);
     j->data = async_data;
     j->port = port;
     j->id = id;
