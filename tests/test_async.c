@@ -45,6 +45,17 @@ static long block(edrv_port port, unsigned key) {
     return atol(ctl(port, 3, b, 4));
 }
 
+/* Waits (up to 5 s) until adrv's jobs have started n invokes in all: a test
+ * that relies on a blocker running waits for it, however loaded the machine. */
+static void wait_invoked(edrv_port port, long n) {
+    for (int i = 0; i < 1000; i++) {
+        const char *s = strstr(ctl(port, 5, "", 0), "invoked=");
+        if (s && atol(s + 8) >= n)
+            return;
+        usleep(5000);
+    }
+}
+
 static int cancel(edrv_port port, long id) {
     char b[8];
     put32(b, (unsigned)((unsigned long)id >> 32));
@@ -172,7 +183,7 @@ static void cancel_queued(void) {
     long ids[10];
     for (int i = 0; i < 10; i++)
         ids[i] = atol(submit(port, 1, 5, 1, 0));
-    usleep(20000); /* the blocker is running by now */
+    wait_invoked(port, 1);
     CHECK_INT(cancel(port, blocker), 0); /* running: too late */
     for (int i = 0; i < 10; i += 2)
         CHECK_INT(cancel(port, ids[i]), 1);
@@ -201,11 +212,11 @@ static void close_with_jobs_pending(void) {
     edrv_port port = open_adrv();
     block(port, 0); /* both lanes busy until released */
     block(port, 1);
+    wait_invoked(port, 2);
     submit(port, 1, 1, 20, 0);
     ctl(port, 9, "", 0); /* stop queues one more job */
     CHECK_INT(edrv_port_close(proc, port), 0);
     edrv_port other = open_adrv();
-    usleep(20000);
     CHECK_STR(ctl(other, 5, "", 0), "ready=0,freed=0,invoked=2,stopped=1");
     ctl(other, 4, "", 0);
     for (int i = 0; i < 400; i++) {
@@ -221,6 +232,7 @@ static void driver_stays_loaded(void) {
     REQUIRE(setup() == 0);
     edrv_port port = open_adrv();
     block(port, 0);
+    wait_invoked(port, 1);
     submit(port, 1, 0, 3, 0);
     CHECK_INT(edrv_port_close(proc, port), 0);
     /* No port, jobs pending: the unload waits for them. */
