@@ -392,6 +392,46 @@ static int restart(int spin_us) {
     return edrv_start(&(edrv_options){.async_threads = 2, .spin_us = spin_us});
 }
 
+static void lane_out_of_memory(void) {
+    /* A lane's first job needs a segment and the lane's ring of segments:
+     * when either allocation (or any other on the way) fails, driver_async
+     * returns -1, takes no id and leaks nothing, and the next job works. */
+    int failed = 0;
+    for (long n = 1; n <= 6; n++) {
+        REQUIRE(restart(0) == 0);
+        REQUIRE(setup() == 0);
+        edrv_port port = open_adrv();
+        long first = atol(submit(port, 1, 0, 1, 0)); /* lane 0 only */
+        REQUIRE(first > 0);
+        done_msg d;
+        REQUIRE(next_done(&d, 5000) == 0); /* nothing else allocates now */
+        edrv_pool_stats a, b;
+        edrv_pool(&a);
+        edrv_testing_fail_alloc(n);
+        submit(port, 1, 1, 1, 0); /* lane 1's first job */
+        edrv_testing_fail_alloc(0);
+        edrv_pool(&b);
+        long taken = (long)(b.submitted - a.submitted); /* 0 or 1 */
+        failed += taken == 0;
+        long next = atol(submit(port, 1, 1, 1, 0));
+        CHECK_INT(next, first + taken + 1);
+        /* Every job ends; a done message may itself be the allocation that
+         * failed, if the job ended before the failure was turned off. */
+        for (int i = 0; i < 1000; i++) {
+            edrv_pool(&b);
+            if (b.ready_async + b.freed == b.submitted)
+                break;
+            usleep(5000);
+        }
+        CHECK_INT(b.ready_async + b.freed, b.submitted);
+        CHECK_INT(b.submitted, a.submitted + (unsigned long)taken + 1);
+        while (next_done(&d, 100) == 0)
+            ;
+        edrv_proc_free(proc);
+    }
+    CHECK(failed > 0);
+}
+
 static void spin_option(void) {
     CHECK_INT(restart(1000001), EDRV_EINVAL);
     CHECK(strstr(edrv_last_error(), "spin_us") != NULL);
@@ -557,6 +597,7 @@ static const test_case cases[] = {
     {"never_spinning", never_spinning},
     {"idle_uses_no_cpu", idle_uses_no_cpu},
     {"spare_memory_returned", spare_memory_returned},
+    {"lane_out_of_memory", lane_out_of_memory},
     {NULL, NULL},
 };
 
