@@ -938,6 +938,8 @@ static int l_memory(lua_State *L) {
     }
     lua_pushinteger(L, (lua_Integer)total);
     lua_setfield(L, -2, "total");
+    lua_pushstring(L, edrv_allocator());
+    lua_setfield(L, -2, "allocator");
     return 1;
 }
 

@@ -188,6 +188,8 @@ test("stats", function()
   assert(after.threads >= 1)
   local mem = edrv.memory()
   assert(mem.port.blocks >= 1 and mem.total > 0)
+  eq(mem.allocator, os.getenv("EDRV_TEST_ALLOCATOR") or mem.allocator)
+  assert(mem.allocator == "mimalloc" or mem.allocator == "system")
   edrv.port_close(p); drain()
 end)
 
