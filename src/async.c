@@ -69,7 +69,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_CANCELLED };
@@ -184,10 +183,9 @@ static void barrier_everywhere(void) {
         abort(); /* registered in edrv__async_start: cannot fail */
 }
 
-/* A counter with one writer: a plain add, no locked instruction. */
+/* A counter with one writer (the statistics, a lane's `started`). */
 static inline void bump(_Atomic uint64_t *c) {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+    EDRV_ONE_WRITER_ADD(c, 1);
 }
 
 static inline const fn_pair *fn_of(uint32_t fn) {

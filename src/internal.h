@@ -54,6 +54,12 @@ void *edrv__realloc(edrv_mem_type type, void *ptr, size_t size);
 void edrv__free(void *ptr); /* NULL is fine */
 char *edrv__strdup(edrv_mem_type type, const char *s);
 
+/* Adds v to an atomic counter that only the calling thread writes: a plain
+ * load and store, no locked instruction; other threads may read it. */
+#define EDRV_ONE_WRITER_ADD(c, v)                                                              \
+    atomic_store_explicit((c), atomic_load_explicit((c), memory_order_relaxed) + (v),          \
+                          memory_order_relaxed)
+
 /* Counters of one thread's allocations, written by that thread alone (a
  * plain add instead of a locked one, which would wait for the block's cold
  * header). edrv's own busy threads, the emulator thread and the pool threads,

@@ -128,17 +128,11 @@ static bool injected_failure(void) {
     return false;
 }
 
-/* One writer: a plain add. */
-static inline void add_own(_Atomic size_t *c, size_t v) {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
-                          memory_order_relaxed);
-}
-
 static inline void account(unsigned type, ptrdiff_t bytes, int blocks) {
     edrv_mem_counters *c = mine;
     if (c) {
-        add_own(&c->bytes[type], (size_t)bytes);
-        add_own(&c->blocks[type], (size_t)blocks);
+        EDRV_ONE_WRITER_ADD(&c->bytes[type], (size_t)bytes);
+        EDRV_ONE_WRITER_ADD(&c->blocks[type], (size_t)blocks);
     } else {
         atomic_fetch_add_explicit(&shared.bytes[type], (size_t)bytes, memory_order_relaxed);
         atomic_fetch_add_explicit(&shared.blocks[type], (size_t)blocks, memory_order_relaxed);
