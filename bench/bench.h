@@ -37,7 +37,9 @@ static inline int bench_cmp_u64(const void *a, const void *b) {
 }
 
 /* The growth case: per-job cost of small bursts (the median of
- * BENCH_SMALL_REPS bursts of BENCH_SMALL_JOBS) against one big burst. */
+ * BENCH_SMALL_REPS bursts of BENCH_SMALL_JOBS) against a big burst, run
+ * twice: the first maps most of its memory for the first time, the second
+ * finds whatever pages the allocator kept from the first. */
 #define BENCH_SMALL_JOBS 10000
 #define BENCH_SMALL_REPS 21
 
