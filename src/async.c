@@ -60,6 +60,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <sched.h>
 #include <linux/futex.h>
@@ -68,7 +69,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { JOB_QUEUED, JOB_RUNNING, JOB_CANCELLED };
@@ -76,10 +79,13 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_CANCELLED };
 /* Jobs per segment: 16 KiB of jobs. */
 #define SEG_JOBS 512
 /* A pool thread whose lane, once empty, had jobs again within STREAM_GAP_NS
- * is chasing a burst: from then on, each time the lane runs empty, it looks
- * for more only after STREAM_PAUSE_NS (lane_main). */
+ * is chasing a burst: from then on, each time the lane runs empty, it sleeps
+ * for STREAM_PAUSE_NS before it looks for more (lane_main). Its timer slack
+ * is STREAM_SLACK_NS, not Linux's default 50 us, which would make every
+ * pause that long. */
 #define STREAM_GAP_NS 500
 #define STREAM_PAUSE_NS 1000
+#define STREAM_SLACK_NS 1000
 /* Jobs the drain ends from one lane before it turns to the next. */
 #define DRAIN_TURN 4
 /* How far ahead (in jobs) the pool thread and the drain prefetch the data a
@@ -211,13 +217,14 @@ static bool spin_for_jobs(lane *l, uint64_t at) {
     return false;
 }
 
-/* A pause of about ns that touches no shared memory, and gives the
- * processor to any thread that waits for it. */
-static void pause_ns(long ns) {
-    int64_t until = edrv__now_ns() + ns;
-    do
-        sched_yield();
-    while (edrv__now_ns() < until);
+/* A sleep of at least ns (plus the timer's own delay: 15 us on the
+ * development machine, a virtual one). A sleeping thread is off its core: a
+ * yielding one, as this was, still took the core back from the emulator
+ * thread every time, where the two shared one (bench/README.md). */
+static void sleep_ns(long ns) {
+    struct timespec ts = {ns / 1000000000, ns % 1000000000};
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+        ;
 }
 
 static void *lane_main(void *arg) {
@@ -227,6 +234,7 @@ static void *lane_main(void *arg) {
     bool streaming = false; /* jobs came right after the lane ran empty */
     edrv_mem_counters counters; /* for the jobs' driver_alloc and driver_free */
     edrv__mem_thread_begin(&counters);
+    prctl(PR_SET_TIMERSLACK, (unsigned long)STREAM_SLACK_NS); /* for sleep_ns */
     for (;;) {
         uint64_t pushed = atomic_load_explicit(&l->pushed, memory_order_acquire);
         if (pushed == at) {
@@ -237,10 +245,11 @@ static void *lane_main(void *arg) {
             if (streaming) {
                 /* Chasing a burst job by job: every look at `pushed` and at
                  * a new job takes its cache line from the emulator thread,
-                 * which then waits to write the next one. Look again only
-                 * after a pause, at a batch; a job that comes alone (a
+                 * which then waits to write the next one, and where the two
+                 * share a core, every look takes the core. Look again only
+                 * after a sleep, at a batch; a job that comes alone (a
                  * round trip) does not start this. */
-                pause_ns(STREAM_PAUSE_NS);
+                sleep_ns(STREAM_PAUSE_NS);
                 streaming = atomic_load_explicit(&l->pushed, memory_order_relaxed) != at;
                 continue;
             }
