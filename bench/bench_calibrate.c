@@ -57,8 +57,8 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-/* Jobs per second of `threads` threads sharing `jobs` jobs of k steps; -1 if
- * a thread cannot start. */
+/* Jobs per second of `threads` threads sharing `jobs` jobs of k steps; -1
+ * when out of memory. Exits if a thread cannot start. */
 static double busy_rate(unsigned k, int threads, unsigned jobs) {
     worker *w = calloc((size_t)threads, sizeof *w);
     if (!w || pthread_barrier_init(&start_line, NULL, (unsigned)threads + 1) != 0) {
