@@ -233,6 +233,7 @@ static void *lane_main(void *arg) {
     uint64_t at = 0;
     bool streaming = false; /* jobs came right after the lane ran empty */
     edrv_mem_counters counters; /* for the jobs' driver_alloc and driver_free */
+    edrv__thread_signals();
     edrv__mem_thread_begin(&counters);
     prctl(PR_SET_TIMERSLACK, (unsigned long)STREAM_SLACK_NS); /* for sleep_ns */
     for (;;) {

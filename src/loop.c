@@ -296,6 +296,7 @@ static bool drain_requests(void) {
 
 static void *emulator_main(void *arg) {
     (void)arg;
+    edrv__thread_signals();
     on_emulator = true;
     edrv_mem_counters counters;
     edrv__mem_thread_begin(&counters);
@@ -384,6 +385,9 @@ static int call_sync(request *r) {
 /* ---- the runtime ------------------------------------------------------------- */
 
 EDRV_API int edrv_start(const edrv_options *opts) {
+    /* A reference to every driver API function (internal.h), which a
+     * program linked with libedrv.a must have for the drivers it loads. */
+    __asm__ volatile("" : : "r"(edrv__driver_api), "r"(edrv__driver_api_data));
     int threads = opts && opts->async_threads ? opts->async_threads : 0;
     int spin_us = opts ? opts->spin_us : 0;
     if (spin_us > 1000000)

@@ -7,6 +7,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,6 +18,19 @@
 #ifndef EDRV_OTP_RELEASE
 #define EDRV_OTP_RELEASE "25"
 #endif
+
+/* ERTS ignores SIGPIPE, so a driver that writes to a pipe or socket whose
+ * reader has gone gets EPIPE and goes on. edrv is a library and leaves the
+ * process's signal actions to its program: it blocks SIGPIPE in the threads
+ * that run driver code (the emulator thread, pool threads, driver threads),
+ * which has the same effect there. The kernel then leaves the signal
+ * pending on the thread, where it does nothing. */
+void edrv__thread_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
 
 EDRV_API void driver_system_info(ErlDrvSysInfo *sip, size_t si_size) {
     if (!sip)

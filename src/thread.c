@@ -197,6 +197,7 @@ EDRV_API void erl_drv_thread_opts_destroy(ErlDrvThreadOpts *opts) {
 
 static void *thread_main(void *arg) {
     drv_thread *t = arg;
+    edrv__thread_signals();
     self_rec = t;
     return t->func(t->arg);
 }

@@ -4,6 +4,7 @@
 #include "check.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <unistd.h>
 
 /* driver_get_now is deprecated in erl_driver.h, and still part of the API. */
@@ -168,12 +169,37 @@ static void misc_functions(void) {
     CHECK_INT(edrv_term_format("\x61\x07", 2, &s), EDRV_EBADTERM);
 }
 
+/* A driver that writes to a pipe with no reader gets EPIPE, as in ERTS, on
+ * the emulator thread and in a driver thread (tdrv's op 78; the differential
+ * test broken_pipe does it in erl too, and on a pool thread); and edrv has not
+ * changed the process's action for SIGPIPE, nor the host thread's mask. */
+static void broken_pipe(void) {
+    struct sigaction sa;
+    REQUIRE(sigaction(SIGPIPE, NULL, &sa) == 0);
+    CHECK(sa.sa_handler == SIG_DFL);
+    sigset_t mask;
+    REQUIRE(pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0);
+    CHECK(!sigismember(&mask, SIGPIPE));
+    edrv_proc *p = edrv_proc_new();
+    edrv_port port;
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
+    REQUIRE(edrv_open_port(p, "tdrv", 0, &port) == 0);
+    edrv_reply r;
+    REQUIRE(edrv_port_control(p, port, 78, "", 0, &r) == 0);
+    CHECK(r.len == strlen("control=epipe,thread=epipe") &&
+          memcmp(r.data, "control=epipe,thread=epipe", r.len) == 0);
+    edrv_reply_free(&r);
+    CHECK_INT(edrv_port_close(p, port), 0);
+    edrv_proc_free(p);
+}
+
 static const test_case cases[] = {
     {"start_twice_and_options", start_twice_and_options},
     {"start_out_of_memory", start_out_of_memory},
     {"stop_with_ports_open", stop_with_ports_open},
     {"time_functions", time_functions},
     {"misc_functions", misc_functions},
+    {"broken_pipe", broken_pipe},
     {NULL, NULL},
 };
 

@@ -27,10 +27,14 @@
  *  13 WAIT_OWN key:4 -> submits a job, then waits inside this callback (up to
  *              5 s) until the job's invoke has run; reply "ran" or "timeout".
  *              Works in ERTS, where driver_async wakes a pool thread at once.
+ *  14 BROKEN_PIPE -> a job that writes to a pipe with no reader and sends
+ *              {broken_pipe, R} from its pool thread: R is epipe when the
+ *              write fails with EPIPE (ERTS ignores SIGPIPE)
  */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <dlfcn.h>
 #include <erl_driver.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -147,6 +151,23 @@ static void from_pool_invoke(void *arg) {
     job *j = arg;
     ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("from_pool"), ERL_DRV_UINT, j->seq,
                              ERL_DRV_TUPLE, 2};
+    erl_drv_output_term(j->port, spec, 6);
+}
+
+/* BROKEN_PIPE: the write's outcome, sent from the pool thread. */
+static void broken_pipe_invoke(void *arg) {
+    job *j = arg;
+    const char *r = "no_pipe";
+    int fd[2];
+    if (pipe(fd) == 0) {
+        close(fd[0]);
+        ssize_t n = write(fd[1], "x", 1);
+        int e = errno;
+        close(fd[1]);
+        r = n < 0 && e == EPIPE ? "epipe" : n < 0 ? "other_error" : "written";
+    }
+    ErlDrvTermData spec[] = {ERL_DRV_ATOM, driver_mk_atom("broken_pipe"), ERL_DRV_ATOM,
+                             driver_mk_atom((char *)r), ERL_DRV_TUPLE, 2};
     erl_drv_output_term(j->port, spec, 6);
 }
 
@@ -366,6 +387,17 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
                 driver_free(j);
                 return -1;
             }
+        }
+        return 0;
+    }
+    case 14: { /* BROKEN_PIPE */
+        job *j = new_job(a, 0, 0, 0, -1);
+        if (!j)
+            return -1;
+        j->quiet = 1;
+        if (driver_async(a->port, NULL, broken_pipe_invoke, j, job_free) < 0) {
+            driver_free(j);
+            return -1;
         }
         return 0;
     }

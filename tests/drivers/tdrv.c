@@ -81,6 +81,8 @@ enum {
     TD_MSGQ = 75,         /* erl_drv_busy_msgq_limits(low:4, high:4); reply "low,high" (-1: disabled) */
     TD_SLEEP = 76,        /* sleeps data[0] * 10 ms in the callback */
     TD_CREATE = 77,       /* driver_create_port for the caller; sends it {created, Port} */
+    TD_BROKEN_PIPE = 78,  /* write to a pipe with no reader, here and in a driver thread;
+                             reply "control=R,thread=R", R: epipe, or what else happened */
 };
 
 typedef struct {
@@ -283,6 +285,24 @@ static void td_flush(ErlDrvData d) {
 }
 
 #define REPLY(...) return (ErlDrvSSizeT)snprintf(*rbuf, (size_t)rlen, __VA_ARGS__)
+
+/* Writes a byte to a pipe whose read end is closed: "epipe" when the write
+ * fails with EPIPE (the process lives on: ERTS ignores SIGPIPE). */
+static const char *broken_pipe(void) {
+    int fd[2];
+    if (pipe(fd) != 0)
+        return "no_pipe";
+    close(fd[0]);
+    ssize_t n = write(fd[1], "x", 1);
+    int e = errno;
+    close(fd[1]);
+    return n < 0 && e == EPIPE ? "epipe" : n < 0 ? "other_error" : "written";
+}
+
+static void *broken_pipe_thread(void *arg) {
+    *(const char **)arg = broken_pipe();
+    return NULL;
+}
 
 static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
                                char **rbuf, ErlDrvSizeT rlen) {
@@ -555,6 +575,13 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     case TD_OS_PID:
         erl_drv_set_os_pid(port, 4711);
         return 0;
+    case TD_BROKEN_PIPE: {
+        const char *here = broken_pipe(), *there = "no_thread";
+        ErlDrvTid tid;
+        if (erl_drv_thread_create("tdrv_pipe", &tid, broken_pipe_thread, &there, NULL) == 0)
+            erl_drv_thread_join(tid, NULL);
+        REPLY("control=%s,thread=%s", here, there);
+    }
     case TD_READ_TIMER: {
         unsigned long left = 12345;
         int rc = driver_read_timer(port, &left);
