@@ -32,5 +32,4 @@ C
 for n in $names; do printf '    (api_fn)%s,\n' "$n"; done
 cat <<'C'
 };
-const size_t edrv__driver_api_count = sizeof edrv__driver_api / sizeof edrv__driver_api[0];
 C

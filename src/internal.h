@@ -73,7 +73,6 @@ typedef struct edrv_mem_counters {
  * libedrv.a has them all for its drivers. */
 extern const void *const edrv__driver_api_data;
 extern void (*const edrv__driver_api[])(void);
-extern const size_t edrv__driver_api_count;
 
 /* Every thread edrv starts calls this first: it blocks SIGPIPE (sys.c). */
 void edrv__thread_signals(void);
