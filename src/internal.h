@@ -74,6 +74,10 @@ typedef struct edrv_mem_counters {
 extern const void *const edrv__driver_api_data;
 extern void (*const edrv__driver_api[])(void);
 
+/* The core the emulator thread spins on while it waits for work, -1 while it
+ * does not spin (loop.c); idle pool threads leave that core (async.c). */
+extern _Atomic int edrv__emulator_cpu;
+
 /* Every thread edrv starts calls this first: it blocks SIGPIPE (sys.c). */
 void edrv__thread_signals(void);
 void edrv__mem_thread_begin(edrv_mem_counters *c);

@@ -110,8 +110,11 @@ static bool work_waiting(void) {
     return atomic_load(&rt.requests) || edrv__async_has_done();
 }
 
+_Atomic int edrv__emulator_cpu = -1;
+
 /* Spins until a request or a finished job comes, or spin_ns pass; whether
- * one came. */
+ * one came. While it spins, edrv__emulator_cpu says where; from its end
+ * without work (the thread parks next) it says -1. */
 static bool spin_for_work(void) {
     if (rt.spin_ns <= 0)
         return false;
@@ -119,9 +122,14 @@ static bool spin_for_work(void) {
     for (;;) {
         if (atomic_load_explicit(&rt.requests, memory_order_relaxed) || edrv__async_has_done())
             return true;
+        int cpu = sched_getcpu();
+        if (atomic_load_explicit(&edrv__emulator_cpu, memory_order_relaxed) != cpu)
+            atomic_store_explicit(&edrv__emulator_cpu, cpu, memory_order_relaxed);
         sched_yield(); /* as the pool threads do (async.c) */
-        if (edrv__now_ns() >= until)
+        if (edrv__now_ns() >= until) {
+            atomic_store_explicit(&edrv__emulator_cpu, -1, memory_order_relaxed);
             return false;
+        }
     }
 }
 
@@ -313,6 +321,7 @@ static void *emulator_main(void *arg) {
         else if (edrv__select_count())
             wait_events(0);
     }
+    atomic_store_explicit(&edrv__emulator_cpu, -1, memory_order_relaxed);
     edrv__mem_thread_end(&counters);
     return NULL;
 }
