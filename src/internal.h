@@ -74,8 +74,9 @@ typedef struct edrv_mem_counters {
 extern const void *const edrv__driver_api_data;
 extern void (*const edrv__driver_api[])(void);
 
-/* The core the emulator thread spins on while it waits for work, -1 while it
- * does not spin (loop.c); idle pool threads leave that core (async.c). */
+/* The core the emulator thread last spun on while it waited for work, or -1
+ * once it gave up spinning to sleep (loop.c); idle pool threads leave that
+ * core (async.c). */
 extern _Atomic int edrv__emulator_cpu;
 
 /* Every thread edrv starts calls this first: it blocks SIGPIPE (sys.c). */

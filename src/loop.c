@@ -113,8 +113,9 @@ static bool work_waiting(void) {
 _Atomic int edrv__emulator_cpu = -1;
 
 /* Spins until a request or a finished job comes, or spin_ns pass; whether
- * one came. While it spins, edrv__emulator_cpu says where; from its end
- * without work (the thread parks next) it says -1. */
+ * one came. While it spins, edrv__emulator_cpu says where, and it still
+ * does while the thread works on what came; when the spin ends without
+ * work (the thread sleeps next), it says -1. */
 static bool spin_for_work(void) {
     if (rt.spin_ns <= 0)
         return false;
