@@ -206,10 +206,10 @@ static inline const fn_pair *fn_of(uint32_t fn) {
  * could before. Two spinning threads on one core hand it to each other on
  * every yield, and a round trip then waits for two context switches, 1.3 us
  * each on the development machine: its p50 was 3.1 us instead of 1.4 in
- * about one run in three there. The scheduler does not move a thread back
- * on its own when that would not even out the load, so a move lasts. A
- * thread whose mask allows no other core stays; either way it looks again
- * only after MOVE_PAUSE_NS. */
+ * about one run in three there. In practice the scheduler leaves the thread
+ * where it went (moving it back would not even out the load): a few moves a
+ * second of round trips. A thread whose mask allows no other core stays;
+ * either way it looks again only after MOVE_PAUSE_NS. */
 #define MOVE_PAUSE_NS 1000000
 static void leave_emulator_core(lane *l, int64_t now) {
     int cpu = sched_getcpu();
