@@ -206,6 +206,20 @@ static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long r
     return j;
 }
 
+/* A keyless job that sends no done message (its invoke reports, if
+ * anything); 0, or -1 when it cannot be submitted. */
+static int submit_quiet(adrv *a, void (*invoke_fn)(void *)) {
+    job *j = new_job(a, 0, 0, 0, -1);
+    if (!j)
+        return -1;
+    j->quiet = 1;
+    if (driver_async(a->port, NULL, invoke_fn, j, job_free) < 0) {
+        driver_free(j);
+        return -1;
+    }
+    return 0;
+}
+
 static ErlDrvData a_start(ErlDrvPort port, char *cmd) {
     adrv *a = driver_alloc(sizeof *a);
     if (!a)
@@ -378,29 +392,13 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         if (len < 4)
             return -1;
         unsigned n = get32(buf);
-        for (unsigned i = 0; i < n; i++) {
-            job *j = new_job(a, 0, 0, 0, -1);
-            if (!j)
+        for (unsigned i = 0; i < n; i++)
+            if (submit_quiet(a, from_pool_invoke) < 0)
                 return -1;
-            j->quiet = 1;
-            if (driver_async(a->port, NULL, from_pool_invoke, j, job_free) < 0) {
-                driver_free(j);
-                return -1;
-            }
-        }
         return 0;
     }
-    case 14: { /* BROKEN_PIPE */
-        job *j = new_job(a, 0, 0, 0, -1);
-        if (!j)
-            return -1;
-        j->quiet = 1;
-        if (driver_async(a->port, NULL, broken_pipe_invoke, j, job_free) < 0) {
-            driver_free(j);
-            return -1;
-        }
-        return 0;
-    }
+    case 14: /* BROKEN_PIPE */
+        return submit_quiet(a, broken_pipe_invoke);
     case 13: { /* WAIT_OWN */
         if (len < 4)
             return -1;
