@@ -203,9 +203,15 @@ struct _erl_drv_port {
     edrv_queue *queue;        /* the driver queue, or NULL while never used */
     long timer_slot;          /* index in the timer heap, or -1 */
     int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
-    /* References besides the table's: async jobs. The struct outlives the
-     * port (DEAD) until the last one goes. */
-    int refs;
+    /* The struct outlives the port (DEAD) while it is used or referenced.
+     * uses: async jobs not yet ended and monitor passes under way (emulator
+     * thread, plain: driver_async's fast path pays no atomic for it).
+     * refs: one for the emulator thread, dropped once the port is dead, out
+     * of its callbacks and unused (`released`), and one while its port data
+     * lock exists, which a pool thread may drop; the last one frees it. */
+    long uses;
+    bool released;
+    _Atomic int refs;
 };
 typedef struct _erl_drv_port edrv_port_t;
 
@@ -238,7 +244,8 @@ int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOS
 int edrv__port_admit(edrv_port id, size_t len, unsigned opts);
 /* Any thread: len admitted bytes leave the port's message queue. */
 void edrv__port_unadmit(edrv_port id, size_t len);
-/* Emulator thread: for the async pool. */
+/* Emulator thread: a use of a port that must outlive the port (an async
+ * job, a monitor pass); the struct stays until the last use ends. */
 void edrv__port_ref(edrv_port_t *pt);
 void edrv__port_unref(edrv_port_t *pt);
 bool edrv__port_accepts_jobs(const edrv_port_t *pt);
@@ -255,8 +262,6 @@ void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon);
 void edrv__monitors_process_exited(uint64_t pid);
 void edrv__monitors_port_gone(edrv_port_t *pt);
 
-/* The driver queue changed size (queue.c): a closing port may end. */
-void edrv__port_queue_changed(edrv_port_t *pt);
 
 /* ---- queue.c: the driver queue ------------------------------------------------ */
 

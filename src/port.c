@@ -382,6 +382,8 @@ static void finish_exit(edrv_port_t *pt);
 
 static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal);
 static void port_release(edrv_port_t *pt);
+static void end_if_flushed(edrv_port_t *pt);
+static size_t queue_bytes(edrv_port_t *pt);
 
 /* After a callback: a failure decided inside it takes effect, and a closing
  * port whose queue the callback emptied ends. */
@@ -394,15 +396,16 @@ static void leave(edrv_port_t *pt) {
     }
     if (pt->exit_pending)
         finish_exit(pt);
-    else if (atomic_load(&pt->state) == PORT_CLOSING && !edrv__queue_size(pt->queue))
-        port_exit(pt, (reason){"normal", 0}, false, true);
+    else
+        end_if_flushed(pt);
 }
 
-void edrv__port_queue_changed(edrv_port_t *pt) {
-    /* Outside callbacks only (a deq from start or a host call); inside one,
-     * leave() sees it. Pool threads never end a port. */
-    if (edrv__on_emulator_thread() && pt->in_callback == 0 &&
-        atomic_load(&pt->state) == PORT_CLOSING && !edrv__queue_size(pt->queue))
+/* A closing port ends once its driver queue is empty: checked after each of
+ * its callbacks, and after each of its async jobs, whose invoke may have
+ * emptied the queue under the port data lock (the job's end is the port's
+ * next event, as ERTS checks after each port task). */
+static void end_if_flushed(edrv_port_t *pt) {
+    if (pt->in_callback == 0 && atomic_load(&pt->state) == PORT_CLOSING && !queue_bytes(pt))
         port_exit(pt, (reason){"normal", 0}, false, true);
 }
 
@@ -429,13 +432,20 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
 
 /* ---- port data locks ------------------------------------------------------------ */
 
-/* A port data lock guards a port's data where pool threads share it. The port
- * holds one reference from driver_pdl_create until it dies; drivers take more
- * (any thread), and the last one frees the lock. */
+/* A port data lock guards a port's data where pool threads share it, the
+ * driver queue included (queue.c). The port holds one reference to the lock
+ * from driver_pdl_create until it dies; drivers take more (any thread), and
+ * the last one frees the lock. The lock in turn holds a reference to the
+ * port's struct, as in ERTS, so that a pool thread holding the lock may still
+ * pass the port to the queue functions after the port died: they see it dead
+ * and fail. */
 struct erl_drv_port_data_lock {
     pthread_mutex_t mtx;
     _Atomic ErlDrvSInt refc;
+    edrv_port_t *port;
 };
+
+static void port_unhold(edrv_port_t *pt);
 
 EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
     if (!port || port->pdl || atomic_load(&port->state) == PORT_DEAD)
@@ -445,6 +455,8 @@ EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
         return NULL;
     pthread_mutex_init(&pdl->mtx, NULL);
     atomic_init(&pdl->refc, 1);
+    pdl->port = port;
+    atomic_fetch_add_explicit(&port->refs, 1, memory_order_relaxed);
     port->pdl = pdl;
     return pdl;
 }
@@ -468,9 +480,23 @@ EDRV_API ErlDrvSInt driver_pdl_inc_refc(ErlDrvPDL pdl) {
 EDRV_API ErlDrvSInt driver_pdl_dec_refc(ErlDrvPDL pdl) {
     ErlDrvSInt n = atomic_fetch_sub(&pdl->refc, 1) - 1;
     if (n == 0) {
+        edrv_port_t *pt = pdl->port;
         pthread_mutex_destroy(&pdl->mtx);
         edrv__free(pdl);
+        port_unhold(pt);
     }
+    return n;
+}
+
+/* The bytes in the port's driver queue. Pool threads may change the queue
+ * under the port data lock, so the runtime reads it under that lock too. Not
+ * for the queue functions themselves: their caller holds the lock. */
+static size_t queue_bytes(edrv_port_t *pt) {
+    if (!pt->pdl)
+        return edrv__queue_size(pt->queue);
+    driver_pdl_lock(pt->pdl);
+    size_t n = edrv__queue_size(pt->queue);
+    driver_pdl_unlock(pt->pdl);
     return n;
 }
 
@@ -481,18 +507,61 @@ static void port_free(edrv_port_t *pt) {
     edrv__free(pt);
 }
 
-/* Frees a dead port's struct once no job refers to it and no callback of
- * it is running (an init-ack failure ends a port from its own timeout). */
-static void port_release(edrv_port_t *pt) {
-    if (pt->refs == 0 && pt->in_callback == 0)
+/* Drops one of the struct's references; any thread. */
+static void port_unhold(edrv_port_t *pt) {
+    if (atomic_fetch_sub_explicit(&pt->refs, 1, memory_order_acq_rel) == 1)
         port_free(pt);
 }
 
-/* Runs stop, takes the port out of the table, and lets its driver go. The
- * port was started (it has driver data). */
+/* The emulator thread lets a dead port's struct go once no callback of it
+ * runs (an init-ack failure ends a port from its own timeout) and nothing
+ * uses it; a port data lock may still hold it. */
+static void port_release(edrv_port_t *pt) {
+    if (!pt->released && pt->uses == 0 && pt->in_callback == 0 &&
+        atomic_load(&pt->state) == PORT_DEAD) {
+        pt->released = true;
+        port_unhold(pt);
+    }
+}
+
+/* Empties the driver queue of a port that has died. The lock orders this
+ * after any pool thread's use of the queue; one that takes the lock later
+ * finds the port dead and the queue functions fail. */
+static void queue_drop(edrv_port_t *pt) {
+    if (pt->pdl)
+        driver_pdl_lock(pt->pdl);
+    edrv_queue *q = pt->queue;
+    pt->queue = NULL;
+    if (pt->pdl)
+        driver_pdl_unlock(pt->pdl);
+    edrv__queue_free(q);
+}
+
+/* The one way out for a port, stopped or never started: it is dead, out of
+ * the table, and everything it held goes (timer, fds, queue, monitors, its
+ * reference to its data lock); then its driver may unload. Needs no memory,
+ * so that no failure can leave a half-ended port. */
+static void port_dispose(edrv_port_t *pt) {
+    atomic_store(&pt->state, PORT_DEAD);
+    edrv__timer_cancel(pt); /* stop may have set one */
+    edrv__select_port_gone(pt);
+    queue_drop(pt);
+    table_remove(pt);
+    edrv__monitors_port_gone(pt);
+    ErlDrvPDL pdl = pt->pdl;
+    pt->pdl = NULL;
+    if (pdl) /* the port's reference */
+        driver_pdl_dec_refc(pdl);
+    edrv_driver *d = pt->drv;
+    port_release(pt);
+    edrv__driver_port_gone(d);
+}
+
+/* Runs stop, then disposes of the port. The port was started (it has driver
+ * data), unless it is an init-ack port that ends unanswered. */
 static void finish_exit(edrv_port_t *pt) {
     pt->exit_pending = false;
-    bool started = !pt->open_req; /* an init-ack port may end unanswered */
+    bool started = !pt->open_req;
     if (pt->open_req) {
         void *req = pt->open_req;
         pt->open_req = NULL;
@@ -505,29 +574,17 @@ static void finish_exit(edrv_port_t *pt) {
         pt->drv->entry->stop(pt->data);
         pt->in_callback--;
     }
-    atomic_store(&pt->state, PORT_DEAD);
-    edrv__timer_cancel(pt); /* one stop may have set */
-    edrv__select_port_gone(pt);
-    edrv__queue_free(pt->queue);
-    pt->queue = NULL;
-    table_remove(pt);
-    edrv__monitors_port_gone(pt);
-    if (pt->pdl) /* the port's reference */
-        driver_pdl_dec_refc(pt->pdl);
-    pt->pdl = NULL;
-    edrv_driver *d = pt->drv;
-    port_release(pt);
-    edrv__driver_port_gone(d);
+    port_dispose(pt);
 }
 
 void edrv__port_ref(edrv_port_t *pt) {
-    pt->refs++;
+    pt->uses++;
 }
 
 void edrv__port_unref(edrv_port_t *pt) {
-    pt->refs--;
-    if (atomic_load(&pt->state) == PORT_DEAD)
-        port_release(pt);
+    pt->uses--;
+    end_if_flushed(pt);
+    port_release(pt);
 }
 
 bool edrv__port_accepts_jobs(const edrv_port_t *pt) {
@@ -604,6 +661,7 @@ static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, p
         return NULL;
     }
     pt->name = copy;
+    atomic_init(&pt->refs, 1); /* the emulator thread's */
     pt->timer_slot = -1;
     pt->os_pid = -1;
     if (!(d->entry->driver_flags & ERL_DRV_FLAG_NO_BUSY_MSGQ)) {
@@ -639,17 +697,7 @@ static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
     if (rc < 0) {
         /* Never started, so stop does not run; nothing reaches the owner.
          * Jobs it queued still run, and end with free. */
-        atomic_store(&pt->state, PORT_DEAD);
-        edrv__timer_cancel(pt);
-        edrv__select_port_gone(pt);
-        edrv__queue_free(pt->queue);
-        pt->queue = NULL;
-        table_remove(pt);
-        edrv__monitors_port_gone(pt);
-        if (pt->pdl)
-            driver_pdl_dec_refc(pt->pdl);
-        port_release(pt);
-        edrv__driver_port_gone(d);
+        port_dispose(pt);
         return rc;
     }
     pt->data = data;
@@ -912,7 +960,7 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
         .id = pt->id,
         .connected = atomic_load(&pt->owner),
         .binary = pt->binary,
-        .pending_jobs = (size_t)pt->refs,
+        .pending_jobs = (size_t)pt->uses,
         .os_pid = (long long)pt->os_pid,
     };
     snprintf(st->name, sizeof st->name, "%s", pt->name);
@@ -946,7 +994,7 @@ int edrv__port_close(edrv_proc *p, edrv_port id) {
     edrv_port_t *pt = port_get(id, &err);
     if (!pt)
         return err;
-    if (edrv__queue_size(pt->queue))
+    if (queue_bytes(pt))
         start_closing(pt, p->pid);
     else
         port_exit(pt, (reason){"normal", 0}, false, true);
@@ -1005,7 +1053,7 @@ void edrv__ports_of_proc_exit(uint64_t pid) {
         if (!pt)
             continue;
         pt->linked = false;
-        if (edrv__queue_size(pt->queue))
+        if (queue_bytes(pt))
             start_closing(pt, 0);
         else
             port_exit(pt, (reason){"normal", 0}, false, false);

@@ -9,8 +9,12 @@
  * by the driver (driver_enq_bin, driver_enqv) are referenced, not copied.
  *
  * Threads: the driver's; a driver that touches the queue from a pool thread
- * holds the port data lock, as in ERTS. The queue's end matters to the port:
- * a port closing with a non-empty queue terminates once it empties (port.c).
+ * holds the port data lock, as in ERTS, and so does the runtime when it reads
+ * the queue's size or frees it (port.c: queue_bytes, queue_drop). The port
+ * data lock keeps the port's struct alive, so a pool thread may call these
+ * functions with a port that has died: they see it dead and fail. The queue's
+ * end matters to the port: a port closing with a non-empty queue terminates
+ * once it empties (port.c).
  */
 #include "internal.h"
 
@@ -179,7 +183,8 @@ EDRV_API ErlDrvSizeT driver_deq(ErlDrvPort port, ErlDrvSizeT size) {
     }
     if (q->head == q->tail)
         q->head = q->tail = q->cap / 2;
-    edrv__port_queue_changed(port);
+    /* A closing port whose queue this emptied ends after the callback (or
+     * the async job) that emptied it: port.c, end_if_flushed. */
     return q->size;
 }
 

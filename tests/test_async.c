@@ -308,20 +308,92 @@ static void output_from_pool_threads(void) {
 }
 
 static void shutdown_with_jobs_queued(void) {
-    /* edrv_stop: ports close, queued jobs still run and end with free. */
+    /* edrv_stop: ports close, queued jobs still run and end with free. Both
+     * lanes wait at a gate that only the port's stop opens, so every job is
+     * still queued (or waiting) when edrv_stop closes the port. */
     REQUIRE(setup() == 0);
     edrv_port port = open_adrv();
+    REQUIRE(block(port, 0) > 0);
+    REQUIRE(block(port, 1) > 0);
     submit(port, 1, 0, 1000, 0);
     submit(port, 1, 1, 1000, 10);
+    CHECK_STR(ctl(port, 18, "", 0), "");
     CHECK_INT(edrv_stop(), 0);
     edrv_pool_stats st;
     edrv_pool(&st);
-    CHECK_INT(st.submitted, 2000);
-    CHECK_INT(st.ready_async + st.freed + st.cancelled, 2000);
-    CHECK(st.freed > 0);
+    CHECK_INT(st.submitted, 2002);
+    CHECK_INT(st.ready_async, 0);
+    CHECK_INT(st.freed, 2002);
+    CHECK_INT(st.cancelled, 0);
     edrv_msg m;
     while (edrv_receive(proc, 0, &m) == 0)
         edrv_msg_free(&m);
+    edrv_proc_free(proc);
+}
+
+/* Waits (up to 60 s: a bound for a broken build, not a timing) until the
+ * port is closed; its port_check error. */
+static int wait_closed(edrv_port port) {
+    edrv_port_status st;
+    int rc = 0;
+    for (int i = 0; i < 12000 && (rc = edrv_port_info(port, &st)) == 0; i++)
+        usleep(5000);
+    return rc;
+}
+
+static void pdl_queue_while_closing(void) {
+    /* Pool threads use the driver queue under the port data lock while the
+     * port closes: the runtime reads the queue's size and frees the queue
+     * under that lock too (TSan checks), and the lock keeps the port's
+     * struct alive for the jobs that still hold it (ASan checks). Jobs that
+     * run after the port died find their enqueue refused. */
+    REQUIRE(setup() == 0);
+    long ok0 = 0, dead0 = 0;
+    sscanf(ctl(open_adrv(), 19, "", 0), "deq=%*d,churn_ok=%ld,churn_dead=%ld", &ok0, &dead0);
+    for (int round = 0; round < 20; round++) {
+        edrv_port port = open_adrv();
+        char b[4];
+        put32(b, 500);
+        CHECK_STR(ctl(port, 17, b, 4), "");
+        CHECK_INT(edrv_port_close(proc, port), 0);
+    }
+    edrv_port other = open_adrv();
+    edrv_pool_stats st;
+    for (int i = 0; i < 12000; i++) {
+        edrv_pool(&st);
+        if (st.ready_async + st.freed == st.submitted)
+            break;
+        usleep(5000);
+    }
+    CHECK_INT(st.ready_async + st.freed, st.submitted);
+    long ok = 0, dead = 0;
+    CHECK(sscanf(ctl(other, 19, "", 0), "deq=%*d,churn_ok=%ld,churn_dead=%ld", &ok, &dead) == 2);
+    CHECK_INT(ok - ok0 + dead - dead0, 20 * 500);
+    edrv_proc_free(proc);
+}
+
+static void closing_port_emptied_by_job(void) {
+    /* A port closed with data in its driver queue is closing; a pool thread
+     * empties the queue under the port data lock, and the port ends with
+     * that job (stop runs), as ERTS ends it after its next task. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv(), other = open_adrv();
+    char b[4];
+    put32(b, 10);
+    CHECK_STR(ctl(port, 15, b, 4), "10");
+    put32(b, 0);
+    CHECK_STR(ctl(port, 16, b, 4), "");
+    CHECK_INT(edrv_port_close(proc, port), 0);
+    edrv_port_status st;
+    CHECK_INT(edrv_port_info(port, &st), 0); /* closing, not closed */
+    wait_invoked(port, 1);
+    CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=0,invoked=1,stopped=0");
+    /* Released through the other port, so that the job's end is the closing
+     * port's only event after the dequeue: it runs ready_async, then ends. */
+    CHECK_STR(ctl(other, 4, "", 0), "");
+    CHECK_INT(wait_closed(port), EDRV_ECLOSED);
+    CHECK_STR(ctl(other, 19, "", 0), "deq=0,churn_ok=0,churn_dead=0");
+    CHECK_STR(ctl(other, 5, "", 0), "ready=1,freed=0,invoked=1,stopped=1");
     edrv_proc_free(proc);
 }
 
@@ -664,6 +736,8 @@ static const test_case cases[] = {
     {"port_data_lock", port_data_lock},
     {"output_from_pool_threads", output_from_pool_threads},
     {"shutdown_with_jobs_queued", shutdown_with_jobs_queued},
+    {"pdl_queue_while_closing", pdl_queue_while_closing},
+    {"closing_port_emptied_by_job", closing_port_emptied_by_job},
     {"stress", stress},
     {"cancel_finds_every_job", cancel_finds_every_job},
     {"callback_waits_for_its_job", callback_waits_for_its_job},

@@ -30,6 +30,17 @@
  *  14 BROKEN_PIPE -> a job that writes to a pipe with no reader and sends
  *              {broken_pipe, R} from its pool thread: R is epipe when the
  *              write fails with EPIPE (ERTS ignores SIGPIPE)
+ *  15 ENQ      n:4 -> enqueues n bytes in the driver queue, under the port
+ *              data lock (created if need be); reply the queue's size
+ *  16 DEQ_JOB  key:4 -> a job that waits at the gate (as BLOCK), then
+ *              dequeues the whole driver queue under the port data lock
+ *  17 CHURN    n:4 -> n jobs that each enqueue and dequeue 16 bytes under
+ *              the port data lock, from the pool threads, with the port
+ *              passed as the ErlDrvPort (valid while the lock is)
+ *  18 STOP_RELEASES -> the port's stop opens the gate (as RELEASE)
+ *  19 QSTATS   -> reply "deq=D,churn_ok=A,churn_dead=B": D the last DEQ_JOB's
+ *              driver_deq result (-2 before any), A and B the CHURN jobs whose
+ *              enqueue worked and failed (the port was dead)
  */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <dlfcn.h>
@@ -47,6 +58,7 @@ typedef struct {
     ErlDrvPort port;
     unsigned seq;
     int stop_job;
+    int stop_releases;
     ErlDrvPDL pdl;
     long pdl_count; /* guarded by pdl */
 } adrv;
@@ -64,6 +76,7 @@ typedef struct {
     unsigned gate; /* BLOCK jobs: the gate generation they wait past */
     adrv *owner;  /* PDL jobs: the port's data, shared under pdl */
     ErlDrvPDL pdl;
+    ErlDrvPort drv_port; /* DEQ_JOB and CHURN jobs: used under pdl */
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
@@ -82,6 +95,9 @@ static atomic_uchar *was_cancelled;
 static atomic_long records;
 
 static int (*cancel_fn)(long);
+
+/* DEQ_JOB and CHURN results. */
+static atomic_long deq_result = -2, churn_ok, churn_dead;
 
 static unsigned get32(const char *p) {
     const unsigned char *u = (const unsigned char *)p;
@@ -144,6 +160,58 @@ static void pdl_invoke(void *arg) {
     driver_pdl_lock(j->pdl);
     j->owner->pdl_count++;
     driver_pdl_unlock(j->pdl);
+}
+
+static void open_gate(void) {
+    pthread_mutex_lock(&gate_lock);
+    gate_gen++;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+/* DEQ_JOB: past the gate, the whole queue goes, from the pool thread. */
+static void deq_invoke(void *arg) {
+    job *j = arg;
+    block_invoke(arg);
+    driver_pdl_lock(j->pdl);
+    ErlDrvSizeT n = driver_sizeq(j->drv_port);
+    long r = n == (ErlDrvSizeT)-1 ? -1 : (long)driver_deq(j->drv_port, n);
+    driver_pdl_unlock(j->pdl);
+    atomic_store(&deq_result, r);
+}
+
+/* CHURN: the queue used from pool threads while the port lives or dies. */
+static void churn_invoke(void *arg) {
+    job *j = arg;
+    char bytes[16] = "churn churn chur";
+    driver_pdl_lock(j->pdl);
+    if (driver_enq(j->drv_port, bytes, sizeof bytes) == 0) {
+        driver_deq(j->drv_port, sizeof bytes);
+        atomic_fetch_add(&churn_ok, 1);
+    } else {
+        atomic_fetch_add(&churn_dead, 1);
+    }
+    driver_pdl_unlock(j->pdl);
+}
+
+static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long record);
+
+/* A job that uses the port data lock: it holds a reference to it. */
+static int submit_locked(adrv *a, unsigned key, void (*invoke_fn)(void *), unsigned gate) {
+    job *j = new_job(a, key, 1, 0, -1);
+    if (!j)
+        return -1;
+    j->quiet = 1;
+    j->gate = gate;
+    j->pdl = a->pdl;
+    j->drv_port = a->port;
+    driver_pdl_inc_refc(a->pdl);
+    if (driver_async(a->port, &key, invoke_fn, j, job_free) < 0) {
+        driver_pdl_dec_refc(a->pdl);
+        driver_free(j);
+        return -1;
+    }
+    return 0;
 }
 
 /* FROM_POOL jobs send from the pool thread. */
@@ -232,6 +300,8 @@ static ErlDrvData a_start(ErlDrvPort port, char *cmd) {
 static void a_stop(ErlDrvData d) {
     adrv *a = (adrv *)d;
     atomic_fetch_add(&stopped_count, 1);
+    if (a->stop_releases)
+        open_gate();
     if (a->stop_job) {
         job *j = new_job(a, 0, 0, 0, -1);
         if (j && driver_async(a->port, NULL, invoke, j, job_free) < 0)
@@ -295,10 +365,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         REPLY("%ld", id);
     }
     case 4: /* RELEASE */
-        pthread_mutex_lock(&gate_lock);
-        gate_gen++;
-        pthread_cond_broadcast(&gate_cond);
-        pthread_mutex_unlock(&gate_lock);
+        open_gate();
         return 0;
     case 5: /* STATS */
         REPLY("ready=%ld,freed=%ld,invoked=%ld,stopped=%ld", atomic_load(&ready_count),
@@ -399,6 +466,46 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     }
     case 14: /* BROKEN_PIPE */
         return submit_quiet(a, broken_pipe_invoke);
+    case 15: { /* ENQ */
+        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+            return -1;
+        unsigned n = get32(buf);
+        char *bytes = driver_alloc(n ? n : 1);
+        if (!bytes)
+            return -1;
+        memset(bytes, 'q', n);
+        driver_pdl_lock(a->pdl);
+        int rc = driver_enq(a->port, bytes, n);
+        long size = (long)driver_sizeq(a->port);
+        driver_pdl_unlock(a->pdl);
+        driver_free(bytes);
+        if (rc < 0)
+            return -1;
+        REPLY("%ld", size);
+    }
+    case 16: { /* DEQ_JOB */
+        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+            return -1;
+        pthread_mutex_lock(&gate_lock);
+        unsigned gate = gate_gen;
+        pthread_mutex_unlock(&gate_lock);
+        return submit_locked(a, get32(buf), deq_invoke, gate);
+    }
+    case 17: { /* CHURN */
+        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+            return -1;
+        unsigned n = get32(buf);
+        for (unsigned i = 0; i < n; i++)
+            if (submit_locked(a, i, churn_invoke, 0) < 0)
+                return -1;
+        return 0;
+    }
+    case 18: /* STOP_RELEASES */
+        a->stop_releases = 1;
+        return 0;
+    case 19: /* QSTATS */
+        REPLY("deq=%ld,churn_ok=%ld,churn_dead=%ld", atomic_load(&deq_result),
+              atomic_load(&churn_ok), atomic_load(&churn_dead));
     case 13: { /* WAIT_OWN */
         if (len < 4)
             return -1;
