@@ -106,8 +106,24 @@ typedef struct edrv_proc edrv_proc;
 edrv_proc *edrv_proc_new(void);
 /* Ends a process: ports it owns are closed as if it had exited (a port with
  * data in its driver queue flushes first, as after edrv_port_close),
- * undelivered messages are dropped. NULL is fine. */
-void edrv_proc_free(edrv_proc *p);
+ * undelivered messages are dropped. Threads waiting in edrv_receive(p)
+ * return EDRV_ENOPROC, and the process is freed once they have left; calls
+ * with p under way on other threads finish. No call with p may start once
+ * edrv_proc_free(p) has begun: a call that still finds p gets EDRV_ENOPROC
+ * (or EDRV_EINVAL once it is freed), but p's memory may be gone by then.
+ * Returns 0 (NULL is fine), or EDRV_EINVAL for a pointer that is not a live
+ * process (freed twice, as far as that can be seen) or a process that
+ * another thread is freeing. */
+int edrv_proc_free(edrv_proc *p);
+/* What process_info/2 would say of p: its message_queue_len, and how many
+ * threads wait in edrv_receive(p) for a message now (Erlang's `waiting`
+ * status). Any thread. 0, or EDRV_EINVAL / EDRV_ENOPROC as edrv_receive. */
+typedef struct {
+    uint64_t pid;
+    size_t message_queue_len;
+    int waiting;
+} edrv_proc_status;
+int edrv_proc_info(edrv_proc *p, edrv_proc_status *status);
 /* The pid's number N, as in <0.N.0>. */
 uint64_t edrv_proc_pid(const edrv_proc *p);
 /* The pid as drivers see it (ErlDrvTermData for ERL_DRV_PID). */
@@ -216,7 +232,8 @@ typedef struct {
 } edrv_msg;
 
 /* Takes the next message of p's mailbox, waiting up to timeout_ms (-1: for
- * ever, 0: do not wait). Returns 0 or EDRV_ETIMEDOUT. */
+ * ever, 0: do not wait). Returns 0 or EDRV_ETIMEDOUT; EDRV_ENOPROC when
+ * another thread frees p meanwhile (see edrv_proc_free). */
 int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg);
 void edrv_msg_free(edrv_msg *msg);
 /* Prints a term in Erlang syntax into a string that the caller frees with

@@ -140,10 +140,13 @@ typedef struct mbox_msg {
 
 struct edrv_proc {
     uint64_t pid;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
+    unsigned magic;       /* PROC_LIVE until freed (proc.c) */
+    pthread_mutex_t lock; /* guards the rest */
+    pthread_cond_t cond;  /* a message came, or the process is exiting */
     mbox_msg *head, *tail;
     size_t count;
+    bool exiting;         /* edrv_proc_free began */
+    int receivers;        /* threads inside edrv_receive */
 };
 
 /* Allocates a message buffer with room for len bytes, to be filled and then
@@ -154,6 +157,10 @@ void edrv__msg_drop(mbox_msg *m);
  * process (m is then freed). Any thread. */
 int edrv__deliver(uint64_t pid, mbox_msg *m);
 bool edrv__proc_alive(uint64_t pid);
+/* For an edrv.h call named `fn` made by p: 0 and p's pid in *pid, or
+ * EDRV_EINVAL for NULL or a pointer that is not a live process, or
+ * EDRV_ENOPROC once p is being freed. Any thread. */
+int edrv__proc_caller(const edrv_proc *p, const char *fn, uint64_t *pid);
 
 /* ---- port.c: ports --------------------------------------------------------- */
 
@@ -220,19 +227,21 @@ typedef struct _erl_drv_port edrv_port_t;
  * the port subsystem gave out. */
 uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing);
 
-/* Emulator thread: the operations a request carries out. */
+/* Emulator thread: the operations a request carries out, for the process
+ * whose pid is `caller` (a pid, never the edrv_proc, which its thread may
+ * free while the request waits). */
 /* Returns EDRV__PENDING when the driver answers later with erl_drv_init_ack;
  * the port then finishes the request (req) itself. */
 #define EDRV__PENDING 1
-int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out,
+int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_port *out,
                     void *req);
-int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
+int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole);
-int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply);
-int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply);
-int edrv__port_close(edrv_proc *p, edrv_port id);
+int edrv__port_close(uint64_t caller, edrv_port id);
 int edrv__port_info(edrv_port id, edrv_port_status *st);
 void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);

@@ -40,8 +40,7 @@ typedef enum {
 typedef struct request {
     struct request *next;
     req_type type;
-    edrv_proc *proc;
-    uint64_t pid;
+    uint64_t pid;      /* the caller, or R_PROC_EXIT's process */
     edrv_port port;
     const char *s1, *s2;
     unsigned u;
@@ -236,22 +235,22 @@ static void execute(request *r) {
         r->result = edrv__driver_unload(r->s1);
         break;
     case R_OPEN:
-        r->result = edrv__port_open(r->proc, r->s1, r->u, r->out_port, r->done ? r : NULL);
+        r->result = edrv__port_open(r->pid, r->s1, r->u, r->out_port, r->done ? r : NULL);
         break;
     case R_COMMAND:
         if (r->admitted)
             edrv__port_unadmit(r->port, (size_t)r->bin->orig_size);
-        r->result = edrv__port_command(r->proc, r->port, r->bin, r->pieces, r->npieces, r->whole);
+        r->result = edrv__port_command(r->pid, r->port, r->bin, r->pieces, r->npieces, r->whole);
         r->bin = NULL; /* the port took it */
         break;
     case R_CONTROL:
-        r->result = edrv__port_control(r->proc, r->port, r->u, r->data, r->len, r->reply);
+        r->result = edrv__port_control(r->pid, r->port, r->u, r->data, r->len, r->reply);
         break;
     case R_CALL:
-        r->result = edrv__port_call(r->proc, r->port, r->u, r->data, r->len, r->reply);
+        r->result = edrv__port_call(r->pid, r->port, r->u, r->data, r->len, r->reply);
         break;
     case R_CLOSE:
-        r->result = edrv__port_close(r->proc, r->port);
+        r->result = edrv__port_close(r->pid, r->port);
         break;
     case R_INFO:
         r->result = edrv__port_info(r->port, r->status);
@@ -495,11 +494,15 @@ EDRV_API int edrv_unload_driver(const char *name) {
 }
 
 EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port *port) {
-    if (!p || !command || !port)
-        return edrv__fail(EDRV_EINVAL, "edrv_open_port: NULL process, command or port");
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_open_port", &pid);
+    if (rc < 0)
+        return rc;
+    if (!command || !port)
+        return edrv__fail(EDRV_EINVAL, "edrv_open_port: NULL command or port");
     if (flags & ~(EDRV_PORT_BINARY | EDRV_PORT_EOF))
         return edrv__fail(EDRV_EINVAL, "edrv_open_port: unknown flags 0x%x", flags);
-    request r = {.type = R_OPEN, .proc = p, .s1 = command, .u = flags, .out_port = port};
+    request r = {.type = R_OPEN, .pid = pid, .s1 = command, .u = flags, .out_port = port};
     return call_sync(&r);
 }
 
@@ -508,8 +511,12 @@ EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, e
  * an iolist: an outputv driver gets one element per non-empty piece). */
 static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
                         bool whole, unsigned opts) {
-    if (!p || (iovcnt && !iov) || iovcnt < 0)
-        return edrv__fail(EDRV_EINVAL, "edrv_port_command: NULL process or vector");
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_port_command", &pid);
+    if (rc < 0)
+        return rc;
+    if ((iovcnt && !iov) || iovcnt < 0)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_command: NULL vector");
     if (!edrv__running())
         return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
     /* Fail early, as port_command/2 raises badarg at once for a dead port; a
@@ -526,7 +533,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     }
     /* A busy port suspends the sender here (a driver callback sending to a
      * port cannot wait for the thread it runs on: it is never suspended). */
-    int rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts);
+    rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts);
     if (rc < 0)
         return rc;
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
@@ -545,7 +552,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
         r->pieces[i] = iov[i].iov_len;
     }
     r->type = R_COMMAND;
-    r->proc = p;
+    r->pid = pid;
     r->port = port;
     r->bin = bin;
     r->whole = whole;
@@ -582,28 +589,38 @@ EDRV_API int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct i
 
 EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,
                                size_t len, edrv_reply *reply) {
-    if (!p || !reply || (!data && len))
-        return edrv__fail(EDRV_EINVAL, "edrv_port_control: NULL process, reply or data");
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_port_control", &pid);
+    if (rc < 0)
+        return rc;
+    if (!reply || (!data && len))
+        return edrv__fail(EDRV_EINVAL, "edrv_port_control: NULL reply or data");
     *reply = (edrv_reply){0};
-    request r = {.type = R_CONTROL, .proc = p, .port = port, .u = op,
+    request r = {.type = R_CONTROL, .pid = pid, .port = port, .u = op,
                  .data = (char *)data, .len = len, .reply = reply};
     return call_sync(&r);
 }
 
 EDRV_API int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *etf,
                             size_t len, edrv_reply *reply) {
-    if (!p || !reply || !etf)
-        return edrv__fail(EDRV_EINVAL, "edrv_port_call: NULL process, reply or term");
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_port_call", &pid);
+    if (rc < 0)
+        return rc;
+    if (!reply || !etf)
+        return edrv__fail(EDRV_EINVAL, "edrv_port_call: NULL reply or term");
     *reply = (edrv_reply){0};
-    request r = {.type = R_CALL, .proc = p, .port = port, .u = op,
+    request r = {.type = R_CALL, .pid = pid, .port = port, .u = op,
                  .data = (char *)etf, .len = len, .reply = reply};
     return call_sync(&r);
 }
 
 EDRV_API int edrv_port_close(edrv_proc *p, edrv_port port) {
-    if (!p)
-        return edrv__fail(EDRV_EINVAL, "edrv_port_close: NULL process");
-    request r = {.type = R_CLOSE, .proc = p, .port = port};
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_port_close", &pid);
+    if (rc < 0)
+        return rc;
+    request r = {.type = R_CLOSE, .pid = pid, .port = port};
     return call_sync(&r);
 }
 

@@ -714,15 +714,18 @@ static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
     return 0;
 }
 
-int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port *out,
+int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_port *out,
                     void *req) {
     size_t name_len = strcspn(command, " ");
+    if (!edrv__proc_alive(caller)) /* freed while its request waited */
+        return edrv__fail(EDRV_ENOPROC, "edrv_open_port: <0.%llu.0> has exited",
+                          (unsigned long long)caller);
     edrv_driver *d = edrv__driver_find(command, name_len);
     if (!d || d->unload_pending)
         return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
                           command);
     char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
-    edrv_port_t *pt = cmd ? port_new(d, command, p->pid, PORT_STARTING) : NULL;
+    edrv_port_t *pt = cmd ? port_new(d, command, caller, PORT_STARTING) : NULL;
     if (!pt) {
         edrv__free(cmd);
         return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
@@ -730,7 +733,7 @@ int edrv__port_open(edrv_proc *p, const char *command, unsigned flags, edrv_port
     pt->open_flags = flags;
     pt->open_id = out;
 
-    enter(pt, p->pid);
+    enter(pt, caller);
     errno = 0;
     ErlDrvData data = d->entry->start ? d->entry->start(pt, cmd) : NULL;
     int err = errno;
@@ -787,7 +790,7 @@ EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
  * element is left empty (for a header, as ERTS does) and then one element per
  * non-empty piece (one element, even empty, when `whole`); otherwise to
  * output, flat. The port takes the binary. */
-int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
+int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole) {
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
@@ -827,13 +830,13 @@ int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size
             off += l;
         }
         ErlIOVec ev = {n, len, iov, binv};
-        enter(pt, p->pid);
+        enter(pt, caller);
         e->outputv(pt->data, &ev);
         leave(pt);
         if (iov != iov_small)
             edrv__free(iov);
     } else if (e->output) {
-        enter(pt, p->pid);
+        enter(pt, caller);
         e->output(pt->data, bin->orig_bytes, len);
         leave(pt);
     } else {
@@ -843,7 +846,7 @@ int edrv__port_command(edrv_proc *p, edrv_port id, ErlDrvBinary *bin, const size
     return 0;
 }
 
-int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply) {
     int err = 0;
     edrv_port_t *pt = port_get_closing_ok(id, &err);
@@ -860,7 +863,7 @@ int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size
         memcpy(copy, data, len);
     char buf[64];
     char *rbuf = buf;
-    enter(pt, p->pid);
+    enter(pt, caller);
     ErlDrvSSizeT n = e->control(pt->data, op, copy, len, &rbuf, sizeof buf);
     int flags = pt->control_flags;
     char name[64]; /* leave() may end the port and unload its driver */
@@ -904,7 +907,7 @@ int edrv__port_control(edrv_proc *p, edrv_port id, unsigned op, char *data, size
     return 0;
 }
 
-int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t len,
+int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply) {
     if (edrv__etf_measure(data, len) != (int)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
@@ -922,7 +925,7 @@ int edrv__port_call(edrv_proc *p, edrv_port id, unsigned op, char *data, size_t 
     char buf[255];
     char *rbuf = buf;
     unsigned int rflags = 0;
-    enter(pt, p->pid);
+    enter(pt, caller);
     ErlDrvSSizeT n = e->call(pt->data, op, copy, len, &rbuf, sizeof buf, &rflags);
     char name[64]; /* leave() may end the port and unload its driver */
     snprintf(name, sizeof name, "%s", pt->drv->name);
@@ -988,14 +991,14 @@ static void start_closing(edrv_port_t *pt, uint64_t caller) {
     }
 }
 
-int edrv__port_close(edrv_proc *p, edrv_port id) {
+int edrv__port_close(uint64_t caller, edrv_port id) {
     /* Any process may close a port with port_close/1. */
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
     if (!pt)
         return err;
     if (queue_bytes(pt))
-        start_closing(pt, p->pid);
+        start_closing(pt, caller);
     else
         port_exit(pt, (reason){"normal", 0}, false, true);
     return 0;

@@ -8,6 +8,14 @@
  * memory: delivery holds the table's read lock, and edrv_proc_free removes the
  * process under the write lock before freeing it.
  *
+ * Freeing: edrv_proc_free marks the process exiting and wakes the threads
+ * that wait in edrv_receive, which return EDRV_ENOPROC; it frees the struct
+ * once the last of them has left. Requests already queued carry the pid, not
+ * the struct. A call that starts after edrv_proc_free has begun is the
+ * caller's error (edrv.h): one that finds the struct still there gets
+ * EDRV_ENOPROC, one that finds it freed reads freed memory (ASan reports it;
+ * the magic number catches many such calls in other builds).
+ *
  * Lock order: procs_lock (read or write) -> proc->lock.
  */
 #include "internal.h"
@@ -15,6 +23,8 @@
 
 #include <errno.h>
 #include <time.h>
+
+#define PROC_LIVE 0x70726f63u /* "proc" */
 
 static pthread_rwlock_t procs_lock = PTHREAD_RWLOCK_INITIALIZER;
 static idmap procs; /* pid -> edrv_proc */
@@ -26,6 +36,7 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
         edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
         return NULL;
     }
+    p->magic = PROC_LIVE;
     pthread_mutex_init(&p->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -46,9 +57,43 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     return p;
 }
 
-EDRV_API void edrv_proc_free(edrv_proc *p) {
+int edrv__proc_caller(const edrv_proc *p, const char *fn, uint64_t *pid) {
+    if (!p || p->magic != PROC_LIVE)
+        return edrv__fail(EDRV_EINVAL, "%s: %s", fn, p ? "not a live process (freed?)"
+                                                       : "NULL process");
+    /* exiting is only ever set: a relaxed look suffices for a call that
+     * races with edrv_proc_free, which is the caller's error anyway. */
+    if (__atomic_load_n(&p->exiting, __ATOMIC_RELAXED))
+        return edrv__fail(EDRV_ENOPROC, "%s: <0.%llu.0> is being freed", fn,
+                          (unsigned long long)p->pid);
+    *pid = p->pid;
+    return 0;
+}
+
+/* Marks p exiting and waits until no thread is inside edrv_receive(p). */
+static int proc_exit_receivers(edrv_proc *p) {
+    pthread_mutex_lock(&p->lock);
+    if (p->exiting) {
+        pthread_mutex_unlock(&p->lock);
+        return edrv__fail(EDRV_EINVAL, "edrv_proc_free: <0.%llu.0> is already being freed",
+                          (unsigned long long)p->pid);
+    }
+    __atomic_store_n(&p->exiting, true, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&p->cond);
+    while (p->receivers)
+        pthread_cond_wait(&p->cond, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+EDRV_API int edrv_proc_free(edrv_proc *p) {
     if (!p)
-        return;
+        return 0;
+    if (p->magic != PROC_LIVE)
+        return edrv__fail(EDRV_EINVAL, "edrv_proc_free: not a live process (freed twice?)");
+    int rc = proc_exit_receivers(p);
+    if (rc < 0)
+        return rc;
     pthread_rwlock_wrlock(&procs_lock);
     edrv__idmap_del(&procs, p->pid);
     if (procs.live == 0) /* the last process: give the table back */
@@ -60,9 +105,26 @@ EDRV_API void edrv_proc_free(edrv_proc *p) {
         n = m->next;
         edrv__msg_drop(m);
     }
+    p->magic = 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
     edrv__free(p);
+    return 0;
+}
+
+EDRV_API int edrv_proc_info(edrv_proc *p, edrv_proc_status *st) {
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_proc_info", &pid);
+    if (rc < 0)
+        return rc;
+    if (!st)
+        return edrv__fail(EDRV_EINVAL, "edrv_proc_info: NULL status");
+    pthread_mutex_lock(&p->lock);
+    /* A receiver counted here waits: it counted itself and went to sleep
+     * under this lock, and must take it again to leave. */
+    *st = (edrv_proc_status){pid, p->count, p->head ? 0 : p->receivers};
+    pthread_mutex_unlock(&p->lock);
+    return 0;
 }
 
 EDRV_API uint64_t edrv_proc_pid(const edrv_proc *p) {
@@ -116,8 +178,12 @@ int edrv__deliver(uint64_t pid, mbox_msg *m) {
 }
 
 EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
-    if (!p || !msg)
-        return edrv__fail(EDRV_EINVAL, "edrv_receive: NULL process or message");
+    uint64_t pid;
+    int rc = edrv__proc_caller(p, "edrv_receive", &pid);
+    if (rc < 0)
+        return rc;
+    if (!msg)
+        return edrv__fail(EDRV_EINVAL, "edrv_receive: NULL message");
     msg->data = NULL;
     msg->len = 0;
     struct timespec deadline;
@@ -131,12 +197,20 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
         }
     }
     pthread_mutex_lock(&p->lock);
-    while (!p->head && timeout_ms != 0) {
+    p->receivers++;
+    while (!p->head && timeout_ms != 0 && !p->exiting) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&p->cond, &p->lock);
         } else if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT) {
             break;
         }
+    }
+    if (--p->receivers == 0 && p->exiting)
+        pthread_cond_broadcast(&p->cond); /* edrv_proc_free waits for this */
+    if (p->exiting) {
+        pthread_mutex_unlock(&p->lock);
+        return edrv__fail(EDRV_ENOPROC, "edrv_receive: <0.%llu.0> was freed meanwhile",
+                          (unsigned long long)pid);
     }
     mbox_msg *m = p->head;
     if (m) {
