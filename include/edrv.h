@@ -292,8 +292,10 @@ const char *edrv_mem_type_name(edrv_mem_type type);
 const char *edrv_allocator(void);
 
 /* Fault injection for tests: the nth allocation from now (1 = the next) and
- * only it fails; 0 turns it off. */
-void edrv_testing_fail_alloc(long nth);
+ * only it fails; 0 turns it off. Returns how many allocations the previous
+ * setting still had to wait for: 0 when its failure happened (or none was
+ * set), so that a test sweeping n knows when n passed the last allocation. */
+long edrv_testing_fail_alloc(long nth);
 
 #ifdef __cplusplus
 }

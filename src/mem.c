@@ -246,8 +246,8 @@ EDRV_API const char *edrv_mem_type_name(edrv_mem_type type) {
     return (unsigned)type < EDRV_MEM_TYPES ? type_names[type] : "unknown";
 }
 
-EDRV_API void edrv_testing_fail_alloc(long nth) {
-    atomic_store(&fail_countdown, nth > 0 ? nth : 0);
+EDRV_API long edrv_testing_fail_alloc(long nth) {
+    return atomic_exchange(&fail_countdown, nth > 0 ? nth : 0);
 }
 
 /* ---- the driver interface -------------------------------------------------- */
