@@ -412,6 +412,7 @@ void edrv__async_stop(void) {
 /* ---- the emulator thread: segments, functions, cancel -------------------------- */
 
 int edrv__async_trim_ms(uint64_t now) {
+    EDRV_ASSERT_EMULATOR();
     if (!pool.free_segs || pool.pending) {
         pool.idle_since = 0;
         return -1;
@@ -564,6 +565,7 @@ static void end_job(job *j) {
 }
 
 size_t edrv__async_drain(void) {
+    EDRV_ASSERT_EMULATOR();
     /* Each lane's finished jobs in the order they ran, DRAIN_TURN at a time
      * from each lane in turn: across lanes, jobs end close to the order they
      * were submitted in, so a driver frees its job data close to the order it

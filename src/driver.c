@@ -24,6 +24,7 @@
 static edrv_driver *drivers;
 
 edrv_driver *edrv__driver_find(const char *name, size_t len) {
+    EDRV_ASSERT_EMULATOR();
     for (edrv_driver *d = drivers; d; d = d->next)
         if (strncmp(d->name, name, len) == 0 && d->name[len] == '\0')
             return d;
@@ -75,6 +76,7 @@ static bool valid_name(const char *name) {
 }
 
 int edrv__driver_load(const char *dir, const char *name) {
+    EDRV_ASSERT_EMULATOR();
     if (!valid_name(name))
         return edrv__fail(EDRV_EINVAL, "'%s' is not a driver name", name);
     char path[PATH_MAX];
@@ -119,6 +121,7 @@ int edrv__driver_load(const char *dir, const char *name) {
 }
 
 int edrv__driver_register(ErlDrvEntry *e) {
+    EDRV_ASSERT_EMULATOR();
     const char *name = e->driver_name ? e->driver_name : "";
     if (!valid_name(name))
         return edrv__fail(EDRV_EINVAL, "'%s' is not a driver name", name);
@@ -153,6 +156,7 @@ static void unload(edrv_driver *d) {
  * kills the driver's ports with reason driver_unloaded; the driver goes once
  * they are gone and its async jobs have ended. */
 int edrv__driver_unload(const char *name) {
+    EDRV_ASSERT_EMULATOR();
     size_t len = strlen(name);
     edrv_driver *d = edrv__driver_find(name, len);
     if (!d || d->unload_pending)
@@ -173,16 +177,19 @@ int edrv__driver_unload(const char *name) {
 }
 
 void edrv__driver_port_gone(edrv_driver *d) {
+    EDRV_ASSERT_EMULATOR();
     if (--d->ports == 0 && !d->jobs && d->unload_pending)
         unload(d);
 }
 
 void edrv__driver_job_added(edrv_driver *d) {
+    EDRV_ASSERT_EMULATOR();
     d->jobs++;
 }
 
 /* The driver stays loaded while a job of its is pending, as in ERTS. */
 void edrv__driver_job_done(edrv_driver *d) {
+    EDRV_ASSERT_EMULATOR();
     if (--d->jobs == 0 && !d->ports && d->unload_pending)
         unload(d);
 }

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_detail[512];
@@ -27,6 +28,11 @@ void edrv__warn(const char *fmt, ...) {
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     fprintf(stderr, "edrv: %s\n", line);
+}
+
+void edrv__ownership_broken(const char *file, int line, const char *fn, const char *rule) {
+    fprintf(stderr, "edrv: %s:%d: %s called against its rule (%s)\n", file, line, fn, rule);
+    abort();
 }
 
 EDRV_API const char *edrv_last_error(void) {

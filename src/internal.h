@@ -37,6 +37,28 @@ static inline int64_t edrv__now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* ---- ownership checks ----------------------------------------------------------
+ * The rule for who may run a function is written at its head, and checked in
+ * Debug and sanitizer builds (EDRV_CHECK_OWNERSHIP, set by CMake), as ERTS's
+ * lock checker asserts its port locks: a call from the wrong thread aborts
+ * with the function and the rule it broke, where the bug starts instead of
+ * where it shows. Release builds compile the checks out. */
+#ifdef EDRV_CHECK_OWNERSHIP
+#define EDRV_ASSERT_OWNER(cond, rule)                                                          \
+    ((cond) ? (void)0 : edrv__ownership_broken(__FILE__, __LINE__, __func__, rule))
+#else
+#define EDRV_ASSERT_OWNER(cond, rule) ((void)0)
+#endif
+/* Only the emulator thread runs this (it owns port, driver, timer, monitor
+ * and select state). */
+#define EDRV_ASSERT_EMULATOR() EDRV_ASSERT_OWNER(edrv__on_emulator_thread(), "emulator thread only")
+/* Never on the emulator thread (a host thread that may wait for it). */
+#define EDRV_ASSERT_NOT_EMULATOR()                                                             \
+    EDRV_ASSERT_OWNER(!edrv__on_emulator_thread(), "never on the emulator thread")
+_Noreturn void edrv__ownership_broken(const char *file, int line, const char *fn,
+                                      const char *rule);
+bool edrv__on_emulator_thread(void);
+
 #define EDRV_API __attribute__((visibility("default")))
 #define EDRV_UNUSED __attribute__((unused))
 

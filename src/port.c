@@ -82,6 +82,7 @@ static void busy_changed(void) {
 }
 
 int edrv__port_admit(edrv_port id, size_t len, unsigned opts) {
+    EDRV_ASSERT_NOT_EMULATOR(); /* it may wait for the emulator thread */
     int rc = 0;
     pthread_mutex_lock(&busy_lock);
     for (;;) {
@@ -374,6 +375,7 @@ static int output_data(edrv_port_t *pt, const char *hdr, size_t hlen, const seg 
 /* ---- termination ------------------------------------------------------------------ */
 
 static void enter(edrv_port_t *pt, uint64_t caller) {
+    EDRV_ASSERT_EMULATOR();
     pt->in_callback++;
     pt->caller = caller;
 }
@@ -388,6 +390,7 @@ static size_t queue_bytes(edrv_port_t *pt);
 /* After a callback: a failure decided inside it takes effect, and a closing
  * port whose queue the callback emptied ends. */
 static void leave(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     if (--pt->in_callback > 0)
         return;
     if (atomic_load(&pt->state) == PORT_DEAD) { /* it ended inside the callback */
@@ -405,6 +408,7 @@ static void leave(edrv_port_t *pt) {
  * emptied the queue under the port data lock (the job's end is the port's
  * next event, as ERTS checks after each port task). */
 static void end_if_flushed(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     if (pt->in_callback == 0 && atomic_load(&pt->state) == PORT_CLOSING && !queue_bytes(pt))
         port_exit(pt, (reason){"normal", 0}, false, true);
 }
@@ -412,6 +416,7 @@ static void end_if_flushed(edrv_port_t *pt) {
 /* Decides the end of a port. The exit signal goes out at once (ERTS sends it
  * before stop runs); stop runs now, or when the current callback returns. */
 static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) {
+    EDRV_ASSERT_EMULATOR();
     port_state st = atomic_load(&pt->state);
     if (st != PORT_ALIVE && st != PORT_STARTING && st != PORT_CLOSING)
         return -1;
@@ -517,6 +522,7 @@ static void port_unhold(edrv_port_t *pt) {
  * runs (an init-ack failure ends a port from its own timeout) and nothing
  * uses it; a port data lock may still hold it. */
 static void port_release(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     if (!pt->released && pt->uses == 0 && pt->in_callback == 0 &&
         atomic_load(&pt->state) == PORT_DEAD) {
         pt->released = true;
@@ -542,6 +548,7 @@ static void queue_drop(edrv_port_t *pt) {
  * reference to its data lock); then its driver may unload. Needs no memory,
  * so that no failure can leave a half-ended port. */
 static void port_dispose(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     atomic_store(&pt->state, PORT_DEAD);
     edrv__timer_cancel(pt); /* stop may have set one */
     edrv__select_port_gone(pt);
@@ -560,6 +567,7 @@ static void port_dispose(edrv_port_t *pt) {
 /* Runs stop, then disposes of the port. The port was started (it has driver
  * data), unless it is an init-ack port that ends unanswered. */
 static void finish_exit(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     pt->exit_pending = false;
     bool started = !pt->open_req;
     if (pt->open_req) {
@@ -578,10 +586,12 @@ static void finish_exit(edrv_port_t *pt) {
 }
 
 void edrv__port_ref(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     pt->uses++;
 }
 
 void edrv__port_unref(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     pt->uses--;
     end_if_flushed(pt);
     port_release(pt);
@@ -599,6 +609,7 @@ static bool alive_or_closing(const edrv_port_t *pt) {
 }
 
 void edrv__port_timeout(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     const ErlDrvEntry *e = pt->drv->entry;
     /* STARTING: an init-ack driver waits for its own timer to answer. */
     if (!alive_or_closing(pt) && atomic_load(&pt->state) != PORT_STARTING)
@@ -613,6 +624,7 @@ void edrv__port_timeout(edrv_port_t *pt) {
 }
 
 void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input) {
+    EDRV_ASSERT_EMULATOR();
     const ErlDrvEntry *e = pt->drv->entry;
     void (*ready)(ErlDrvData, ErlDrvEvent) = input ? e->ready_input : e->ready_output;
     if (!alive_or_closing(pt))
@@ -632,6 +644,7 @@ void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input) {
 }
 
 void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon) {
+    EDRV_ASSERT_EMULATOR();
     if (!alive_or_closing(pt))
         return;
     enter(pt, 0);
@@ -644,6 +657,7 @@ bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
 }
 
 void edrv__port_ready_async(edrv_port_t *pt, void *data) {
+    EDRV_ASSERT_EMULATOR();
     enter(pt, 0);
     pt->drv->entry->ready_async(pt->data, (ErlDrvThreadData)data);
     leave(pt);
@@ -716,6 +730,7 @@ static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
 
 int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_port *out,
                     void *req) {
+    EDRV_ASSERT_EMULATOR();
     size_t name_len = strcspn(command, " ");
     if (!edrv__proc_alive(caller)) /* freed while its request waited */
         return edrv__fail(EDRV_ENOPROC, "edrv_open_port: <0.%llu.0> has exited",
@@ -792,6 +807,7 @@ EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
  * output, flat. The port takes the binary. */
 int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole) {
+    EDRV_ASSERT_EMULATOR();
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
     if (!pt) {
@@ -848,6 +864,7 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
 
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply) {
+    EDRV_ASSERT_EMULATOR();
     int err = 0;
     edrv_port_t *pt = port_get_closing_ok(id, &err);
     if (!pt)
@@ -909,6 +926,7 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
 
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply) {
+    EDRV_ASSERT_EMULATOR();
     if (edrv__etf_measure(data, len) != (int)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
     int err = 0;
@@ -955,6 +973,7 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
 }
 
 int edrv__port_info(edrv_port id, edrv_port_status *st) {
+    EDRV_ASSERT_EMULATOR();
     int err = 0;
     edrv_port_t *pt = port_get_closing_ok(id, &err);
     if (!pt)
@@ -977,6 +996,7 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
  * empty. Meanwhile it is CLOSING: output is dropped, timers, ready_async,
  * control and call still run. */
 static void start_closing(edrv_port_t *pt, uint64_t caller) {
+    EDRV_ASSERT_EMULATOR();
     atomic_store(&pt->state, PORT_CLOSING);
     busy_changed(); /* senders waiting on it fail now, as in ERTS */
     if (pt->linked) {
@@ -992,6 +1012,7 @@ static void start_closing(edrv_port_t *pt, uint64_t caller) {
 }
 
 int edrv__port_close(uint64_t caller, edrv_port id) {
+    EDRV_ASSERT_EMULATOR();
     /* Any process may close a port with port_close/1. */
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
@@ -1023,6 +1044,7 @@ static uint64_t *collect_ports(uint64_t pid, const edrv_driver *d, size_t *n) {
  * ends a port that flushes, as in ERTS, and so does edrv_stop. port_exit
  * passes over ports whose end is decided already. */
 static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
+    EDRV_ASSERT_EMULATOR();
     size_t n;
     uint64_t *ids = collect_ports(0, d, &n);
     if (!ids) {
@@ -1040,6 +1062,7 @@ static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
 }
 
 void edrv__ports_of_proc_exit(uint64_t pid) {
+    EDRV_ASSERT_EMULATOR();
     edrv__monitors_process_exited(pid);
     /* The owner is gone: the exit signal has no one to reach. A port with
      * data in its driver queue flushes first, as after port_close (OTP 25

@@ -52,6 +52,7 @@ static void sift_down(size_t i) {
 }
 
 void edrv__timer_cancel(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     if (pt->timer_slot < 0)
         return;
     size_t i = (size_t)pt->timer_slot;
@@ -70,6 +71,7 @@ void edrv__timer_cancel(edrv_port_t *pt) {
 }
 
 long edrv__timers_next_ms(void) {
+    EDRV_ASSERT_EMULATOR();
     if (!timers.n)
         return -1;
     int64_t left = timers.heap[0]->timer_deadline - edrv__now_ns();
@@ -77,6 +79,7 @@ long edrv__timers_next_ms(void) {
 }
 
 void edrv__timers_run(void) {
+    EDRV_ASSERT_EMULATOR();
     int64_t now = edrv__now_ns();
     while (timers.n && timers.heap[0]->timer_deadline <= now) {
         edrv_port_t *pt = timers.heap[0];
