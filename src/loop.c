@@ -14,8 +14,9 @@
  * The queue lock is held only to link or unlink requests, never while one runs.
  *
  * Idle: with nothing to do, the emulator thread spins for a while (spin_us)
- * watching the request queue and the pool's completion stack, then parks: it
- * sets `parked`, looks at both once more, and sleeps in epoll_wait. Producers
+ * watching the request queue and the pool's lanes (a lane whose `done` cursor
+ * is ahead of the jobs ended has finished jobs: edrv__async_has_done), then
+ * parks: it sets `parked`, looks at both once more, and sleeps in epoll_wait. Producers
  * (enqueue, finished jobs) publish their work, then write the eventfd only if
  * they find it parked, so a busy emulator thread costs them no system call.
  * Each side writes before it reads (sequentially consistent), so work is never
