@@ -8,11 +8,14 @@
  * messages as Erlang terms in external term format (ETF).
  *
  * Conventions:
- *   - Functions return 0 (or a count) on success and a negative EDRV_E* code on
- *     failure; edrv_err_name() gives the Erlang-style reason ("badarg",
- *     "driver_incorrect_version", "enoent", ...), edrv_strerror() a sentence,
- *     and edrv_last_error() the detail of the calling thread's last failure
- *     (for example dlerror()'s text for EDRV_EOPEN).
+ *   - Functions that return an int return a negative EDRV_E* code on failure
+ *     and 0 on success, with two exceptions: edrv_unload_driver returns 1
+ *     when the unload waits for async jobs, and edrv_term_format returns the
+ *     length of the text it printed. edrv_err_name() gives the Erlang-style
+ *     reason ("badarg", "driver_incorrect_version", "enoent", ...),
+ *     edrv_strerror() a sentence, and edrv_last_error() the detail of the
+ *     calling thread's last failure (for example dlerror()'s text for
+ *     EDRV_EOPEN).
  *   - Every function is safe to call from any thread. Calls that touch ports
  *     or drivers are serialized onto the emulator thread, in the order each
  *     thread made them.
@@ -133,11 +136,14 @@ ErlDrvTermData edrv_proc_term(const edrv_proc *p);
 
 /* Loads DIR/NAME.so as erl_ddll:load_driver/2 does. Loading a driver that is
  * already loaded adds one user. Errors: EDRV_EOPEN (edrv_last_error has the
- * dlerror text), EDRV_ENODRVINIT, EDRV_EDRVINIT, EDRV_EVERSION, EDRV_EBADNAME,
- * EDRV_ELOADED (another file of that name is loaded). */
+ * dlerror text), EDRV_ENODRVINIT, EDRV_EDRVINIT, EDRV_EVERSION, EDRV_EBADNAME
+ * (the file's driver has another name, or a driver of that name is already
+ * loaded from another file, or is registered by the host program). */
 int edrv_load_driver(const char *dir, const char *name);
 /* Registers a driver entry linked into the host program. Its init runs now;
- * the entry must outlive the registration. */
+ * the entry must outlive the registration. Registering the same entry again
+ * adds one user; EDRV_ELOADED when another driver of that name is loaded (or
+ * one of that name is waiting for its jobs to end before it unloads). */
 int edrv_register_driver(ErlDrvEntry *entry);
 /* Drops one user of a driver, as erl_ddll:unload_driver/1. The last one kills
  * the driver's open ports (their owners get {'EXIT', Port, driver_unloaded})
@@ -237,7 +243,8 @@ typedef struct {
 int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg);
 void edrv_msg_free(edrv_msg *msg);
 /* Prints a term in Erlang syntax into a string that the caller frees with
- * free(). Returns its length or EDRV_EBADTERM. */
+ * free(). Returns the string's length, or EDRV_EBADTERM or EDRV_ENOMEM (and
+ * then hands out no string). */
 int edrv_term_format(const void *etf, size_t len, char **out);
 
 /* ---- the async pool ---------------------------------------------------------- */
@@ -246,7 +253,10 @@ int edrv_term_format(const void *etf, size_t len, char **out);
  * its free callback runs (now, on the calling thread) and ready_async never
  * will. Returns 1 if cancelled; 0 if the job is running, finished, or unknown.
  * OTP removed this function in OTP 17; edrv keeps the original contract. Call
- * it from driver callbacks (the emulator thread), as driver_async. O(1). */
+ * it from driver callbacks (the emulator thread), as driver_async. Its cost:
+ * a binary search of each lane's jobs not yet ended (ids grow along a lane),
+ * lane after lane until one holds the id: O(N log Q) for N pool threads and Q
+ * jobs on a lane, with no table of ids to keep. */
 int driver_async_cancel(long id);
 
 typedef struct {

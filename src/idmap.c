@@ -1,8 +1,10 @@
 /*
  * idmap.c: the one hash map of libedrv, from a 64-bit number to a pointer.
- * Processes, ports and async jobs are all found by number (a pid, a port
- * number, a job id) through it. Open addressing with linear probing; removed
- * entries leave a tombstone until the next growth. Not thread-safe: each user
+ * Processes, ports, driver_select's fds and monitors are found by number (a
+ * pid, a port number, an fd, a monitor id) through it. Async jobs are not:
+ * driver_async_cancel searches the lanes, along which ids are sorted (see
+ * async.c). Open addressing with linear probing; removed entries leave a
+ * tombstone until the next growth. Not thread-safe: each user
  * guards its map with its own lock, or keeps it on one thread.
  */
 #include "idmap.h"
@@ -11,9 +13,10 @@
 
 #define TOMB ((void *)1)
 
-/* The keys are counters (pids, port numbers, job ids): taken as they are,
- * consecutive keys fall in consecutive slots, which keeps a busy map's
- * accesses sequential in memory and free of collisions until it wraps. */
+/* The keys are counters (pids, port numbers, monitor ids) or small numbers
+ * (fds): taken as they are, consecutive keys fall in consecutive slots, which
+ * keeps a busy map's accesses sequential in memory and free of collisions
+ * until it wraps. */
 static size_t slot_of(uint64_t key, size_t cap) {
     return (size_t)key & (cap - 1);
 }

@@ -14,8 +14,9 @@
  * The queue lock is held only to link or unlink requests, never while one runs.
  *
  * Idle: with nothing to do, the emulator thread spins for a while (spin_us)
- * watching the request queue and the pool's completion stack, then parks: it
- * sets `parked`, looks at both once more, and sleeps in epoll_wait. Producers
+ * watching the request queue and the pool's lanes (a lane whose `done` cursor
+ * is ahead of the jobs ended has finished jobs: edrv__async_has_done), then
+ * parks: it sets `parked`, looks at both once more, and sleeps in epoll_wait. Producers
  * (enqueue, finished jobs) publish their work, then write the eventfd only if
  * they find it parked, so a busy emulator thread costs them no system call.
  * Each side writes before it reads (sequentially consistent), so work is never
@@ -25,6 +26,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -75,6 +77,9 @@ static struct {
     _Atomic bool parked;   /* the emulator thread sleeps, or is about to */
     _Atomic bool napping;  /* it naps through a backlog: only requests wake it */
     long nap_ns;           /* the next backlog nap (wait_events) */
+    /* Set by edrv_start, then the emulator thread's (nap): */
+    bool pwait2;     /* naps use epoll_pwait2, not yet found missing */
+    bool pwait2_off; /* EDRV_TESTING_EPOLL_PWAIT2=off: act as if it were missing */
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
 
 static _Atomic int state = ST_STOPPED;
@@ -136,6 +141,60 @@ static bool spin_for_work(void) {
 static void handle_events(const struct epoll_event *ev, int n);
 static void wake_write(void);
 
+/* Backlog naps since edrv_start, for the tests (edrv__testing_naps): how many,
+ * how many found epoll_pwait2 missing, how many failed. Written by the
+ * emulator thread, read by any. */
+static struct {
+    _Atomic uint64_t naps, enosys, failed;
+} nap_count;
+
+static void count(_Atomic uint64_t *c) {
+    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+static int pwait2(struct epoll_event *ev, int max, const struct timespec *t) {
+    if (rt.pwait2_off) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return epoll_pwait2(rt.epfd, ev, max, t, NULL);
+}
+
+/* One backlog nap of ns nanoseconds in the epoll set. epoll_pwait2 takes the
+ * time in nanoseconds, but Linux has it only since 5.11, and valgrind (3.19)
+ * does not know it: there it fails with ENOSYS, and the nap falls back to
+ * epoll_wait, in whole milliseconds, rounded up: a nap of 0 would return at
+ * once and the thread would spin through the backlog. A kernel does not gain
+ * the call while the process runs, so the first ENOSYS switches for the rest
+ * of the run, without a word: naps are then a little longer (the next nap's
+ * length, computed from the asked one, stays within its bounds), nothing
+ * else changes. */
+static int nap(struct epoll_event *ev, int max, long ns) {
+    count(&nap_count.naps);
+    int n = -1;
+    if (rt.pwait2) {
+        struct timespec t = {ns / 1000000000, ns % 1000000000};
+        n = pwait2(ev, max, &t);
+        if (n < 0 && errno == ENOSYS) {
+            rt.pwait2 = false;
+            count(&nap_count.enosys);
+        }
+    }
+    if (!rt.pwait2)
+        n = epoll_wait(rt.epfd, ev, max, (int)((ns + 999999) / 1000000));
+    if (n < 0 && errno != EINTR)
+        count(&nap_count.failed);
+    return n;
+}
+
+/* For tests only: tests/test_nap.c links libedrv.a and declares it itself. */
+void edrv__testing_naps(uint64_t *naps, uint64_t *enosys, uint64_t *failed);
+void edrv__testing_naps(uint64_t *naps, uint64_t *enosys, uint64_t *failed) {
+    *naps = atomic_load(&nap_count.naps);
+    *enosys = atomic_load(&nap_count.enosys);
+    *failed = atomic_load(&nap_count.failed);
+}
+
 /* Waits for events: at most timeout_ms (-1: no limit; 0: only looks), and
  * only as long as no request and no finished job is waiting. Handles the fd
  * events it gets (driver_select) and drains the wake-up eventfd. */
@@ -159,10 +218,9 @@ static void wait_events(int timeout_ms) {
         long ns = rt.nap_ns;
         if (timeout_ms > 0 && ns > (long)timeout_ms * 1000000)
             ns = (long)timeout_ms * 1000000;
-        struct timespec nap = {ns / 1000000000, ns % 1000000000};
         size_t before = edrv__async_queued();
         atomic_store(&rt.napping, true);
-        n = atomic_load(&rt.requests) ? 0 : epoll_pwait2(rt.epfd, ev, 32, &nap, NULL);
+        n = atomic_load(&rt.requests) ? 0 : nap(ev, 32, ns);
         atomic_store(&rt.napping, false);
         idle_nap = n <= 0 && !work_waiting();
         /* The next nap: half the time the queued jobs still need at the
@@ -426,6 +484,12 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     atomic_store(&rt.parked, false);
     atomic_store(&rt.napping, false);
     rt.nap_ns = BACKLOG_NAP_MIN_NS;
+    rt.pwait2 = true;
+    const char *pw = getenv("EDRV_TESTING_EPOLL_PWAIT2");
+    rt.pwait2_off = pw && strcmp(pw, "off") == 0;
+    atomic_store(&nap_count.naps, 0);
+    atomic_store(&nap_count.enosys, 0);
+    atomic_store(&nap_count.failed, 0);
     if (!err)
         err = edrv__async_start(threads, rt.spin_ns); /* the pool spins as long */
     if (!err) {

@@ -1,5 +1,5 @@
 /*
- * term.c: atoms, term data values, and the one encoder of messages.
+ * term.c: atoms, term data, term specs into messages, ETF checks, printing.
  *
  * Every message edrv delivers is an Erlang term in external term format (ETF),
  * written with libei's encoders. A message is written twice: first into no

@@ -143,6 +143,27 @@ static ErlDrvEntry bad_static_entry = {
     .minor_version = 9,
 };
 
+/* One name, two kinds of driver: a file's and one linked into the host. A
+ * file is refused under a registered name (EDRV_EBADNAME), and an entry under
+ * a name loaded from a file (EDRV_ELOADED), as edrv.h says. */
+static ErlDrvEntry static_tdrv_entry = {
+    .start = st_start,
+    .driver_name = "tdrv",
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+static void same_name_file_and_static(void) {
+    CHECK_INT(edrv_register_driver(&static_tdrv_entry), 0);
+    CHECK_INT(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv"), EDRV_EBADNAME);
+    CHECK(strstr(edrv_last_error(), "the host program") != NULL);
+    CHECK_INT(edrv_unload_driver("tdrv"), 0);
+    CHECK_INT(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv"), 0);
+    CHECK_INT(edrv_register_driver(&static_tdrv_entry), EDRV_ELOADED);
+    CHECK_INT(edrv_unload_driver("tdrv"), 0);
+}
+
 static void register_static(void) {
     static_stops = 0;
     edrv_proc *p = edrv_proc_new();
@@ -163,6 +184,7 @@ static const test_case cases[] = {
     {"init_and_finish", init_and_finish},
     {"unload_kills_ports", unload_kills_ports},
     {"same_name_other_file", same_name_other_file},
+    {"same_name_file_and_static", same_name_file_and_static},
     {"bad_names", bad_names},
     {"register_static", register_static},
     {NULL, NULL},
