@@ -90,6 +90,12 @@ typedef struct {
      * microseconds into a fraction of one while work keeps coming; an idle
      * runtime sleeps once the spin is over and uses no CPU. */
     int spin_us;
+    /* Every call is queued to the emulator thread, and every driver callback
+     * runs on it: the original model, for drivers and tests that want it.
+     * By default a host thread runs its own call's callback when no other
+     * thread runs driver code and no call is queued (as ERTS runs a port's
+     * callback in the calling process's scheduler when it can). */
+    int no_immediate;
 } edrv_options;
 
 /* Starts the emulator thread. opts may be NULL. EDRV_ERUNNING if started. */

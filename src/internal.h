@@ -373,6 +373,9 @@ int edrv__async_trim_ms(uint64_t now);
 
 /* Any thread: wakes the emulator thread (the one wake-up primitive). */
 void edrv__wake(void);
+/* The holder of the emulator lock set a timer: the emulator thread, if it
+ * waits, must compute its wait again (timer.c). */
+void edrv__timers_changed(void);
 
 bool edrv__on_emulator_thread(void);
 bool edrv__running(void);

@@ -32,6 +32,7 @@
 #include <sys/eventfd.h>
 #include <time.h>
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
 
 typedef enum {
@@ -76,6 +77,7 @@ static struct {
     _Atomic bool requests; /* the queue may hold requests */
     _Atomic bool parked;   /* the emulator thread sleeps, or is about to */
     _Atomic bool napping;  /* it naps through a backlog: only requests wake it */
+    _Atomic bool timers_changed; /* a host thread set a timer (edrv__timers_changed) */
     long nap_ns;           /* the next backlog nap (wait_events) */
     /* Set by edrv_start, then the emulator thread's (nap): */
     bool pwait2;     /* naps use epoll_pwait2, not yet found missing */
@@ -83,11 +85,87 @@ static struct {
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .wakefd = -1};
 
 static _Atomic int state = ST_STOPPED;
+
+/* ---- the emulator lock -------------------------------------------------------
+ * Driver callbacks run under one lock, whichever thread runs them: the
+ * emulator thread, for queued requests, finished jobs, timers and fd events;
+ * or a host thread, for its own call, when it finds the lock free and no
+ * request queued (immediate execution, as ERTS's try_imm_drv_call runs a
+ * port's callback in the calling scheduler). `on_emulator` says that the
+ * calling thread holds it, and so acts as the emulator: every "emulator
+ * thread only" rule of libedrv means "holds the emulator lock".
+ *
+ * Order: a host's call runs immediately only when the request queue is empty,
+ * which the holder sees exactly (enqueue marks `requests` under rt.lock, and
+ * only a holder clears it), so it never overtakes a call queued before it.
+ *
+ * Fairness: the emulator thread announces that it waits for the lock
+ * (`wanted`); host threads then queue their calls instead of taking it, so
+ * that a host calling in a loop cannot keep finished jobs, timers and fd
+ * events waiting. */
+static struct {
+    pthread_mutex_t lock;
+    _Atomic bool wanted;    /* the emulator thread waits for the lock */
+    _Atomic bool immediate; /* hosts may take it (running, and not turned off) */
+} emu = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
 /* Initial-exec: driver_async asks on every call. */
 static _Thread_local bool on_emulator __attribute__((tls_model("initial-exec")));
+/* The emulator thread itself (it needs no wake-up for what it changes). */
+static _Thread_local bool is_loop_thread;
 
 bool edrv__on_emulator_thread(void) {
     return on_emulator;
+}
+
+/* The emulator thread takes the lock, before any host that tries it now. */
+static void emu_lock(void) {
+    atomic_store(&emu.wanted, true);
+    pthread_mutex_lock(&emu.lock);
+    atomic_store(&emu.wanted, false);
+    on_emulator = true;
+}
+
+static void emu_unlock(void) {
+    on_emulator = false;
+    pthread_mutex_unlock(&emu.lock);
+}
+
+/* Driver code must not die of SIGPIPE: ERTS ignores it, and edrv blocks it
+ * in the threads it starts. A host thread runs driver callbacks itself only
+ * where SIGPIPE cannot kill it (ignored, handled, or blocked in the thread);
+ * otherwise its calls go through the emulator thread. Looked at on the
+ * thread's first call (edrv.h says so). */
+static _Thread_local signed char sigpipe_safe; /* 0: not looked at; 1 or -1 */
+
+static bool thread_sigpipe_safe(void) {
+    if (!sigpipe_safe) {
+        sigset_t mask;
+        struct sigaction sa;
+        bool blocked = pthread_sigmask(SIG_SETMASK, NULL, &mask) == 0 &&
+                       sigismember(&mask, SIGPIPE) == 1;
+        bool caught = sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL;
+        sigpipe_safe = blocked || caught ? 1 : -1;
+    }
+    return sigpipe_safe > 0;
+}
+
+/* A host thread takes the lock if it is free, no request waits, and the
+ * emulator thread does not want it; never waits. */
+static bool emu_trylock(void) {
+    if (!thread_sigpipe_safe() ||
+        !atomic_load_explicit(&emu.immediate, memory_order_relaxed) ||
+        atomic_load_explicit(&emu.wanted, memory_order_relaxed) ||
+        atomic_load_explicit(&rt.requests, memory_order_relaxed) ||
+        pthread_mutex_trylock(&emu.lock) != 0)
+        return false;
+    /* Under the lock: only a holder clears `requests`, so false is exact. */
+    if (atomic_load(&rt.requests) || !atomic_load(&emu.immediate)) {
+        pthread_mutex_unlock(&emu.lock);
+        return false;
+    }
+    on_emulator = true;
+    return true;
 }
 
 bool edrv__running(void) {
@@ -111,7 +189,8 @@ int edrv__epoll_fd(void) {
 #define DEFAULT_SPIN_US 50
 
 static bool work_waiting(void) {
-    return atomic_load(&rt.requests) || edrv__async_has_done();
+    return atomic_load(&rt.requests) || edrv__async_has_done() ||
+           atomic_load(&rt.timers_changed);
 }
 
 _Atomic int edrv__emulator_cpu = -1;
@@ -125,7 +204,9 @@ static bool spin_for_work(void) {
         return false;
     int64_t until = edrv__now_ns() + rt.spin_ns;
     for (;;) {
-        if (atomic_load_explicit(&rt.requests, memory_order_relaxed) || edrv__async_has_done())
+        if (atomic_load_explicit(&rt.requests, memory_order_relaxed) ||
+            edrv__async_has_done() ||
+            atomic_load_explicit(&rt.timers_changed, memory_order_relaxed))
             return true;
         int cpu = sched_getcpu();
         if (atomic_load_explicit(&edrv__emulator_cpu, memory_order_relaxed) != cpu)
@@ -197,9 +278,10 @@ void edrv__testing_naps(uint64_t *naps, uint64_t *enosys, uint64_t *failed) {
 
 /* Waits for events: at most timeout_ms (-1: no limit; 0: only looks), and
  * only as long as no request and no finished job is waiting. Handles the fd
- * events it gets (driver_select) and drains the wake-up eventfd. */
+ * events it gets (driver_select) and drains the wake-up eventfd. Called and
+ * returns with the emulator lock held; lets it go while it waits, so that
+ * host threads may run their calls meanwhile. */
 static void wait_events(int timeout_ms) {
-    bool parked = false;
     struct epoll_event ev[32];
     int n;
     static bool idle_nap; /* the last nap found nothing to do */
@@ -219,9 +301,11 @@ static void wait_events(int timeout_ms) {
         if (timeout_ms > 0 && ns > (long)timeout_ms * 1000000)
             ns = (long)timeout_ms * 1000000;
         size_t before = edrv__async_queued();
+        emu_unlock();
         atomic_store(&rt.napping, true);
-        n = atomic_load(&rt.requests) ? 0 : nap(ev, 32, ns);
+        n = atomic_load(&rt.requests) || atomic_load(&rt.timers_changed) ? 0 : nap(ev, 32, ns);
         atomic_store(&rt.napping, false);
+        emu_lock();
         idle_nap = n <= 0 && !work_waiting();
         /* The next nap: half the time the queued jobs still need at the
          * pace of this one, within the bounds. */
@@ -234,22 +318,32 @@ static void wait_events(int timeout_ms) {
         return;
     }
     idle_nap = false;
+    bool parked = false;
     if (timeout_ms != 0) {
-        if (spin_for_work()) {
+        emu_unlock();
+        bool came = spin_for_work();
+        emu_lock();
+        if (came) {
             timeout_ms = 0;
         } else {
             int trim_ms = edrv__async_trim_ms((uint64_t)edrv__now_ns());
             if (trim_ms >= 0 && (timeout_ms < 0 || trim_ms < timeout_ms))
                 timeout_ms = trim_ms;
-            atomic_store(&rt.parked, true);
             parked = true;
-            if (work_waiting())
-                timeout_ms = 0;
         }
+    }
+    emu_unlock();
+    if (parked) {
+        /* Parked before the last look: a producer that publishes after it
+         * finds the flag set and writes the eventfd (edrv__wake). */
+        atomic_store(&rt.parked, true);
+        if (work_waiting())
+            timeout_ms = 0;
     }
     n = epoll_wait(rt.epfd, ev, 32, timeout_ms);
     if (parked)
         atomic_store(&rt.parked, false);
+    emu_lock();
     handle_events(ev, n);
 }
 
@@ -363,10 +457,14 @@ static bool drain_requests(void) {
 static void *emulator_main(void *arg) {
     (void)arg;
     edrv__thread_signals();
-    on_emulator = true;
+    is_loop_thread = true;
     edrv_mem_counters counters;
     edrv__mem_thread_begin(&counters);
+    emu_lock();
     while (!rt.quit) {
+        /* The timers are looked at below (and their next deadline when it
+         * waits): a host's change before this point is seen. */
+        atomic_store(&rt.timers_changed, false);
         bool busy = drain_requests();
         busy |= edrv__async_drain() != 0;
         edrv__timers_run();
@@ -379,6 +477,7 @@ static void *emulator_main(void *arg) {
         else if (edrv__select_count())
             wait_events(0);
     }
+    emu_unlock();
     atomic_store_explicit(&edrv__emulator_cpu, -1, memory_order_relaxed);
     edrv__mem_thread_end(&counters);
     return NULL;
@@ -399,11 +498,15 @@ static int enqueue(request *r) {
     else
         rt.head = r;
     rt.tail = r;
-    if (r->type == R_STOP)
+    /* Marked under the lock, on every request: a host holding the emulator
+     * lock that finds it false knows the queue is empty (emu_trylock). */
+    atomic_store(&rt.requests, true);
+    if (r->type == R_STOP) {
         rt.accepting = false;
+        atomic_store(&emu.immediate, false); /* stopping: every call queues */
+    }
     pthread_mutex_unlock(&rt.lock);
     if (was_empty) {
-        atomic_store(&rt.requests, true);
         if (atomic_load(&rt.napping) && atomic_exchange(&rt.napping, false))
             wake_write();
         else
@@ -416,6 +519,13 @@ static void wake_write(void) {
     uint64_t one = 1;
     while (write(rt.wakefd, &one, sizeof one) < 0 && errno == EINTR)
         ;
+}
+
+void edrv__timers_changed(void) {
+    if (is_loop_thread)
+        return; /* it computes its next wait after this turn */
+    atomic_store(&rt.timers_changed, true);
+    edrv__wake();
 }
 
 void edrv__wake(void) {
@@ -437,6 +547,21 @@ static int call_sync(request *r) {
     sem_t done;
     sem_init(&done, 0, 0);
     r->done = &done;
+    if (r->type != R_STOP && emu_trylock()) {
+        /* Immediate: this thread runs the call itself. */
+        execute(r);
+        emu_unlock();
+        int rc = r->result;
+        if (r->type == R_OPEN && rc == EDRV__PENDING) { /* init ack: answered later */
+            while (sem_wait(&done) < 0 && errno == EINTR)
+                ;
+            rc = r->result;
+            if (rc < 0)
+                edrv__fail(rc, "%s", r->detail);
+        }
+        sem_destroy(&done);
+        return rc;
+    }
     int rc = enqueue(r);
     if (rc == 0) {
         while (sem_wait(&done) < 0 && errno == EINTR)
@@ -510,6 +635,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     }
     pthread_setname_np(rt.thread, "emulator");
     atomic_store(&state, ST_RUNNING);
+    atomic_store(&emu.immediate, !(opts && opts->no_immediate));
     pthread_mutex_unlock(&rt.lock);
     return 0;
 }
@@ -624,6 +750,12 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     r->admitted = !on_emulator;
     if (on_emulator) {
         execute(r);
+        edrv__free(r);
+        return 0;
+    }
+    if (emu_trylock()) { /* immediate */
+        execute(r);
+        emu_unlock();
         edrv__free(r);
         return 0;
     }

@@ -105,6 +105,7 @@ EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
     port->timer_deadline = edrv__now_ns() + (int64_t)time * 1000000;
     timers.heap[timers.n++] = port;
     sift_up(timers.n - 1);
+    edrv__timers_changed();
     return 0;
 }
 
