@@ -19,8 +19,9 @@
  *   8 CHECK    -> reply "once=A,never=B,twice=C,invoked_cancelled=D"
  *   9 STOP_JOB -> stop queues a job (like a file driver's close)
  *  10 PDL      n:4 -> creates the port data lock (reply "created" or "again"),
- *              then n jobs each add 1 to a port counter under it, each
- *              holding a reference to the lock until it ends
+ *              then n jobs each add 1 under it to a counter that lives with
+ *              the lock (a pdl_block), each holding a reference to both until
+ *              it ends: a closed port's jobs still run and count
  *  11 PDL_READ -> reply "count=C,refc=R" (read under the lock)
  *  12 FROM_POOL n:4 -> n jobs that each send {from_pool, Seq} from their pool
  *              thread with erl_drv_output_term
@@ -43,12 +44,23 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The port data lock and the data it guards. A job that counts under the
+ * lock may run after its port is gone (a closed port's queued jobs still run,
+ * in ERTS too), so that data cannot be in the port's adrv, which stop frees:
+ * it lives in this block, which the port and each job hold a reference to,
+ * and the last to let go frees. Each job also holds a reference to the lock
+ * itself (driver_pdl_inc_refc), which keeps it alive after the port. */
+typedef struct {
+    ErlDrvPDL pdl;
+    long count;        /* guarded by pdl */
+    atomic_long refs;  /* the port's and the jobs' */
+} pdl_block;
+
 typedef struct {
     ErlDrvPort port;
     unsigned seq;
     int stop_job;
-    ErlDrvPDL pdl;
-    long pdl_count; /* guarded by pdl */
+    pdl_block *pb; /* PDL: the lock, once created */
 } adrv;
 
 typedef struct {
@@ -62,8 +74,7 @@ typedef struct {
     long record; /* STRESS: index into records, or -1 */
     int quiet;    /* FROM_POOL jobs: no done message */
     unsigned gate; /* BLOCK jobs: the gate generation they wait past */
-    adrv *owner;  /* PDL jobs: the port's data, shared under pdl */
-    ErlDrvPDL pdl;
+    pdl_block *pb; /* PDL jobs: the lock and its counter, referenced */
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
@@ -129,21 +140,53 @@ static void end_record(job *j) {
         atomic_fetch_add(&ended[j->record], 1);
 }
 
+/* A new block with its lock, held by the caller (the port); NULL when out
+ * of memory or when the port has a lock already. */
+static pdl_block *pdl_block_new(ErlDrvPort port) {
+    pdl_block *b = driver_alloc(sizeof *b);
+    if (!b)
+        return NULL;
+    if (!(b->pdl = driver_pdl_create(port))) {
+        driver_free(b);
+        return NULL;
+    }
+    b->count = 0;
+    atomic_init(&b->refs, 1);
+    return b;
+}
+
+static void pdl_block_unref(pdl_block *b) {
+    if (atomic_fetch_sub(&b->refs, 1) == 1)
+        driver_free(b);
+}
+
+/* A job's references: to the block, and to the lock. */
+static void pdl_hold(pdl_block *b) {
+    atomic_fetch_add(&b->refs, 1);
+    driver_pdl_inc_refc(b->pdl);
+}
+
+static void pdl_release(pdl_block *b) {
+    driver_pdl_dec_refc(b->pdl); /* the last reference frees the lock */
+    pdl_block_unref(b);
+}
+
 static void job_free(void *arg) {
     job *j = arg;
     atomic_fetch_add(&freed_count, 1);
     end_record(j);
-    if (j->pdl)
-        driver_pdl_dec_refc(j->pdl);
+    if (j->pb)
+        pdl_release(j->pb);
     driver_free(j);
 }
 
-/* PDL jobs touch the port's data from a pool thread, under the lock. */
+/* PDL jobs count from a pool thread, under the lock, in the block their
+ * reference keeps alive (not in the port's adrv: the port may be gone). */
 static void pdl_invoke(void *arg) {
     job *j = arg;
-    driver_pdl_lock(j->pdl);
-    j->owner->pdl_count++;
-    driver_pdl_unlock(j->pdl);
+    driver_pdl_lock(j->pb->pdl);
+    j->pb->count++;
+    driver_pdl_unlock(j->pb->pdl);
 }
 
 /* FROM_POOL jobs send from the pool thread. */
@@ -176,8 +219,8 @@ static void ready(ErlDrvData d, ErlDrvThreadData td) {
     job *j = (job *)td;
     atomic_fetch_add(&ready_count, 1);
     end_record(j);
-    if (j->pdl) {
-        driver_pdl_dec_refc(j->pdl);
+    if (j->pb) {
+        pdl_release(j->pb);
     } else if (j->record == -1 && !j->quiet) {
         ErlDrvTermData spec[] = {
             ERL_DRV_ATOM, driver_mk_atom("done"),
@@ -237,6 +280,8 @@ static void a_stop(ErlDrvData d) {
         if (j && driver_async(a->port, NULL, invoke, j, job_free) < 0)
             driver_free(j);
     }
+    if (a->pb)
+        pdl_block_unref(a->pb); /* the jobs still queued hold it */
     driver_free(a);
 }
 
@@ -358,8 +403,8 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     case 10: { /* PDL */
         if (len < 4)
             return -1;
-        int again = a->pdl != NULL;
-        if (!a->pdl && !(a->pdl = driver_pdl_create(a->port)))
+        int again = a->pb != NULL;
+        if (!a->pb && !(a->pb = pdl_block_new(a->port)))
             return -1;
         if (again && driver_pdl_create(a->port) != NULL)
             return -1; /* one lock per port */
@@ -368,12 +413,11 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             job *j = new_job(a, i, 1, 0, -1);
             if (!j)
                 return -1;
-            j->owner = a;
-            j->pdl = a->pdl;
-            driver_pdl_inc_refc(a->pdl);
+            j->pb = a->pb;
+            pdl_hold(j->pb);
             unsigned key = i;
             if (driver_async(a->port, &key, pdl_invoke, j, job_free) < 0) {
-                driver_pdl_dec_refc(a->pdl);
+                pdl_release(j->pb);
                 driver_free(j);
                 return -1;
             }
@@ -381,12 +425,12 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         REPLY("%s", again ? "again" : "created");
     }
     case 11: { /* PDL_READ */
-        if (!a->pdl)
+        if (!a->pb)
             return -1;
-        driver_pdl_lock(a->pdl);
-        long c = a->pdl_count;
-        driver_pdl_unlock(a->pdl);
-        REPLY("count=%ld,refc=%ld", c, (long)driver_pdl_get_refc(a->pdl));
+        driver_pdl_lock(a->pb->pdl);
+        long c = a->pb->count;
+        driver_pdl_unlock(a->pb->pdl);
+        REPLY("count=%ld,refc=%ld", c, (long)driver_pdl_get_refc(a->pb->pdl));
     }
     case 12: { /* FROM_POOL */
         if (len < 4)
