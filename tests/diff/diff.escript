@@ -2,7 +2,9 @@
 %%! +A 2 +S 1
 %% diff.escript: runs one scenario in erl and in edrv and compares them.
 %%
-%% Usage: escript diff.escript DIFF_RUNNER DRIVERS_DIR SCENARIO
+%% Usage: escript diff.escript DIFF_RUNNER DRIVERS_DIR [ERL_DRIVERS_DIR] SCENARIO
+%% (erl loads the drivers from ERL_DRIVERS_DIR when it is given: a sanitizer
+%% build's drivers need the sanitizer's runtime, which erl does not have).
 %%
 %% A scenario (read with file:consult/1) is a list of steps:
 %%   {load, Name}  {unload, Name}  {open, Command, Opts}  {close, Idx}
@@ -87,9 +89,11 @@
 -define(IS_DIFF(M), (is_tuple(M) andalso tuple_size(M) > 0 andalso element(1, M) =:= '$diff')).
 
 main([Runner, Dir, Scenario]) ->
+    main([Runner, Dir, Dir, Scenario]);
+main([Runner, Dir, ErlDir, Scenario]) ->
     {ok, Steps} = file:consult(Scenario),
     Name = filename:basename(Scenario, ".scenario"),
-    Erl = normalize(Steps, run_erl(Dir, Steps)),
+    Erl = normalize(Steps, run_erl(ErlDir, Steps)),
     Edrv = normalize(Steps, run_edrv(Runner, Dir, Steps)),
     Rows = lists:zip(lists:seq(1, length(Steps)), lists:zip3(Steps, Erl, Edrv)),
     Verbose = os:getenv("DIFF_VERBOSE") =/= false,
@@ -103,7 +107,8 @@ main([Runner, Dir, Scenario]) ->
             halt(1)
     end;
 main(_) ->
-    io:format("usage: diff.escript DIFF_RUNNER DRIVERS_DIR SCENARIO~n"),
+    io:format("usage: diff.escript DIFF_RUNNER DRIVERS_DIR [ERL_DRIVERS_DIR] SCENARIO~n"
+              "  (erl loads the drivers from ERL_DRIVERS_DIR, by default DRIVERS_DIR)~n"),
     halt(2).
 
 report(I, S, E, E, true) -> io:format("step ~b: ~p~n  both: ~p~n", [I, S, E]);

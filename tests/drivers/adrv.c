@@ -19,8 +19,9 @@
  *   8 CHECK    -> reply "once=A,never=B,twice=C,invoked_cancelled=D"
  *   9 STOP_JOB -> stop queues a job (like a file driver's close)
  *  10 PDL      n:4 -> creates the port data lock (reply "created" or "again"),
- *              then n jobs each add 1 to a port counter under it, each
- *              holding a reference to the lock until it ends
+ *              then n jobs each add 1 under it to a counter that lives with
+ *              the lock (a pdl_block), each holding a reference to both until
+ *              it ends: a closed port's jobs still run and count
  *  11 PDL_READ -> reply "count=C,refc=R" (read under the lock)
  *  12 FROM_POOL n:4 -> n jobs that each send {from_pool, Seq} from their pool
  *              thread with erl_drv_output_term
@@ -54,13 +55,24 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The port data lock and the data it guards. A job that counts under the
+ * lock may run after its port is gone (a closed port's queued jobs still run,
+ * in ERTS too), so that data cannot be in the port's adrv, which stop frees:
+ * it lives in this block, which the port and each job hold a reference to,
+ * and the last to let go frees. Each job also holds a reference to the lock
+ * itself (driver_pdl_inc_refc), which keeps it alive after the port. */
+typedef struct {
+    ErlDrvPDL pdl;
+    long count;        /* guarded by pdl */
+    atomic_long refs;  /* the port's and the jobs' */
+} pdl_block;
+
 typedef struct {
     ErlDrvPort port;
     unsigned seq;
     int stop_job;
     int stop_releases;
-    ErlDrvPDL pdl;
-    long pdl_count; /* guarded by pdl */
+    pdl_block *pb; /* PDL: the lock, once created */
 } adrv;
 
 typedef struct {
@@ -74,9 +86,8 @@ typedef struct {
     long record; /* STRESS: index into records, or -1 */
     int quiet;    /* FROM_POOL jobs: no done message */
     unsigned gate; /* BLOCK jobs: the gate generation they wait past */
-    adrv *owner;  /* PDL jobs: the port's data, shared under pdl */
-    ErlDrvPDL pdl;
-    ErlDrvPort drv_port; /* DEQ_JOB and CHURN jobs: used under pdl */
+    pdl_block *pb; /* PDL jobs: the lock and its counter, referenced */
+    ErlDrvPort drv_port; /* DEQ_JOB and CHURN jobs: used under the lock */
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
@@ -145,21 +156,53 @@ static void end_record(job *j) {
         atomic_fetch_add(&ended[j->record], 1);
 }
 
+/* A new block with its lock, held by the caller (the port); NULL when out
+ * of memory or when the port has a lock already. */
+static pdl_block *pdl_block_new(ErlDrvPort port) {
+    pdl_block *b = driver_alloc(sizeof *b);
+    if (!b)
+        return NULL;
+    if (!(b->pdl = driver_pdl_create(port))) {
+        driver_free(b);
+        return NULL;
+    }
+    b->count = 0;
+    atomic_init(&b->refs, 1);
+    return b;
+}
+
+static void pdl_block_unref(pdl_block *b) {
+    if (atomic_fetch_sub(&b->refs, 1) == 1)
+        driver_free(b);
+}
+
+/* A job's references: to the block, and to the lock. */
+static void pdl_hold(pdl_block *b) {
+    atomic_fetch_add(&b->refs, 1);
+    driver_pdl_inc_refc(b->pdl);
+}
+
+static void pdl_release(pdl_block *b) {
+    driver_pdl_dec_refc(b->pdl); /* the last reference frees the lock */
+    pdl_block_unref(b);
+}
+
 static void job_free(void *arg) {
     job *j = arg;
     atomic_fetch_add(&freed_count, 1);
     end_record(j);
-    if (j->pdl)
-        driver_pdl_dec_refc(j->pdl);
+    if (j->pb)
+        pdl_release(j->pb);
     driver_free(j);
 }
 
-/* PDL jobs touch the port's data from a pool thread, under the lock. */
+/* PDL jobs count from a pool thread, under the lock, in the block their
+ * reference keeps alive (not in the port's adrv: the port may be gone). */
 static void pdl_invoke(void *arg) {
     job *j = arg;
-    driver_pdl_lock(j->pdl);
-    j->owner->pdl_count++;
-    driver_pdl_unlock(j->pdl);
+    driver_pdl_lock(j->pb->pdl);
+    j->pb->count++;
+    driver_pdl_unlock(j->pb->pdl);
 }
 
 static void open_gate(void) {
@@ -173,10 +216,10 @@ static void open_gate(void) {
 static void deq_invoke(void *arg) {
     job *j = arg;
     block_invoke(arg);
-    driver_pdl_lock(j->pdl);
+    driver_pdl_lock(j->pb->pdl);
     ErlDrvSizeT n = driver_sizeq(j->drv_port);
     long r = n == (ErlDrvSizeT)-1 ? -1 : (long)driver_deq(j->drv_port, n);
-    driver_pdl_unlock(j->pdl);
+    driver_pdl_unlock(j->pb->pdl);
     atomic_store(&deq_result, r);
 }
 
@@ -184,14 +227,14 @@ static void deq_invoke(void *arg) {
 static void churn_invoke(void *arg) {
     job *j = arg;
     char bytes[16] = "churn churn chur";
-    driver_pdl_lock(j->pdl);
+    driver_pdl_lock(j->pb->pdl);
     if (driver_enq(j->drv_port, bytes, sizeof bytes) == 0) {
         driver_deq(j->drv_port, sizeof bytes);
         atomic_fetch_add(&churn_ok, 1);
     } else {
         atomic_fetch_add(&churn_dead, 1);
     }
-    driver_pdl_unlock(j->pdl);
+    driver_pdl_unlock(j->pb->pdl);
 }
 
 static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long record);
@@ -203,11 +246,11 @@ static int submit_locked(adrv *a, unsigned key, void (*invoke_fn)(void *), unsig
         return -1;
     j->quiet = 1;
     j->gate = gate;
-    j->pdl = a->pdl;
+    j->pb = a->pb;
     j->drv_port = a->port;
-    driver_pdl_inc_refc(a->pdl);
+    pdl_hold(j->pb);
     if (driver_async(a->port, &key, invoke_fn, j, job_free) < 0) {
-        driver_pdl_dec_refc(a->pdl);
+        pdl_release(j->pb);
         driver_free(j);
         return -1;
     }
@@ -244,8 +287,8 @@ static void ready(ErlDrvData d, ErlDrvThreadData td) {
     job *j = (job *)td;
     atomic_fetch_add(&ready_count, 1);
     end_record(j);
-    if (j->pdl) {
-        driver_pdl_dec_refc(j->pdl);
+    if (j->pb) {
+        pdl_release(j->pb);
     } else if (j->record == -1 && !j->quiet) {
         ErlDrvTermData spec[] = {
             ERL_DRV_ATOM, driver_mk_atom("done"),
@@ -307,6 +350,8 @@ static void a_stop(ErlDrvData d) {
         if (j && driver_async(a->port, NULL, invoke, j, job_free) < 0)
             driver_free(j);
     }
+    if (a->pb)
+        pdl_block_unref(a->pb); /* the jobs still queued hold it */
     driver_free(a);
 }
 
@@ -425,8 +470,8 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     case 10: { /* PDL */
         if (len < 4)
             return -1;
-        int again = a->pdl != NULL;
-        if (!a->pdl && !(a->pdl = driver_pdl_create(a->port)))
+        int again = a->pb != NULL;
+        if (!a->pb && !(a->pb = pdl_block_new(a->port)))
             return -1;
         if (again && driver_pdl_create(a->port) != NULL)
             return -1; /* one lock per port */
@@ -435,12 +480,11 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             job *j = new_job(a, i, 1, 0, -1);
             if (!j)
                 return -1;
-            j->owner = a;
-            j->pdl = a->pdl;
-            driver_pdl_inc_refc(a->pdl);
+            j->pb = a->pb;
+            pdl_hold(j->pb);
             unsigned key = i;
             if (driver_async(a->port, &key, pdl_invoke, j, job_free) < 0) {
-                driver_pdl_dec_refc(a->pdl);
+                pdl_release(j->pb);
                 driver_free(j);
                 return -1;
             }
@@ -448,12 +492,12 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         REPLY("%s", again ? "again" : "created");
     }
     case 11: { /* PDL_READ */
-        if (!a->pdl)
+        if (!a->pb)
             return -1;
-        driver_pdl_lock(a->pdl);
-        long c = a->pdl_count;
-        driver_pdl_unlock(a->pdl);
-        REPLY("count=%ld,refc=%ld", c, (long)driver_pdl_get_refc(a->pdl));
+        driver_pdl_lock(a->pb->pdl);
+        long c = a->pb->count;
+        driver_pdl_unlock(a->pb->pdl);
+        REPLY("count=%ld,refc=%ld", c, (long)driver_pdl_get_refc(a->pb->pdl));
     }
     case 12: { /* FROM_POOL */
         if (len < 4)
@@ -467,24 +511,24 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     case 14: /* BROKEN_PIPE */
         return submit_quiet(a, broken_pipe_invoke);
     case 15: { /* ENQ */
-        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+        if (len < 4 || (!a->pb && !(a->pb = pdl_block_new(a->port))))
             return -1;
         unsigned n = get32(buf);
         char *bytes = driver_alloc(n ? n : 1);
         if (!bytes)
             return -1;
         memset(bytes, 'q', n);
-        driver_pdl_lock(a->pdl);
+        driver_pdl_lock(a->pb->pdl);
         int rc = driver_enq(a->port, bytes, n);
         long size = (long)driver_sizeq(a->port);
-        driver_pdl_unlock(a->pdl);
+        driver_pdl_unlock(a->pb->pdl);
         driver_free(bytes);
         if (rc < 0)
             return -1;
         REPLY("%ld", size);
     }
     case 16: { /* DEQ_JOB */
-        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+        if (len < 4 || (!a->pb && !(a->pb = pdl_block_new(a->port))))
             return -1;
         pthread_mutex_lock(&gate_lock);
         unsigned gate = gate_gen;
@@ -492,7 +536,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         return submit_locked(a, get32(buf), deq_invoke, gate);
     }
     case 17: { /* CHURN */
-        if (len < 4 || (!a->pdl && !(a->pdl = driver_pdl_create(a->port))))
+        if (len < 4 || (!a->pb && !(a->pb = pdl_block_new(a->port))))
             return -1;
         unsigned n = get32(buf);
         for (unsigned i = 0; i < n; i++)
