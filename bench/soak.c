@@ -82,8 +82,8 @@ typedef struct {
     const char *drivers;
 } options;
 
-static void usage(FILE *f) {
-    fprintf(f,
+static void usage(void) {
+    printf(
         "usage: soak [options]\n"
         "Runs edrv's async pool under random cancels, port closes, owner exits and\n"
         "driver unloads, checks that every job ends exactly once and that memory\n"
@@ -187,13 +187,14 @@ static int parse_options(int argc, char **argv, options *o) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             return 1;
         int rc = i + 1 < argc ? option(o, argv[i], argv[i + 1]) : 0;
-        if (rc <= 0) {
-            fprintf(stderr, "soak: %s '%s'%s\n", rc < 0 ? "bad value for" : "unknown option or "
-                    "missing value:", argv[i], rc < 0 ? "" : " (see --help)");
-            if (rc < 0)
-                fprintf(stderr, "soak: '%s' is not a valid value for %s\n", argv[i + 1], argv[i]);
+        if (rc < 0)
+            fprintf(stderr, "soak: '%s' is not a valid value for %s (see --help)\n", argv[i + 1],
+                    argv[i]);
+        else if (rc == 0)
+            fprintf(stderr, "soak: unknown option, or no value after it: %s (see --help)\n",
+                    argv[i]);
+        if (rc <= 0)
             return -1;
-        }
         i++;
     }
     if (!o->batch || (!o->jobs && !o->duration_s)) {
@@ -873,10 +874,10 @@ static int start_edrv(const options *o, chaos *c) {
 int main(int argc, char **argv) {
     options o;
     int rc = parse_options(argc, argv, &o);
-    if (rc) {
-        usage(rc > 0 ? stdout : stderr);
+    if (rc > 0)
+        usage();
+    if (rc)
         return rc > 0 ? 0 : 2;
-    }
     static worker w[MAX_THREADS];
     chaos c = {.o = &o, .rng = o.seed ^ 0x5bd1e995u};
     totals t = {0};
