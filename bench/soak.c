@@ -804,7 +804,7 @@ static void summary(const options *o, const chaos *c, const totals *t, const wor
            atomic_load(&sh.cancel_tries), atomic_load(&sh.cancels),
            atomic_load(&sh.unknown_cancels));
     printf("  host threads: %" PRIu64 " batches, %" PRIu64 " ports opened, %" PRIu64
-           " closed by port_close, %" PRIu64 " owner exits, %" PRIu64 " ports found killed, %"
+           " port_close calls, %" PRIu64 " owner exits, %" PRIu64 " ports found killed, %"
            PRIu64 " opens refused while unloaded, %" PRIu64 " messages\n",
            s.batches, s.opens, s.closes, s.exits, s.gone, s.open_refused, s.msgs);
     printf("  driver: %" PRIu64 " unloads (%" PRIu64 " at once, %" PRIu64 " deferred: %" PRIu64
