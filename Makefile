@@ -7,13 +7,16 @@
 #   make check-asan  the tests under AddressSanitizer + UBSan
 #   make check-tsan  the tests under ThreadSanitizer
 #   make bench       the async pool's benchmark, beside ERTS, libuv and GLib
+#   make soak        the soak: jobs, cancels, closes, owner exits and driver
+#                    unloads, each job checked (SOAK_ARGS, e.g. '--jobs 100M';
+#                    not part of check or CI)
 #   make install     install into PREFIX (default /usr/local)
 
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run check check-asan check-tsan bench install clean
+.PHONY: all deps build run check check-asan check-tsan bench soak install clean
 
 all: build
 
@@ -50,8 +53,16 @@ bench: deps
 	cmake --build build-bench -j$(JOBS)
 	./bench/run build-bench
 
+SOAK_ARGS ?=
+
+soak: deps
+	cmake -S . -B build-soak -DCMAKE_BUILD_TYPE=Release -DEDRV_BENCH=ON -DEDRV_BENCH_PEERS=OFF \
+	  -DEDRV_TESTS=OFF -DEDRV_WERROR=ON
+	cmake --build build-soak -j$(JOBS) --target soak
+	./build-soak/bench/soak $(SOAK_ARGS)
+
 install: build
 	cmake --install build
 
 clean:
-	rm -rf build build-asan build-tsan build-bench
+	rm -rf build build-asan build-tsan build-bench build-soak
