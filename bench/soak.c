@@ -36,6 +36,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,7 @@ soak_state soak_shared;
 
 typedef struct {
     int threads, ports, async_threads;
+    int queued; /* --queued: every call through the emulator thread */
     uint64_t jobs, round_jobs;
     double duration_s;
     unsigned batch, cancel_pm, keyed_pm, close_pm, exit_pm, stop_job_pm;
@@ -110,6 +112,9 @@ static void usage(void) {
         "                      not checked under ASan)\n"
         "  --seed N            random seed (default: from the clock, printed)\n"
         "  --drivers DIR       where soakdrv.so is (default %s)\n"
+        "  --queued            every call queued to the emulator thread (edrv_options\n"
+        "                      no_immediate); by default the host threads run their own\n"
+        "                      calls' callbacks when they can (SIGPIPE is ignored for it)\n"
         "  --help              this text\n",
         MAX_PORTS, SOAK_DRIVERS_DIR);
 }
@@ -186,6 +191,10 @@ static int parse_options(int argc, char **argv, options *o) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             return 1;
+        if (strcmp(argv[i], "--queued") == 0) {
+            o->queued = 1;
+            continue;
+        }
         int rc = i + 1 < argc ? option(o, argv[i], argv[i + 1]) : 0;
         if (rc < 0)
             fprintf(stderr, "soak: '%s' is not a valid value for %s (see --help)\n", argv[i + 1],
@@ -852,7 +861,11 @@ static void stop_workers(const options *o, worker *w) {
 
 /* Starts edrv and loads the driver; 0 or -1 (said). */
 static int start_edrv(const options *o, chaos *c) {
-    int rc = edrv_start(&(edrv_options){.async_threads = o->async_threads});
+    /* Ignored, as ERTS does, so that the host threads may run driver code
+     * themselves (edrv.h: immediate execution). */
+    signal(SIGPIPE, SIG_IGN);
+    int rc = edrv_start(&(edrv_options){.async_threads = o->async_threads,
+                                        .no_immediate = o->queued});
     if (rc < 0) {
         fprintf(stderr, "soak: edrv_start: %s\n", edrv_strerror(rc));
         return -1;

@@ -684,7 +684,7 @@ EDRV_API int edrv_unload_driver(const char *name) {
 }
 
 EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, edrv_port *port) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_open_port", &pid);
     if (rc < 0)
         return rc;
@@ -701,7 +701,7 @@ EDRV_API int edrv_open_port(edrv_proc *p, const char *command, unsigned flags, e
  * an iolist: an outputv driver gets one element per non-empty piece). */
 static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
                         bool whole, unsigned opts) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_port_command", &pid);
     if (rc < 0)
         return rc;
@@ -785,7 +785,7 @@ EDRV_API int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct i
 
 EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,
                                size_t len, edrv_reply *reply) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_port_control", &pid);
     if (rc < 0)
         return rc;
@@ -799,7 +799,7 @@ EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, co
 
 EDRV_API int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const void *etf,
                             size_t len, edrv_reply *reply) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_port_call", &pid);
     if (rc < 0)
         return rc;
@@ -812,7 +812,7 @@ EDRV_API int edrv_port_call(edrv_proc *p, edrv_port port, unsigned int op, const
 }
 
 EDRV_API int edrv_port_close(edrv_proc *p, edrv_port port) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_port_close", &pid);
     if (rc < 0)
         return rc;

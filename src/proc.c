@@ -113,7 +113,7 @@ EDRV_API int edrv_proc_free(edrv_proc *p) {
 }
 
 EDRV_API int edrv_proc_info(edrv_proc *p, edrv_proc_status *st) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_proc_info", &pid);
     if (rc < 0)
         return rc;
@@ -178,7 +178,7 @@ int edrv__deliver(uint64_t pid, mbox_msg *m) {
 }
 
 EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
-    uint64_t pid;
+    uint64_t pid = 0;
     int rc = edrv__proc_caller(p, "edrv_receive", &pid);
     if (rc < 0)
         return rc;
