@@ -2,10 +2,24 @@
  * edrv.h: the host side of edrv.
  *
  * edrv runs Erlang linked-in drivers (compiled against OTP's own erl_driver.h)
- * outside the BEAM. One emulator thread calls every driver callback; any thread
- * of the host program acts as an Erlang process through this header: it loads
- * drivers, opens ports, sends to them, controls them, and receives their
- * messages as Erlang terms in external term format (ETF).
+ * outside the BEAM. Driver callbacks run one at a time, under one lock, the
+ * emulator lock; any thread of the host program acts as an Erlang process
+ * through this header: it loads drivers, opens ports, sends to them, controls
+ * them, and receives their messages as Erlang terms in external term format
+ * (ETF).
+ *
+ * Who runs a callback: the emulator thread, which edrv_start starts, runs
+ * timers, fd events, finished async jobs and every call that was queued to
+ * it. A host thread's own call (open, command, control, call, close, info) is
+ * run by that thread itself when the emulator lock is free and no call is
+ * queued, as ERTS runs a port's callback in the calling process's scheduler
+ * when it can; otherwise it is queued. Either way a thread's calls keep their
+ * order, and a driver sees one callback at a time. A host thread runs driver
+ * code only if SIGPIPE cannot kill it (ignored, handled, or blocked in that
+ * thread, looked at on its first call), since ERTS ignores SIGPIPE and drivers
+ * expect EPIPE; a program that leaves SIGPIPE's default action has its calls
+ * queued. `signal(SIGPIPE, SIG_IGN)` at start, as ERTS does, is the usual way.
+ * edrv_options.no_immediate queues every call.
  *
  * Conventions:
  *   - Functions that return an int return a negative EDRV_E* code on failure
@@ -17,8 +31,8 @@
  *     calling thread's last failure (for example dlerror()'s text for
  *     EDRV_EOPEN).
  *   - Every function is safe to call from any thread. Calls that touch ports
- *     or drivers are serialized onto the emulator thread, in the order each
- *     thread made them.
+ *     or drivers run under the emulator lock, in the order each thread made
+ *     them.
  *   - Buffers handed out (edrv_msg, edrv_reply) belong to the caller, who
  *     releases them with edrv_msg_free / edrv_reply_free (both accept NULL and
  *     already released values).
