@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Thread_local char last_detail[512];
+/* Initial-exec: every call clears it. */
+static _Thread_local char last_detail[512] __attribute__((tls_model("initial-exec")));
 
 int edrv__fail(int err, const char *fmt, ...) {
     va_list ap;
@@ -19,6 +20,10 @@ int edrv__fail(int err, const char *fmt, ...) {
     vsnprintf(last_detail, sizeof last_detail, fmt, ap);
     va_end(ap);
     return err;
+}
+
+void edrv__clear_error(void) {
+    last_detail[0] = '\0';
 }
 
 void edrv__warn(const char *fmt, ...) {

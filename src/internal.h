@@ -116,6 +116,8 @@ ErlDrvBinary *edrv__binary_new(const void *bytes, size_t size);
  * and returns err, so that `return edrv__fail(EDRV_EOPEN, "...", ...)` reads
  * well. edrv_last_error() returns it. */
 int edrv__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Empties the calling thread's detail text (a call that starts). */
+void edrv__clear_error(void);
 /* Logs a driver misuse that ERTS would also survive (one line on stderr). */
 void edrv__warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -259,6 +261,10 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
                     void *req);
 int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole);
+/* The command's bytes straight to the driver's `output`, when it has one
+ * and no `outputv` (true: done, or dropped for a port that died); false:
+ * the caller must send them as a binary (edrv__port_command). */
+bool edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len);
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply);
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,

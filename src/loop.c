@@ -40,6 +40,8 @@ typedef enum {
     R_PROC_EXIT, R_STOP
 } req_type;
 
+#define DETAIL_MAX 256
+
 typedef struct request {
     struct request *next;
     req_type type;
@@ -59,7 +61,7 @@ typedef struct request {
     edrv_port_status *status;
     int result;
     sem_t *done; /* NULL: asynchronous, freed by the emulator thread */
-    char detail[256];
+    char *detail; /* a waiting caller's copy of a failure's text, or NULL */
     size_t pieces[]; /* R_COMMAND: the length of each piece of the vector */
 } request;
 
@@ -112,7 +114,7 @@ static struct {
 /* Initial-exec: driver_async asks on every call. */
 static _Thread_local bool on_emulator __attribute__((tls_model("initial-exec")));
 /* The emulator thread itself (it needs no wake-up for what it changes). */
-static _Thread_local bool is_loop_thread;
+static _Thread_local bool is_loop_thread __attribute__((tls_model("initial-exec")));
 
 bool edrv__on_emulator_thread(void) {
     return on_emulator;
@@ -136,7 +138,8 @@ static void emu_unlock(void) {
  * where SIGPIPE cannot kill it (ignored, handled, or blocked in the thread);
  * otherwise its calls go through the emulator thread. Looked at on the
  * thread's first call (edrv.h says so). */
-static _Thread_local signed char sigpipe_safe; /* 0: not looked at; 1 or -1 */
+static _Thread_local signed char sigpipe_safe __attribute__((tls_model("initial-exec")));
+/* sigpipe_safe: 0 not looked at yet, 1 safe, -1 not */
 
 static bool thread_sigpipe_safe(void) {
     if (!sigpipe_safe) {
@@ -375,7 +378,7 @@ static void shutdown(void) {
 }
 
 static void execute(request *r) {
-    edrv__fail(0, "%s", "");
+    edrv__clear_error();
     switch (r->type) {
     case R_LOAD:
         r->result = edrv__driver_load(r->s1, r->s2);
@@ -416,15 +419,15 @@ static void execute(request *r) {
         r->result = 0;
         break;
     }
-    if (r->result < 0)
-        snprintf(r->detail, sizeof r->detail, "%s", edrv_last_error());
+    if (r->result < 0 && r->detail)
+        snprintf(r->detail, DETAIL_MAX, "%s", edrv_last_error());
 }
 
 void edrv__request_finish(void *req, int result) {
     request *r = req;
     r->result = result;
     if (result < 0)
-        snprintf(r->detail, sizeof r->detail, "%s", edrv_last_error());
+        snprintf(r->detail, DETAIL_MAX, "%s", edrv_last_error());
     sem_post(r->done);
 }
 
@@ -544,31 +547,37 @@ static int call_sync(request *r) {
         execute(r);
         return r->result;
     }
+    bool immediate = r->type != R_STOP && emu_trylock();
+    if (immediate && r->type != R_OPEN) {
+        /* This thread runs the call itself; a failure's text is its own. */
+        execute(r);
+        emu_unlock();
+        return r->result;
+    }
+    /* Answered by another thread: the emulator thread, or (an init-ack
+     * open) the port, later. */
+    char detail[DETAIL_MAX] = "";
     sem_t done;
     sem_init(&done, 0, 0);
     r->done = &done;
-    if (r->type != R_STOP && emu_trylock()) {
-        /* Immediate: this thread runs the call itself. */
+    r->detail = detail;
+    int rc = 0;
+    if (immediate) {
         execute(r);
         emu_unlock();
-        int rc = r->result;
-        if (r->type == R_OPEN && rc == EDRV__PENDING) { /* init ack: answered later */
-            while (sem_wait(&done) < 0 && errno == EINTR)
-                ;
-            rc = r->result;
-            if (rc < 0)
-                edrv__fail(rc, "%s", r->detail);
+        if (r->result != EDRV__PENDING) {
+            sem_destroy(&done);
+            return r->result;
         }
-        sem_destroy(&done);
-        return rc;
+    } else {
+        rc = enqueue(r);
     }
-    int rc = enqueue(r);
     if (rc == 0) {
         while (sem_wait(&done) < 0 && errno == EINTR)
             ;
         rc = r->result;
         if (rc < 0)
-            edrv__fail(rc, "%s", r->detail);
+            edrv__fail(rc, "%s", detail);
     }
     sem_destroy(&done);
     return rc;
@@ -726,6 +735,18 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts);
     if (rc < 0)
         return rc;
+    /* Immediate, to a driver with `output`, in one piece: the driver reads
+     * the caller's bytes in place, as ERTS hands it a binary's bytes. */
+    if (!on_emulator && iovcnt <= 1 && emu_trylock()) {
+        edrv__port_unadmit(port, total);
+        bool done = edrv__port_command_flat(pid, port, iovcnt ? iov[0].iov_base : NULL, total);
+        emu_unlock();
+        if (done)
+            return 0;
+        rc = edrv__port_admit(port, total, opts); /* outputv: the queued way */
+        if (rc < 0)
+            return rc;
+    }
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {

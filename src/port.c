@@ -34,7 +34,11 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ---- the table (lock: ports.lock; writers: the emulator thread) ------------- */
+/* ---- the table ----------------------------------------------------------------
+ * Writers hold the emulator lock and ports.lock; readers hold either. So the
+ * holder of the emulator lock (every host call's path) looks a port up
+ * without ports.lock, and other threads (admission, a pool thread resolving
+ * a port term) take ports.lock. */
 
 static struct {
     pthread_mutex_t lock;
@@ -43,6 +47,12 @@ static struct {
 } ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
 
 static edrv_port_t *lookup_locked(uint64_t id) {
+    return edrv__idmap_get(&ports.map, id);
+}
+
+/* For the holder of the emulator lock, which excludes every writer. */
+static edrv_port_t *lookup_owned(uint64_t id) {
+    EDRV_ASSERT_EMULATOR();
     return edrv__idmap_get(&ports.map, id);
 }
 
@@ -217,9 +227,7 @@ int edrv__port_check(edrv_port id) {
 
 /* The live port with this number, for the emulator thread. */
 static edrv_port_t *port_get(edrv_port id, int *err) {
-    pthread_mutex_lock(&ports.lock);
-    edrv_port_t *pt = lookup_locked(id);
-    pthread_mutex_unlock(&ports.lock);
+    edrv_port_t *pt = lookup_owned(id);
     if (pt && atomic_load(&pt->state) == PORT_ALIVE)
         return pt;
     *err = edrv__port_check(id);
@@ -230,12 +238,12 @@ static edrv_port_t *port_get(edrv_port id, int *err) {
  * 25 still serves these on a port that waits for its driver queue to empty
  * (checked in erl), while port_command and port_close raise badarg. */
 static edrv_port_t *port_get_closing_ok(edrv_port id, int *err) {
-    pthread_mutex_lock(&ports.lock);
-    edrv_port_t *pt = lookup_locked(id);
-    pthread_mutex_unlock(&ports.lock);
-    if (pt && atomic_load(&pt->state) == PORT_CLOSING)
+    edrv_port_t *pt = lookup_owned(id);
+    port_state st = pt ? atomic_load(&pt->state) : PORT_DEAD;
+    if (st == PORT_ALIVE || st == PORT_CLOSING)
         return pt;
-    return port_get(id, err);
+    *err = edrv__port_check(id);
+    return NULL;
 }
 
 /* ---- messages ------------------------------------------------------------------ */
@@ -862,6 +870,31 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
     return 0;
 }
 
+bool edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len) {
+    EDRV_ASSERT_EMULATOR();
+    int err = 0;
+    edrv_port_t *pt = port_get(id, &err);
+    if (!pt)
+        return true; /* died after the sender's check: dropped, as in ERTS */
+    const ErlDrvEntry *e = pt->drv->entry;
+    if (e->outputv || !e->output)
+        return false;
+    /* output's buffer is the driver's to read, and to write into, as ERTS
+     * lets it: a copy when the caller's bytes are not ours. */
+    char small[256];
+    char *buf = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
+    if (!buf)
+        return false; /* the binary path reports it */
+    if (len)
+        memcpy(buf, data, len);
+    enter(pt, caller);
+    e->output(pt->data, buf, len);
+    leave(pt);
+    if (buf != small)
+        edrv__free(buf);
+    return true;
+}
+
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply) {
     EDRV_ASSERT_EMULATOR();
@@ -872,8 +905,10 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->control)
         return edrv__fail(EDRV_EBADARG, "%s has no control callback", pt->drv->name);
-    /* The driver gets its own copy: it may write into it. */
-    char *copy = edrv__alloc(EDRV_MEM_SYSTEM, len ? len : 1);
+    /* The driver gets its own copy: it may write into it. Small data is
+     * copied on the stack. */
+    char small[256];
+    char *copy = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
     if (!copy)
         return edrv__fail(EDRV_ENOMEM, "out of memory for control data");
     if (len)
@@ -883,10 +918,12 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     enter(pt, caller);
     ErlDrvSSizeT n = e->control(pt->data, op, copy, len, &rbuf, sizeof buf);
     int flags = pt->control_flags;
-    char name[64]; /* leave() may end the port and unload its driver */
-    snprintf(name, sizeof name, "%s", pt->drv->name);
+    char name[64] = ""; /* for errors: leave() may end the port and unload its driver */
+    if (n < 0 || (rbuf == buf && (size_t)n > sizeof buf))
+        snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt); /* pt may be gone from here on */
-    edrv__free(copy);
+    if (copy != small)
+        edrv__free(copy);
 
     if (n < 0) {
         if (rbuf && rbuf != buf)
