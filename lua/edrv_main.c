@@ -13,6 +13,8 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 #include <stdarg.h>
+#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,22 @@ static int parse_threads(const char *s, int *out) {
     return 0;
 }
 
+/* print, then a look at standard output: with SIGPIPE ignored (as erl
+ * ignores it), a reader that went away shows as a write error, which ends
+ * the script (status 1) instead of letting it print for nothing. */
+static int checked_print(lua_State *L) {
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, 0);
+    if (ferror(stdout) || fflush(stdout) == EOF) {
+        int e = errno;
+        clearerr(stdout);
+        return luaL_error(L, "standard output: %s", strerror(e));
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int threads = 0, interactive = 0, script = 0;
     const char *code[64];
@@ -221,6 +239,9 @@ int main(int argc, char **argv) {
     if (!script && !ncode && !interactive)
         return usage_error("%s", "nothing to run: give a SCRIPT, -e CODE or -i");
 
+    /* Ignored as erl ignores it: a driver that writes to a closed pipe gets
+     * EPIPE, and this thread may run driver callbacks itself (edrv.h). */
+    signal(SIGPIPE, SIG_IGN);
     edrv_options opts = {.async_threads = threads};
     int rc = edrv_start(&opts);
     if (rc < 0) {
@@ -234,6 +255,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     luaL_openlibs(L);
+    lua_getglobal(L, "print");
+    lua_pushcclosure(L, checked_print, 1);
+    lua_setglobal(L, "print");
     /* The module, as the global edrv and for require "edrv". */
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     edrv_lua_open(L, threads);
@@ -271,5 +295,10 @@ int main(int argc, char **argv) {
         repl(L);
     lua_close(L);
     edrv_stop();
+    if (fflush(stdout) == EOF || ferror(stdout)) {
+        if (!status)
+            fprintf(stderr, "edrv: standard output: %s\n", strerror(errno));
+        status = 1;
+    }
     return status ? 1 : 0;
 }

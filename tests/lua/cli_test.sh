@@ -55,6 +55,15 @@ want_status=0 want='badarg' check repl_error bash -c \
   "printf '%s\n' 'edrv.port_close(42)' 'print(\"still here\")' | HOME='$tmp' '$edrv' -i"
 want_status=0 want='^for i=1,2 do' check repl_history bash -c "test -s '$tmp/.edrv_history' && printf 'for i=1,2 do\nprint(i)\nend\n' | HOME='$tmp' '$edrv' -i >/dev/null && grep -A2 '^for i=1,2 do' '$tmp/.edrv_history'"
 
+# Standard output that fails: the script ends with a clear error and status 1,
+# a reader that goes away included (SIGPIPE is ignored, as erl ignores it).
+want_status=1 want='standard output: No space left on device' check stdout_full bash -c \
+  "'$edrv' -e 'print(1)' 2>&1 >/dev/full"
+want_status=0 want='^1[[:space:]]1$' check stdout_closed bash -c \
+  "'$edrv' -e 'for i = 1, 1e9 do print(i) end' 2>/dev/null | head -1; echo \${PIPESTATUS[0]}"
+want_status=1 want='standard output: No space left on device' check stdout_full_io_write bash -c \
+  "'$edrv' -e 'io.write(\"x\")' 2>&1 >/dev/full"
+
 # require "edrv" from a stock lua5.4.
 if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
   want_status=0 want='^\{#Port<0\.1>,\{data,<<"ok">>\}\} 2$' check stock_lua \
