@@ -14,8 +14,8 @@ src=$(cd "$(dirname "$0")" && pwd)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(etf format call spec lua)
 
-# Each target's seed corpus (tests/fuzz/CMakeLists.txt says the same).
-corpus_of() { case $1 in spec) echo spec ;; *) echo etf ;; esac; }
+# Each target's seed corpora (tests/fuzz/CMakeLists.txt says the same).
+corpora_of() { case $1 in spec) echo spec ;; lua) echo etf lua ;; *) echo etf ;; esac; }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
@@ -23,7 +23,7 @@ status=0
 for t in "${targets[@]}"; do
   work=$build/fuzz-work/$t
   mkdir -p "$work/corpus"
-  cp -n "$src/corpus/$(corpus_of "$t")"/* "$work/corpus/"
+  for c in $(corpora_of "$t"); do cp -n "$src/corpus/$c"/* "$work/corpus/"; done
   # Bounded memory: an input that makes the code ask for a huge block is
   # reported as such, not left to exhaust the machine.
   if ! "$build/tests/fuzz/fuzz_$t" -max_total_time="$secs" -max_len=4096 -timeout=10 \
