@@ -23,7 +23,12 @@ status=0
 for t in "${targets[@]}"; do
   work=$build/fuzz-work/$t
   mkdir -p "$work/corpus"
-  for c in $(corpora_of "$t"); do cp -n "$src/corpus/$c"/* "$work/corpus/"; done
+  # Seeds within -max_len only: a larger one (the deep term of corpus/lua,
+  # for the regression test) would make libFuzzer try 4096-byte inputs from
+  # the start instead of growing them, at a tenth of the speed.
+  for c in $(corpora_of "$t"); do
+    find "$src/corpus/$c" -type f -size -4097c -exec cp -n {} "$work/corpus/" \;
+  done
   # Bounded memory: an input that makes the code ask for a huge block is
   # reported as such, not left to exhaust the machine.
   if ! "$build/tests/fuzz/fuzz_$t" -max_total_time="$secs" -max_len=4096 -timeout=10 \
