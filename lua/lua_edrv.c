@@ -590,11 +590,14 @@ static int store(lua_State *L, const char *buf, int *idx, open_term *o) {
 }
 
 /* Whether the compound `o`, with all its elements, is complete: a list is
- * once its tail is []; otherwise the next value is its tail. */
+ * once its tail is [] (after any lists of no elements, which are their
+ * tails); otherwise the next value is its tail. */
 static bool complete(const char *buf, int *idx, open_term *o) {
     int type, size, arity;
     if (!o->is_list || o->list_tail)
         return true;
+    while (ei_get_type(buf, idx, &type, &size) == 0 && type == ERL_LIST_EXT && size == 0)
+        ei_decode_list_header(buf, idx, &arity);
     if (ei_get_type(buf, idx, &type, &size) == 0 && type == ERL_NIL_EXT) {
         ei_decode_list_header(buf, idx, &arity);
         return true;
@@ -617,6 +620,12 @@ static int decode(lua_State *L, const char *buf, int *idx) {
         if (ei_get_type(buf, idx, &type, &size) < 0)
             return -1;
         luaL_checkstack(L, 4, "term too deep");
+        if (type == ERL_LIST_EXT && size == 0) {
+            /* No elements: the term is its tail, as binary_to_term reads it. */
+            int arity;
+            ei_decode_list_header(buf, idx, &arity);
+            continue;
+        }
         if (type == ERL_SMALL_TUPLE_EXT || type == ERL_LARGE_TUPLE_EXT || type == ERL_LIST_EXT ||
             type == ERL_MAP_EXT) {
             if (depth == cap) {
