@@ -10,6 +10,7 @@
 #define EDRV_FUZZ_KNOWN_H
 
 #include <ei.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,7 +50,12 @@ static inline size_t fk_atom(const unsigned char *b, size_t left) {
  *   export-parts      an ERL_EXPORT_EXT whose three parts are not an atom, an
  *                     atom and a small integer: the measure takes any three
  *                     terms, and libei's ei_decode_fun, failing on them, leaks
- *                     the block it allocated (1021 bytes a call). */
+ *                     the block it allocated (1021 bytes a call);
+ *   float-not-finite  a NaN or an infinity (which binary_to_term refuses):
+ *                     edrv_term_format's sb_float parses the exponent out of
+ *                     "nan" or "inf" before it checks for them, with atoi
+ *                     from past the string's NUL, into bytes left on the
+ *                     stack, and on past the buffer. */
 static inline const char *fuzz_known_bug(const void *buf, size_t len) {
     const unsigned char *b = buf;
     size_t at = 1;
@@ -61,12 +67,22 @@ static inline const char *fuzz_known_bug(const void *buf, size_t len) {
         switch (tag) {
         case ERL_SMALL_INTEGER_EXT: at += 1; break;
         case ERL_INTEGER_EXT: at += 4; break;
-        case NEW_FLOAT_EXT: at += 8; break;
-        case ERL_FLOAT_EXT:
+        case NEW_FLOAT_EXT:
+            if (left >= 2 && (p[0] & 0x7f) == 0x7f && (p[1] & 0xf0) == 0xf0)
+                return "float-not-finite"; /* the exponent's bits all set */
+            at += 8;
+            break;
+        case ERL_FLOAT_EXT: {
+            char text[32];
             if (left < 31 || !memchr(p, 0, 31))
                 return "float-ext-no-nul";
+            memcpy(text, p, 31);
+            text[31] = '\0';
+            if (!isfinite(strtod(text, NULL)))
+                return "float-not-finite";
             at += 31;
             break;
+        }
         case ERL_NIL_EXT: break;
         case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
         case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
