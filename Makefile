@@ -6,6 +6,8 @@
 #   make check       build, then run every test
 #   make check-asan  the tests under AddressSanitizer + UBSan
 #   make check-tsan  the tests under ThreadSanitizer
+#   make fuzz        the libFuzzer targets (clang): each corpus once, then each
+#                    target for FUZZ_TIME seconds (default 20) under ASan+UBSan
 #   make bench       the async pool's benchmark, beside ERTS, libuv and GLib
 #   make soak        the soak: jobs, cancels, closes, owner exits and driver
 #                    unloads, each job checked (SOAK_ARGS, e.g. '--jobs 100M';
@@ -16,7 +18,7 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run check check-asan check-tsan bench soak install clean
+.PHONY: all deps build run check check-asan check-tsan fuzz bench soak install clean
 
 all: build
 
@@ -47,6 +49,19 @@ check-tsan: deps
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --output-on-failure -j$(JOBS)
 
+# -O1: the sanitizers' and the fuzzer's usual trade of speed for precise
+# reports; Debug keeps the assertions on.
+FUZZ_TIME ?= 20
+fuzz: deps
+	@dpkg-query -W -f='$${Status}\n' clang libclang-rt-14-dev 2>/dev/null | grep -c "ok installed" | grep -qx 2 || \
+	  { echo "make fuzz needs Debian's clang and libclang-rt-14-dev:" \
+	         "apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
+	CC=clang cmake -S . -B build-fuzz -DEDRV_FUZZ=ON -DEDRV_SANITIZE=address -DEDRV_TESTS=OFF \
+	  -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS_DEBUG="-g -O1" -DEDRV_WERROR=ON
+	cmake --build build-fuzz -j$(JOBS) --target fuzz
+	cd build-fuzz && ctest --output-on-failure -j$(JOBS)
+	./tests/fuzz/run.sh build-fuzz $(FUZZ_TIME)
+
 bench: deps
 	EDRV_DEPS_BENCH=1 ./scripts/deps
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DEDRV_BENCH=ON -DEDRV_TESTS=OFF
@@ -65,4 +80,4 @@ install: build
 	cmake --install build
 
 clean:
-	rm -rf build build-asan build-tsan build-bench build-soak
+	rm -rf build build-asan build-tsan build-fuzz build-bench build-soak

@@ -32,6 +32,8 @@
 #include <edrv.h>
 #include <ei.h>
 #include <lauxlib.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -261,15 +263,16 @@ static term_kind kind_of(lua_State *L, int idx) {
     return K_NONE;
 }
 
+/* On failure, encode and the functions below leave the reason on top of the
+ * stack, above whatever they had pushed (to_etf raises it). */
 static int encode(lua_State *L, int idx, ei_x_buff *x, int depth);
 
 static int encode_array(lua_State *L, int idx, ei_x_buff *x, lua_Integer n, int depth) {
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, i);
-        int rc = encode(L, lua_gettop(L), x, depth + 1);
+        if (encode(L, lua_gettop(L), x, depth + 1) < 0)
+            return -1;
         lua_pop(L, 1);
-        if (rc < 0)
-            return rc;
     }
     return 0;
 }
@@ -307,9 +310,10 @@ static int encode_list(lua_State *L, int idx, ei_x_buff *x, int depth) {
     if (!has_tail)
         return ei_x_encode_empty_list(x);
     lua_getfield(L, idx, "tail");
-    int rc = encode(L, lua_gettop(L), x, depth + 1);
+    if (encode(L, lua_gettop(L), x, depth + 1) < 0)
+        return -1;
     lua_pop(L, 1);
-    return rc;
+    return 0;
 }
 
 static int encode_map(lua_State *L, int idx, ei_x_buff *x, int depth) {
@@ -319,11 +323,10 @@ static int encode_map(lua_State *L, int idx, ei_x_buff *x, int depth) {
     if (ei_x_encode_map_header(x, n) < 0)
         return -1;
     for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
-        if (encode(L, lua_gettop(L) - 1, x, depth + 1) < 0 ||
-            encode(L, lua_gettop(L), x, depth + 1) < 0) {
-            lua_pop(L, 2);
+        int key = lua_gettop(L) - 1;
+        if (encode(L, key, x, depth + 1) < 0 || encode(L, key + 1, x, depth + 1) < 0)
             return -1;
-        }
+        lua_settop(L, key + 1);
     }
     return 0;
 }
@@ -335,6 +338,9 @@ static int encode(lua_State *L, int idx, ei_x_buff *x, int depth) {
         lua_pushstring(L, "nesting too deep (a cycle?)");
         return -1;
     }
+    /* Each level keeps its value (and a map its key) on the stack, and Lua
+     * only promises a C function LUA_MINSTACK slots. */
+    luaL_checkstack(L, 8, "term too deep");
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
         return ei_x_encode_atom(x, lua_toboolean(L, idx) ? "true" : "false");
@@ -365,6 +371,8 @@ static int encode(lua_State *L, int idx, ei_x_buff *x, int depth) {
             int rc = ei_x_encode_atom_len_as(x, lua_tostring(L, -1), (int)lua_rawlen(L, -1),
                                              ERLANG_UTF8, ERLANG_UTF8);
             lua_pop(L, 1);
+            if (rc < 0)
+                lua_pushstring(L, "an atom's name must be UTF-8 of at most 255 characters");
             return rc;
         }
         if (mt == K_TUPLE) {
@@ -403,24 +411,36 @@ static void to_etf(lua_State *L, int idx, ei_x_buff *x, const char *fn) {
 
 /* ---- terms to Lua values ------------------------------------------------------------------- */
 
-static int decode(lua_State *L, const char *buf, int *idx, int depth);
-
-static int decode_seq(lua_State *L, const char *buf, int *idx, int n, int depth) {
-    for (int i = 1; i <= n; i++) {
-        if (decode(L, buf, idx, depth + 1) < 0)
-            return -1;
-        lua_rawseti(L, -2, i);
+/* Whether an atom's name, as libei decodes it, is what ERTS accepts: UTF-8
+ * (no overlong forms, no surrogates, at most U+10FFFF) of at most 255
+ * characters. The measure edrv puts bytes through does not look inside atoms,
+ * and libei copies an ERL_ATOM_UTF8_EXT's bytes as they are; a name that is
+ * not valid would come back as a value that cannot be encoded again. */
+static bool atom_name_ok(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    int chars = 0;
+    while (*p) {
+        unsigned c = *p++;
+        int more = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2
+                 : (c & 0xf8) == 0xf0 ? 3 : -1;
+        if (more < 0)
+            return false;
+        unsigned cp = more ? c & (0x3fu >> more) : c;
+        for (int k = 0; k < more; k++, p++) {
+            if ((*p & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (*p & 0x3fu);
+        }
+        static const unsigned least[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < least[more] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        chars++;
     }
-    return 0;
+    return chars <= 255;
 }
 
-/* Pushes the term at *idx. The bytes were checked by edrv (messages and
- * replies come from edrv_receive and edrv_port_call). */
-static int decode(lua_State *L, const char *buf, int *idx, int depth) {
-    int type, size, arity;
-    if (depth > 10000 || ei_get_type(buf, idx, &type, &size) < 0)
-        return -1;
-    luaL_checkstack(L, 4, "term too deep");
+/* Pushes the term at *idx when it is no tuple, list or map. */
+static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int size) {
     switch (type) {
     case ERL_SMALL_INTEGER_EXT:
     case ERL_INTEGER_EXT:
@@ -452,7 +472,8 @@ static int decode(lua_State *L, const char *buf, int *idx, int depth) {
     case ERL_ATOM_UTF8_EXT:
     case ERL_SMALL_ATOM_UTF8_EXT: {
         char a[MAXATOMLEN_UTF8];
-        if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0)
+        if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0 ||
+            !atom_name_ok(a))
             return -1;
         push_atom(L, a);
         return 0;
@@ -465,18 +486,13 @@ static int decode(lua_State *L, const char *buf, int *idx, int depth) {
         lua_pushlstring(L, p, (size_t)len);
         return 0;
     }
-    case ERL_SMALL_TUPLE_EXT:
-    case ERL_LARGE_TUPLE_EXT:
-        if (ei_decode_tuple_header(buf, idx, &arity) < 0)
-            return -1;
-        lua_createtable(L, arity, 0);
-        luaL_setmetatable(L, MT_TUPLE);
-        return decode_seq(L, buf, idx, arity, depth);
-    case ERL_NIL_EXT:
+    case ERL_NIL_EXT: {
+        int arity;
         ei_decode_list_header(buf, idx, &arity);
         lua_newtable(L);
         luaL_setmetatable(L, MT_LIST);
         return 0;
+    }
     case ERL_STRING_EXT: {
         const unsigned char *p = (const unsigned char *)buf + *idx + 3;
         lua_createtable(L, size, 0);
@@ -488,34 +504,6 @@ static int decode(lua_State *L, const char *buf, int *idx, int depth) {
         *idx += 3 + size;
         return 0;
     }
-    case ERL_LIST_EXT: {
-        if (ei_decode_list_header(buf, idx, &arity) < 0)
-            return -1;
-        lua_createtable(L, arity, 0);
-        luaL_setmetatable(L, MT_LIST);
-        if (decode_seq(L, buf, idx, arity, depth) < 0)
-            return -1;
-        int t;
-        if (ei_get_type(buf, idx, &t, &size) < 0)
-            return -1;
-        if (t == ERL_NIL_EXT)
-            return ei_decode_list_header(buf, idx, &arity);
-        if (decode(L, buf, idx, depth + 1) < 0)
-            return -1;
-        lua_setfield(L, -2, "tail");
-        return 0;
-    }
-    case ERL_MAP_EXT:
-        if (ei_decode_map_header(buf, idx, &arity) < 0)
-            return -1;
-        lua_createtable(L, 0, arity);
-        luaL_setmetatable(L, MT_MAP);
-        for (int i = 0; i < arity; i++) {
-            if (decode(L, buf, idx, depth + 1) < 0 || decode(L, buf, idx, depth + 1) < 0)
-                return -1;
-            lua_rawset(L, -3);
-        }
-        return 0;
     case ERL_PID_EXT:
     case ERL_NEW_PID_EXT: {
         erlang_pid p;
@@ -555,10 +543,122 @@ static int decode(lua_State *L, const char *buf, int *idx, int depth) {
     }
 }
 
+/* A tuple, list or map being filled. Its table is on the Lua stack, with
+ * above it its elements' tables being filled (and, in a map, a key waiting
+ * for its value). */
+typedef struct {
+    bool map;
+    bool list_tail;   /* a list's elements are in: the next value is its tail */
+    bool is_list;
+    int64_t left;     /* elements still to come (a map's keys and values) */
+    lua_Integer next; /* the array index of the next element */
+} open_term;
+
+/* Opens the tuple, list or map at *idx: pushes its table. */
+static int open_compound(lua_State *L, const char *buf, int *idx, int type, open_term *o) {
+    int arity;
+    const char *mt = type == ERL_MAP_EXT ? MT_MAP : type == ERL_LIST_EXT ? MT_LIST : MT_TUPLE;
+    int rc = type == ERL_MAP_EXT    ? ei_decode_map_header(buf, idx, &arity)
+             : type == ERL_LIST_EXT ? ei_decode_list_header(buf, idx, &arity)
+                                    : ei_decode_tuple_header(buf, idx, &arity);
+    if (rc < 0 || arity < 0)
+        return -1;
+    lua_createtable(L, type == ERL_MAP_EXT ? 0 : arity, type == ERL_MAP_EXT ? arity : 0);
+    luaL_setmetatable(L, mt);
+    *o = (open_term){.map = type == ERL_MAP_EXT, .is_list = type == ERL_LIST_EXT,
+                     .left = type == ERL_MAP_EXT ? 2 * (int64_t)arity : arity, .next = 1};
+    return 0;
+}
+
+/* The value on top of the stack is the next element of `o` (whose table is
+ * below it, or below a map key): stores it. Returns 1 when `o` is complete.
+ * A list with its elements in ends with [] (consumed here) or has a tail. */
+static int store(lua_State *L, const char *buf, int *idx, open_term *o) {
+    if (o->list_tail) {
+        lua_setfield(L, -2, "tail");
+        return 1;
+    }
+    if (o->map) {
+        if (o->left-- % 2 == 0)
+            return 0; /* a key: it waits for its value */
+        lua_rawset(L, -3);
+    } else {
+        lua_rawseti(L, -2, o->next++);
+        o->left--;
+    }
+    return o->left == 0 ? 1 : 0;
+}
+
+/* Whether the compound `o`, with all its elements, is complete: a list is
+ * once its tail is [] (after any lists of no elements, which are their
+ * tails); otherwise the next value is its tail. */
+static bool complete(const char *buf, int *idx, open_term *o) {
+    int type, size, arity;
+    if (!o->is_list || o->list_tail)
+        return true;
+    while (ei_get_type(buf, idx, &type, &size) == 0 && type == ERL_LIST_EXT && size == 0)
+        ei_decode_list_header(buf, idx, &arity);
+    if (ei_get_type(buf, idx, &type, &size) == 0 && type == ERL_NIL_EXT) {
+        ei_decode_list_header(buf, idx, &arity);
+        return true;
+    }
+    o->list_tail = true;
+    return false;
+}
+
+/* Pushes the term at *idx. The bytes were checked by edrv (messages and
+ * replies come from edrv_receive and edrv_port_call). No recursion: a term
+ * of any depth that edrv delivers decodes, the open compounds on a stack of
+ * their own, a userdata below the value, so that a Lua error frees it. Past
+ * the Lua stack's size (about a million levels), luaL_checkstack raises. */
+static int decode(lua_State *L, const char *buf, int *idx) {
+    size_t depth = 0, cap = 16;
+    int base = lua_gettop(L) + 1;
+    open_term *st = lua_newuserdatauv(L, cap * sizeof *st, 0);
+    for (;;) {
+        int type, size;
+        if (ei_get_type(buf, idx, &type, &size) < 0)
+            return -1;
+        luaL_checkstack(L, 4, "term too deep");
+        if (type == ERL_LIST_EXT && size == 0) {
+            /* No elements: the term is its tail, as binary_to_term reads it. */
+            int arity;
+            ei_decode_list_header(buf, idx, &arity);
+            continue;
+        }
+        if (type == ERL_SMALL_TUPLE_EXT || type == ERL_LARGE_TUPLE_EXT || type == ERL_LIST_EXT ||
+            type == ERL_MAP_EXT) {
+            if (depth == cap) {
+                open_term *bigger = lua_newuserdatauv(L, 2 * cap * sizeof *st, 0);
+                memcpy(bigger, st, cap * sizeof *st);
+                lua_replace(L, base);
+                st = bigger;
+                cap *= 2;
+            }
+            if (open_compound(L, buf, idx, type, &st[depth]) < 0)
+                return -1;
+            if (st[depth].left > 0 || !complete(buf, idx, &st[depth])) {
+                depth++;
+                continue; /* its elements come next */
+            }
+        } else if (decode_leaf(L, buf, idx, type, size) < 0) {
+            return -1;
+        }
+        /* A value is complete: it goes into its compound, which may then be
+         * complete in turn, and so on outwards. */
+        while (depth > 0 && store(L, buf, idx, &st[depth - 1]) && complete(buf, idx, &st[depth - 1]))
+            depth--;
+        if (depth == 0) {
+            lua_remove(L, base);
+            return 0;
+        }
+    }
+}
+
 static void push_etf(lua_State *L, const char *buf, size_t len, const char *fn) {
     int idx = 0, ver;
     int top = lua_gettop(L);
-    if (ei_decode_version(buf, &idx, &ver) < 0 || decode(L, buf, &idx, 0) < 0 ||
+    if (ei_decode_version(buf, &idx, &ver) < 0 || decode(L, buf, &idx) < 0 ||
         (size_t)idx != len) {
         lua_settop(L, top);
         raise(L, fn, "badarg", "a term edrv could not decode");
@@ -999,6 +1099,7 @@ static int l_type(lua_State *L) {
 static int match(lua_State *L, int v, int p, int b, int depth) {
     if (depth > 1000)
         return 0;
+    luaL_checkstack(L, 8, "pattern too deep"); /* three slots a level, as encode */
     if (luaL_testudata(L, p, MT_ANY))
         return 1;
     if (luaL_testudata(L, p, MT_VAR)) {
