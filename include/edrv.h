@@ -138,13 +138,15 @@ edrv_proc *edrv_proc_new(void);
  * process (freed twice, as far as that can be seen) or a process that
  * another thread is freeing. */
 int edrv_proc_free(edrv_proc *p);
-/* What process_info/2 would say of p: its message_queue_len, and how many
+/* What process_info/2 would say of p: its message_queue_len, how many
  * threads wait in edrv_receive(p) for a message now (Erlang's `waiting`
- * status). Any thread. 0, or EDRV_EINVAL / EDRV_ENOPROC as edrv_receive. */
+ * status), and how many wait to send to a busy port (`suspended`). Any
+ * thread. 0, or EDRV_EINVAL / EDRV_ENOPROC as edrv_receive. */
 typedef struct {
     uint64_t pid;
     size_t message_queue_len;
     int waiting;
+    int suspended;
 } edrv_proc_status;
 int edrv_proc_info(edrv_proc *p, edrv_proc_status *status);
 /* The pid's number N, as in <0.N.0>. */
@@ -286,6 +288,7 @@ typedef struct {
     uint64_t ready_async;   /* jobs ended with ready_async */
     uint64_t freed;         /* jobs ended with free (port gone, or no ready_async) */
     uint64_t cancelled;     /* jobs cancelled before they started */
+    int sleeping;           /* pool threads asleep now (not spinning, not working) */
 } edrv_pool_stats;
 
 /* A snapshot of the pool's counters (any thread). Jobs queued now are

@@ -697,9 +697,12 @@ EDRV_API void edrv_pool(edrv_pool_stats *st) {
     /* The lanes exist from edrv_start to edrv_stop; after a stop, the
      * counters read the last run's. */
     st->started = atomic_load(&pool.started);
+    st->sleeping = 0;
     pthread_mutex_lock(&lanes_lock);
-    for (int i = 0; i < pool.n; i++)
+    for (int i = 0; i < pool.n; i++) {
         st->started += atomic_load(&pool.lanes[i].started);
+        st->sleeping += atomic_load_explicit(&pool.lanes[i].sleeping, memory_order_relaxed) != 0;
+    }
     pthread_mutex_unlock(&lanes_lock);
     st->ready_async = atomic_load(&pool.ready);
     st->freed = atomic_load(&pool.freed);

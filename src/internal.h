@@ -171,6 +171,7 @@ struct edrv_proc {
     size_t count;
     bool exiting;         /* edrv_proc_free began */
     int receivers;        /* threads inside edrv_receive */
+    _Atomic int suspended; /* threads waiting for a busy port (edrv__port_admit) */
 };
 
 /* Allocates a message buffer with room for len bytes, to be filled and then
@@ -277,8 +278,9 @@ void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloa
 size_t edrv__ports_using(struct edrv_driver *d);
 int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
 /* Any thread but the emulator's: waits while the port is busy (see edrv.h
- * EDRV_CMD_*), then counts len bytes into its message queue. 0 or an error. */
-int edrv__port_admit(edrv_port id, size_t len, unsigned opts);
+ * EDRV_CMD_*), then counts len bytes into its message queue. 0 or an error.
+ * *suspended (if not NULL) counts the sender as suspended while it waits. */
+int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspended);
 /* Any thread: len admitted bytes leave the port's message queue. */
 void edrv__port_unadmit(edrv_port id, size_t len);
 /* Emulator thread: a use of a port that must outlive the port (an async

@@ -732,7 +732,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     }
     /* A busy port suspends the sender here (a driver callback sending to a
      * port cannot wait for the thread it runs on: it is never suspended). */
-    rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts);
+    rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts, &p->suspended);
     if (rc < 0)
         return rc;
     /* Immediate, to a driver with `output`, in one piece: the driver reads
@@ -743,7 +743,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
         emu_unlock();
         if (done)
             return 0;
-        rc = edrv__port_admit(port, total, opts); /* outputv: the queued way */
+        rc = edrv__port_admit(port, total, opts, &p->suspended); /* outputv: the queued way */
         if (rc < 0)
             return rc;
     }

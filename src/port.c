@@ -91,9 +91,10 @@ static void busy_changed(void) {
     pthread_mutex_unlock(&busy_lock);
 }
 
-int edrv__port_admit(edrv_port id, size_t len, unsigned opts) {
+int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspended) {
     EDRV_ASSERT_NOT_EMULATOR(); /* it may wait for the emulator thread */
     int rc = 0;
+    bool waited = false;
     pthread_mutex_lock(&busy_lock);
     for (;;) {
         pthread_mutex_lock(&ports.lock);
@@ -123,8 +124,13 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts) {
             rc = edrv__fail(EDRV_EBUSY, "#Port<0.%llu> is busy", (unsigned long long)id);
             break;
         }
+        if (suspended && !waited) /* process_info's `suspended` (edrv_proc_info) */
+            atomic_fetch_add(suspended, 1);
+        waited = true;
         pthread_cond_wait(&busy_cond, &busy_lock);
     }
+    if (suspended && waited)
+        atomic_fetch_sub(suspended, 1);
     pthread_mutex_unlock(&busy_lock);
     return rc;
 }

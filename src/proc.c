@@ -122,7 +122,8 @@ EDRV_API int edrv_proc_info(edrv_proc *p, edrv_proc_status *st) {
     pthread_mutex_lock(&p->lock);
     /* A receiver counted here waits: it counted itself and went to sleep
      * under this lock, and must take it again to leave. */
-    *st = (edrv_proc_status){pid, p->count, p->head ? 0 : p->receivers};
+    *st = (edrv_proc_status){pid, p->count, p->head ? 0 : p->receivers,
+                             atomic_load(&p->suspended)};
     pthread_mutex_unlock(&p->lock);
     return 0;
 }

@@ -726,7 +726,28 @@ static void pool_threads_keep_their_masks(void) {
     edrv_proc_free(proc);
 }
 
+static void pool_sleeping_count(void) {
+    /* edrv_pool's `sleeping`: every pool thread is asleep once the pool has
+     * been idle past its spin, and a blocked job keeps its thread awake. */
+    REQUIRE(setup() == 0);
+    edrv_port port = open_adrv();
+    edrv_pool_stats st = {0};
+    for (int i = 0; i < 12000 && (edrv_pool(&st), st.sleeping != st.threads); i++)
+        usleep(5000);
+    CHECK_INT(st.sleeping, 2);
+    REQUIRE(block(port, 0) > 0);
+    wait_invoked(port, 1);
+    for (int i = 0; i < 12000 && (edrv_pool(&st), st.sleeping != 1); i++)
+        usleep(5000);
+    CHECK_INT(st.sleeping, 1);
+    ctl(port, 4, "", 0);
+    done_msg d;
+    CHECK_INT(next_done(&d, 30000), 0);
+    edrv_proc_free(proc);
+}
+
 static const test_case cases[] = {
+    {"pool_sleeping_count", pool_sleeping_count},
     {"one_job", one_job},
     {"key_choice", key_choice},
     {"per_key_order", per_key_order},

@@ -112,7 +112,48 @@ static void not_a_process(void) {
     CHECK_INT(edrv_receive(NULL, 0, &m), EDRV_EINVAL);
 }
 
+typedef struct {
+    edrv_proc *p;
+    edrv_port port;
+    int rc;
+} sender;
+
+static void *send_one(void *arg) {
+    sender *s = arg;
+    s->rc = edrv_port_command(s->p, s->port, "late", 4);
+    return NULL;
+}
+
+static void suspended_on_a_busy_port(void) {
+    /* A process sending to a busy port is suspended until the port is not
+     * busy (process_info's `suspended`), then its command goes through. */
+    edrv_proc *p = edrv_proc_new(), *q = edrv_proc_new();
+    REQUIRE(p && q);
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
+    edrv_port port;
+    REQUIRE(edrv_open_port(p, "tdrv", 0, &port) == 0);
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(p, port, 74, "\1", 1, &r), 0); /* TD_BUSY on */
+    edrv_reply_free(&r);
+    sender s = {q, port, 1};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, send_one, &s) == 0);
+    edrv_proc_status st = {0};
+    for (int i = 0; i < 12000 && edrv_proc_info(q, &st) == 0 && st.suspended != 1; i++)
+        usleep(5000);
+    CHECK_INT(st.suspended, 1);
+    CHECK_INT(edrv_port_control(p, port, 74, "\0", 1, &r), 0); /* off */
+    edrv_reply_free(&r);
+    pthread_join(t, NULL);
+    CHECK_INT(s.rc, 0);
+    CHECK_INT(edrv_proc_info(q, &st), 0);
+    CHECK_INT(st.suspended, 0);
+    CHECK_INT(edrv_proc_free(q), 0);
+    CHECK_INT(edrv_proc_free(p), 0);
+}
+
 static const test_case cases[] = {
+    {"suspended_on_a_busy_port", suspended_on_a_busy_port},
     {"info_counts_messages", info_counts_messages},
     {"free_wakes_receivers", free_wakes_receivers},
     {"free_with_a_timed_receiver", free_with_a_timed_receiver},
