@@ -89,7 +89,9 @@ static void forget(monitor *m) {
 
 EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
                                     ErlDrvMonitor *mon) {
-    if (!port || !mon || !edrv__on_emulator_thread())
+    /* A dead port's monitors were ended already: a new one would outlive
+     * it, on its list. */
+    if (!port || !mon || !edrv__on_emulator_thread() || atomic_load(&port->state) == PORT_DEAD)
         return -1;
     if (!port->drv->entry->process_exit)
         return -1; /* nothing could be told of the process's end */

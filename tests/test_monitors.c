@@ -1,6 +1,8 @@
 /* Ports monitoring processes, and the small per-port functions. */
 #include "check.h"
 
+#include <semaphore.h>
+
 static edrv_proc *owner;
 
 static const char *ctl(edrv_proc *p, edrv_port port, unsigned op) {
@@ -182,6 +184,78 @@ static void alloc_fails_as_process_exits(void) {
     edrv_proc_free(owner);
 }
 
+/* A driver linked into the test: port A queues a job that waits for the
+ * test, which keeps A's struct after A ended; port B then tries to make A
+ * monitor a process. */
+static ErlDrvPort held;
+static sem_t job_gate, job_ended;
+
+static ErlDrvData hd_start(ErlDrvPort port, char *cmd) {
+    (void)cmd;
+    return (ErlDrvData)port;
+}
+
+static void hd_invoke(void *data) {
+    (void)data;
+    sem_wait(&job_gate);
+}
+
+static void hd_free(void *data) {
+    (void)data;
+    sem_post(&job_ended);
+}
+
+static void hd_process_exit(ErlDrvData d, ErlDrvMonitor *m) {
+    (void)d, (void)m;
+}
+
+static ErlDrvSSizeT hd_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
+                               char **rbuf, ErlDrvSizeT rlen) {
+    (void)buf, (void)len, (void)rlen;
+    ErlDrvPort port = (ErlDrvPort)d;
+    if (op == 1) {
+        held = port;
+        return driver_async(port, NULL, hd_invoke, NULL, hd_free) > 0 ? 0 : -1;
+    }
+    ErlDrvMonitor mon;
+    (*rbuf)[0] = (char)('1' + driver_monitor_process(held, driver_caller(port), &mon));
+    return 1;
+}
+
+static ErlDrvEntry held_entry = {
+    .start = hd_start,
+    .control = hd_control,
+    .process_exit = hd_process_exit,
+    .driver_name = "held_drv",
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+/* A port that has ended cannot monitor (-1), even while a job keeps its
+ * struct: the monitor would outlive the port, and the process's exit would
+ * reach the freed port. */
+static void dead_port_cannot_monitor(void) {
+    sem_init(&job_gate, 0, 0);
+    sem_init(&job_ended, 0, 0);
+    owner = edrv_proc_new();
+    REQUIRE(owner && edrv_register_driver(&held_entry) == 0);
+    edrv_port a, b;
+    REQUIRE(edrv_open_port(owner, "held_drv", 0, &a) == 0);
+    REQUIRE(edrv_open_port(owner, "held_drv", 0, &b) == 0);
+    CHECK_STR(ctl(owner, a, 1), "");
+    CHECK_INT(edrv_port_close(owner, a), 0);
+    edrv_proc *watched = edrv_proc_new();
+    REQUIRE(watched);
+    CHECK_STR(ctl(watched, b, 2), "0"); /* '1' + -1 */
+    sem_post(&job_gate);
+    sem_wait(&job_ended); /* the job ended with free: a's struct is gone */
+    edrv_proc_free(watched);
+    edrv_proc_free(owner);
+    sem_destroy(&job_gate);
+    sem_destroy(&job_ended);
+}
+
 static const test_case cases[] = {
     {"monitor_fires", monitor_fires},
     {"demonitor", demonitor},
@@ -190,6 +264,7 @@ static const test_case cases[] = {
     {"fire_in_order", fire_in_order},
     {"alloc_fails_as_port_ends", alloc_fails_as_port_ends},
     {"alloc_fails_as_process_exits", alloc_fails_as_process_exits},
+    {"dead_port_cannot_monitor", dead_port_cannot_monitor},
     {NULL, NULL},
 };
 
