@@ -21,16 +21,28 @@ static size_t slot_of(uint64_t key, size_t cap) {
     return (size_t)key & (cap - 1);
 }
 
-void *edrv__idmap_get(const idmap *m, uint64_t key) {
+/* The slot that holds key, or NULL. */
+static idmap_slot *find(const idmap *m, uint64_t key) {
     if (!m->cap)
         return NULL;
     for (size_t j = slot_of(key, m->cap);; j = (j + 1) & (m->cap - 1)) {
-        const idmap_slot *s = &m->slots[j];
+        idmap_slot *s = &m->slots[j];
         if (!s->val)
             return NULL;
         if (s->val != TOMB && s->key == key)
-            return s->val;
+            return s;
     }
+}
+
+void *edrv__idmap_get(const idmap *m, uint64_t key) {
+    idmap_slot *s = find(m, key);
+    return s ? s->val : NULL;
+}
+
+void edrv__idmap_set(idmap *m, uint64_t key, void *val) {
+    idmap_slot *s = find(m, key);
+    if (s)
+        s->val = val;
 }
 
 /* Rebuilds the table without tombstones, sized so that it is at most a
@@ -72,19 +84,13 @@ int edrv__idmap_put(idmap *m, uint64_t key, void *val) {
 }
 
 void *edrv__idmap_del(idmap *m, uint64_t key) {
-    if (!m->cap)
+    idmap_slot *s = find(m, key);
+    if (!s)
         return NULL;
-    for (size_t j = slot_of(key, m->cap);; j = (j + 1) & (m->cap - 1)) {
-        idmap_slot *s = &m->slots[j];
-        if (!s->val)
-            return NULL;
-        if (s->val != TOMB && s->key == key) {
-            void *v = s->val;
-            s->val = TOMB;
-            m->live--;
-            return v;
-        }
-    }
+    void *v = s->val;
+    s->val = TOMB;
+    m->live--;
+    return v;
 }
 
 void *edrv__idmap_at(const idmap *m, size_t i) {

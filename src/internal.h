@@ -15,12 +15,14 @@
  *     proc.c) and use the erl_drv_* thread primitives (thread.c).
  *
  * Lock order (outer first): procs table lock -> mailbox lock;
- * ports table lock -> nothing. No lock is held while a driver callback runs.
+ * busy_lock -> ports table lock (port.c) -> nothing. No lock is held while a
+ * driver callback runs.
  */
 #ifndef EDRV_INTERNAL_H
 #define EDRV_INTERNAL_H
 
 #include "edrv.h"
+#include "idmap.h"
 
 #include <pthread.h>
 #include <semaphore.h>
@@ -244,6 +246,15 @@ struct _erl_drv_port {
     long uses;
     bool released;
     _Atomic int refs;
+    /* Indexes, so that a port's end and its owner's exit cost what they
+     * touch, whatever else exists. The struct holds the heads of the last
+     * two: before it is freed, edrv__monitors_port_gone and
+     * edrv__select_port_gone must have run (they empty them), and
+     * table_remove (port.c) must have taken it out of the first two. */
+    edrv_link all_link;   /* every port in the table, oldest first (port.c) */
+    edrv_link owner_link; /* the ports of one owner, oldest first (port.c) */
+    edrv_link monitors;   /* its monitors (monitor.c) */
+    edrv_link sels[2];    /* the fds it has selected for input, output (select.c) */
 };
 typedef struct _erl_drv_port edrv_port_t;
 
@@ -298,7 +309,9 @@ void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon);
 
 /* ---- monitor.c (emulator thread) ---------------------------------------------- */
 
+/* pid ended: each of its monitors fires, in the order they were made. */
 void edrv__monitors_process_exited(uint64_t pid);
+/* The port's monitors end with it (no process_exit). Neither allocates. */
 void edrv__monitors_port_gone(edrv_port_t *pt);
 
 
@@ -328,7 +341,7 @@ void edrv__select_ready(uint64_t key, uint32_t revents);
 /* Emulator thread: fds selected now (the loop looks at them between turns). */
 size_t edrv__select_count(void);
 /* finish_exit, after stop: the port's fds are deselected; stop_select is not
- * called, as in ERTS. */
+ * called, as in ERTS. Costs what the port has selected; never allocates. */
 void edrv__select_port_gone(edrv_port_t *pt);
 /* Shutdown, once every port has ended: forgets every fd. */
 void edrv__select_reset(void);

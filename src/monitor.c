@@ -1,13 +1,23 @@
 /*
  * monitor.c: ports monitoring processes (driver_monitor_process and friends).
  *
- * A monitor is a number, kept in the driver's opaque ErlDrvMonitor, and an
- * entry in one map from that number to (port, pid). When a process ends, every
- * monitor of it fires: the port's process_exit(drv_data, &monitor) runs, as in
- * ERTS, and the monitor is gone. A port's monitors end with the port.
+ * A monitor is a number, kept in the driver's opaque ErlDrvMonitor, and a
+ * record of (port, pid). When a process ends, every monitor of it fires: the
+ * port's process_exit(drv_data, &monitor) runs, as in ERTS, in the order the
+ * monitors were made, and the monitor is gone. A port's monitors end with the
+ * port.
  *
- * Emulator thread only: drivers monitor from their callbacks, and a process's
- * end reaches the emulator thread as a request (edrv__proc_exited).
+ * Three indexes find a monitor, so that nothing scans monitors of other ports
+ * or processes: a map from its number (demonitor and friends get only the
+ * ErlDrvMonitor), its port's list (port->monitors), and its process's: a map
+ * from pid to the oldest of its monitors, the others following it on a ring
+ * in the order they were made. Adding a monitor may allocate (a map grows);
+ * ending a port's monitors or firing a process's never does, so a port's end
+ * and a process's exit cannot fail half-way.
+ *
+ * Threads: the emulator thread only. Drivers monitor from their callbacks,
+ * and a process's end reaches the emulator thread as a request
+ * (edrv__proc_exited).
  */
 #include "internal.h"
 #include "idmap.h"
@@ -18,9 +28,12 @@ typedef struct {
     uint64_t id;
     edrv_port_t *port;
     uint64_t pid;
+    edrv_link by_port; /* in port->monitors */
+    edrv_link by_pid;  /* in the ring of pid's monitors, oldest first */
 } monitor;
 
-static idmap monitors; /* id -> monitor */
+static idmap monitors;  /* id -> monitor, the active ones */
+static idmap by_pid;    /* pid -> its oldest active monitor */
 static uint64_t next_id = 1;
 
 static uint64_t id_of(const ErlDrvMonitor *m) {
@@ -34,9 +47,51 @@ static void set_id(ErlDrvMonitor *m, uint64_t id) {
     memcpy(m->data, &id, sizeof id);
 }
 
+/* Adds m at the end of its pid's ring; -1 when out of memory. */
+static int pid_add(monitor *m) {
+    monitor *first = edrv__idmap_get(&by_pid, m->pid);
+    if (first) {
+        edrv__list_append(&first->by_pid, &m->by_pid);
+        return 0;
+    }
+    if (edrv__idmap_put(&by_pid, m->pid, m) < 0)
+        return -1;
+    edrv__list_init(&m->by_pid);
+    return 0;
+}
+
+static void pid_remove(monitor *m) {
+    if (edrv__idmap_get(&by_pid, m->pid) == m) {
+        if (m->by_pid.next == &m->by_pid)
+            edrv__idmap_del(&by_pid, m->pid);
+        else /* the next oldest heads the ring now */
+            edrv__idmap_set(&by_pid, m->pid, EDRV_LINKED(m->by_pid.next, monitor, by_pid));
+    }
+    edrv__list_remove(&m->by_pid);
+}
+
+/* The maps go back to nothing once empty: a runtime with no monitors holds
+ * no memory for them (and the tests' leak check sees none). */
+static void tidy(void) {
+    if (!monitors.live)
+        edrv__idmap_free(&monitors);
+    if (!by_pid.live)
+        edrv__idmap_free(&by_pid);
+}
+
+/* Takes an active monitor out of every index and frees it. */
+static void forget(monitor *m) {
+    edrv__idmap_del(&monitors, m->id);
+    pid_remove(m);
+    edrv__list_remove(&m->by_port);
+    edrv__free(m);
+}
+
 EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
                                     ErlDrvMonitor *mon) {
-    if (!port || !mon || !edrv__on_emulator_thread())
+    /* A dead port's monitors were ended already: a new one would outlive
+     * it, on its list. */
+    if (!port || !mon || !edrv__on_emulator_thread() || atomic_load(&port->state) == PORT_DEAD)
         return -1;
     if (!port->drv->entry->process_exit)
         return -1; /* nothing could be told of the process's end */
@@ -45,11 +100,20 @@ EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
     monitor *m = edrv__alloc(EDRV_MEM_PORT, sizeof *m);
     if (!m)
         return -1;
-    *m = (monitor){next_id++, port, TD_VAL(process)};
+    *m = (monitor){.id = next_id, .port = port, .pid = TD_VAL(process)};
     if (edrv__idmap_put(&monitors, m->id, m) < 0) {
         edrv__free(m);
+        tidy();
         return -1;
     }
+    if (pid_add(m) < 0) {
+        edrv__idmap_del(&monitors, m->id);
+        edrv__free(m);
+        tidy();
+        return -1;
+    }
+    next_id++;
+    edrv__list_append(&port->monitors, &m->by_port);
     set_id(mon, m->id);
     return 0;
 }
@@ -60,8 +124,8 @@ EDRV_API int driver_demonitor_process(ErlDrvPort port, const ErlDrvMonitor *mon)
     monitor *m = edrv__idmap_get(&monitors, id_of(mon));
     if (!m || m->port != port)
         return 1; /* no longer active */
-    edrv__idmap_del(&monitors, m->id);
-    edrv__free(m);
+    forget(m);
+    tidy();
     return 0;
 }
 
@@ -76,58 +140,39 @@ EDRV_API int driver_compare_monitors(const ErlDrvMonitor *a, const ErlDrvMonitor
     return x < y ? -1 : x > y;
 }
 
-/* The monitors matching pid (or port), taken out of the map. The caller
- * frees the array and the monitors. */
-static monitor **take(uint64_t pid, const edrv_port_t *port, size_t *n) {
-    *n = 0;
-    if (!monitors.live)
-        return NULL;
-    monitor **out = edrv__alloc(EDRV_MEM_SYSTEM, monitors.live * sizeof *out);
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < monitors.cap; i++) {
-        monitor *m = edrv__idmap_at(&monitors, i);
-        if (m && (port ? m->port == port : m->pid == pid))
-            out[(*n)++] = m;
-    }
-    for (size_t i = 0; i < *n; i++)
-        edrv__idmap_del(&monitors, out[i]->id);
-    /* In the order they were made. */
-    for (size_t i = 1; i < *n; i++)
-        for (size_t j = i; j > 0 && out[j - 1]->id > out[j]->id; j--) {
-            monitor *t = out[j];
-            out[j] = out[j - 1];
-            out[j - 1] = t;
-        }
-    return out;
-}
-
 void edrv__monitors_process_exited(uint64_t pid) {
-    size_t n;
-    monitor **fired = take(pid, NULL, &n);
-    /* A callback may end its port: each port is held until all have run. */
-    for (size_t i = 0; i < n; i++)
-        edrv__port_ref(fired[i]->port);
-    for (size_t i = 0; i < n; i++) {
+    monitor *first = edrv__idmap_del(&by_pid, pid);
+    if (!first) {
+        tidy();
+        return;
+    }
+    /* The ring becomes a list of its own, headed by `fired`, and each
+     * monitor leaves the other indexes: none is active any more (a
+     * demonitor from a process_exit gets 1, and the port's end leaves
+     * them alone). Each holds its port until it has fired, since a
+     * callback may end any port. */
+    edrv_link fired;
+    edrv__list_append(&first->by_pid, &fired);
+    for (edrv_link *l = fired.next; l != &fired; l = l->next) {
+        monitor *m = EDRV_LINKED(l, monitor, by_pid);
+        edrv__idmap_del(&monitors, m->id);
+        edrv__list_remove(&m->by_port);
+        edrv__port_ref(m->port);
+    }
+    tidy();
+    while (!edrv__list_empty(&fired)) {
+        monitor *m = EDRV_LINKED(fired.next, monitor, by_pid);
+        edrv__list_remove(&m->by_pid);
         ErlDrvMonitor mon;
-        set_id(&mon, fired[i]->id);
-        edrv__port_process_exit(fired[i]->port, &mon);
+        set_id(&mon, m->id);
+        edrv__port_process_exit(m->port, &mon);
+        edrv__port_unref(m->port);
+        edrv__free(m);
     }
-    for (size_t i = 0; i < n; i++) {
-        edrv__port_unref(fired[i]->port);
-        edrv__free(fired[i]);
-    }
-    edrv__free(fired);
-    if (!monitors.live)
-        edrv__idmap_free(&monitors);
 }
 
 void edrv__monitors_port_gone(edrv_port_t *pt) {
-    size_t n;
-    monitor **gone = take(0, pt, &n);
-    for (size_t i = 0; i < n; i++)
-        edrv__free(gone[i]);
-    edrv__free(gone);
-    if (!monitors.live)
-        edrv__idmap_free(&monitors);
+    while (!edrv__list_empty(&pt->monitors))
+        forget(EDRV_LINKED(pt->monitors.next, monitor, by_port));
+    tidy();
 }

@@ -38,13 +38,22 @@
  * Writers hold the emulator lock and ports.lock; readers hold either. So the
  * holder of the emulator lock (every host call's path) looks a port up
  * without ports.lock, and other threads (admission, a pool thread resolving
- * a port term) take ports.lock. */
+ * a port term) take ports.lock.
+ * Besides the map from number to port, two indexes, changed with the map:
+ * every port in a list (for edrv_stop and unloading, which end them all),
+ * and the ports of each owner (for the owner's exit, which must not cost
+ * what other processes' ports cost): a map from pid to the oldest of its
+ * ports, the others following it on a ring (owner_link). A port's owner
+ * never changes once it is in the table. Only the emulator lock's holder
+ * reads the indexes. */
 
 static struct {
     pthread_mutex_t lock;
     idmap map;        /* port number -> port */
+    idmap by_owner;   /* owner pid -> its oldest port */
+    edrv_link all;    /* every port in the table, oldest first (all_link) */
     uint64_t next_id; /* never reused, even across restarts */
-} ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
+} ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .all = {&ports.all, &ports.all}, .next_id = 1};
 
 static edrv_port_t *lookup_locked(uint64_t id) {
     return edrv__idmap_get(&ports.map, id);
@@ -56,12 +65,50 @@ static edrv_port_t *lookup_owned(uint64_t id) {
     return edrv__idmap_get(&ports.map, id);
 }
 
+/* Adds pt at the end of its owner's ring (ports.lock held). */
+static bool owner_add(edrv_port_t *pt) {
+    uint64_t owner = atomic_load(&pt->owner);
+    edrv_port_t *first = edrv__idmap_get(&ports.by_owner, owner);
+    if (first) {
+        edrv__list_append(&first->owner_link, &pt->owner_link);
+        return true;
+    }
+    if (edrv__idmap_put(&ports.by_owner, owner, pt) < 0)
+        return false;
+    edrv__list_init(&pt->owner_link);
+    return true;
+}
+
+/* Takes pt out of its owner's ring, or of the list its owner's exit is
+ * walking (ports.lock held). */
+static void owner_remove(edrv_port_t *pt) {
+    uint64_t owner = atomic_load(&pt->owner);
+    if (pt->owner_link.next && edrv__idmap_get(&ports.by_owner, owner) == pt) {
+        if (pt->owner_link.next == &pt->owner_link)
+            edrv__idmap_del(&ports.by_owner, owner);
+        else /* the next oldest heads the ring now */
+            edrv__idmap_set(&ports.by_owner, owner,
+                            EDRV_LINKED(pt->owner_link.next, edrv_port_t, owner_link));
+        if (!ports.by_owner.live)
+            edrv__idmap_free(&ports.by_owner);
+    }
+    edrv__list_remove(&pt->owner_link);
+}
+
+/* Gives pt its number and puts it in the table and its indexes; false when
+ * out of memory. */
 static bool table_insert(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
     pt->id = ports.next_id;
     bool ok = edrv__idmap_put(&ports.map, pt->id, pt) == 0;
-    if (ok)
+    if (ok && !owner_add(pt)) {
+        edrv__idmap_del(&ports.map, pt->id);
+        ok = false;
+    }
+    if (ok) {
         ports.next_id++;
+        edrv__list_append(&ports.all, &pt->all_link);
+    }
     pthread_mutex_unlock(&ports.lock);
     return ok;
 }
@@ -71,6 +118,8 @@ static void busy_changed(void);
 static void table_remove(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
     edrv__idmap_del(&ports.map, pt->id);
+    owner_remove(pt);
+    edrv__list_remove(&pt->all_link);
     pthread_mutex_unlock(&ports.lock);
     busy_changed(); /* senders waiting for it learn that it is gone */
 }
@@ -215,6 +264,8 @@ EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *lowp, ErlDr
 void edrv__ports_reset(void) {
     pthread_mutex_lock(&ports.lock);
     edrv__idmap_free(&ports.map);
+    edrv__idmap_free(&ports.by_owner);
+    edrv__list_init(&ports.all);
     pthread_mutex_unlock(&ports.lock);
 }
 
@@ -683,6 +734,12 @@ void edrv__port_ready_async(edrv_port_t *pt, void *data) {
 static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, port_state st) {
     edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
     char *copy = edrv__strdup(EDRV_MEM_PORT, name);
+    if (pt) {
+        atomic_store(&pt->owner, owner); /* table_insert indexes it */
+        edrv__list_init(&pt->monitors);
+        edrv__list_init(&pt->sels[0]);
+        edrv__list_init(&pt->sels[1]);
+    }
     if (!pt || !copy || !table_insert(pt)) {
         edrv__free(pt);
         edrv__free(copy);
@@ -698,7 +755,6 @@ static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, p
     }
     pt->drv = d;
     pt->linked = true;
-    atomic_store(&pt->owner, owner);
     atomic_store(&pt->state, st);
     d->ports++;
     return pt;
@@ -1068,40 +1124,47 @@ int edrv__port_close(uint64_t caller, edrv_port id) {
     return 0;
 }
 
-/* The ids of the ports owned by pid, or of driver d, or all (0, NULL), for a
- * pass that may close them. */
-static uint64_t *collect_ports(uint64_t pid, const edrv_driver *d, size_t *n) {
+/* The first link of a list of ports that ports.lock guards, taken out of
+ * it and put at the end of `to` (when given); NULL once the list is empty. */
+static edrv_link *pop_locked(edrv_link *from, edrv_link *to) {
     pthread_mutex_lock(&ports.lock);
-    uint64_t *ids = edrv__alloc(EDRV_MEM_SYSTEM, (ports.map.live ? ports.map.live : 1) * sizeof *ids);
-    *n = 0;
-    for (size_t i = 0; ids && i < ports.map.cap; i++) {
-        edrv_port_t *pt = edrv__idmap_at(&ports.map, i);
-        if (pt && (!pid || (pt->linked && atomic_load(&pt->owner) == pid)) && (!d || pt->drv == d))
-            ids[(*n)++] = pt->id;
+    edrv_link *l = edrv__list_empty(from) ? NULL : from->next;
+    if (l) {
+        edrv__list_remove(l);
+        if (to)
+            edrv__list_append(to, l);
     }
     pthread_mutex_unlock(&ports.lock);
-    return ids;
+    return l;
 }
 
 /* Ends the ports of driver d (NULL: every port), closing ones too: unloading
  * ends a port that flushes, as in ERTS, and so does edrv_stop. port_exit
- * passes over ports whose end is decided already. */
+ * passes over ports whose end is decided already. Allocates nothing, so it
+ * cannot leave ports open. Each port leaves the table's list for a list of
+ * its own while the pass walks it one port at a time: a callback may end
+ * any port (it leaves whichever list it is in), or open new ones (they go to
+ * the table's list, and this pass leaves them open). Runs from a host
+ * request (R_UNLOAD, R_STOP), never inside another pass. */
 static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
     EDRV_ASSERT_EMULATOR();
-    size_t n;
-    uint64_t *ids = collect_ports(0, d, &n);
-    if (!ids) {
-        edrv__warn("out of memory: cannot close the ports of %s", d ? d->name : "every driver");
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        pthread_mutex_lock(&ports.lock);
-        edrv_port_t *pt = lookup_locked(ids[i]);
-        pthread_mutex_unlock(&ports.lock);
-        if (pt)
+    edrv_link todo, done;
+    edrv__list_init(&todo);
+    edrv__list_init(&done);
+    pthread_mutex_lock(&ports.lock);
+    edrv__list_move(&ports.all, &todo);
+    pthread_mutex_unlock(&ports.lock);
+    for (edrv_link *l; (l = pop_locked(&todo, &done));) {
+        edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, all_link);
+        if (!d || pt->drv == d)
             port_exit(pt, why, !signal, signal);
     }
-    edrv__free(ids);
+    /* Back into the table's list, oldest first, before the ports opened
+     * meanwhile. */
+    pthread_mutex_lock(&ports.lock);
+    edrv__list_move(&ports.all, &done);
+    edrv__list_move(&done, &ports.all);
+    pthread_mutex_unlock(&ports.lock);
 }
 
 void edrv__ports_of_proc_exit(uint64_t pid) {
@@ -1109,17 +1172,22 @@ void edrv__ports_of_proc_exit(uint64_t pid) {
     edrv__monitors_process_exited(pid);
     /* The owner is gone: the exit signal has no one to reach. A port with
      * data in its driver queue flushes first, as after port_close (OTP 25
-     * does so, checked in erl); the others end now. */
-    size_t n;
-    uint64_t *ids = collect_ports(pid, NULL, &n);
-    if (!ids) {
-        edrv__warn("out of memory: cannot close the ports of <0.%llu.0>", (unsigned long long)pid);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        int err;
-        edrv_port_t *pt = port_get(ids[i], &err);
-        if (!pt)
+     * does so, checked in erl); the others end now. Its ports, oldest
+     * first, leave its ring for a list of their own, which this pass takes
+     * one port at a time: a callback may end any port, which then leaves
+     * the list. Nothing allocates. */
+    edrv_link todo;
+    edrv__list_init(&todo);
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *first = edrv__idmap_del(&ports.by_owner, pid);
+    if (first)
+        edrv__list_append(&first->owner_link, &todo);
+    if (!ports.by_owner.live)
+        edrv__idmap_free(&ports.by_owner);
+    pthread_mutex_unlock(&ports.lock);
+    for (edrv_link *l; (l = pop_locked(&todo, NULL));) {
+        edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, owner_link);
+        if (!pt->linked || atomic_load(&pt->state) != PORT_ALIVE)
             continue;
         pt->linked = false;
         if (queue_bytes(pt))
@@ -1127,7 +1195,6 @@ void edrv__ports_of_proc_exit(uint64_t pid) {
         else
             port_exit(pt, (reason){"normal", 0}, false, false);
     }
-    edrv__free(ids);
 }
 
 void edrv__ports_close_all(void) {

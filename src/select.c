@@ -33,6 +33,13 @@
  *     still returns 0. A negative fd, or one at or above the open-files
  *     limit, gives -1.
  *
+ * Indexes. The table maps each fd to its entry; each port lists the entries
+ * it owns a direction of (port->sels[0] for input, [1] for output), so that
+ * a port's end visits its own fds and no others; the fds epoll refuses are
+ * on a list of their own, so that serving them does not scan the table.
+ * None of them allocates but the table when it grows; it is given back when
+ * the last fd goes.
+ *
  * Mechanics. Each selected fd is in the epoll set with EPOLLONESHOT and is
  * re-armed after its callbacks ran (as ERTS re-arms after the port task): a
  * stale registration (an fd closed while selected, whose file lives on in a
@@ -44,9 +51,10 @@
  * loop serves them without a timeout of its own.
  *
  * Threads: the emulator thread only. Invariants: an entry exists iff it has a
- * direction selected; each selected direction has an owner port that is
- * still in the ports table (finish_exit releases a port's fds), or, for a
- * port whose start failed, had one (checked before use).
+ * direction selected; a direction is selected iff it has an owner, and then
+ * the entry is on that port's list for the direction; a port's end empties
+ * its lists (edrv__select_port_gone) before its struct goes, so an owner is
+ * always a port that has not ended.
  */
 #include "internal.h"
 #include "idmap.h"
@@ -67,9 +75,9 @@ typedef struct {
     int fd;
     uint32_t gen;
     int events;             /* ERL_DRV_READ | ERL_DRV_WRITE selected */
-    edrv_port_t *in, *out;  /* owners of each direction */
-    uint64_t in_id, out_id; /* their numbers (never reused), 0 for none: compared
-                             * instead of the pointers, which a new port may reuse */
+    edrv_port_t *owner[2];  /* of input, of output; NULL for none */
+    edrv_link by_port[2];   /* in owner[i]->sels[i] */
+    edrv_link always_link;  /* in sels.always_list, when `always` */
     bool polled;            /* in the epoll set */
     bool always;            /* epoll refused it: always ready */
 } sel;
@@ -77,12 +85,13 @@ typedef struct {
 static struct {
     idmap map;       /* fd -> sel */
     uint32_t gen;    /* the last generation given */
-    size_t always;   /* entries with `always` */
+    edrv_link always_list; /* the entries with `always` */
+    size_t always;   /* how many */
     int always_fd;   /* the eventfd behind EV_ALWAYS, or -1 */
     bool always_on;  /* always_fd is armed */
     long max_fds;    /* sysconf(_SC_OPEN_MAX), once known */
     bool told_gone;  /* a port ended with an fd selected: reported once per run */
-} sels = {.always_fd = -1};
+} sels = {.always_fd = -1, .always_list = {&sels.always_list, &sels.always_list}};
 
 static uint64_t key_of(const sel *s) {
     return (uint64_t)s->gen << 32 | (uint32_t)s->fd;
@@ -96,23 +105,23 @@ static const char *dir_name(int dir) {
     return dir == ERL_DRV_READ ? "input" : "output";
 }
 
-/* The owner of a direction if it is still a port: a port whose start failed
- * leaves the table without passing through finish_exit. */
-static edrv_port_t *owner(const sel *s, int dir) {
-    edrv_port_t *pt = dir == ERL_DRV_READ ? s->in : s->out;
-    uint64_t id = dir == ERL_DRV_READ ? s->in_id : s->out_id;
-    bool closing;
-    return pt && edrv__port_owner_of(id, &closing) ? pt : NULL;
+/* Index of a direction in owner[] and by_port[]. */
+static int ix(int dir) {
+    return dir == ERL_DRV_READ ? 0 : 1;
 }
 
+static edrv_port_t *owner(const sel *s, int dir) {
+    return s->owner[ix(dir)];
+}
+
+/* Gives a direction to pt (NULL: to no one), moving the entry from its
+ * former owner's list to pt's. */
 static void set_owner(sel *s, int dir, edrv_port_t *pt) {
-    if (dir == ERL_DRV_READ) {
-        s->in = pt;
-        s->in_id = pt ? pt->id : 0;
-    } else {
-        s->out = pt;
-        s->out_id = pt ? pt->id : 0;
-    }
+    int i = ix(dir);
+    edrv__list_remove(&s->by_port[i]);
+    s->owner[i] = pt;
+    if (pt)
+        edrv__list_append(&pt->sels[i], &s->by_port[i]);
 }
 
 /* The EV_ALWAYS eventfd is armed while any fd is served through it. */
@@ -139,14 +148,21 @@ static void update_always(void) {
         sels.always_on = want;
 }
 
+/* Forgets an entry: out of the epoll set, its owners' lists and the table
+ * (given back once empty). */
 static void drop(sel *s) {
     if (s->polled)
         (void)epoll_ctl(edrv__epoll_fd(), EPOLL_CTL_DEL, s->fd, NULL); /* may be closed */
     if (s->always) {
+        edrv__list_remove(&s->always_link);
         sels.always--;
         update_always();
     }
+    set_owner(s, ERL_DRV_READ, NULL);
+    set_owner(s, ERL_DRV_WRITE, NULL);
     edrv__idmap_del(&sels.map, (uint64_t)s->fd);
+    if (!sels.map.live)
+        edrv__idmap_free(&sels.map);
     edrv__free(s);
 }
 
@@ -174,6 +190,7 @@ static void arm(sel *s) {
         /* A regular file or the like: poll() calls it always ready. */
         s->polled = false;
         s->always = true;
+        edrv__list_append(&sels.always_list, &s->always_link);
         sels.always++;
         update_always();
         return;
@@ -193,17 +210,13 @@ static void arm(sel *s) {
 /* Takes the directions `dirs` away from any other port that has them. */
 static void steal(sel *s, edrv_port_t *port, int dirs) {
     for (int dir = ERL_DRV_READ; dir <= ERL_DRV_WRITE; dir <<= 1) {
-        uint64_t had = dir == ERL_DRV_READ ? s->in_id : s->out_id;
-        if (!(dirs & dir) || !(s->events & dir) || had == port->id)
-            continue;
         edrv_port_t *pt = owner(s, dir);
-        if (pt)
-            edrv__warn("driver_select: #Port<0.%llu> (%s) stealing control of fd=%d from %s "
-                       "driver %s #Port<0.%llu>",
-                       (unsigned long long)port->id, port->drv->name, s->fd, dir_name(dir),
-                       pt->drv->name, (unsigned long long)pt->id);
-        else
-            edrv__warn("fd=%d: %s driver gone away without deselecting", s->fd, dir_name(dir));
+        if (!(dirs & dir) || !(s->events & dir) || pt == port)
+            continue;
+        edrv__warn("driver_select: #Port<0.%llu> (%s) stealing control of fd=%d from %s "
+                   "driver %s #Port<0.%llu>",
+                   (unsigned long long)port->id, port->drv->name, s->fd, dir_name(dir),
+                   pt->drv->name, (unsigned long long)pt->id);
         s->events &= ~dir;
         set_owner(s, dir, NULL);
     }
@@ -229,36 +242,25 @@ static void fire(uint64_t key, int dir) {
     sel *s = find(key);
     if (!s || !(s->events & dir))
         return;
-    edrv_port_t *pt = owner(s, dir);
-    if (!pt) {
-        edrv__warn("fd=%d: %s driver gone away without deselecting", s->fd, dir_name(dir));
-        s->events &= ~dir;
-        set_owner(s, dir, NULL);
-        if (!s->events)
-            drop(s);
-        return;
-    }
-    edrv__port_io_ready(pt, event_of(s->fd), dir == ERL_DRV_READ);
+    edrv__port_io_ready(owner(s, dir), event_of(s->fd), dir == ERL_DRV_READ);
 }
 
-/* Serves each fd epoll refuses: always readable and writable. */
+/* Serves each fd epoll refuses: always readable and writable. The list is
+ * taken whole and each entry put back before it is served: a callback may
+ * drop any entry (it leaves whichever list it is on) or add one (served
+ * next turn). */
 static void fire_always(void) {
-    if (!sels.always)
-        return; /* an event from before the last one went */
-    size_t n = 0;
-    uint64_t *keys = edrv__alloc(EDRV_MEM_SYSTEM, sels.always * sizeof *keys);
-    if (!keys)
-        return; /* out of memory: next turn */
-    for (size_t i = 0; i < sels.map.cap && n < sels.always; i++) {
-        sel *s = edrv__idmap_at(&sels.map, i);
-        if (s && s->always)
-            keys[n++] = key_of(s);
+    edrv_link todo;
+    edrv__list_init(&todo);
+    edrv__list_move(&sels.always_list, &todo);
+    while (!edrv__list_empty(&todo)) {
+        sel *s = EDRV_LINKED(todo.next, sel, always_link);
+        edrv__list_remove(&s->always_link);
+        edrv__list_append(&sels.always_list, &s->always_link);
+        uint64_t key = key_of(s);
+        fire(key, ERL_DRV_READ);
+        fire(key, ERL_DRV_WRITE);
     }
-    for (size_t i = 0; i < n; i++) {
-        fire(keys[i], ERL_DRV_READ);
-        fire(keys[i], ERL_DRV_WRITE);
-    }
-    edrv__free(keys);
 }
 
 void edrv__select_ready(uint64_t key, uint32_t revents) {
@@ -278,40 +280,40 @@ void edrv__select_ready(uint64_t key, uint32_t revents) {
         arm(s); /* one-shot: armed again for what is still selected */
 }
 
+/* pt ends: its directions of s are deselected; s goes if nothing is left. */
+static void port_gone(sel *s, edrv_port_t *pt) {
+    int had = (owner(s, ERL_DRV_READ) == pt ? ERL_DRV_READ : 0) |
+              (owner(s, ERL_DRV_WRITE) == pt ? ERL_DRV_WRITE : 0);
+    /* ERTS reports such an fd only if it fires later; here it is told once
+     * per run, when the fd is still open (stop did not close it). */
+    if (!sels.told_gone && fcntl(s->fd, F_GETFD) >= 0) {
+        sels.told_gone = true;
+        edrv__warn("#Port<0.%llu> (%s) ended with fd=%d selected for %s: deselected, "
+                   "and stop_select is not called, as in ERTS (reported once)",
+                   (unsigned long long)pt->id, pt->drv->name, s->fd,
+                   had == DIRS ? "input and output" : dir_name(had));
+    }
+    for (int dir = ERL_DRV_READ; dir <= ERL_DRV_WRITE; dir <<= 1) {
+        if (had & dir) {
+            s->events &= ~dir;
+            set_owner(s, dir, NULL);
+        }
+    }
+    if (!s->events)
+        drop(s);
+    else
+        arm(s);
+}
+
 void edrv__select_port_gone(edrv_port_t *pt) {
-    /* Removing an entry leaves the other slots where they are, so the scan
-     * sees each entry once. */
-    for (size_t i = 0; i < sels.map.cap; i++) {
-        sel *s = edrv__idmap_at(&sels.map, i);
-        bool in = s && s->in_id == pt->id, out = s && s->out_id == pt->id;
-        if (!in && !out)
-            continue;
-        int had = (in ? s->events & ERL_DRV_READ : 0) | (out ? s->events & ERL_DRV_WRITE : 0);
-        /* ERTS reports such an fd only if it fires later; here it is told
-         * once per run, when the fd is still open (stop did not close it). */
-        if (had && !sels.told_gone && fcntl(s->fd, F_GETFD) >= 0) {
-            sels.told_gone = true;
-            edrv__warn("#Port<0.%llu> (%s) ended with fd=%d selected for %s: deselected, "
-                       "and stop_select is not called, as in ERTS (reported once)",
-                       (unsigned long long)pt->id, pt->drv->name, s->fd,
-                       had == DIRS ? "input and output" : dir_name(had));
-        }
-        if (in) {
-            s->events &= ~ERL_DRV_READ;
-            set_owner(s, ERL_DRV_READ, NULL);
-        }
-        if (out) {
-            s->events &= ~ERL_DRV_WRITE;
-            set_owner(s, ERL_DRV_WRITE, NULL);
-        }
-        if (!s->events)
-            drop(s);
-        else
-            arm(s);
+    for (int i = 0; i < 2; i++) {
+        while (!edrv__list_empty(&pt->sels[i]))
+            port_gone(EDRV_LINKED(pt->sels[i].next, sel, by_port[i]), pt);
     }
 }
 
 void edrv__select_reset(void) {
+    /* The last drop gives the table back, and its capacity becomes 0. */
     for (size_t i = 0; i < sels.map.cap; i++) {
         sel *s = edrv__idmap_at(&sels.map, i);
         if (s)

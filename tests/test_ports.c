@@ -2,6 +2,7 @@
 #include "check.h"
 
 #include <errno.h>
+#include <stdint.h>
 
 static edrv_proc *proc;
 static edrv_port port;
@@ -229,6 +230,114 @@ static void bad_arguments(void) {
     teardown();
 }
 
+/* A driver linked into the test: the stop of each port ends the port
+ * opened after it, from inside stop, so that one port's end takes the
+ * others with it while the runtime walks them. */
+enum { CHAIN = 4 };
+static ErlDrvPort chain[CHAIN];
+static int chain_started, chain_stops;
+
+static ErlDrvData ch_start(ErlDrvPort p, char *cmd) {
+    (void)cmd;
+    if (chain_started == CHAIN)
+        return ERL_DRV_ERROR_GENERAL;
+    chain[chain_started] = p;
+    return (ErlDrvData)(intptr_t)chain_started++;
+}
+
+static void ch_stop(ErlDrvData d) {
+    int i = (int)(intptr_t)d;
+    chain[i] = NULL;
+    chain_stops++;
+    if (i + 1 < CHAIN && chain[i + 1])
+        driver_failure_atom(chain[i + 1], "chained");
+}
+
+static ErlDrvEntry chain_entry = {
+    .start = ch_start,
+    .stop = ch_stop,
+    .driver_name = "chain_drv",
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+/* The owner's exit ends its ports; the stop of the first ends the others
+ * (nested), and the rest of that pass must not touch them. The ports of
+ * another process stay. */
+static void owner_exit_ports_end_each_other(void) {
+    chain_started = chain_stops = 0;
+    REQUIRE(setup("tdrv", 0) == 0);
+    REQUIRE(edrv_register_driver(&chain_entry) == 0);
+    edrv_proc *other = edrv_proc_new();
+    REQUIRE(other);
+    edrv_port ports[CHAIN];
+    for (int i = 0; i < CHAIN; i++)
+        REQUIRE(edrv_open_port(other, "chain_drv", 0, &ports[i]) == 0);
+    edrv_proc_free(other);
+    CHECK_INT(chain_stops, CHAIN);
+    edrv_port_status st;
+    for (int i = 0; i < CHAIN; i++)
+        CHECK_INT(edrv_port_info(ports[i], &st), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_info(port, &st), 0);
+    teardown();
+}
+
+/* The process of each port: closing the ports of one process leaves the
+ * others' alone, including a port driver_create_port made for it. */
+static void owner_exit_ends_only_its_ports(void) {
+    REQUIRE(setup("tdrv", 0) == 0);
+    edrv_proc *a = edrv_proc_new(), *b = edrv_proc_new();
+    REQUIRE(a && b);
+    edrv_port pa[3], pb;
+    for (int i = 0; i < 3; i++)
+        REQUIRE(edrv_open_port(a, "tdrv", 0, &pa[i]) == 0);
+    REQUIRE(edrv_open_port(b, "tdrv", 0, &pb) == 0);
+    edrv_reply r;
+    CHECK_INT(edrv_port_control(b, pa[1], 77, "", 0, &r), 0); /* a port for b */
+    edrv_reply_free(&r);
+    edrv_msg m;
+    REQUIRE(edrv_receive(b, 1000, &m) == 0);
+    int idx = 1, arity;
+    char atom[MAXATOMLEN];
+    erlang_port child;
+    CHECK(ei_decode_tuple_header(m.data, &idx, &arity) == 0 &&
+          ei_decode_atom(m.data, &idx, atom) == 0 && ei_decode_port(m.data, &idx, &child) == 0);
+    edrv_msg_free(&m);
+    edrv_port_status st;
+    CHECK_INT(edrv_port_close(a, pa[1]), 0); /* one leaves before its owner */
+    edrv_proc_free(a);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(edrv_port_info(pa[i], &st), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_info(pb, &st), 0);
+    CHECK_INT(edrv_port_info(child.id, &st), 0);
+    CHECK_INT(st.connected, edrv_proc_pid(b));
+    edrv_proc_free(b);
+    CHECK_INT(edrv_port_info(pb, &st), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_info(child.id, &st), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_info(port, &st), 0);
+    teardown();
+}
+
+/* edrv_stop closes every port even when an allocation fails meanwhile.
+ * (Issue 12: it closed none, then unloaded the drivers under them; the
+ * ports' memory leaked.) */
+static void alloc_fails_in_stop(void) {
+    for (long n = 1; n <= 6; n++) {
+        REQUIRE(setup("tdrv", 0) == 0);
+        edrv_port p2;
+        REQUIRE(edrv_open_port(proc, "tdrvv", 0, &p2) == 0);
+        edrv_testing_fail_alloc(n);
+        int rc = edrv_stop();
+        edrv_testing_fail_alloc(0);
+        CHECK_INT(rc, 0);
+        teardown();
+        CHECK_INT(mem_in_use(), 0);
+        edrv_options o = {.async_threads = 2};
+        REQUIRE(edrv_start(&o) == 0);
+    }
+}
+
 static const test_case cases[] = {
     {"command_list_mode", command_list_mode},
     {"command_binary_mode", command_binary_mode},
@@ -244,6 +353,9 @@ static const test_case cases[] = {
     {"create_port", create_port},
     {"port_info", port_info},
     {"bad_arguments", bad_arguments},
+    {"owner_exit_ports_end_each_other", owner_exit_ports_end_each_other},
+    {"owner_exit_ends_only_its_ports", owner_exit_ends_only_its_ports},
+    {"alloc_fails_in_stop", alloc_fails_in_stop},
     {NULL, NULL},
 };
 

@@ -359,6 +359,82 @@ static void many_ports(void) {
     edrv_proc_free(proc);
 }
 
+/* A driver linked into the test that selects two fds epoll refuses in one
+ * callback, and fails in ready_input. */
+static int twin_fds[2] = {-1, -1};
+
+static ErlDrvData tw_start(ErlDrvPort port, char *cmd) {
+    (void)cmd;
+    return (ErlDrvData)port;
+}
+
+static void tw_input(ErlDrvData d, ErlDrvEvent ev) {
+    (void)ev;
+    driver_output((ErlDrvPort)d, "in", 2);
+    driver_failure_atom((ErlDrvPort)d, "boom");
+}
+
+static ErlDrvSSizeT tw_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
+                               char **rbuf, ErlDrvSizeT rlen) {
+    (void)op, (void)buf, (void)len, (void)rbuf, (void)rlen;
+    for (int i = 0; i < 2; i++)
+        driver_select((ErlDrvPort)d, (ErlDrvEvent)(ErlDrvSInt)twin_fds[i], ERL_DRV_READ, 1);
+    return 0;
+}
+
+static ErlDrvEntry twin_entry = {
+    .start = tw_start,
+    .control = tw_control,
+    .ready_input = tw_input,
+    .driver_name = "twin_drv",
+    .extended_marker = ERL_DRV_EXTENDED_MARKER,
+    .major_version = ERL_DRV_EXTENDED_MAJOR_VERSION,
+    .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
+};
+
+/* Two always-ready fds of one port, served in one turn: the first one's
+ * ready_input ends the port, which takes the second with it before its
+ * turn; it is not served (ASan checks that nothing freed is touched). */
+static void always_fds_end_with_port(void) {
+    proc = edrv_proc_new();
+    REQUIRE(proc && edrv_register_driver(&twin_entry) == 0);
+    for (int i = 0; i < 2; i++)
+        REQUIRE((twin_fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0);
+    edrv_port p;
+    REQUIRE(edrv_open_port(proc, "twin_drv", 0, &p) == 0);
+    CHECK_STR(ctl(p, 1, "", 0), "");
+    CHECK_MSG(proc, p, "{%P,{data,\"in\"}}");
+    CHECK_MSG(proc, p, "{'EXIT',%P,boom}");
+    check_quiet(50);
+    check_idle();
+    for (int i = 0; i < 2; i++)
+        close(twin_fds[i]);
+    edrv_proc_free(proc);
+}
+
+/* Ports that share fds, one direction each, end in turn: each end takes
+ * only its own directions; the other port's still fire. */
+static void shared_fds_end_in_turn(void) {
+    edrv_port a, b;
+    REQUIRE(setup(&a, "sdrv") == 0);
+    REQUIRE(edrv_open_port(proc, "sdrv", 0, &b) == 0);
+    CHECK_STR(ctl(b, SD_PIPE, "", 0), "ok");
+    CHECK_STR(ctl(a, SD_PIPE, "", 0), "ok");
+    CHECK_STR(sel(a, SD_SELECT_RD, R, 1), "0");  /* a's read end: a reads */
+    CHECK_STR(sel(b, SD_SELECT_LAST, W, 1), "0"); /* and b waits to write it, never */
+    CHECK_STR(sel(b, SD_SELECT_RD, R, 1), "0");  /* b's own read end */
+    CHECK_INT(edrv_port_close(proc, a), 0);
+    CHECK_MSG(proc, a, "{'EXIT',%P,normal}");
+    CHECK_STR(ctl(b, SD_WRITE, "b", 1), "1");
+    CHECK_MSG(proc, b, "{%P,{data,\"b\"}}");
+    CHECK_STR(sel(b, SD_SELECT_RD, R, 1), "0");
+    CHECK_INT(edrv_port_close(proc, b), 0);
+    CHECK_MSG(proc, b, "{'EXIT',%P,normal}");
+    check_quiet(50);
+    check_idle();
+    edrv_proc_free(proc);
+}
+
 static const test_case cases[] = {
     {"read_events", read_events},
     {"write_events", write_events},
@@ -372,6 +448,8 @@ static const test_case cases[] = {
     {"steal", steal},
     {"select_in_failed_start", select_in_failed_start},
     {"many_ports", many_ports},
+    {"always_fds_end_with_port", always_fds_end_with_port},
+    {"shared_fds_end_in_turn", shared_fds_end_in_turn},
     {NULL, NULL},
 };
 
