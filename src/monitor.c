@@ -141,6 +141,7 @@ EDRV_API int driver_compare_monitors(const ErlDrvMonitor *a, const ErlDrvMonitor
 }
 
 void edrv__monitors_process_exited(uint64_t pid) {
+    EDRV_ASSERT_EMULATOR();
     monitor *first = edrv__idmap_del(&by_pid, pid);
     if (!first) {
         tidy();
@@ -172,6 +173,7 @@ void edrv__monitors_process_exited(uint64_t pid) {
 }
 
 void edrv__monitors_port_gone(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     while (!edrv__list_empty(&pt->monitors))
         forget(EDRV_LINKED(pt->monitors.next, monitor, by_port));
     tidy();

@@ -264,6 +264,7 @@ static void fire_always(void) {
 }
 
 void edrv__select_ready(uint64_t key, uint32_t revents) {
+    EDRV_ASSERT_EMULATOR();
     if (key == EV_ALWAYS) {
         fire_always();
         return;
@@ -306,6 +307,7 @@ static void port_gone(sel *s, edrv_port_t *pt) {
 }
 
 void edrv__select_port_gone(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
     for (int i = 0; i < 2; i++) {
         while (!edrv__list_empty(&pt->sels[i]))
             port_gone(EDRV_LINKED(pt->sels[i].next, sel, by_port[i]), pt);
@@ -313,6 +315,7 @@ void edrv__select_port_gone(edrv_port_t *pt) {
 }
 
 void edrv__select_reset(void) {
+    EDRV_ASSERT_EMULATOR();
     /* The last drop gives the table back, and its capacity becomes 0. */
     for (size_t i = 0; i < sels.map.cap; i++) {
         sel *s = edrv__idmap_at(&sels.map, i);
@@ -398,5 +401,6 @@ EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on)
 }
 
 size_t edrv__select_count(void) {
+    EDRV_ASSERT_EMULATOR();
     return sels.map.live;
 }
