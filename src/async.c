@@ -504,17 +504,25 @@ static job *job_find(long id) {
 
 /* The index of the pair (invoke, free), added if new; UINT32_MAX when the
  * table is full or out of memory. Drivers use a handful of pairs: the last
- * one found is tried first, then the table from the start. */
+ * one found is tried first, then the table from the start. A slot that a
+ * driver's unload freed (edrv__async_forget_code) is taken again. */
 static uint32_t fn_index(void (*invoke)(void *), void (*free_fn)(void *)) {
     if (pool.nfns) {
         const fn_pair *f = fn_of(pool.last_fn);
         if (f->invoke == invoke && f->free == free_fn)
             return pool.last_fn;
     }
+    uint32_t hole = UINT32_MAX;
     for (uint32_t i = 0; i < pool.nfns; i++) {
         const fn_pair *f = fn_of(i);
         if (f->invoke == invoke && f->free == free_fn)
             return pool.last_fn = i;
+        if (!f->invoke && hole == UINT32_MAX)
+            hole = i;
+    }
+    if (hole != UINT32_MAX) {
+        pool.fns[hole / FN_CHUNK][hole % FN_CHUNK] = (fn_pair){invoke, free_fn};
+        return pool.last_fn = hole;
     }
     uint32_t i = pool.nfns;
     if (i == FN_CHUNK * FN_CHUNKS) {
@@ -528,6 +536,20 @@ static uint32_t fn_index(void (*invoke)(void *), void (*free_fn)(void *)) {
     pool.fns[i / FN_CHUNK][i % FN_CHUNK] = (fn_pair){invoke, free_fn};
     pool.nfns++; /* published to pool threads with the job that uses it */
     return pool.last_fn = i;
+}
+
+void edrv__async_forget_code(bool (*in_code)(const void *fn, void *arg), void *arg) {
+    EDRV_ASSERT_EMULATOR();
+    /* The driver has no job left (it stays loaded while it has one), so no
+     * job names these slots: they are free for the next pairs. Without
+     * this, a driver loaded again at another address would add its pairs
+     * anew each time, until the table is full and driver_async fails. */
+    for (uint32_t i = 0; i < pool.nfns; i++) {
+        fn_pair *f = &pool.fns[i / FN_CHUNK][i % FN_CHUNK];
+        if (f->invoke && (in_code((const void *)f->invoke, arg) ||
+                          (f->free && in_code((const void *)f->free, arg))))
+            *f = (fn_pair){NULL, NULL};
+    }
 }
 
 /* Ends a job that will not run again: its port and driver let go of it. */

@@ -136,6 +136,12 @@ int edrv__driver_register(ErlDrvEntry *e) {
     return rc < 0 ? rc : add(name, e, NULL);
 }
 
+/* Whether fn lies in the shared object whose base address is *base. */
+static bool in_object(const void *fn, void *base) {
+    Dl_info info;
+    return dladdr(fn, &info) && info.dli_fbase == base;
+}
+
 static void unload(edrv_driver *d) {
     for (edrv_driver **pp = &drivers; *pp; pp = &(*pp)->next) {
         if (*pp == d) {
@@ -146,8 +152,12 @@ static void unload(edrv_driver *d) {
     if (d->dl && d->entry->finish)
         d->entry->finish();
     d->entry->handle = NULL;
-    if (d->dl)
+    if (d->dl) {
+        Dl_info info;
+        if (dladdr(d->entry, &info) && info.dli_fbase)
+            edrv__async_forget_code(in_object, info.dli_fbase);
         dlclose(d->dl);
+    }
     edrv__free(d->name);
     edrv__free(d);
 }

@@ -383,6 +383,9 @@ void edrv__async_stop(void);        /* edrv_stop, after every job ended */
  * many. */
 size_t edrv__async_drain(void);
 size_t edrv__async_pending(void); /* jobs submitted and not yet ended */
+/* Emulator thread, when a driver with no job left is unloaded: forgets the
+ * (invoke, free) pairs whose code in_code says is the driver's. */
+void edrv__async_forget_code(bool (*in_code)(const void *fn, void *arg), void *arg);
 size_t edrv__async_queued(void);  /* jobs submitted and not yet run */
 bool edrv__async_has_done(void);  /* finished jobs wait for the drain */
 /* Emulator thread, about to sleep at now (ns, CLOCK_MONOTONIC): gives spare

@@ -4,6 +4,8 @@
 #include "check.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -746,7 +748,56 @@ static void pool_sleeping_count(void) {
     edrv_proc_free(proc);
 }
 
+/* The base address of the loaded adrv.so, or NULL. */
+static void *adrv_base(void) {
+    void *h = dlopen(EDRV_TEST_DRIVERS "/adrv.so", RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return NULL;
+    void *sym = dlsym(h, "driver_init");
+    Dl_info info;
+    void *base = sym && dladdr(sym, &info) ? info.dli_fbase : NULL;
+    dlclose(h);
+    return base;
+}
+
+static void reloads_keep_the_function_table(void) {
+    /* A driver unloaded and loaded again at another address (the old one
+     * is kept taken here) brings new (invoke, free) pairs each time; the
+     * unload gives its pairs' slots back, so the pool's function table
+     * (chunks of 256 pairs in EDRV_MEM_ASYNC) does not grow with reloads. */
+    enum { RELOADS = 300 };
+    static void *blocked[RELOADS];
+    int nblocked = 0;
+    edrv_mem_stats m0, m1;
+    for (int i = 0; i < RELOADS; i++) {
+        REQUIRE(setup() == 0);
+        edrv_port port = open_adrv();
+        submit(port, 1, 0, 1, 0);
+        done_msg d;
+        REQUIRE(next_done(&d, 30000) == 0);
+        if (i == 1)
+            edrv_memory(&m0);
+        void *base = adrv_base();
+        edrv_proc_free(proc);
+        REQUIRE(edrv_unload_driver("adrv") == 0);
+        /* Keep the old place taken, so that the next load lands elsewhere. */
+        void *b = base ? mmap(base, 4096, PROT_NONE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0)
+                       : MAP_FAILED;
+        if (b != MAP_FAILED)
+            blocked[nblocked++] = b;
+    }
+    edrv_memory(&m1);
+    printf("reloads: %d, %d at a new address; async blocks %zu -> %zu\n", RELOADS, nblocked,
+           m0.blocks[EDRV_MEM_ASYNC], m1.blocks[EDRV_MEM_ASYNC]);
+    CHECK(nblocked > 256);
+    CHECK_INT(m1.blocks[EDRV_MEM_ASYNC], m0.blocks[EDRV_MEM_ASYNC]);
+    for (int i = 0; i < nblocked; i++)
+        munmap(blocked[i], 4096);
+}
+
 static const test_case cases[] = {
+    {"reloads_keep_the_function_table", reloads_keep_the_function_table},
     {"pool_sleeping_count", pool_sleeping_count},
     {"one_job", one_job},
     {"key_choice", key_choice},
