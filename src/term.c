@@ -1235,8 +1235,8 @@ static void sb_float(strbuf *b, double f) {
     sb_str(b, strlen(fix) <= strlen(sci) ? fix : sci);
 }
 
-/* A term that only libei's printer knows (references, funs, exports, bit
- * strings, integers beyond 64 bits): at the start of its own sub-buffer, which
+/* A term that only libei's printer knows (references, funs, exports,
+ * integers beyond 64 bits): at the start of its own sub-buffer, which
  * must stay within libei's int offsets. */
 static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
     if (n > INT_MAX)
@@ -1308,6 +1308,19 @@ static void print_bytes(strbuf *b, const unsigned char *p, size_t n, bool binary
         sb_put(b, ">>", 2);
 }
 
+/* A bit string as Erlang writes it: <<1,2,3:4>>, the last byte's used bits
+ * as a value and their number. */
+static void print_bits(strbuf *b, const unsigned char *p, size_t n, unsigned bits) {
+    sb_put(b, "<<", 2);
+    for (size_t i = 0; i + 1 < n && !b->failed; i++)
+        sb_fmt(b, "%u,", p[i]);
+    if (n && bits >= 1 && bits < 8)
+        sb_fmt(b, "%u:%u", (unsigned)(p[n - 1] >> (8 - bits)), bits);
+    else if (n)
+        sb_fmt(b, "%u", p[n - 1]);
+    sb_put(b, ">>", 2);
+}
+
 /* A term whose parts follow: tuple, list or map. */
 typedef struct {
     uint64_t left; /* parts still to print */
@@ -1350,10 +1363,13 @@ static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, 
     case ERL_BINARY_EXT:
         print_bytes(b, it->p, it->n, true);
         return true;
+    case ERL_BIT_BINARY_EXT:
+        print_bits(b, it->p, it->n, it->bits);
+        return true;
     case ERL_EXPORT_EXT:
         *at = it->start;
         return skip_term(buf, len, at) && print_with_ei(b, buf + it->start, *at - it->start);
-    default: /* references, funs, bit strings */
+    default: /* references and funs */
         return print_with_ei(b, buf + it->start, *at - it->start);
     }
 }
