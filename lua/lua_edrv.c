@@ -32,6 +32,7 @@
 #include <edrv.h>
 #include <ei.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -658,6 +659,10 @@ static int decode(lua_State *L, const char *buf, int *idx) {
 static void push_etf(lua_State *L, const char *buf, size_t len, const char *fn) {
     int idx = 0, ver;
     int top = lua_gettop(L);
+    /* libei decodes with int offsets: a term of 2 GiB or more (edrv sends
+     * them) is out of its reach. */
+    if (len > INT_MAX)
+        raise(L, fn, "system_limit", "a term of 2 GiB or more, which the Lua binding cannot decode");
     if (ei_decode_version(buf, &idx, &ver) < 0 || decode(L, buf, &idx) < 0 ||
         (size_t)idx != len) {
         lua_settop(L, top);

@@ -30,6 +30,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* CLOCK_MONOTONIC in nanoseconds: timers, and the idle threads' spins. */
@@ -136,23 +137,54 @@ enum { TD_ATOM = 1, TD_PID = 2, TD_PORT = 3 };
 const char *edrv__atom_name(ErlDrvTermData t);
 void edrv__atoms_reset(void);
 
-/* An ETF writer: with buf == NULL it only counts, so every message is sized in
- * one pass and written in a second into one exact allocation. */
+/* The ETF writer: every message is written by these functions, twice: with
+ * buf == NULL they only count, so a message is sized in one pass and written
+ * in a second into one exact allocation. Sizes are 64-bit throughout. The
+ * format's own limits are 32-bit: a binary of more than 2^32-1 bytes, or a
+ * list, tuple or map of more than 2^32-1 elements, cannot be one term. Such a
+ * part is not written: `refused` names it and `refused_size` gives its size,
+ * and the caller refuses the message (the counting pass sees it first). */
 typedef struct {
     char *buf;
-    int idx;
+    size_t idx;
+    const char *refused; /* NULL, or "binary", "list", "tuple", "map" */
+    uint64_t refused_size;
 } etf_w;
 
+#define EDRV_ETF_MAX_COUNT 0xffffffffu /* the most bytes or elements of one part */
+
+/* Bytes in pieces (a port's header and data segments). */
+typedef struct {
+    const char *p;
+    size_t len;
+} etf_piece;
+
+void edrv__etf_version(etf_w *w);
+void edrv__etf_tuple(etf_w *w, uint64_t arity);
+void edrv__etf_map(etf_w *w, uint64_t pairs);
+/* A list's header: n elements follow, then its tail (n >= 1). */
+void edrv__etf_list(etf_w *w, uint64_t n);
+void edrv__etf_nil(etf_w *w);
+void edrv__etf_atom(etf_w *w, const char *name);
+void edrv__etf_int(etf_w *w, int64_t v);
+void edrv__etf_binary(etf_w *w, const char *p, size_t len);
+/* The bytes of the pieces as a proper list of integers ("..." or []). */
+void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n);
+/* The bytes of the pieces as list elements only: the caller wrote the header. */
+void edrv__etf_byte_elements(etf_w *w, const etf_piece *pieces, size_t n);
 void edrv__etf_pid(etf_w *w, uint64_t pid);
 void edrv__etf_port(etf_w *w, uint64_t port);
 
 /* The length of the one term at the start of buf, version byte included, or
  * -1 if the bytes are not a well-formed term. Every read is bounds-checked, so
- * libei may decode the bytes afterwards. Any thread. */
-int edrv__etf_measure(const void *buf, size_t len);
+ * libei may decode the bytes afterwards (within its int offsets: libei reaches
+ * no further than INT_MAX bytes into a buffer). Structure only: floats and map
+ * keys are not checked. Any thread. */
+ssize_t edrv__etf_measure(const void *buf, size_t len);
 
 /* Builds a message from a term spec, ready for edrv__deliver. Returns 0 and
- * the message in *out, or -1 for a bad spec (or no memory). Any thread. */
+ * the message in *out, or -1 for a bad spec (or no memory, or a part too big
+ * for the term format: then with a warning). Any thread. */
 struct mbox_msg;
 int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, struct mbox_msg **out);
 

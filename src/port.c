@@ -29,7 +29,6 @@
 #include "internal.h"
 #include "idmap.h"
 
-#include <ei.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -307,98 +306,69 @@ static edrv_port_t *port_get_closing_ok(edrv_port id, int *err) {
 
 typedef void (*msg_writer)(etf_w *w, const void *ctx);
 
-/* Writes a message with fn, sizing it first, and delivers it to pid.
- * Returns 1 if delivered, 0 if pid is gone, -1 if out of memory. */
-static int send_built(uint64_t pid, msg_writer fn, const void *ctx) {
-    etf_w w = {NULL, 1};
+/* Writes a message with fn, sizing it first, and delivers it to pid. `what`
+ * names it in warnings. Returns 1 if delivered, 0 if pid is gone, -1 if it
+ * could not be built: a part too big for the term format, or no memory (both
+ * with a warning on stderr). */
+static int send_built_as(const char *what, uint64_t pid, msg_writer fn, const void *ctx) {
+    etf_w w = {0};
+    edrv__etf_version(&w);
     fn(&w, ctx);
-    mbox_msg *m = edrv__msg_new((size_t)w.idx);
-    if (!m) {
-        edrv__warn("out of memory: a message to <0.%llu.0> is lost", (unsigned long long)pid);
+    if (w.refused) {
+        /* ERTS builds the message in memory and sends it; in ETF it cannot be
+         * one term, and a cut or lost message would be worse than none. */
+        edrv__warn("%s: a %s of %llu %s is more than one term in external term format holds "
+                   "(%u): the message to <0.%llu.0> is not sent", what, w.refused,
+                   (unsigned long long)w.refused_size,
+                   strcmp(w.refused, "binary") == 0 ? "bytes" : "elements", EDRV_ETF_MAX_COUNT,
+                   (unsigned long long)pid);
         return -1;
     }
-    w = (etf_w){m->data, 0};
-    ei_encode_version(w.buf, &w.idx);
+    mbox_msg *m = edrv__msg_new(w.idx);
+    if (!m) {
+        edrv__warn("%s: out of memory for %zu bytes: the message to <0.%llu.0> is lost", what,
+                   w.idx, (unsigned long long)pid);
+        return -1;
+    }
+    w = (etf_w){.buf = m->data};
+    edrv__etf_version(&w);
     fn(&w, ctx);
     return edrv__deliver(pid, m);
 }
 
-typedef struct {
-    const char *p;
-    size_t len;
-} seg;
+static int send_built(uint64_t pid, msg_writer fn, const void *ctx) {
+    return send_built_as("a message", pid, fn, ctx);
+}
 
-/* {Port, {data, D}}: the header bytes and the segments, as one list of bytes on
- * a list port, or on a binary port as [H1, ..., Hn, <<S1>>, ... | <<Slast>>]
- * (just the binary when there is nothing in front of it). */
+/* {Port, {data, D}}: the bytes of the pieces (the header first, then the
+ * data segments) as one list on a list port, or on a binary port as
+ * [H1, ..., Hn, <<S1>>, ... | <<Slast>>] (just the binary when there is
+ * nothing in front of it). With the header alone (no data buffer at all),
+ * D is a list on either port. */
 typedef struct {
     uint64_t port;
     bool binary;
-    const char *hdr;
-    size_t hlen;
-    const seg *segs;
-    int nsegs;
+    const etf_piece *pieces; /* pieces[0] is the header, maybe empty */
+    size_t n;
 } data_msg;
-
-static void write_bytes_as_list(etf_w *w, const data_msg *d, size_t total) {
-    if (total == 0) {
-        ei_encode_empty_list(w->buf, &w->idx);
-    } else if (total <= 0xffff) {
-        /* STRING_EXT: libei encodes it only from one contiguous buffer, and the
-         * bytes come in pieces, so its 3-byte head is written here. */
-        if (w->buf) {
-            char *o = w->buf + w->idx;
-            o[0] = (char)ERL_STRING_EXT;
-            o[1] = (char)(total >> 8);
-            o[2] = (char)(total & 0xff);
-            size_t at = 3;
-            if (d->hlen)
-                memcpy(o + at, d->hdr, d->hlen);
-            at += d->hlen;
-            for (int i = 0; i < d->nsegs; i++) {
-                if (d->segs[i].len)
-                    memcpy(o + at, d->segs[i].p, d->segs[i].len);
-                at += d->segs[i].len;
-            }
-        }
-        w->idx += 3 + (int)total;
-    } else {
-        ei_encode_list_header(w->buf, &w->idx, (int)total);
-        for (size_t k = 0; k < d->hlen; k++)
-            ei_encode_char(w->buf, &w->idx, (char)d->hdr[k]);
-        for (int i = 0; i < d->nsegs; i++)
-            for (size_t k = 0; k < d->segs[i].len; k++)
-                ei_encode_char(w->buf, &w->idx, d->segs[i].p[k]);
-        ei_encode_empty_list(w->buf, &w->idx);
-    }
-}
 
 static void write_data_msg(etf_w *w, const void *ctx) {
     const data_msg *d = ctx;
-    ei_encode_tuple_header(w->buf, &w->idx, 2);
+    edrv__etf_tuple(w, 2);
     edrv__etf_port(w, d->port);
-    ei_encode_tuple_header(w->buf, &w->idx, 2);
-    ei_encode_atom(w->buf, &w->idx, "data");
-    if (!d->binary) {
-        size_t total = d->hlen;
-        for (int i = 0; i < d->nsegs; i++)
-            total += d->segs[i].len;
-        write_bytes_as_list(w, d, total);
+    edrv__etf_tuple(w, 2);
+    edrv__etf_atom(w, "data");
+    if (!d->binary || d->n == 1) {
+        edrv__etf_string(w, d->pieces, d->n);
         return;
     }
-    if (d->nsegs == 0) {
-        /* No data buffer at all (NULL): the header alone, as a list. */
-        write_bytes_as_list(w, d, d->hlen);
-        return;
+    uint64_t front = d->pieces[0].len + (d->n - 2);
+    if (front) {
+        edrv__etf_list(w, front);
+        edrv__etf_byte_elements(w, d->pieces, 1);
     }
-    int front = (int)d->hlen + d->nsegs - 1;
-    if (front)
-        ei_encode_list_header(w->buf, &w->idx, front);
-    for (size_t k = 0; k < d->hlen; k++)
-        ei_encode_char(w->buf, &w->idx, d->hdr[k]);
-    for (int i = 0; i + 1 < d->nsegs; i++)
-        ei_encode_binary(w->buf, &w->idx, d->segs[i].p, (long)d->segs[i].len);
-    ei_encode_binary(w->buf, &w->idx, d->segs[d->nsegs - 1].p, (long)d->segs[d->nsegs - 1].len);
+    for (size_t i = 1; i < d->n; i++)
+        edrv__etf_binary(w, d->pieces[i].p, d->pieces[i].len);
 }
 
 /* Exit reasons: an atom or an integer. */
@@ -414,14 +384,13 @@ typedef struct {
 
 static void write_exit_msg(etf_w *w, const void *ctx) {
     const exit_msg *e = ctx;
-    ei_encode_tuple_header(w->buf, &w->idx, 3);
-    ei_encode_atom(w->buf, &w->idx, "EXIT");
+    edrv__etf_tuple(w, 3);
+    edrv__etf_atom(w, "EXIT");
     edrv__etf_port(w, e->port);
     if (e->r.atom)
-        ei_encode_atom_len_as(w->buf, &w->idx, e->r.atom, (int)strlen(e->r.atom), ERLANG_LATIN1,
-                              ERLANG_UTF8);
+        edrv__etf_atom(w, e->r.atom);
     else
-        ei_encode_long(w->buf, &w->idx, e->r.n);
+        edrv__etf_int(w, e->r.n);
 }
 
 static bool can_output(const edrv_port_t *pt) {
@@ -429,12 +398,14 @@ static bool can_output(const edrv_port_t *pt) {
     return st == PORT_ALIVE || st == PORT_STARTING || st == PORT_STOPPING;
 }
 
-static int output_data(edrv_port_t *pt, const char *hdr, size_t hlen, const seg *segs, int n) {
+/* Sends {Port, {data, D}} from pieces (see data_msg). Returns 0, also when
+ * the port drops output; -1 when the message could not be built (fn has
+ * warned). */
+static int output_data(edrv_port_t *pt, const char *fn, const etf_piece *pieces, size_t n) {
     if (!pt || !can_output(pt))
         return 0;
-    data_msg d = {pt->id, pt->binary, hdr, hlen, segs, n};
-    send_built(atomic_load(&pt->owner), write_data_msg, &d);
-    return 0;
+    data_msg d = {pt->id, pt->binary, pieces, n};
+    return send_built_as(fn, atomic_load(&pt->owner), write_data_msg, &d) < 0 ? -1 : 0;
 }
 
 /* ---- termination ------------------------------------------------------------------ */
@@ -1026,7 +997,7 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply) {
     EDRV_ASSERT_EMULATOR();
-    if (edrv__etf_measure(data, len) != (int)len)
+    if (edrv__etf_measure(data, len) != (ssize_t)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
     int err = 0;
     edrv_port_t *pt = port_get_closing_ok(id, &err);
@@ -1050,7 +1021,7 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
     edrv__free(copy);
 
     int rc = 0;
-    int tlen = n > 0 && rbuf ? edrv__etf_measure(rbuf, (size_t)n) : -1;
+    ssize_t tlen = n > 0 && rbuf ? edrv__etf_measure(rbuf, (size_t)n) : -1;
     if (n < 0)
         rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd", name, op, (ssize_t)n);
     else if (rbuf == buf && (size_t)n > sizeof buf)
@@ -1222,14 +1193,14 @@ uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing) {
 /* A NULL buffer is no data at all, not an empty binary: on a binary port the
  * message is then the header alone, as a list (as ERTS). */
 EDRV_API int driver_output(ErlDrvPort port, char *buf, ErlDrvSizeT len) {
-    seg s = {buf, len};
-    return output_data(port, NULL, 0, &s, buf ? 1 : 0);
+    etf_piece p[2] = {{NULL, 0}, {buf, len}};
+    return output_data(port, "driver_output", p, buf ? 2 : 1);
 }
 
 EDRV_API int driver_output2(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, char *buf,
                             ErlDrvSizeT len) {
-    seg s = {buf, len};
-    return output_data(port, hbuf, hlen, &s, buf ? 1 : 0);
+    etf_piece p[2] = {{hbuf, hbuf ? hlen : 0}, {buf, len}};
+    return output_data(port, "driver_output2", p, buf ? 2 : 1);
 }
 
 EDRV_API int driver_output_binary(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen,
@@ -1238,23 +1209,30 @@ EDRV_API int driver_output_binary(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen,
         edrv__warn("driver_output_binary: offset %zu and length %zu outside the binary", offset, len);
         return 0;
     }
-    seg s = {bin->orig_bytes + offset, len};
-    return output_data(port, hbuf, hlen, &s, 1);
+    etf_piece p[2] = {{hbuf, hbuf ? hlen : 0}, {bin->orig_bytes + offset, len}};
+    return output_data(port, "driver_output_binary", p, 2);
 }
 
 EDRV_API int driver_outputv(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, ErlIOVec *ev,
                             ErlDrvSizeT skip) {
     if (!ev || ev->vsize < 0)
         return 0;
+    etf_piece small[17] = {{hbuf, hbuf ? hlen : 0}};
     if (ev->size <= skip) /* nothing left: the header alone */
-        return output_data(port, hbuf, hlen, NULL, 0);
-    /* The segments after `skip` bytes, empty ones left out. As ERTS does, the
-     * element that `skip` ends in is trimmed in the caller's vector too. */
-    seg small[16] = {{0}};
-    seg *segs = ev->vsize <= 16 ? small : edrv__alloc(EDRV_MEM_SYSTEM, (size_t)ev->vsize * sizeof *segs);
-    if (!segs)
-        return 0;
-    int n = 0;
+        return output_data(port, "driver_outputv", small, 1);
+    /* The header, then the segments after `skip` bytes, empty ones left out.
+     * As ERTS does, the element that `skip` ends in is trimmed in the
+     * caller's vector too. */
+    etf_piece *segs = small;
+    if (ev->vsize > 16) {
+        segs = edrv__alloc(EDRV_MEM_SYSTEM, ((size_t)ev->vsize + 1) * sizeof *segs);
+        if (!segs) {
+            edrv__warn("driver_outputv: out of memory: the message is lost");
+            return -1;
+        }
+        segs[0] = small[0];
+    }
+    size_t n = 1;
     for (int i = 0; i < ev->vsize; i++) {
         SysIOVec *v = &ev->iov[i];
         if (skip >= v->iov_len) {
@@ -1267,12 +1245,12 @@ EDRV_API int driver_outputv(ErlDrvPort port, char *hbuf, ErlDrvSizeT hlen, ErlIO
             skip = 0;
         }
         if (v->iov_len)
-            segs[n++] = (seg){v->iov_base, v->iov_len};
+            segs[n++] = (etf_piece){v->iov_base, v->iov_len};
     }
-    output_data(port, hbuf, hlen, segs, n);
+    int rc = output_data(port, "driver_outputv", segs, n);
     if (segs != small)
         edrv__free(segs);
-    return 0;
+    return rc;
 }
 
 EDRV_API ErlDrvSizeT driver_vec_to_buf(ErlIOVec *ev, char *buf, ErlDrvSizeT len) {
@@ -1393,9 +1371,9 @@ EDRV_API int driver_failure_posix(ErlDrvPort port, int error) {
 
 /* {Port, eof} */
 static void write_eof_msg(etf_w *w, const void *ctx) {
-    ei_encode_tuple_header(w->buf, &w->idx, 2);
+    edrv__etf_tuple(w, 2);
     edrv__etf_port(w, *(const uint64_t *)ctx);
-    ei_encode_atom(w->buf, &w->idx, "eof");
+    edrv__etf_atom(w, "eof");
 }
 
 EDRV_API int driver_failure_eof(ErlDrvPort port) {

@@ -1,20 +1,26 @@
 /*
- * term.c: atoms, term data, term specs into messages, ETF checks, printing.
+ * term.c: atoms, term data values, and ETF: its one writer, its one reader.
  *
  * Every message edrv delivers is an Erlang term in external term format (ETF),
- * written with libei's encoders. A message is written twice: first into no
- * buffer, which only counts its bytes, then into one exact allocation (type
- * MESSAGE). Term specs (erl_drv_output_term and friends) are postfix, ETF is
- * prefix, so a spec is first parsed into a node array: each compound node
- * records its first child and each node its next sibling, which lets the
- * writer walk the tree in prefix order with an explicit stack, whatever the
- * nesting depth.
+ * written by the edrv__etf_* functions here (port.c's messages too). A message
+ * is written twice: first into no buffer, which only counts its bytes, then
+ * into one exact allocation (type MESSAGE). Sizes are 64-bit; a part that ETF
+ * cannot hold (over 2^32-1 bytes or elements) is refused, never cut. Term
+ * specs (erl_drv_output_term and friends) are postfix, ETF is prefix, so a
+ * spec is first parsed into a node array: each compound node records its
+ * first child and each node its next sibling, which lets the writer walk the
+ * tree in prefix order with an explicit stack, whatever the nesting depth.
+ *
+ * ETF that comes from outside (EXT2TERM buffers, call replies, the host's
+ * port_call argument, edrv_term_format's input) is read by one bounds-checked
+ * reader, read_item, which the measure, the spec checks and the printer share.
  *
  * Any thread: the atom table has its own lock; the rest has no shared state.
  */
 #include "internal.h"
 
 #include <ei.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -128,143 +134,647 @@ EDRV_API ErlDrvTermData driver_mk_term_nil(void) {
     return driver_term_nil;
 }
 
-/* ---- pids and ports ---------------------------------------------------------- */
+/* ---- writing ETF ------------------------------------------------------------ */
+
+/* libei's encoders take an int offset, which cannot reach past 2 GiB into a
+ * buffer. So libei writes only the small fixed-size terms here (integers,
+ * floats, atoms, pids, ports), each at the start of a sub-buffer (or counting
+ * from 0), and the 64-bit offset moves by what it wrote. Headers with a count
+ * and the bytes of binaries and strings are written directly. */
+#define EI_AT(w, call)                                                                 \
+    do {                                                                               \
+        int i_ = 0;                                                                    \
+        char *b_ = (w)->buf ? (w)->buf + (w)->idx : NULL;                              \
+        (void)(call);                                                                  \
+        (w)->idx += (size_t)i_;                                                        \
+    } while (0)
+
+static void put_raw(etf_w *w, const void *p, size_t n) {
+    if (w->buf && n)
+        memcpy(w->buf + w->idx, p, n);
+    w->idx += n;
+}
+
+/* A tag and a 32-bit count. */
+static void put_head(etf_w *w, unsigned char tag, uint32_t n) {
+    unsigned char h[5] = {tag, (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                          (unsigned char)(n >> 8), (unsigned char)n};
+    put_raw(w, h, sizeof h);
+}
+
+/* False, and the writer marked, when n is more than one ETF part holds. */
+static bool fits(etf_w *w, const char *what, uint64_t n) {
+    if (n <= EDRV_ETF_MAX_COUNT)
+        return true;
+    if (!w->refused) {
+        w->refused = what;
+        w->refused_size = n;
+    }
+    return false;
+}
+
+void edrv__etf_version(etf_w *w) {
+    unsigned char v = 131;
+    put_raw(w, &v, 1);
+}
+
+void edrv__etf_tuple(etf_w *w, uint64_t arity) {
+    if (arity <= 255) {
+        unsigned char h[2] = {ERL_SMALL_TUPLE_EXT, (unsigned char)arity};
+        put_raw(w, h, 2);
+    } else if (fits(w, "tuple", arity)) {
+        put_head(w, ERL_LARGE_TUPLE_EXT, (uint32_t)arity);
+    }
+}
+
+void edrv__etf_map(etf_w *w, uint64_t pairs) {
+    if (fits(w, "map", pairs))
+        put_head(w, ERL_MAP_EXT, (uint32_t)pairs);
+}
+
+void edrv__etf_list(etf_w *w, uint64_t n) {
+    if (fits(w, "list", n))
+        put_head(w, ERL_LIST_EXT, (uint32_t)n);
+}
+
+void edrv__etf_nil(etf_w *w) {
+    unsigned char t = ERL_NIL_EXT;
+    put_raw(w, &t, 1);
+}
+
+void edrv__etf_atom(etf_w *w, const char *name) {
+    EI_AT(w, ei_encode_atom_len_as(b_, &i_, name, (int)strlen(name), ERLANG_LATIN1, ERLANG_UTF8));
+}
+
+void edrv__etf_int(etf_w *w, int64_t v) {
+    EI_AT(w, ei_encode_longlong(b_, &i_, v));
+}
+
+static void etf_uint(etf_w *w, uint64_t v) {
+    EI_AT(w, ei_encode_ulonglong(b_, &i_, v));
+}
+
+static void etf_float(etf_w *w, double f) {
+    EI_AT(w, ei_encode_double(b_, &i_, f));
+}
 
 void edrv__etf_pid(etf_w *w, uint64_t pid) {
     erlang_pid p = {.node = EDRV_NODE, .num = (unsigned)pid, .serial = (unsigned)(pid >> 32)};
-    ei_encode_pid(w->buf, &w->idx, &p);
+    EI_AT(w, ei_encode_pid(b_, &i_, &p));
 }
 
 void edrv__etf_port(etf_w *w, uint64_t port) {
     erlang_port p = {.node = EDRV_NODE, .id = port};
-    ei_encode_port(w->buf, &w->idx, &p);
+    EI_AT(w, ei_encode_port(b_, &i_, &p));
 }
 
-/* ---- validating ETF ------------------------------------------------------------ */
-
-/* libei's decoders trust their input: a list header claiming a billion
- * elements in a ten-byte buffer makes ei_skip_term read far past the end. So
- * bytes from outside (a host's port_call argument, a driver's reply or
- * EXT2TERM buffer) are first walked here with every read bounds-checked; after
- * that, libei decodes them safely. This only measures; it decodes nothing. */
-
-static bool take(size_t *at, size_t n, size_t len) {
-    if (n > len - *at)
-        return false;
-    *at += n;
-    return true;
+void edrv__etf_binary(etf_w *w, const char *p, size_t len) {
+    if (!fits(w, "binary", len))
+        return;
+    put_head(w, ERL_BINARY_EXT, (uint32_t)len);
+    put_raw(w, p, len);
 }
+
+static uint64_t pieces_len(const etf_piece *pieces, size_t n) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += pieces[i].len;
+    return total;
+}
+
+void edrv__etf_byte_elements(etf_w *w, const etf_piece *pieces, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        size_t len = pieces[i].len;
+        if (w->buf) {
+            /* Each byte is a SMALL_INTEGER_EXT: two bytes per element. */
+            unsigned char *o = (unsigned char *)w->buf + w->idx;
+            const unsigned char *p = (const unsigned char *)pieces[i].p;
+            for (size_t k = 0; k < len; k++) {
+                o[2 * k] = ERL_SMALL_INTEGER_EXT;
+                o[2 * k + 1] = p[k];
+            }
+        }
+        w->idx += 2 * len;
+    }
+}
+
+/* Up to 65535 bytes a list of bytes is a STRING_EXT; beyond, a LIST_EXT of
+ * small integers, as term_to_binary writes them. */
+void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n) {
+    uint64_t total = pieces_len(pieces, n);
+    if (total == 0) {
+        edrv__etf_nil(w);
+    } else if (total <= 0xffff) {
+        unsigned char h[3] = {ERL_STRING_EXT, (unsigned char)(total >> 8), (unsigned char)total};
+        put_raw(w, h, 3);
+        for (size_t i = 0; i < n; i++)
+            put_raw(w, pieces[i].p, pieces[i].len);
+    } else if (fits(w, "list", total)) {
+        put_head(w, ERL_LIST_EXT, (uint32_t)total);
+        edrv__etf_byte_elements(w, pieces, n);
+        edrv__etf_nil(w);
+    }
+}
+
+/* ---- reading ETF --------------------------------------------------------------
+ * libei's decoders trust their input: a list header claiming a billion
+ * elements in a ten-byte buffer makes ei_skip_term read far past the end, and
+ * their int offsets stop at 2 GiB. So ETF is read here, one item at a time, by
+ * read_item, with every length checked against the buffer and 64-bit offsets.
+ * Three walks share it: edrv__etf_measure (structure), the strict check of
+ * floats and map keys (term specs), and edrv_term_format; each keeps its own
+ * explicit stack, so no walk recurses, however deep the term. */
+
+/* One item: a whole term, or the head of a compound term whose `parts`
+ * follow it (elements and tail of a list, a tuple's elements, a map's keys
+ * and values in turn, the three parts of an EXPORT_EXT). */
+typedef struct {
+    unsigned char tag;
+    bool latin1;              /* atoms (and the node of pids, ports, refs) */
+    uint8_t bits;             /* BIT_BINARY_EXT: bits used in the last byte */
+    uint8_t sign;             /* big integers */
+    uint64_t parts;
+    size_t start;             /* offset of the tag */
+    const unsigned char *p;   /* the item's bytes: name, data, digits, fields */
+    size_t n;
+    const unsigned char *node; /* pids, ports, refs: the node's name */
+    size_t node_n;
+} etf_item;
 
 static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Skips one atom (the node name inside pids, ports and references). */
-static bool skip_atom(const unsigned char *b, size_t *at, size_t len) {
-    if (*at >= len)
+/* Takes n bytes at *at into *p, if the buffer has them. */
+static bool take(const unsigned char *b, size_t len, size_t *at, size_t n,
+                 const unsigned char **p) {
+    if (n > len - *at)
         return false;
-    unsigned char tag = b[(*at)++];
-    if (tag == ERL_ATOM_EXT || tag == ERL_ATOM_UTF8_EXT) {
-        if (len - *at < 2)
-            return false;
-        size_t n = (size_t)b[*at] << 8 | b[*at + 1];
-        return take(at, 2 + n, len);
-    }
-    if (tag == ERL_SMALL_ATOM_EXT || tag == ERL_SMALL_ATOM_UTF8_EXT) {
-        if (*at >= len)
-            return false;
-        size_t n = b[*at];
-        return take(at, 1 + n, len);
-    }
-    return false;
+    *p = b + *at;
+    *at += n;
+    return true;
 }
 
-int edrv__etf_measure(const void *buf, size_t len) {
-    const unsigned char *b = buf;
-    size_t at = 1;
-    if (len < 2 || len > INT32_MAX || b[0] != 131)
-        return -1;
+/* A count of `width` (1, 2 or 4) bytes, big-endian. */
+static bool take_count(const unsigned char *b, size_t len, size_t *at, int width, uint32_t *n) {
+    const unsigned char *p;
+    if (!take(b, len, at, (size_t)width, &p))
+        return false;
+    *n = width == 1 ? p[0] : width == 2 ? (uint32_t)p[0] << 8 | p[1] : be32(p);
+    return true;
+}
+
+/* A length-prefixed run of bytes: an atom's name, a string, a binary. */
+static bool take_run(const unsigned char *b, size_t len, size_t *at, int width,
+                     const unsigned char **p, size_t *n) {
+    uint32_t k;
+    if (!take_count(b, len, at, width, &k))
+        return false;
+    *n = k;
+    return take(b, len, at, k, p);
+}
+
+/* An atom, standing alone or as the node of a pid, port or reference. */
+static bool take_atom(const unsigned char *b, size_t len, size_t *at, const unsigned char **p,
+                      size_t *n, bool *latin1) {
+    if (*at >= len)
+        return false;
+    switch (b[(*at)++]) {
+    case ERL_ATOM_EXT: *latin1 = true; return take_run(b, len, at, 2, p, n);
+    case ERL_ATOM_UTF8_EXT: *latin1 = false; return take_run(b, len, at, 2, p, n);
+    case ERL_SMALL_ATOM_EXT: *latin1 = true; return take_run(b, len, at, 1, p, n);
+    case ERL_SMALL_ATOM_UTF8_EXT: *latin1 = false; return take_run(b, len, at, 1, p, n);
+    default: return false;
+    }
+}
+
+/* Pids, ports and references: the node, then `fixed` bytes of fields. */
+static bool take_ident(const unsigned char *b, size_t len, size_t *at, etf_item *it, size_t fixed) {
+    it->n = fixed;
+    return take_atom(b, len, at, &it->node, &it->node_n, &it->latin1) &&
+           take(b, len, at, fixed, &it->p);
+}
+
+/* Reads the item at *at and moves *at past it (not past its parts). False
+ * when the bytes end early or the tag is unknown. */
+static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *it) {
+    *it = (etf_item){.start = *at};
+    if (*at >= len)
+        return false;
+    unsigned char tag = it->tag = b[(*at)++];
+    uint32_t k;
+    switch (tag) {
+    case ERL_SMALL_INTEGER_EXT: return take(b, len, at, it->n = 1, &it->p);
+    case ERL_INTEGER_EXT: return take(b, len, at, it->n = 4, &it->p);
+    case NEW_FLOAT_EXT: return take(b, len, at, it->n = 8, &it->p);
+    case ERL_FLOAT_EXT: return take(b, len, at, it->n = 31, &it->p);
+    case ERL_NIL_EXT: return true;
+    case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
+        (*at)--;
+        return take_atom(b, len, at, &it->p, &it->n, &it->latin1);
+    case ERL_STRING_EXT: return take_run(b, len, at, 2, &it->p, &it->n);
+    case ERL_BINARY_EXT: return take_run(b, len, at, 4, &it->p, &it->n);
+    case ERL_BIT_BINARY_EXT: {
+        const unsigned char *bits;
+        if (!take_count(b, len, at, 4, &k) || !take(b, len, at, 1, &bits))
+            return false;
+        it->bits = bits[0];
+        return take(b, len, at, it->n = k, &it->p);
+    }
+    case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: {
+        const unsigned char *sign;
+        if (!take_count(b, len, at, tag == ERL_SMALL_BIG_EXT ? 1 : 4, &k) ||
+            !take(b, len, at, 1, &sign))
+            return false;
+        it->sign = sign[0];
+        return take(b, len, at, it->n = k, &it->p);
+    }
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT:
+        if (!take_count(b, len, at, tag == ERL_SMALL_TUPLE_EXT ? 1 : 4, &k))
+            return false;
+        it->parts = k;
+        return true;
+    case ERL_MAP_EXT:
+        if (!take_count(b, len, at, 4, &k))
+            return false;
+        it->parts = 2 * (uint64_t)k;
+        return true;
+    case ERL_LIST_EXT: /* the elements and the tail */
+        if (!take_count(b, len, at, 4, &k))
+            return false;
+        it->parts = (uint64_t)k + 1;
+        return true;
+    case ERL_EXPORT_EXT: /* module, function, arity */
+        it->parts = 3;
+        return true;
+    case ERL_PID_EXT: return take_ident(b, len, at, it, 9);
+    case ERL_NEW_PID_EXT: return take_ident(b, len, at, it, 12);
+    case ERL_PORT_EXT: return take_ident(b, len, at, it, 5);
+    case ERL_NEW_PORT_EXT: return take_ident(b, len, at, it, 8);
+    case ERL_V4_PORT_EXT: return take_ident(b, len, at, it, 12);
+    case ERL_REFERENCE_EXT: return take_ident(b, len, at, it, 5);
+    case ERL_NEW_REFERENCE_EXT:
+    case ERL_NEWER_REFERENCE_EXT: /* the id's length in words comes first */
+        if (!take_count(b, len, at, 2, &k) || k > 5)
+            return false;
+        return take_ident(b, len, at, it, (tag == ERL_NEW_REFERENCE_EXT ? 1 : 4) + 4 * (size_t)k);
+    case ERL_NEW_FUN_EXT: /* its size covers it whole, tag excluded */
+        if (!take_count(b, len, at, 4, &k) || k < 4)
+            return false;
+        *at -= 4;
+        return take(b, len, at, it->n = k, &it->p);
+    default:
+        return false;
+    }
+}
+
+/* Moves *at past the one term there; false if the bytes do not hold one. */
+static bool skip_term(const unsigned char *b, size_t len, size_t *at) {
     uint64_t need = 1; /* terms still to skip */
+    etf_item it;
     while (need) {
         need--;
-        if (at >= len)
-            return -1;
-        unsigned char tag = b[at++];
-        const unsigned char *p = b + at;
-        size_t left = len - at;
-        bool ok = true;
-        switch (tag) {
-        case ERL_SMALL_INTEGER_EXT: ok = take(&at, 1, len); break;
-        case ERL_INTEGER_EXT: ok = take(&at, 4, len); break;
-        case NEW_FLOAT_EXT: ok = take(&at, 8, len); break;
-        case ERL_FLOAT_EXT: ok = take(&at, 31, len); break;
-        case ERL_NIL_EXT: break;
-        case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
-        case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
-            at--;
-            ok = skip_atom(b, &at, len);
-            break;
-        case ERL_STRING_EXT:
-            ok = left >= 2 && take(&at, 2 + ((size_t)p[0] << 8 | p[1]), len);
-            break;
-        case ERL_BINARY_EXT:
-            ok = left >= 4 && take(&at, 4 + (size_t)be32(p), len);
-            break;
-        case ERL_BIT_BINARY_EXT:
-            ok = left >= 5 && take(&at, 5 + (size_t)be32(p), len);
-            break;
-        case ERL_SMALL_BIG_EXT:
-            ok = left >= 1 && take(&at, 2 + (size_t)p[0], len);
-            break;
-        case ERL_LARGE_BIG_EXT:
-            ok = left >= 4 && take(&at, 5 + (size_t)be32(p), len);
-            break;
-        case ERL_SMALL_TUPLE_EXT:
-            ok = take(&at, 1, len);
-            need += ok ? p[0] : 0;
-            break;
-        case ERL_LARGE_TUPLE_EXT:
-            ok = take(&at, 4, len);
-            need += ok ? be32(p) : 0;
-            break;
-        case ERL_MAP_EXT:
-            ok = take(&at, 4, len);
-            need += ok ? 2 * (uint64_t)be32(p) : 0;
-            break;
-        case ERL_LIST_EXT:
-            ok = take(&at, 4, len);
-            need += ok ? (uint64_t)be32(p) + 1 : 0; /* the elements and the tail */
-            break;
-        case ERL_PID_EXT: ok = skip_atom(b, &at, len) && take(&at, 9, len); break;
-        case ERL_NEW_PID_EXT: ok = skip_atom(b, &at, len) && take(&at, 12, len); break;
-        case ERL_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 5, len); break;
-        case ERL_NEW_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 8, len); break;
-        case ERL_V4_PORT_EXT: ok = skip_atom(b, &at, len) && take(&at, 12, len); break;
-        case ERL_REFERENCE_EXT: ok = skip_atom(b, &at, len) && take(&at, 5, len); break;
-        case ERL_NEW_REFERENCE_EXT:
-        case ERL_NEWER_REFERENCE_EXT: {
-            if (left < 2)
-                return -1;
-            size_t words = (size_t)p[0] << 8 | p[1];
-            at += 2;
-            ok = words <= 5 && skip_atom(b, &at, len) &&
-                 take(&at, (tag == ERL_NEW_REFERENCE_EXT ? 1 : 4) + 4 * words, len);
-            break;
-        }
-        case ERL_NEW_FUN_EXT: /* its size covers it whole, tag excluded */
-            ok = left >= 4 && be32(p) >= 4 && take(&at, (size_t)be32(p), len);
-            break;
-        case ERL_EXPORT_EXT:
-            need += 3;
-            break;
-        default:
-            return -1;
-        }
-        /* A count larger than the bytes left cannot be met: stop early. */
-        if (!ok || need > len - at)
-            return -1;
+        if (!read_item(b, len, at, &it))
+            return false;
+        need += it.parts;
+        /* Each part takes a byte at least: a count beyond the bytes left cannot
+         * be met, so stop early. */
+        if (need > len - *at)
+            return false;
     }
-    return (int)at;
+    return true;
+}
+
+ssize_t edrv__etf_measure(const void *buf, size_t len) {
+    const unsigned char *b = buf;
+    size_t at = 1;
+    if (!b || len < 2 || len > (size_t)SSIZE_MAX || b[0] != 131 || !skip_term(b, len, &at))
+        return -1;
+    return (ssize_t)at;
+}
+
+/* ---- checking terms as ERTS builds them ---------------------------------------
+ * ERTS refuses a term spec (-1, nothing sent) with a float that is NaN or
+ * infinite, or a map with a key twice, also inside EXT2TERM bytes (checked in
+ * erl). Two keys are the same when the terms are exactly equal (=:=), which
+ * their encodings do not show directly: "ab" may be a STRING_EXT or a
+ * LIST_EXT of integers, [1|[2]] is [1,2], 1 may come as a SMALL_BIG_EXT, an
+ * atom as Latin-1 or UTF-8, and #{a=>1,b=>2} may list its pairs in either
+ * order. So each key is written in a canonical form, in which exactly equal
+ * terms have equal bytes, and a map's canonical keys are sorted and compared
+ * with their neighbours: n log n for n keys.
+ *
+ * The canonical form is prefix, as ETF is. Integers: 'I', the sign, the
+ * length and the magnitude's bytes (least significant first, no leading
+ * zeros). Floats: 'F' and the double (-0.0 as 0.0: OTP 25 holds 0.0 =:= -0.0,
+ * checked in erl). Atoms: 'A', the length and the UTF-8 name. Binaries and bit
+ * strings: 'B', the length, the bits used in the last byte and the bytes
+ * (unused bits cleared). Lists: 'c' before each element, then the tail; []
+ * is 'n'. Tuples: 't' and the arity. Maps: 'm', the count, and the pairs
+ * sorted by their keys. Pids 'p', ports 'o' and references 'r': the node's
+ * atom and the numbers widened to one size. Funs: 'f' and their bytes.
+ * Exports: 'x' and their three parts. Lengths and counts take 8 bytes. */
+
+typedef struct {
+    uint64_t parts, left; /* parts in all, and still to come */
+    size_t base;          /* maps: where the pairs' canonical bytes begin */
+    size_t mark0;         /* maps: the first of their parts' marks */
+    bool emit;            /* the parts are written out (inside a key) */
+    unsigned char tag;
+} cframe;
+
+typedef struct {
+    unsigned char *out; /* canonical bytes of the keys being compared */
+    size_t len, cap;
+    size_t *marks;      /* where each part of the open maps begins in out */
+    size_t nmarks, marks_cap;
+    cframe *frames;
+    size_t nframes, frames_cap;
+    bool oom;
+} canon;
+
+/* The array p with room for `need` elements of `size` bytes: p itself, or
+ * p grown (then *cap is updated), or NULL when out of memory (p is kept). */
+static void *grow(void *p, size_t *cap, size_t need, size_t size) {
+    if (need <= *cap)
+        return p;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *q = edrv__realloc(EDRV_MEM_SYSTEM, p, c * size);
+    if (q)
+        *cap = c;
+    return q;
+}
+
+static void canon_free(canon *c) {
+    edrv__free(c->out);
+    edrv__free(c->marks);
+    edrv__free(c->frames);
+}
+
+static bool put(canon *c, const void *p, size_t n) {
+    if (n == 0)
+        return true;
+    unsigned char *o = grow(c->out, &c->cap, c->len + n, 1);
+    if (!o) {
+        c->oom = true;
+        return false;
+    }
+    c->out = o;
+    memcpy(c->out + c->len, p, n);
+    c->len += n;
+    return true;
+}
+
+static bool put_tag_len(canon *c, char tag, uint64_t n) {
+    return put(c, &tag, 1) && put(c, &n, sizeof n);
+}
+
+static bool push_mark(canon *c) {
+    size_t *m = grow(c->marks, &c->marks_cap, c->nmarks + 1, sizeof *m);
+    if (!m) {
+        c->oom = true;
+        return false;
+    }
+    c->marks = m;
+    c->marks[c->nmarks++] = c->len;
+    return true;
+}
+
+/* An integer from its magnitude, least significant byte first. */
+static bool canon_int(canon *c, bool neg, const unsigned char *mag, size_t n) {
+    while (n && !mag[n - 1])
+        n--;
+    unsigned char sign = n && neg;
+    return put_tag_len(c, 'I', n) && put(c, &sign, 1) && put(c, mag, n);
+}
+
+static bool canon_small(canon *c, int64_t v) {
+    uint64_t m = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    unsigned char mag[8];
+    for (int i = 0; i < 8; i++)
+        mag[i] = (unsigned char)(m >> (8 * i));
+    return canon_int(c, v < 0, mag, sizeof mag);
+}
+
+/* A float's value; false if FLOAT_EXT's text is not a number. */
+static bool item_float(const etf_item *it, double *f) {
+    if (it->tag == NEW_FLOAT_EXT) {
+        uint64_t bits = (uint64_t)be32(it->p) << 32 | be32(it->p + 4);
+        memcpy(f, &bits, sizeof *f);
+    } else { /* FLOAT_EXT: the number as text in 31 bytes */
+        char text[32], *end;
+        memcpy(text, it->p, 31);
+        text[31] = '\0';
+        *f = strtod(text, &end);
+        return end != text;
+    }
+    return true;
+}
+
+static bool canon_atom(canon *c, const unsigned char *p, size_t n, bool latin1) {
+    size_t utf8 = n;
+    for (size_t i = 0; latin1 && i < n; i++)
+        utf8 += p[i] >= 128;
+    if (!put_tag_len(c, 'A', utf8))
+        return false;
+    if (!latin1)
+        return put(c, p, n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char u[2] = {(unsigned char)(0xc0 | (p[i] >> 6)), (unsigned char)(0x80 | (p[i] & 0x3f))};
+        if (!(p[i] < 128 ? put(c, p + i, 1) : put(c, u, 2)))
+            return false;
+    }
+    return true;
+}
+
+static bool canon_bits(canon *c, const unsigned char *p, size_t n, unsigned bits) {
+    if (n == 0 || bits >= 8)
+        bits = 8;
+    unsigned char b = (unsigned char)bits;
+    if (!put_tag_len(c, 'B', n) || !put(c, &b, 1) || !put(c, p, n ? n - 1 : 0))
+        return false;
+    unsigned char last = n ? (unsigned char)(p[n - 1] & (0xff << (8 - bits))) : 0;
+    return n == 0 || put(c, &last, 1);
+}
+
+/* Pids, ports and references: node, then the numbers at fixed widths. */
+static bool canon_ident(canon *c, const etf_item *it) {
+    const unsigned char *f = it->p;
+    uint32_t w[8];
+    size_t nw = 0;
+    char tag;
+    switch (it->tag) {
+    case ERL_PID_EXT: tag = 'p'; w[0] = be32(f); w[1] = be32(f + 4); w[2] = f[8]; nw = 3; break;
+    case ERL_NEW_PID_EXT: tag = 'p'; w[0] = be32(f); w[1] = be32(f + 4); w[2] = be32(f + 8); nw = 3; break;
+    case ERL_PORT_EXT: tag = 'o'; w[0] = 0; w[1] = be32(f); w[2] = f[4]; nw = 3; break;
+    case ERL_NEW_PORT_EXT: tag = 'o'; w[0] = 0; w[1] = be32(f); w[2] = be32(f + 4); nw = 3; break;
+    case ERL_V4_PORT_EXT: tag = 'o'; w[0] = be32(f); w[1] = be32(f + 4); w[2] = be32(f + 8); nw = 3; break;
+    case ERL_REFERENCE_EXT: tag = 'r'; w[0] = f[4]; w[1] = be32(f); nw = 2; break;
+    default: { /* NEW_ and NEWER_REFERENCE_EXT: creation, then the words */
+        size_t cw = it->tag == ERL_NEW_REFERENCE_EXT ? 1 : 4;
+        tag = 'r';
+        w[nw++] = cw == 1 ? f[0] : be32(f);
+        for (size_t k = cw; k + 4 <= it->n; k += 4)
+            w[nw++] = be32(f + k);
+    }
+    }
+    return put_tag_len(c, tag, nw) && canon_atom(c, it->node, it->node_n, it->latin1) &&
+           put(c, w, nw * sizeof w[0]);
+}
+
+/* One item's own canonical bytes (written when `emit`), and its check. */
+static bool canon_item(canon *c, const etf_item *it, bool emit) {
+    double f;
+    switch (it->tag) {
+    case NEW_FLOAT_EXT:
+    case ERL_FLOAT_EXT:
+        if (!item_float(it, &f) || !isfinite(f))
+            return false;
+        f = f == 0 ? 0.0 : f;
+        return !emit || (put(c, "F", 1) && put(c, &f, sizeof f));
+    default:
+        break;
+    }
+    if (!emit)
+        return true;
+    switch (it->tag) {
+    case ERL_SMALL_INTEGER_EXT: return canon_small(c, it->p[0]);
+    case ERL_INTEGER_EXT: return canon_small(c, (int32_t)be32(it->p));
+    case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: return canon_int(c, it->sign != 0, it->p, it->n);
+    case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
+        return canon_atom(c, it->p, it->n, it->latin1);
+    case ERL_NIL_EXT: return put(c, "n", 1);
+    case ERL_STRING_EXT:
+        for (size_t i = 0; i < it->n; i++)
+            if (!put(c, "c", 1) || !canon_small(c, it->p[i]))
+                return false;
+        return put(c, "n", 1);
+    case ERL_BINARY_EXT: return canon_bits(c, it->p, it->n, 8);
+    case ERL_BIT_BINARY_EXT: return canon_bits(c, it->p, it->n, it->bits);
+    case ERL_NEW_FUN_EXT: return put_tag_len(c, 'f', it->n) && put(c, it->p, it->n);
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT: return put_tag_len(c, 't', it->parts);
+    case ERL_MAP_EXT: return put_tag_len(c, 'm', it->parts / 2);
+    case ERL_EXPORT_EXT: return put(c, "x", 1);
+    case ERL_LIST_EXT: return true; /* its elements carry the marks */
+    default: return canon_ident(c, it);
+    }
+}
+
+typedef struct {
+    const unsigned char *key;
+    size_t key_len;
+    size_t at, len; /* the pair's bytes in out */
+} kpair;
+
+static int kpair_cmp(const void *a, const void *b) {
+    const kpair *x = a, *y = b;
+    if (x->key_len != y->key_len)
+        return x->key_len < y->key_len ? -1 : 1;
+    return memcmp(x->key, y->key, x->key_len);
+}
+
+/* The parts of a map are done: its keys must differ. Inside a key the pairs
+ * are put in key order, so that equal maps have equal bytes; otherwise only
+ * the keys were written, and they are dropped. */
+static bool map_close(canon *c, const cframe *f) {
+    size_t pairs = (size_t)(f->parts / 2), end = c->len;
+    const size_t *m = c->marks + f->mark0;
+    bool ok = true;
+    kpair *kp = pairs ? edrv__alloc(EDRV_MEM_SYSTEM, pairs * sizeof *kp) : NULL;
+    if (pairs && !kp) {
+        c->oom = true;
+        return false;
+    }
+    for (size_t j = 0; j < pairs; j++) {
+        size_t next = j + 1 < pairs ? m[2 * j + 2] : end;
+        kp[j] = (kpair){c->out + m[2 * j], m[2 * j + 1] - m[2 * j], m[2 * j], next - m[2 * j]};
+    }
+    qsort(kp, pairs, sizeof *kp, kpair_cmp);
+    for (size_t j = 1; ok && j < pairs; j++)
+        ok = kpair_cmp(&kp[j - 1], &kp[j]) != 0;
+    unsigned char *tmp = ok && f->emit && pairs > 1 ? edrv__alloc(EDRV_MEM_SYSTEM, end - f->base) : NULL;
+    if (ok && f->emit && pairs > 1) {
+        if (!tmp) {
+            c->oom = true;
+            ok = false;
+        } else {
+            size_t o = 0;
+            for (size_t j = 0; j < pairs; j++) {
+                memcpy(tmp + o, c->out + kp[j].at, kp[j].len);
+                o += kp[j].len;
+            }
+            memcpy(c->out + f->base, tmp, o);
+        }
+    }
+    edrv__free(tmp);
+    edrv__free(kp);
+    if (!f->emit)
+        c->len = f->base;
+    c->nmarks = f->mark0;
+    return ok;
+}
+
+static bool push_frame(canon *c, const etf_item *it, bool emit) {
+    cframe *f = grow(c->frames, &c->frames_cap, c->nframes + 1, sizeof *f);
+    if (!f) {
+        c->oom = true;
+        return false;
+    }
+    c->frames = f;
+    c->frames[c->nframes++] = (cframe){.parts = it->parts, .left = it->parts, .base = c->len,
+                                       .mark0 = c->nmarks, .emit = emit, .tag = it->tag};
+    return true;
+}
+
+/* Walks the one term at *at: checks its floats and the keys of every map in
+ * it and, when `emit`, writes its canonical bytes. */
+static bool canon_walk(canon *c, const unsigned char *b, size_t len, size_t *at, bool emit) {
+    bool started = false;
+    c->nframes = 0;
+    for (;;) {
+        bool e = emit;
+        if (c->nframes) {
+            cframe *f = &c->frames[c->nframes - 1];
+            if (f->left == 0) {
+                if (f->tag == ERL_MAP_EXT && !map_close(c, f))
+                    return false;
+                c->nframes--;
+                continue;
+            }
+            uint64_t i = f->parts - f->left--;
+            /* A map's keys are written always, its values as the map is. */
+            e = f->emit || (f->tag == ERL_MAP_EXT && i % 2 == 0);
+            if (f->tag == ERL_MAP_EXT && !push_mark(c))
+                return false;
+            if (f->tag == ERL_LIST_EXT && f->left && e && !put(c, "c", 1))
+                return false;
+        } else if (started) {
+            return true;
+        }
+        started = true;
+        etf_item it;
+        if (!read_item(b, len, at, &it) || !canon_item(c, &it, e))
+            return false;
+        if (it.parts && !push_frame(c, &it, e))
+            return false;
+    }
+}
+
+/* EXT2TERM bytes (version byte first, already measured) as ERTS takes them. */
+static bool ext_ok(const unsigned char *b, size_t len) {
+    canon c = {0};
+    size_t at = 1;
+    bool ok = canon_walk(&c, b, len, &at, false);
+    canon_free(&c);
+    return ok;
 }
 
 /* ---- term specs -------------------------------------------------------------- */
@@ -279,6 +789,7 @@ typedef struct {
     int32_t first_child; /* compound nodes: index, or -1 */
     int32_t next;        /* next sibling, or -1 */
     uint64_t n;          /* count: tuple arity, list length with tail, map pairs */
+    size_t at;           /* where the writer put it in the message */
     union {
         int64_t i;
         uint64_t u;
@@ -368,6 +879,8 @@ static int32_t spec_parse(const ErlDrvTermData *spec, int n, node *nodes, int32_
                 return -1;
             x->kind = N_FLOAT;
             x->v.f = *(const double *)a[0];
+            if (!isfinite(x->v.f))
+                return -1; /* no term holds NaN or an infinity */
             break;
         case ERL_DRV_PORT:
             if (TD_TAG(a[0]) != TD_PORT)
@@ -400,14 +913,14 @@ static int32_t spec_parse(const ErlDrvTermData *spec, int n, node *nodes, int32_
                       : spec[i] == ERL_DRV_STRING   ? N_STRING
                                                     : N_STRING_CONS;
             x->v.bytes.p = (const char *)a[0];
-            x->v.bytes.len = a[1];
-            if (x->kind != N_BYTES_BIN && a[1] > INT32_MAX)
-                return -1;
+            x->v.bytes.len = a[1]; /* the writer refuses what ETF cannot hold */
             break;
         case ERL_DRV_EXT2TERM: {
-            /* The driver's buffer is one whole term with its version byte. */
+            /* The driver's buffer is one whole term with its version byte,
+             * and one that ERTS would take (finite floats, distinct keys). */
             const char *p = (const char *)a[0];
-            if (!p || edrv__etf_measure(p, a[1]) != (int)a[1])
+            if (!p || edrv__etf_measure(p, a[1]) != (ssize_t)a[1] ||
+                !ext_ok((const unsigned char *)p, a[1]))
                 return -1;
             x->kind = N_EXT;
             x->v.bytes.p = p + 1;
@@ -437,65 +950,43 @@ static int32_t spec_parse(const ErlDrvTermData *spec, int n, node *nodes, int32_
     return sp == 1 ? stack[0] : -1;
 }
 
-/* Writes the tree under `root` in prefix order. `todo` has room for every node. */
-static void spec_write(etf_w *w, const node *nodes, int32_t root, int32_t *todo) {
+/* Writes the tree under `root` in prefix order, noting where each node
+ * goes. `todo` has room for every node. */
+static void spec_write(etf_w *w, node *nodes, int32_t root, int32_t *todo) {
     int top = 0;
     todo[top++] = root;
     while (top) {
-        const node *x = &nodes[todo[--top]];
+        node *x = &nodes[todo[--top]];
+        etf_piece bytes = {NULL, 0};
+        if (x->kind == N_BYTES_BIN || x->kind == N_STRING || x->kind == N_STRING_CONS ||
+            x->kind == N_EXT)
+            bytes = (etf_piece){x->v.bytes.p, x->v.bytes.len};
+        x->at = w->idx;
         switch ((node_kind)x->kind) {
-        case N_NIL:
-            ei_encode_empty_list(w->buf, &w->idx);
-            break;
-        case N_ATOM:
-            ei_encode_atom_len_as(w->buf, &w->idx, x->v.atom, (int)strlen(x->v.atom),
-                                  ERLANG_LATIN1, ERLANG_UTF8);
-            break;
-        case N_INT:
-            ei_encode_longlong(w->buf, &w->idx, x->v.i);
-            break;
-        case N_UINT:
-            ei_encode_ulonglong(w->buf, &w->idx, x->v.u);
-            break;
-        case N_FLOAT:
-            ei_encode_double(w->buf, &w->idx, x->v.f);
-            break;
-        case N_PORT:
-            edrv__etf_port(w, x->v.u);
-            break;
-        case N_PID:
-            edrv__etf_pid(w, x->v.u);
-            break;
-        case N_BYTES_BIN:
-            ei_encode_binary(w->buf, &w->idx, x->v.bytes.p, (long)x->v.bytes.len);
-            break;
-        case N_STRING:
-            ei_encode_string_len(w->buf, &w->idx, x->v.bytes.p, (int)x->v.bytes.len);
-            break;
-        case N_EXT:
-            if (w->buf)
-                memcpy(w->buf + w->idx, x->v.bytes.p, x->v.bytes.len);
-            w->idx += (int)x->v.bytes.len;
-            break;
+        case N_NIL: edrv__etf_nil(w); break;
+        case N_ATOM: edrv__etf_atom(w, x->v.atom); break;
+        case N_INT: edrv__etf_int(w, x->v.i); break;
+        case N_UINT: etf_uint(w, x->v.u); break;
+        case N_FLOAT: etf_float(w, x->v.f); break;
+        case N_PORT: edrv__etf_port(w, x->v.u); break;
+        case N_PID: edrv__etf_pid(w, x->v.u); break;
+        case N_BYTES_BIN: edrv__etf_binary(w, bytes.p, bytes.len); break;
+        case N_STRING: edrv__etf_string(w, &bytes, 1); break;
+        case N_EXT: put_raw(w, bytes.p, bytes.len); break;
         case N_STRING_CONS:
             /* [c1, ..., cn | Tail]: the tail is the node's one child. */
-            if (x->v.bytes.len) {
-                ei_encode_list_header(w->buf, &w->idx, (int)x->v.bytes.len);
-                for (size_t k = 0; k < x->v.bytes.len; k++)
-                    ei_encode_ulong(w->buf, &w->idx, (unsigned char)x->v.bytes.p[k]);
+            if (bytes.len) {
+                edrv__etf_list(w, bytes.len);
+                edrv__etf_byte_elements(w, &bytes, 1);
             }
             break;
-        case N_TUPLE:
-            ei_encode_tuple_header(w->buf, &w->idx, (int)x->n);
-            break;
+        case N_TUPLE: edrv__etf_tuple(w, x->n); break;
         case N_LIST:
             /* ERL_DRV_LIST n: n-1 elements and a tail; n == 1 is the tail alone. */
             if (x->n > 1)
-                ei_encode_list_header(w->buf, &w->idx, (int)(x->n - 1));
+                edrv__etf_list(w, x->n - 1);
             break;
-        case N_MAP:
-            ei_encode_map_header(w->buf, &w->idx, (int)x->n);
-            break;
+        case N_MAP: edrv__etf_map(w, x->n); break;
         }
         /* Prefix order: this node's children before its next sibling. */
         if (x->next >= 0)
@@ -505,11 +996,42 @@ static void spec_write(etf_w *w, const node *nodes, int32_t root, int32_t *todo)
     }
 }
 
+/* The keys of each map the spec built must differ. Their canonical forms
+ * are compared, from where the writer put them in the message; the values
+ * are not walked (maps among them are nodes of their own). */
+static bool spec_keys_differ(const node *nodes, int32_t nn, const mbox_msg *m) {
+    canon c = {0};
+    bool ok = true;
+    for (int32_t i = 0; ok && i < nn; i++) {
+        if (nodes[i].kind != N_MAP || nodes[i].n < 2)
+            continue;
+        cframe f = {.parts = 2 * nodes[i].n};
+        c.len = c.nmarks = 0;
+        for (int32_t k = nodes[i].first_child; ok && k >= 0; k = nodes[nodes[k].next].next) {
+            size_t at = nodes[k].at;
+            ok = push_mark(&c) && canon_walk(&c, (const unsigned char *)m->data, m->len, &at, true) &&
+                 push_mark(&c);
+        }
+        ok = ok && map_close(&c, &f);
+    }
+    canon_free(&c);
+    return ok;
+}
+
+/* A part that the term format cannot hold: ERTS, which builds the term in
+ * memory, would send it; edrv says why it does not. */
+static void warn_refused(const etf_w *w) {
+    edrv__warn("term spec refused (-1): a %s of %llu %s is more than one term in external "
+               "term format holds (%u)",
+               w->refused, (unsigned long long)w->refused_size,
+               strcmp(w->refused, "binary") == 0 ? "bytes" : "elements", EDRV_ETF_MAX_COUNT);
+}
+
 int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
     if (!spec || n <= 0)
         return -1;
-    /* A spec of n words has at most n nodes; one block holds the nodes and two
-     * index arrays (the parse stack, reused as the writer's stack). */
+    /* A spec of n words has at most n nodes; one block holds the nodes and an
+     * index array (the parse stack, reused as the writer's stack). */
     size_t bytes = (size_t)n * (sizeof(node) + sizeof(int32_t));
     node *nodes = edrv__alloc(EDRV_MEM_SYSTEM, bytes);
     if (!nodes)
@@ -518,15 +1040,23 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
     int rc = -1;
     int32_t root = spec_parse(spec, n, nodes, stack);
     if (root >= 0) {
-        etf_w w = {NULL, 1};
+        etf_w w = {0};
+        edrv__etf_version(&w);
         spec_write(&w, nodes, root, stack);
-        mbox_msg *m = edrv__msg_new((size_t)w.idx);
+        mbox_msg *m = w.refused ? NULL : edrv__msg_new(w.idx);
+        if (w.refused)
+            warn_refused(&w);
         if (m) {
-            w = (etf_w){m->data, 0};
-            ei_encode_version(w.buf, &w.idx);
+            w = (etf_w){.buf = m->data};
+            edrv__etf_version(&w);
             spec_write(&w, nodes, root, stack);
-            *out = m;
-            rc = 0;
+            /* The root is the last node parsed (postfix order). */
+            if (spec_keys_differ(nodes, root + 1, m)) {
+                *out = m;
+                rc = 0;
+            } else {
+                edrv__msg_drop(m);
+            }
         }
     }
     edrv__free(nodes);
@@ -537,25 +1067,32 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
 
 /* edrv_term_format prints a term as Erlang prints it with ~w, except that
  * strings and binaries of printable Latin-1 show as "..." and <<"...">> (as
- * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is decoded with
- * libei; only the text is written here. */
+ * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is read with
+ * read_item; libei decodes only pids and ports and prints the rare kinds it
+ * alone knows, each from a sub-buffer of its own. */
 
+/* The text grows with realloc: the caller frees it with free(). Its length
+ * must fit the int that edrv_term_format returns. */
 typedef struct {
     char *s;
     size_t len, cap;
-    bool oom;
+    bool oom, too_long, failed;
 } strbuf;
 
 static void sb_put(strbuf *b, const char *p, size_t n) {
-    if (b->oom)
+    if (b->failed)
         return;
+    if (n > (size_t)INT_MAX - b->len) {
+        b->too_long = b->failed = true;
+        return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
         while (b->len + n + 1 > cap)
             cap *= 2;
         char *s = realloc(b->s, cap);
         if (!s) {
-            b->oom = true;
+            b->oom = b->failed = true;
             return;
         }
         b->s = s;
@@ -618,29 +1155,33 @@ static bool all_printable(const unsigned char *p, size_t n) {
     return true;
 }
 
-static void sb_atom(strbuf *b, const char *a) {
+static bool reserved_word(const unsigned char *a, size_t n) {
     static const char *const reserved[] = {
         "after", "and", "andalso", "band", "begin", "bnot", "bor", "bsl", "bsr", "bxor",
         "case", "catch", "cond", "div", "end", "fun", "if", "let", "not", "of", "or",
         "orelse", "receive", "rem", "try", "when", "xor", NULL};
-    bool bare = a[0] >= 'a' && a[0] <= 'z';
-    for (const char *c = a; bare && *c; c++)
-        bare = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-               (*c >= '0' && *c <= '9') || *c == '_' || *c == '@';
-    for (int i = 0; bare && reserved[i]; i++)
-        bare = strcmp(a, reserved[i]) != 0;
-    if (bare) {
-        sb_str(b, a);
+    for (int i = 0; reserved[i]; i++)
+        if (strlen(reserved[i]) == n && memcmp(a, reserved[i], n) == 0)
+            return true;
+    return false;
+}
+
+/* An atom's name: UTF-8 bytes are kept, Latin-1 ones above 127 become UTF-8. */
+static void sb_atom(strbuf *b, const unsigned char *a, size_t n, bool latin1) {
+    bool bare = n && a[0] >= 'a' && a[0] <= 'z';
+    for (size_t i = 0; bare && i < n; i++)
+        bare = (a[i] >= 'a' && a[i] <= 'z') || (a[i] >= 'A' && a[i] <= 'Z') ||
+               (a[i] >= '0' && a[i] <= '9') || a[i] == '_' || a[i] == '@';
+    if (bare && !reserved_word(a, n)) {
+        sb_put(b, (const char *)a, n);
         return;
     }
-    /* The name is UTF-8 (ei decodes atoms so); keep its bytes, escape quotes. */
     sb_put(b, "'", 1);
-    for (const char *c = a; *c; c++) {
-        unsigned char u = (unsigned char)*c;
-        if (u >= 128)
-            sb_put(b, c, 1);
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] < 128 || latin1)
+            sb_char(b, a[i], '\'');
         else
-            sb_char(b, u, '\'');
+            sb_put(b, (const char *)a + i, 1);
     }
     sb_put(b, "'", 1);
 }
@@ -694,181 +1235,219 @@ static void sb_float(strbuf *b, double f) {
     sb_str(b, strlen(fix) <= strlen(sci) ? fix : sci);
 }
 
-static int print_term(strbuf *b, const char *buf, int *idx, int depth);
-
-static int print_seq(strbuf *b, const char *buf, int *idx, int n, int depth) {
-    for (int i = 0; i < n; i++) {
-        if (i)
-            sb_put(b, ",", 1);
-        if (print_term(b, buf, idx, depth + 1) < 0)
-            return -1;
-    }
-    return 0;
+/* A term that only libei's printer knows (references, funs, exports,
+ * integers beyond 64 bits): at the start of its own sub-buffer, which
+ * must stay within libei's int offsets. */
+static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
+    if (n > INT_MAX)
+        return false;
+    char *s = NULL;
+    int idx = 0;
+    bool ok = ei_s_print_term(&s, (const char *)term, &idx) >= 0 && (size_t)idx == n;
+    if (ok)
+        sb_str(b, s);
+    free(s);
+    return ok;
 }
 
-static int print_term(strbuf *b, const char *buf, int *idx, int depth) {
-    int type, size, arity;
-    if (depth > 10000 || ei_get_type(buf, idx, &type, &size) < 0)
-        return -1;
-    switch (type) {
-    case ERL_SMALL_INTEGER_EXT:
-    case ERL_INTEGER_EXT:
-    case ERL_SMALL_BIG_EXT:
-    case ERL_LARGE_BIG_EXT: {
-        long long v;
-        unsigned long long u;
-        int save = *idx;
-        if (ei_decode_longlong(buf, idx, &v) == 0) {
-            sb_fmt(b, "%lld", v);
-        } else if ((*idx = save, ei_decode_ulonglong(buf, idx, &u)) == 0) {
-            sb_fmt(b, "%llu", u);
-        } else {
-            /* Beyond 64 bits: libei's own printer knows bignums. */
-            char *s = NULL;
-            *idx = save;
-            if (ei_s_print_term(&s, buf, idx) < 0) {
-                free(s);
-                return -1;
-            }
-            sb_str(b, s);
-            free(s);
-        }
-        return 0;
+static bool print_int(strbuf *b, const etf_item *it, const unsigned char *buf, size_t end) {
+    if (it->tag == ERL_SMALL_INTEGER_EXT) {
+        sb_fmt(b, "%u", it->p[0]);
+        return true;
     }
-    case ERL_FLOAT_EXT:
-    case NEW_FLOAT_EXT: {
-        double f;
-        if (ei_decode_double(buf, idx, &f) < 0)
-            return -1;
-        sb_float(b, f);
-        return 0;
+    if (it->tag == ERL_INTEGER_EXT) {
+        sb_fmt(b, "%d", (int)(int32_t)be32(it->p));
+        return true;
     }
-    case ERL_ATOM_EXT:
-    case ERL_SMALL_ATOM_EXT:
-    case ERL_ATOM_UTF8_EXT:
-    case ERL_SMALL_ATOM_UTF8_EXT: {
-        char a[MAXATOMLEN_UTF8];
-        if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0)
-            return -1;
-        sb_atom(b, a);
-        return 0;
-    }
-    case ERL_PID_EXT:
-    case ERL_NEW_PID_EXT: {
+    size_t n = it->n; /* a big integer's magnitude, least significant byte first */
+    while (n && !it->p[n - 1])
+        n--;
+    if (n > 8)
+        return print_with_ei(b, buf + it->start, end - it->start);
+    uint64_t m = 0;
+    for (size_t i = n; i-- > 0;)
+        m = m << 8 | it->p[i];
+    sb_fmt(b, "%s%llu", it->sign && m ? "-" : "", (unsigned long long)m);
+    return true;
+}
+
+/* Pids and ports are decoded by libei from their own sub-buffer. */
+static bool print_pid_or_port(strbuf *b, const etf_item *it, const unsigned char *buf) {
+    int idx = 0;
+    const char *t = (const char *)buf + it->start;
+    if (it->tag == ERL_PID_EXT || it->tag == ERL_NEW_PID_EXT) {
         erlang_pid p;
-        if (ei_decode_pid(buf, idx, &p) < 0)
-            return -1;
+        if (ei_decode_pid(t, &idx, &p) < 0)
+            return false;
         sb_fmt(b, "<0.%u.%u>", p.num, p.serial);
-        return 0;
-    }
-    case ERL_PORT_EXT:
-    case ERL_NEW_PORT_EXT:
-    case ERL_V4_PORT_EXT: {
+    } else {
         erlang_port p;
-        if (ei_decode_port(buf, idx, &p) < 0)
-            return -1;
+        if (ei_decode_port(t, &idx, &p) < 0)
+            return false;
         sb_fmt(b, "#Port<0.%llu>", (unsigned long long)p.id);
-        return 0;
     }
-    case ERL_SMALL_TUPLE_EXT:
-    case ERL_LARGE_TUPLE_EXT:
-        if (ei_decode_tuple_header(buf, idx, &arity) < 0)
-            return -1;
-        sb_put(b, "{", 1);
-        if (print_seq(b, buf, idx, arity, depth) < 0)
-            return -1;
-        sb_put(b, "}", 1);
-        return 0;
-    case ERL_MAP_EXT:
-        if (ei_decode_map_header(buf, idx, &arity) < 0)
-            return -1;
-        sb_put(b, "#{", 2);
-        for (int i = 0; i < arity; i++) {
-            if (i)
-                sb_put(b, ",", 1);
-            if (print_term(b, buf, idx, depth + 1) < 0)
-                return -1;
-            sb_put(b, " => ", 4);
-            if (print_term(b, buf, idx, depth + 1) < 0)
-                return -1;
-        }
-        sb_put(b, "}", 1);
-        return 0;
-    case ERL_NIL_EXT:
-        ei_decode_list_header(buf, idx, &arity);
-        sb_put(b, "[]", 2);
-        return 0;
-    case ERL_STRING_EXT: {
-        /* Bytes that are all printable show as a string, others as integers. */
-        const unsigned char *p = (const unsigned char *)buf + *idx + 3;
-        if (all_printable(p, (size_t)size)) {
-            sb_quoted(b, p, (size_t)size, '"');
-        } else {
+    return true;
+}
+
+/* A string or binary: all printable, as "..."; otherwise as integers. */
+static void print_bytes(strbuf *b, const unsigned char *p, size_t n, bool binary) {
+    bool text = (n || !binary) && all_printable(p, n);
+    if (binary)
+        sb_put(b, "<<", 2);
+    if (text) {
+        sb_quoted(b, p, n, '"');
+    } else {
+        if (!binary)
             sb_put(b, "[", 1);
-            for (int i = 0; i < size; i++)
-                sb_fmt(b, i ? ",%u" : "%u", p[i]);
+        for (size_t i = 0; i < n && !b->failed; i++)
+            sb_fmt(b, i ? ",%u" : "%u", p[i]);
+        if (!binary)
             sb_put(b, "]", 1);
-        }
-        *idx += 3 + size;
-        return 0;
     }
-    case ERL_LIST_EXT: {
-        if (ei_decode_list_header(buf, idx, &arity) < 0)
-            return -1;
-        sb_put(b, "[", 1);
-        if (print_seq(b, buf, idx, arity, depth) < 0)
-            return -1;
-        int tail_type;
-        if (ei_get_type(buf, idx, &tail_type, &size) < 0)
-            return -1;
-        if (tail_type == ERL_NIL_EXT) {
-            ei_decode_list_header(buf, idx, &arity);
+    if (binary)
+        sb_put(b, ">>", 2);
+}
+
+/* A bit string as Erlang writes it: <<1,2,3:4>>, the last byte's used bits
+ * as a value and their number. */
+static void print_bits(strbuf *b, const unsigned char *p, size_t n, unsigned bits) {
+    sb_put(b, "<<", 2);
+    for (size_t i = 0; i + 1 < n && !b->failed; i++)
+        sb_fmt(b, "%u,", p[i]);
+    if (n && bits >= 1 && bits < 8)
+        sb_fmt(b, "%u:%u", (unsigned)(p[n - 1] >> (8 - bits)), bits);
+    else if (n)
+        sb_fmt(b, "%u", p[n - 1]);
+    sb_put(b, ">>", 2);
+}
+
+/* A term whose parts follow: tuple, list or map. */
+typedef struct {
+    uint64_t left; /* parts still to print */
+    char kind;     /* '{', '[' or '#' */
+    bool first;
+} pframe;
+
+/* Prints one item; false if it cannot be printed. *at is past the item, or
+ * past the whole term for an EXPORT_EXT, which libei prints whole. */
+static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, size_t len,
+                       size_t *at) {
+    double f;
+    switch (it->tag) {
+    case ERL_SMALL_INTEGER_EXT: case ERL_INTEGER_EXT:
+    case ERL_SMALL_BIG_EXT: case ERL_LARGE_BIG_EXT:
+        return print_int(b, it, buf, *at);
+    case NEW_FLOAT_EXT:
+    case ERL_FLOAT_EXT:
+        if (it->tag == NEW_FLOAT_EXT) {
+            uint64_t bits = (uint64_t)be32(it->p) << 32 | be32(it->p + 4);
+            memcpy(&f, &bits, sizeof f);
+        } else if (!item_float(it, &f)) {
+            return false;
+        }
+        sb_float(b, f);
+        return true;
+    case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
+        sb_atom(b, it->p, it->n, it->latin1);
+        return true;
+    case ERL_PID_EXT: case ERL_NEW_PID_EXT:
+    case ERL_PORT_EXT: case ERL_NEW_PORT_EXT: case ERL_V4_PORT_EXT:
+        return print_pid_or_port(b, it, buf);
+    case ERL_NIL_EXT:
+        sb_put(b, "[]", 2);
+        return true;
+    case ERL_STRING_EXT:
+        print_bytes(b, it->p, it->n, false);
+        return true;
+    case ERL_BINARY_EXT:
+        print_bytes(b, it->p, it->n, true);
+        return true;
+    case ERL_BIT_BINARY_EXT:
+        print_bits(b, it->p, it->n, it->bits);
+        return true;
+    case ERL_EXPORT_EXT:
+        *at = it->start;
+        return skip_term(buf, len, at) && print_with_ei(b, buf + it->start, *at - it->start);
+    default: /* references and funs */
+        return print_with_ei(b, buf + it->start, *at - it->start);
+    }
+}
+
+/* Before the next part of the innermost open term: its separator, or its
+ * closing bracket (then it is done). Returns false when no part comes next. */
+static bool next_part(strbuf *b, pframe *stack, size_t *sp, const unsigned char *buf, size_t len,
+                      size_t *at) {
+    while (*sp) {
+        pframe *f = &stack[*sp - 1];
+        if (f->left == 1 && f->kind == '[') {
+            /* A list's tail: [] closes it, anything else follows a '|'. */
+            if (*at < len && buf[*at] == ERL_NIL_EXT) {
+                (*at)++;
+                f->left = 0;
+            } else {
+                sb_put(b, "|", 1);
+                f->left = 0;
+                return true;
+            }
+        }
+        if (f->left == 0) {
+            sb_put(b, f->kind == '[' ? "]" : "}", 1);
+            (*sp)--;
+            continue;
+        }
+        if (!f->first)
+            sb_put(b, f->kind == '#' && f->left % 2 ? " => " : ",", f->kind == '#' && f->left % 2 ? 4 : 1);
+        f->first = false;
+        f->left--;
+        return true;
+    }
+    return false;
+}
+
+/* Prints the one term at *at. The open terms are kept on a stack of the
+ * heap, so any depth that the bytes can hold prints. */
+static bool print_term(strbuf *b, const unsigned char *buf, size_t len, size_t *at) {
+    pframe *stack = NULL;
+    size_t sp = 0, cap = 0;
+    bool ok = true, started = false;
+    while (ok && !b->failed && (!started || next_part(b, stack, &sp, buf, len, at))) {
+        started = true;
+        etf_item it;
+        if (!read_item(buf, len, at, &it)) {
+            ok = false;
+        } else if (it.parts && it.tag != ERL_EXPORT_EXT) {
+            static const char *const open[] = {"{", "[", "#{"};
+            char kind = it.tag == ERL_LIST_EXT ? '[' : it.tag == ERL_MAP_EXT ? '#' : '{';
+            sb_str(b, open[kind == '{' ? 0 : kind == '[' ? 1 : 2]);
+            pframe *s = grow(stack, &cap, sp + 1, sizeof *s);
+            if (s) {
+                stack = s;
+                stack[sp++] = (pframe){.left = it.parts, .kind = kind, .first = true};
+            } else {
+                ok = false;
+                b->oom = b->failed = true;
+            }
         } else {
-            sb_put(b, "|", 1);
-            if (print_term(b, buf, idx, depth + 1) < 0)
-                return -1;
+            ok = print_item(b, &it, buf, len, at);
         }
-        sb_put(b, "]", 1);
-        return 0;
     }
-    case ERL_BINARY_EXT: {
-        const unsigned char *p = (const unsigned char *)buf + *idx + 5;
-        if (size && all_printable(p, (size_t)size)) {
-            sb_put(b, "<<", 2);
-            sb_quoted(b, p, (size_t)size, '"');
-            sb_put(b, ">>", 2);
-        } else {
-            sb_put(b, "<<", 2);
-            for (int i = 0; i < size; i++)
-                sb_fmt(b, i ? ",%u" : "%u", p[i]);
-            sb_put(b, ">>", 2);
-        }
-        *idx += 5 + size;
-        return 0;
-    }
-    default: {
-        /* References, funs, bit strings...: libei's printer. */
-        char *s = NULL;
-        if (ei_s_print_term(&s, buf, idx) < 0) {
-            free(s);
-            return -1;
-        }
-        sb_str(b, s);
-        free(s);
-        return 0;
-    }
-    }
+    edrv__free(stack);
+    return ok;
 }
 
 EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
-    int idx = 0, ver;
-    if (!etf || !out || edrv__etf_measure(etf, len) != (int)len)
-        return edrv__fail(EDRV_EBADTERM, "not one term in external term format");
-    ei_decode_version(etf, &idx, &ver);
-    strbuf b = {0};
-    if (print_term(&b, etf, &idx, 0) < 0 || b.oom) {
-        free(b.s);
+    if (out)
         *out = NULL;
+    if (!etf || !out || edrv__etf_measure(etf, len) != (ssize_t)len)
+        return edrv__fail(EDRV_EBADTERM, "not one term in external term format");
+    strbuf b = {0};
+    size_t at = 1;
+    bool ok = print_term(&b, etf, len, &at);
+    if (!ok || b.failed) {
+        free(b.s);
+        if (b.too_long)
+            return edrv__fail(EDRV_ENOTSUP, "the text of the term is longer than INT_MAX bytes");
         return edrv__fail(b.oom ? EDRV_ENOMEM : EDRV_EBADTERM, "the term could not be printed");
     }
     *out = b.s;

@@ -2,6 +2,7 @@
 #include "check.h"
 
 #include <ei.h>
+#include <stdbool.h>
 
 static char *fmt(ei_x_buff *x) {
     static char out[512];
@@ -68,6 +69,72 @@ static void compound(void) {
     FORMATS("#Port<0.9>", ei_x_encode_port(&x, &port));
 }
 
+/* Kinds that libei decodes or prints for the printer, each from a buffer of
+ * its own, and bit strings, which it writes as Erlang does. */
+static void other_kinds(void) {
+    /* Beyond 64 bits, libei writes hexadecimal (Erlang would write decimal). */
+    FORMATS("16#10000000000000000", ei_x_append_buf(&x, "\x6e\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01", 12));
+    FORMATS("-18446744073709551615", ei_x_append_buf(&x, "\x6e\x08\x01\xff\xff\xff\xff\xff\xff\xff\xff", 11));
+    FORMATS("1", ei_x_append_buf(&x, "\x6e\x02\x00\x01\x00", 5)); /* a big 1 */
+    FORMATS("fun lists:map/2", ei_x_append_buf(&x, "\x71\x64\x00\x05lists\x64\x00\x03map\x61\x02", 17));
+    FORMATS("<<7:3>>", ei_x_append_buf(&x, "\x4d\x00\x00\x00\x01\x03\xff", 7));
+    FORMATS("<<1,2,3:4>>", ei_x_append_buf(&x, "\x4d\x00\x00\x00\x03\x04\x01\x02\x30", 9));
+    FORMATS("1.5", ei_x_append_buf(&x, "\x63" "1.50000000000000000000e+00\0\0\0\0\0", 32));
+    FORMATS("'\xc3\xa9t\xc3\xa9'", ei_x_append_buf(&x, "\x64\x00\x03\xe9t\xe9", 6)); /* Latin-1 */
+    FORMATS("[1|\"ab\"]", ei_x_encode_list_header(&x, 1); ei_x_encode_long(&x, 1);
+            ei_x_encode_string(&x, "ab"));
+    FORMATS("{#{},[],<<>>,''}", ei_x_encode_tuple_header(&x, 4); ei_x_encode_map_header(&x, 0);
+            ei_x_encode_empty_list(&x); ei_x_encode_binary(&x, "", 0);
+            ei_x_encode_atom(&x, ""));
+    FORMATS("#{a => [1,2],b => {}}", ei_x_encode_map_header(&x, 2); ei_x_encode_atom(&x, "a");
+            ei_x_encode_list_header(&x, 2); ei_x_encode_long(&x, 1); ei_x_encode_long(&x, 2);
+            ei_x_encode_empty_list(&x); ei_x_encode_atom(&x, "b"); ei_x_encode_tuple_header(&x, 0));
+}
+
+/* depth nested terms as ETF: lists [[...[]...]], or tuples {{...{ok}...}}
+ * (then each arity 1, so the text is exactly depth brackets each side). */
+static char *nested(size_t depth, bool tuples, size_t *len) {
+    size_t per = tuples ? 2 : 5, n = 1 + depth * per + (tuples ? 4 : 1 + depth);
+    char *b = malloc(n), *o = b;
+    *o++ = (char)131;
+    for (size_t i = 0; i < depth; i++) {
+        memcpy(o, tuples ? "\x68\x01" : "\x6c\x00\x00\x00\x01", per);
+        o += per;
+    }
+    if (tuples) {
+        memcpy(o, "\x73\x02ok", 4); /* SMALL_ATOM_EXT ok */
+        o += 4;
+    } else {
+        memset(o, ERL_NIL_EXT, 1 + depth); /* the innermost [], then each tail */
+        o += 1 + depth;
+    }
+    *len = (size_t)(o - b);
+    return b;
+}
+
+/* Deep terms print (the printer keeps its own stack on the heap): they did
+ * overflow the thread's stack at about 7000 levels. */
+static void deep_nesting(void) {
+    size_t depths[] = {9999, 10001, 100000, 1000000};
+    for (size_t i = 0; i < sizeof depths / sizeof *depths; i++) {
+        for (int tuples = 0; tuples <= 1; tuples++) {
+            size_t d = depths[i], len;
+            char *etf = nested(d, tuples, &len), *s = NULL;
+            int n = edrv_term_format(etf, len, &s);
+            CHECK_INT(n, 2 * d + 2); /* ok or [] inside */
+            if (n > 0) {
+                bool ok = true;
+                for (size_t k = 0; k < d; k++)
+                    ok = ok && s[k] == (tuples ? '{' : '[') && s[n - 1 - k] == (tuples ? '}' : ']');
+                CHECK(ok);
+                CHECK(memcmp(s + d, tuples ? "ok" : "[]", 2) == 0);
+            }
+            free(s);
+            free(etf);
+        }
+    }
+}
+
 static void bad_input(void) {
     char *s = NULL;
     CHECK_INT(edrv_term_format(NULL, 3, &s), EDRV_EBADTERM);
@@ -129,6 +196,8 @@ static void mutations(void) {
 static const test_case cases[] = {
     {"scalars", scalars},
     {"compound", compound},
+    {"other_kinds", other_kinds},
+    {"deep_nesting", deep_nesting},
     {"bad_input", bad_input},
     {"mutations", mutations},
     {NULL, NULL},

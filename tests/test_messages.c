@@ -132,6 +132,35 @@ static void bad_term_specs(void) {
     edrv_proc_free(proc);
 }
 
+/* Specs that ERTS refuses for their values (checked in erl, and by
+ * tests/diff/terms.scenario): NaN and infinite floats, and maps with a key
+ * twice, however the two are written. They return -1 and send nothing. */
+static void checked_term_specs(void) {
+    REQUIRE(setup(0) == 0);
+    static const struct {
+        char which;
+        const char *rc, *msg; /* msg NULL: nothing sent */
+    } cases[] = {
+        {0, "-1", NULL},  {1, "1", "#{1 => a,1.0 => b}"}, {2, "-1", NULL},
+        {3, "-1", NULL},  {4, "-1", NULL},  {5, "-1", NULL},  {6, "-1", NULL},
+        {7, "-1", NULL},  {8, "-1", NULL},  {9, "-1", NULL},  {10, "-1", NULL},
+        {11, "-1", NULL}, {12, "1", "#{b => 2,a => 3}"},      {13, "-1", NULL},
+        {14, "-1", NULL}, {15, "-1", NULL}, {16, "-1", NULL}, {17, "-1", NULL},
+        {18, "1", "<<7:3>>"}, {19, "-1", NULL}, {20, "1", "1.5"}, {21, "-1", NULL},
+        {22, "1", "-0.0"}, {23, "-1", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *got = ctl(34, &cases[i].which, 1);
+        if (strcmp(got, cases[i].rc) != 0)
+            fprintf(stderr, "checked spec %d:\n", cases[i].which);
+        CHECK_STR(got, cases[i].rc);
+        if (cases[i].msg)
+            CHECK_MSG(proc, port, cases[i].msg);
+        no_more_messages();
+    }
+    edrv_proc_free(proc);
+}
+
 static void callers(void) {
     REQUIRE(setup(0) == 0);
     edrv_proc *other = edrv_proc_new();
@@ -236,6 +265,7 @@ static const test_case cases[] = {
     {"long_list_output", long_list_output},
     {"term_specs", term_specs},
     {"bad_term_specs", bad_term_specs},
+    {"checked_term_specs", checked_term_specs},
     {"callers", callers},
     {"failures", failures},
     {"eof_option", eof_option},

@@ -58,6 +58,7 @@ enum {
     TD_BAD_TERM = 31,     /* reply with the return for bad spec data[0] */
     TD_SEND_CALLER = 32,  /* erl_drv_send_term to driver_caller: {hello, Port} */
     TD_SEND_ATOM = 33,    /* erl_drv_send_term with an atom as receiver */
+    TD_CHECKED_TERM = 34, /* reply erl_drv_output_term's return for spec data[0] of checked_spec */
     TD_CALLERS = 40,      /* {callers, StartCaller, ControlCaller, Connected} */
     TD_STOP_TERM = 41,    /* stop will send from_stop with output_term */
     TD_PORT_FLAGS = 42,   /* reply with get_port_flags as a decimal */
@@ -248,6 +249,119 @@ static int bad_spec(tdrv *t, int which) {
     }
 }
 
+/* Specs that ERTS checks beyond their shape (OTP 25, checked in erl): a
+ * float must be finite, and a map's keys must differ as terms (=:=), however
+ * they are written: -1 and nothing sent otherwise. */
+#define CK_ATOM(name) ERL_DRV_ATOM, driver_mk_atom(name)
+#define CK_SPEC(...)                                                    \
+    do {                                                                \
+        ErlDrvTermData t_[] = {__VA_ARGS__};                            \
+        memcpy(s, t_, sizeof t_);                                       \
+        n = (int)(sizeof t_ / sizeof t_[0]);                            \
+    } while (0)
+
+static int checked_spec(tdrv *t, int which) {
+    static double one = 1.0, zero = 0.0, minus_zero = -0.0, nan_ = 0.0, inf = 0.0;
+    static char dup_ext[] = {(char)131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 97, 1, 97, 3};
+    static char nan_ext[] = {(char)131, 70, 0x7f, (char)0xf8, 0, 0, 0, 0, 0, 0};
+    static char ba_ext[] = {(char)131, 116, 0, 0, 0, 2, 100, 0, 1, 'b', 97, 2, 100, 0, 1, 'a', 97, 3};
+    static char atom_ext[] = {(char)131, 100, 0, 1, 'a'};
+    static char big_one[] = {(char)131, 110, 2, 0, 1, 0}; /* 1 as a SMALL_BIG_EXT */
+    static char bits8_ext[] = {(char)131, 77, 0, 0, 0, 2, 8, 'a', 'b'};
+    static char bits3_ext[] = {(char)131, 77, 0, 0, 0, 1, 3, (char)0xff};
+    static char float_text[33] = {(char)131, 99};
+    ErlDrvTermData s[200];
+    int n = 0;
+    nan_ = zero / zero;
+    inf = one / zero;
+    switch (which) {
+    case 0: /* #{1 => a, 1 => b} */
+        CK_SPEC(ERL_DRV_INT, 1, CK_ATOM("a"), ERL_DRV_INT, 1, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 1: /* #{1 => a, 1.0 => b}: two keys */
+        CK_SPEC(ERL_DRV_INT, 1, CK_ATOM("a"), ERL_DRV_FLOAT, (ErlDrvTermData)&one, CK_ATOM("b"),
+                ERL_DRV_MAP, 2);
+        break;
+    case 2: CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&nan_); break;
+    case 3: CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&inf); break;
+    case 4: inf = -inf; CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&inf); break;
+    case 5: /* 0.0 and -0.0: one key in OTP 25 */
+        CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&zero, CK_ATOM("a"), ERL_DRV_FLOAT,
+                (ErlDrvTermData)&minus_zero, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 6: /* "ab" as STRING and as a LIST of integers */
+        CK_SPEC(ERL_DRV_STRING, (ErlDrvTermData) "ab", 2, CK_ATOM("a"), ERL_DRV_INT, 97,
+                ERL_DRV_INT, 98, ERL_DRV_NIL, ERL_DRV_LIST, 3, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 7: /* #{#{a => 1, b => 2} => x, #{b => 2, a => 1} => y} */
+        CK_SPEC(CK_ATOM("a"), ERL_DRV_INT, 1, CK_ATOM("b"), ERL_DRV_INT, 2, ERL_DRV_MAP, 2,
+                CK_ATOM("x"), CK_ATOM("b"), ERL_DRV_INT, 2, CK_ATOM("a"), ERL_DRV_INT, 1,
+                ERL_DRV_MAP, 2, CK_ATOM("y"), ERL_DRV_MAP, 2);
+        break;
+    case 8: CK_SPEC(ERL_DRV_EXT2TERM, (ErlDrvTermData)dup_ext, sizeof dup_ext); break;
+    case 9: CK_SPEC(ERL_DRV_EXT2TERM, (ErlDrvTermData)nan_ext, sizeof nan_ext); break;
+    case 10: /* [1 | [2]] and [1, 2] */
+        CK_SPEC(ERL_DRV_INT, 1, ERL_DRV_INT, 2, ERL_DRV_NIL, ERL_DRV_LIST, 2, ERL_DRV_LIST, 2,
+                CK_ATOM("a"), ERL_DRV_INT, 1, ERL_DRV_INT, 2, ERL_DRV_NIL, ERL_DRV_LIST, 3,
+                CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 11: /* 40 keys (a hash map in ERTS), 0 twice */
+        for (int i = 0; i < 40; i++) {
+            s[n++] = ERL_DRV_INT;
+            s[n++] = (ErlDrvTermData)(i == 39 ? 0 : i);
+            s[n++] = ERL_DRV_INT;
+            s[n++] = (ErlDrvTermData)i;
+        }
+        s[n++] = ERL_DRV_MAP;
+        s[n++] = 40;
+        break;
+    case 12: /* EXT2TERM #{b => 2, a => 3}: fine in any order */
+        CK_SPEC(ERL_DRV_EXT2TERM, (ErlDrvTermData)ba_ext, sizeof ba_ext);
+        break;
+    case 13: /* INT 1 and UINT 1 */
+        CK_SPEC(ERL_DRV_INT, 1, CK_ATOM("a"), ERL_DRV_UINT, 1, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 14: /* the atom a, made here and as ATOM_EXT in EXT2TERM */
+        CK_SPEC(CK_ATOM("a"), CK_ATOM("a"), ERL_DRV_EXT2TERM, (ErlDrvTermData)atom_ext,
+                sizeof atom_ext, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 15: /* 1, and 1 as a SMALL_BIG_EXT */
+        CK_SPEC(ERL_DRV_INT, 1, CK_ATOM("a"), ERL_DRV_EXT2TERM, (ErlDrvTermData)big_one,
+                sizeof big_one, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 16: /* "" and [] */
+        CK_SPEC(ERL_DRV_STRING, (ErlDrvTermData) "", 0, CK_ATOM("a"), ERL_DRV_NIL, CK_ATOM("b"),
+                ERL_DRV_MAP, 2);
+        break;
+    case 17: /* <<"ab">>, and as a bit string of 8 bits in its last byte */
+        CK_SPEC(ERL_DRV_BUF2BINARY, (ErlDrvTermData) "ab", 2, CK_ATOM("a"), ERL_DRV_EXT2TERM,
+                (ErlDrvTermData)bits8_ext, sizeof bits8_ext, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 18: /* <<7:3>> with its unused bits set */
+        CK_SPEC(ERL_DRV_EXT2TERM, (ErlDrvTermData)bits3_ext, sizeof bits3_ext);
+        break;
+    case 19: /* FLOAT_EXT "nan" */
+    case 20: /* FLOAT_EXT 1.5 */
+        memset(float_text + 2, 0, 31);
+        snprintf(float_text + 2, 31, which == 19 ? "nan" : "%.20e", 1.5);
+        CK_SPEC(ERL_DRV_EXT2TERM, (ErlDrvTermData)float_text, sizeof float_text);
+        break;
+    case 21: /* [$a, $b] from STRING_CONS, and "ab" */
+        CK_SPEC(ERL_DRV_NIL, ERL_DRV_STRING_CONS, (ErlDrvTermData) "ab", 2, CK_ATOM("a"),
+                ERL_DRV_STRING, (ErlDrvTermData) "ab", 2, CK_ATOM("b"), ERL_DRV_MAP, 2);
+        break;
+    case 22: /* -0.0 alone is a float like any other */
+        CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&minus_zero);
+        break;
+    case 23: /* a key with a NaN inside: the float's check comes first */
+        CK_SPEC(ERL_DRV_FLOAT, (ErlDrvTermData)&nan_, ERL_DRV_TUPLE, 1, CK_ATOM("a"), ERL_DRV_MAP, 1);
+        break;
+    default:
+        return -100;
+    }
+    return erl_drv_output_term(driver_mk_port(t->port), s, n);
+}
+
 /* A timer's callback: says so to the owner (and may empty the queue). */
 static void td_timeout(ErlDrvData d) {
     tdrv *t = (tdrv *)d;
@@ -433,6 +547,8 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
     }
     case TD_BAD_TERM:
         REPLY("%d", bad_spec(t, arg));
+    case TD_CHECKED_TERM:
+        REPLY("%d", checked_spec(t, arg));
     case TD_SEND_CALLER: {
         ErlDrvTermData s[] = {ERL_DRV_ATOM, driver_mk_atom("hello"), ERL_DRV_PORT,
                               driver_mk_port(port), ERL_DRV_TUPLE, 2};
