@@ -121,7 +121,8 @@ static void order_with_queued_work(void) {
         int k = 0, at = (int)m.len;
         while (at > 0 && m.data[at - 1] >= '0' && m.data[at - 1] <= '9')
             at--;
-        k = atoi(m.data + at);
+        for (; at < (int)m.len; at++)
+            k = k * 10 + (m.data[at] - '0');
         bad += k != next;
         next = k + 1;
         edrv_msg_free(&m);
