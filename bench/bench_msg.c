@@ -6,11 +6,11 @@
  *   control   TRIPS edrv_port_control(P, 1, "hello") round trips
  *   call      TRIPS edrv_port_call(P, 1, {hello,42}) round trips
  *   command   TRIPS edrv_port_command(P, "hello") + edrv_receive of its echo
- *   pipe      PIPE commands, then PIPE receives (one thread, an mdrv port)
- *   pipe1p    the same on an mdrvp port (ERL_DRV_FLAG_USE_PORT_LOCKING)
- *   pipe2p    two threads, each with its own process and mdrvp port, each
- *             PIPE/2 commands then PIPE/2 receives; timed from the moment both
- *             start to the moment both are done
+ *   pipe      PIPE commands, then PIPE receives (one thread, a port of mdrvp,
+ *             the driver with ERL_DRV_FLAG_USE_PORT_LOCKING)
+ *   pipe2p    the same with two threads, each with its own process and
+ *             mdrvp port, each PIPE/2 commands then PIPE/2 receives; timed
+ *             from the moment both start to the moment both are done
  *
  * SIGPIPE is ignored first, as ERTS does, so that edrv runs the calls'
  * callbacks in this program's threads when it can (immediate execution,
@@ -275,13 +275,12 @@ static int bench(unsigned trips, unsigned npipe) {
      * its messages' memory when the next ones don't. */
     unsigned wt = trips / 10 + 1;
     if (controls(p, port, wt) < 0 || calls(p, port, wt) < 0 || commands(p, port, wt) < 0 ||
-        pipelined(p, port, npipe) < 0)
+        pipelined(pp, portp, npipe) < 0)
         return -1;
     if (timed("control", controls, p, port, trips, 0) < 0 ||
         timed("call", calls, p, port, trips, 0) < 0 ||
         timed("command", commands, p, port, trips, 0) < 0 ||
-        timed("pipe", pipelined, p, port, npipe, 1) < 0 ||
-        timed("pipe1p", pipelined, pp, portp, npipe, 1) < 0 || pipe_two(npipe) < 0)
+        timed("pipe", pipelined, pp, portp, npipe, 1) < 0 || pipe_two(npipe) < 0)
         return -1;
     printf("INFO %s callbacks_in_caller %.3f\n", peer, in_caller(p, port));
     edrv_port_close(p, port);

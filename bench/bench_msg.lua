@@ -1,8 +1,9 @@
 -- bench_msg.lua: the Lua peer of the message path benchmark, run by the edrv
--- command. It loads mdrv.so (the driver bench_msg and bench_msg_erts.erl
--- load) and times, from the script's process, the cases that one Lua thread
--- can run (see bench_msg.c): control, call, command, pipe. Lua has one thread,
--- so pipe1p and pipe2p are C and ERTS only.
+-- command. It loads mdrv.so and mdrvp.so (the drivers bench_msg and
+-- bench_msg_erts.erl load) and times, from the script's process, the cases
+-- that one Lua thread can run (see bench_msg.c): control, call, command (on a
+-- port of mdrv), pipe (on one of mdrvp). Lua has one thread: pipe2p is C and
+-- ERTS only.
 --
 -- Usage: edrv bench/bench_msg.lua PEER DRIVERS_DIR TRIPS PIPE
 -- Prints `RESULT PEER CASE METRIC VALUE` lines (see bench/README.md), and
@@ -22,7 +23,9 @@ local port_control, port_call, port_command, receive = e.port_control, e.port_ca
 local now = e.monotonic_time
 
 e.load_driver(dir, "mdrv")
+e.load_driver(dir, "mdrvp")
 local port = e.open_port({"spawn_driver", "mdrv"}, {"binary"})
+local portp = e.open_port({"spawn_driver", "mdrvp"}, {"binary"})
 local call_term = e.tuple(e.atom"hello", 42)
 
 local function result(case, metric, v)
@@ -31,8 +34,8 @@ local function result(case, metric, v)
 end
 
 -- The echo of one command must be {Port, {data, <<"hello">>}}.
-local function check_echo(m)
-  if not (m and m[1] == port and m[2][2] == "hello") then
+local function check_echo(m, p)
+  if not (m and m[1] == p and m[2][2] == "hello") then
     error("unexpected message " .. tostring(m))
   end
 end
@@ -55,17 +58,17 @@ local function commands(n)
     port_command(port, "hello")
     m = receive(10000)
   end
-  check_echo(m)
+  check_echo(m, port)
 end
 
 local function pipelined(n)
-  for _ = 1, n do port_command(port, "hello") end
+  for _ = 1, n do port_command(portp, "hello") end
   local m
   for _ = 1, n do
     m = receive(10000)
     if not m then error("no echo within 10 s") end
   end
-  check_echo(m)
+  check_echo(m, portp)
 end
 
 local function timed(case, fn, n, rate)
@@ -94,3 +97,4 @@ for _ = 1, 1000 do
 end
 io.write(string.format("INFO %s callbacks_in_caller %.3f\n", peer, mine / 1000))
 e.port_close(port)
+e.port_close(portp)

@@ -4,8 +4,8 @@
 %%   control  TRIPS port_control(P, 1, <<"hello">>)
 %%   call     TRIPS port_call(P, 1, {hello, 42})
 %%   command  TRIPS port_command(P, <<"hello">>), then receive {P, {data, _}}
-%%   pipe     PIPE port_commands, then PIPE receives (an mdrv port)
-%%   pipe1p   the same on an mdrvp port (ERL_DRV_FLAG_USE_PORT_LOCKING)
+%%   pipe     PIPE port_commands, then PIPE receives (a port of mdrvp, the
+%%            driver with ERL_DRV_FLAG_USE_PORT_LOCKING)
 %%   pipe2p   two processes, each with its own mdrvp port, PIPE/2 each,
 %%            timed from the go to the moment both are done
 %%
@@ -38,12 +38,11 @@ bench(Dir, Trips, Pipe) ->
     %% Warm-up, as bench_msg: a tenth of each round-trip case, one whole
     %% pipelined burst.
     WT = Trips div 10 + 1,
-    controls(P, WT), calls(P, WT), commands(P, WT), pipelined(P, Pipe),
+    controls(P, WT), calls(P, WT), commands(P, WT), pipelined(PP, Pipe),
     timed(control, fun() -> controls(P, Trips) end, Trips, false),
     timed(call, fun() -> calls(P, Trips) end, Trips, false),
     timed(command, fun() -> commands(P, Trips) end, Trips, false),
-    timed(pipe, fun() -> pipelined(P, Pipe) end, Pipe, true),
-    timed(pipe1p, fun() -> pipelined(PP, Pipe) end, Pipe, true),
+    timed(pipe, fun() -> pipelined(PP, Pipe) end, Pipe, true),
     pipe2(Pipe),
     port_close(P),
     port_close(PP),
