@@ -8,7 +8,8 @@
 #   make check-tsan  the tests under ThreadSanitizer
 #   make fuzz        the libFuzzer targets (clang): each corpus once, then each
 #                    target for FUZZ_TIME seconds (default 20) under ASan+UBSan
-#   make bench       the async pool's benchmark, beside ERTS, libuv and GLib
+#   make bench       the async pool's benchmark, beside ERTS, libuv and GLib,
+#                    then the message path's, beside ERTS (bench/README.md)
 #   make soak        the soak: jobs, cancels, closes, owner exits and driver
 #                    unloads, each job checked (SOAK_ARGS, e.g. '--jobs 100M';
 #                    not part of check or CI)
@@ -67,6 +68,7 @@ bench: deps
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DEDRV_BENCH=ON -DEDRV_TESTS=OFF
 	cmake --build build-bench -j$(JOBS)
 	./bench/run build-bench
+	./bench/run_msg build-bench
 
 SOAK_ARGS ?=
 
