@@ -305,10 +305,13 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
                     void *req);
 int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole);
-/* The command's bytes straight to the driver's `output`, when it has one
- * and no `outputv` (true: done, or dropped for a port that died); false:
- * the caller must send them as a binary (edrv__port_command). */
-bool edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len);
+/* The command's bytes straight to the driver's `output`: 0 when done,
+ * EDRV_ENOPORT or EDRV_ECLOSED for a port that is not alive, or
+ * EDRV__NOT_FLAT when the command must take the ordinary way (admission,
+ * then edrv__port_command): the port is busy, or its driver has `outputv`
+ * or no `output`. */
+#define EDRV__NOT_FLAT 2
+int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len);
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply);
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,

@@ -730,23 +730,20 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
             return edrv__fail(EDRV_EINVAL, "edrv_port_command: data too large");
         total += iov[i].iov_len;
     }
+    /* Immediate, to a port that is not busy, of a driver with `output`, in
+     * one piece: the bytes go to the driver at once, so they never count in
+     * the port's message queue (no admission), and no binary is made. */
+    if (!on_emulator && iovcnt <= 1 && !(opts & EDRV_CMD_FORCE) && emu_trylock()) {
+        rc = edrv__port_command_flat(pid, port, iovcnt ? iov[0].iov_base : NULL, total);
+        emu_unlock();
+        if (rc != EDRV__NOT_FLAT)
+            return rc;
+    }
     /* A busy port suspends the sender here (a driver callback sending to a
      * port cannot wait for the thread it runs on: it is never suspended). */
     rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts, &p->suspended);
     if (rc < 0)
         return rc;
-    /* Immediate, to a driver with `output`, in one piece: the driver reads
-     * the caller's bytes in place, as ERTS hands it a binary's bytes. */
-    if (!on_emulator && iovcnt <= 1 && emu_trylock()) {
-        edrv__port_unadmit(port, total);
-        bool done = edrv__port_command_flat(pid, port, iovcnt ? iov[0].iov_base : NULL, total);
-        emu_unlock();
-        if (done)
-            return 0;
-        rc = edrv__port_admit(port, total, opts, &p->suspended); /* outputv: the queued way */
-        if (rc < 0)
-            return rc;
-    }
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {

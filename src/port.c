@@ -903,21 +903,22 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
     return 0;
 }
 
-bool edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len) {
+int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len) {
     EDRV_ASSERT_EMULATOR();
     int err = 0;
     edrv_port_t *pt = port_get(id, &err);
     if (!pt)
-        return true; /* died after the sender's check: dropped, as in ERTS */
+        return err; /* badarg at once, as port_command/2 */
     const ErlDrvEntry *e = pt->drv->entry;
-    if (e->outputv || !e->output)
-        return false;
+    /* Busy: the ordinary way suspends the sender (or refuses, nosuspend). */
+    if (e->outputv || !e->output || atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy))
+        return EDRV__NOT_FLAT;
     /* output's buffer is the driver's to read, and to write into, as ERTS
      * lets it: a copy when the caller's bytes are not ours. */
     char small[256];
     char *buf = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
     if (!buf)
-        return false; /* the binary path reports it */
+        return EDRV__NOT_FLAT; /* the ordinary way reports it */
     if (len)
         memcpy(buf, data, len);
     enter(pt, caller);
@@ -925,7 +926,7 @@ bool edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, si
     leave(pt);
     if (buf != small)
         edrv__free(buf);
-    return true;
+    return 0;
 }
 
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
@@ -1006,7 +1007,8 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->call)
         return edrv__fail(EDRV_EBADARG, "%s has no call callback", pt->drv->name);
-    char *copy = edrv__alloc(EDRV_MEM_SYSTEM, len);
+    char small[256];
+    char *copy = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
     if (!copy)
         return edrv__fail(EDRV_ENOMEM, "out of memory for call data");
     memcpy(copy, data, len);
@@ -1015,16 +1017,19 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
     unsigned int rflags = 0;
     enter(pt, caller);
     ErlDrvSSizeT n = e->call(pt->data, op, copy, len, &rbuf, sizeof buf, &rflags);
-    char name[64]; /* leave() may end the port and unload its driver */
-    snprintf(name, sizeof name, "%s", pt->drv->name);
+    bool overrun = rbuf == buf && n > 0 && (size_t)n > sizeof buf;
+    ssize_t tlen = n > 0 && rbuf && !overrun ? edrv__etf_measure(rbuf, (size_t)n) : -1;
+    char name[64] = ""; /* for errors: leave() may end the port and unload its driver */
+    if (tlen < 0)
+        snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt);
-    edrv__free(copy);
+    if (copy != small)
+        edrv__free(copy);
 
     int rc = 0;
-    ssize_t tlen = n > 0 && rbuf ? edrv__etf_measure(rbuf, (size_t)n) : -1;
     if (n < 0)
         rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd", name, op, (ssize_t)n);
-    else if (rbuf == buf && (size_t)n > sizeof buf)
+    else if (overrun)
         rc = edrv__fail(EDRV_EBADARG, "%s: call %u returned %zd bytes in its %zu-byte buffer",
                         name, op, (ssize_t)n, sizeof buf);
     else if (tlen < 0)

@@ -203,6 +203,18 @@ void edrv__etf_nil(etf_w *w) {
 }
 
 void edrv__etf_atom(etf_w *w, const char *name) {
+    /* An ASCII name of up to 255 bytes is its own UTF-8: SMALL_ATOM_UTF8_EXT
+     * with the bytes as they are, as libei writes it (every message's `data`
+     * or `EXIT` takes this path, without libei's conversion). */
+    size_t n = 0;
+    while (n < 256 && name[n] && (unsigned char)name[n] < 0x80)
+        n++;
+    if (!name[n] && n < 256) {
+        unsigned char h[2] = {ERL_SMALL_ATOM_UTF8_EXT, (unsigned char)n};
+        put_raw(w, h, 2);
+        put_raw(w, name, n);
+        return;
+    }
     EI_AT(w, ei_encode_atom_len_as(b_, &i_, name, (int)strlen(name), ERLANG_LATIN1, ERLANG_UTF8));
 }
 
@@ -218,14 +230,41 @@ static void etf_float(etf_w *w, double f) {
     EI_AT(w, ei_encode_double(b_, &i_, f));
 }
 
+/* The last pid and port this thread encoded, as libei encoded them: a
+ * message names the same port (and pid) in both passes of its writing, and
+ * a stream of messages the same one again, so libei's work (the node's
+ * name converted to UTF-8 each time) is done once per new value. */
+typedef struct {
+    uint64_t id;
+    unsigned char len; /* 0: empty */
+    char bytes[48];    /* tag, the node atom, the numbers: under 40 bytes */
+} etf_cached;
+
+static _Thread_local etf_cached last_pid __attribute__((tls_model("initial-exec")));
+static _Thread_local etf_cached last_port __attribute__((tls_model("initial-exec")));
+
+static void put_cached(etf_w *w, etf_cached *c, uint64_t id, bool port) {
+    if (c->len == 0 || c->id != id) {
+        int i = 0;
+        if (port) {
+            erlang_port p = {.node = EDRV_NODE, .id = id};
+            ei_encode_port(c->bytes, &i, &p);
+        } else {
+            erlang_pid p = {.node = EDRV_NODE, .num = (unsigned)id, .serial = (unsigned)(id >> 32)};
+            ei_encode_pid(c->bytes, &i, &p);
+        }
+        c->id = id;
+        c->len = (unsigned char)i;
+    }
+    put_raw(w, c->bytes, c->len);
+}
+
 void edrv__etf_pid(etf_w *w, uint64_t pid) {
-    erlang_pid p = {.node = EDRV_NODE, .num = (unsigned)pid, .serial = (unsigned)(pid >> 32)};
-    EI_AT(w, ei_encode_pid(b_, &i_, &p));
+    put_cached(w, &last_pid, pid, false);
 }
 
 void edrv__etf_port(etf_w *w, uint64_t port) {
-    erlang_port p = {.node = EDRV_NODE, .id = port};
-    EI_AT(w, ei_encode_port(b_, &i_, &p));
+    put_cached(w, &last_port, port, true);
 }
 
 void edrv__etf_binary(etf_w *w, const char *p, size_t len) {
