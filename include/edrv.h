@@ -265,8 +265,9 @@ typedef struct {
 int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg);
 void edrv_msg_free(edrv_msg *msg);
 /* Prints a term in Erlang syntax into a string that the caller frees with
- * free(). Returns the string's length, or EDRV_EBADTERM or EDRV_ENOMEM (and
- * then hands out no string). */
+ * free(). Returns the string's length, or EDRV_EBADTERM, EDRV_ENOMEM or
+ * EDRV_ENOTSUP (a text of more than INT_MAX bytes), and then hands out no
+ * string. Any depth of nesting: the printer keeps its stack on the heap. */
 int edrv_term_format(const void *etf, size_t len, char **out);
 
 /* ---- the async pool ---------------------------------------------------------- */

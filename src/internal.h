@@ -321,7 +321,6 @@ int edrv__port_info(edrv_port id, edrv_port_status *st);
 void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);
 void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloaded */
-size_t edrv__ports_using(struct edrv_driver *d);
 int edrv__port_check(edrv_port id); /* any thread: 0, EDRV_ENOPORT or EDRV_ECLOSED */
 /* Any thread but the emulator's: waits while the port is busy (see edrv.h
  * EDRV_CMD_*), then counts len bytes into its message queue. 0 or an error.
