@@ -54,7 +54,6 @@
 #define MT_VAR "edrv.Var"
 
 #define REG_ATOMS "edrv.atoms"   /* name -> atom object (weak values) */
-#define REG_PROC "edrv.proc"     /* the state's process */
 #define REG_SAVED "edrv.saved"   /* messages put aside by receive_match */
 
 /* ---- errors ------------------------------------------------------------------- */
@@ -105,9 +104,13 @@ typedef struct {
     int owns_runtime; /* this module started the runtime, and stops it */
 } runtime_box;
 
+/* The registry's key of the state's process box: a light userdata, so that
+ * every call finds it with one raw lookup (it asks on each call). */
+static const char proc_key;
+
 static edrv_proc *self_proc(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_PROC);
-    proc_box *b = luaL_testudata(L, -1, MT_PROC);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proc_key);
+    proc_box *b = lua_touserdata(L, -1); /* only edrv_lua_open sets it */
     lua_pop(L, 1);
     if (!b || !b->proc)
         raise(L, "self", "noproc", "the edrv module was closed");
@@ -246,22 +249,19 @@ static int port_eq(lua_State *L) {
 typedef enum { K_NONE, K_ATOM, K_TUPLE, K_LIST, K_MAP, K_PID, K_PORT, K_OTHER } term_kind;
 
 /* Which term object the table at idx is, by its metatable. */
+/* The key, in each term metatable, of its kind: a light userdata no other
+ * table can have, so one raw lookup tells a term's kind (encoding asks for
+ * every element; a lookup of each metatable by name cost 7 string-keyed
+ * lookups). */
+static const char kind_key;
+
 static term_kind kind_of(lua_State *L, int idx) {
-    static const char *const names[] = {NULL, MT_ATOM, MT_TUPLE, MT_LIST, MT_MAP,
-                                        MT_PID, MT_PORT, MT_OTHER};
     if (!lua_getmetatable(L, idx))
         return K_NONE;
-    for (int i = K_ATOM; i <= K_OTHER; i++) {
-        luaL_getmetatable(L, names[i]);
-        int same = lua_rawequal(L, -1, -2);
-        lua_pop(L, 1);
-        if (same) {
-            lua_pop(L, 1);
-            return (term_kind)i;
-        }
-    }
-    lua_pop(L, 1);
-    return K_NONE;
+    lua_rawgetp(L, -1, &kind_key);
+    term_kind k = lua_isinteger(L, -1) ? (term_kind)lua_tointeger(L, -1) : K_NONE;
+    lua_pop(L, 2);
+    return k;
 }
 
 /* On failure, encode and the functions below leave the reason on top of the
@@ -1257,8 +1257,10 @@ static const luaL_Reg funcs[] = {
     {NULL, NULL},
 };
 
-static void new_term_mt(lua_State *L, const char *name, lua_CFunction eq) {
+static void new_term_mt(lua_State *L, const char *name, term_kind kind, lua_CFunction eq) {
     luaL_newmetatable(L, name);
+    lua_pushinteger(L, kind);
+    lua_rawsetp(L, -2, &kind_key);
     lua_pushcfunction(L, term_tostring);
     lua_setfield(L, -2, "__tostring");
     if (eq) {
@@ -1279,13 +1281,13 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     else if (rc != EDRV_ERUNNING)
         return luaL_error(L, "edrv: cannot start the runtime: %s", edrv_last_error());
 
-    new_term_mt(L, MT_ATOM, NULL);
-    new_term_mt(L, MT_TUPLE, NULL);
-    new_term_mt(L, MT_LIST, NULL);
-    new_term_mt(L, MT_MAP, NULL);
-    new_term_mt(L, MT_PID, pid_eq);
-    new_term_mt(L, MT_PORT, port_eq);
-    new_term_mt(L, MT_OTHER, NULL);
+    new_term_mt(L, MT_ATOM, K_ATOM, NULL);
+    new_term_mt(L, MT_TUPLE, K_TUPLE, NULL);
+    new_term_mt(L, MT_LIST, K_LIST, NULL);
+    new_term_mt(L, MT_MAP, K_MAP, NULL);
+    new_term_mt(L, MT_PID, K_PID, pid_eq);
+    new_term_mt(L, MT_PORT, K_PORT, port_eq);
+    new_term_mt(L, MT_OTHER, K_OTHER, NULL);
     luaL_newmetatable(L, MT_ERROR);
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
@@ -1322,7 +1324,7 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setmetatable(L, -2);
     if (!pb->proc)
         return luaL_error(L, "edrv: cannot create a process: %s", edrv_last_error());
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_PROC);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &proc_key);
 
     luaL_newlib(L, funcs);
     lua_newuserdatauv(L, 0, 0);
