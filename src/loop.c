@@ -564,10 +564,13 @@ static int call_sync(request *r) {
     int rc = 0;
     if (immediate) {
         execute(r);
+        /* Read under the lock: once it goes, an init ack may answer (and
+         * write r->result) from another thread. */
+        int result = r->result;
         emu_unlock();
-        if (r->result != EDRV__PENDING) {
+        if (result != EDRV__PENDING) {
             sem_destroy(&done);
-            return r->result;
+            return result;
         }
     } else {
         rc = enqueue(r);
