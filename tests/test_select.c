@@ -106,7 +106,7 @@ static void write_events(void) {
     CHECK_STR(sel(p, SD_SELECT_RD, R, 1), "0");
     CHECK_STR(sel(p, SD_SELECT_WR, W, 1), "0");
     CHECK_STR(ctl(p, SD_WRITE, "x", 1), "1");
-    char *a = recv_text(proc, 1000), *b = recv_text(proc, 1000);
+    char *a = recv_text(proc, CHECK_WAIT_MS), *b = recv_text(proc, CHECK_WAIT_MS);
     char x[256], w[256];
     port_subst(x, sizeof x, "{%P,{data,\"x\"}}", p);
     port_subst(w, sizeof w, "{%P,{data,\"writable\"}}", p);
@@ -329,7 +329,7 @@ static void many_ports(void) {
         CHECK_STR(ctl(p[i], SD_WRITE, "m", 1), "1");
     int got[N] = {0}, n = 0;
     edrv_msg m;
-    while (n < N && edrv_receive(proc, 1000, &m) == 0) {
+    while (n < N && edrv_receive(proc, CHECK_WAIT_MS, &m) == 0) {
         int idx = 1, arity;
         erlang_port ep;
         ei_decode_tuple_header(m.data, &idx, &arity);
@@ -351,7 +351,7 @@ static void many_ports(void) {
     for (int i = 1; i < N; i += 2)
         CHECK_STR(ctl(p[i], SD_WRITE, "k", 1), "1");
     for (int i = 1; i < N; i += 2) {
-        char *t = recv_text(proc, 1000);
+        char *t = recv_text(proc, CHECK_WAIT_MS);
         CHECK(strstr(t, "{data,\"k\"}") != NULL);
         free(t);
     }
