@@ -41,13 +41,18 @@
  * or queues it (in a host where SIGPIPE could kill, or when the emulator
  * lock is busy); so after a command the runner makes a synchronous call on
  * the same port, which queues behind the command when the command was
- * queued (a call runs at once only when no request is queued).
+ * queued (a call runs at once only when no request is queued). erl starts
+ * the runner with SIGPIPE ignored, so edrv may run its calls at once; with
+ * EDRV_DIFF_SIGPIPE_DEFAULT set, the runner sets SIGPIPE back to its default
+ * and so every call goes through the emulator thread's queue: the scenarios
+ * must give the same results both ways.
  */
 #include <edrv.h>
 #include <ei.h>
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -898,6 +903,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     drivers_dir = argv[1];
+    if (getenv("EDRV_DIFF_SIGPIPE_DEFAULT"))
+        signal(SIGPIPE, SIG_DFL); /* before any thread: every call is queued */
     size_t in_len;
     char *in = read_packet(&in_len);
     int idx = 0, ver, nsteps;
