@@ -4,6 +4,12 @@
  * runs one. Each case runs between edrv_start and edrv_stop and then checks
  * that every byte edrv allocated was given back. The last line printed is
  * "N passed, N failed".
+ *
+ * No test depends on timing or on the machine's speed: a test waits for
+ * what must come (a message, a counter, a state) with CHECK_WAIT_MS, a bound
+ * for a broken build that a working one never reaches, however loaded the
+ * machine; it builds the state it checks (gates, not sleeps). Only a
+ * negative check (what must not come) waits a fixed short time.
  */
 #ifndef EDRV_CHECK_H
 #define EDRV_CHECK_H
@@ -11,16 +17,42 @@
 #include "edrv.h"
 
 #include <ei.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #ifndef EDRV_TEST_DRIVERS
 #error EDRV_TEST_DRIVERS must name the directory of the test drivers
 #endif
 
 static int check_failures;
+
+/* How long a test waits for what must come: generous, as a bound for a
+ * broken build, never a timing a working build has to meet. */
+#define CHECK_WAIT_MS 30000
+#define CHECK_POLL_MS 5
+
+static inline int64_t check_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Evaluates cond every CHECK_POLL_MS until it holds or CHECK_WAIT_MS have
+ * passed; whether it holds (as its last evaluation said). */
+#define WAIT_UNTIL(cond)                                                           \
+    __extension__({                                                                \
+        int64_t until_ = check_now_ms() + CHECK_WAIT_MS;                           \
+        bool held_;                                                                \
+        while (!(held_ = (cond)) && check_now_ms() < until_)                       \
+            usleep(CHECK_POLL_MS * 1000);                                          \
+        held_;                                                                     \
+    })
 
 /* Past this many failures a test stops printing them (a loop gone wrong). */
 #define CHECK_REPORT(...)                                                          \
@@ -86,7 +118,7 @@ static inline char *recv_text(edrv_proc *p, long timeout_ms) {
 /* Checks that the next message prints as `want` ("%P" stands for the port). */
 #define CHECK_MSG(proc, port, want)                                                \
     do {                                                                           \
-        char *got_ = recv_text((proc), 1000);                                      \
+        char *got_ = recv_text((proc), CHECK_WAIT_MS);                             \
         char want_[1024];                                                          \
         port_subst(want_, sizeof want_, (want), (port));                           \
         CHECK_STR(got_, want_);                                                    \

@@ -50,15 +50,24 @@ static long block(edrv_port port, unsigned key) {
     return atol(ctl(port, 3, b, 4));
 }
 
-/* Waits (up to 5 s) until adrv's jobs have started n invokes in all: a test
- * that relies on a blocker running waits for it, however loaded the machine. */
-static void wait_invoked(edrv_port port, long n) {
-    for (int i = 0; i < 1000; i++) {
-        const char *s = strstr(ctl(port, 5, "", 0), "invoked=");
-        if (s && atol(s + 8) >= n)
-            return;
-        usleep(5000);
-    }
+/* Whether adrv's jobs have started n invokes in all. */
+static bool invoked_at_least(edrv_port port, long n) {
+    const char *s = strstr(ctl(port, 5, "", 0), "invoked=");
+    return s && atol(s + 8) >= n;
+}
+
+/* Waits until adrv's jobs have started n invokes in all: a test that relies
+ * on a blocker running waits for it, however loaded the machine; whether
+ * they have. */
+static bool wait_invoked(edrv_port port, long n) {
+    return WAIT_UNTIL(invoked_at_least(port, n));
+}
+
+/* Whether every job submitted so far has ended (ready_async, free or a
+ * cancel); st is the pool's statistics. */
+static bool pool_idle(edrv_pool_stats *st) {
+    edrv_pool(st);
+    return st->ready_async + st->freed + st->cancelled == st->submitted;
 }
 
 static int cancel(edrv_port port, long id) {
@@ -113,7 +122,7 @@ static void one_job(void) {
     long id = atol(r);
     CHECK(id > 0);
     done_msg d;
-    REQUIRE(next_done(&d, 2000) == 0);
+    REQUIRE(next_done(&d, CHECK_WAIT_MS) == 0);
     CHECK_INT(d.seq, 1);
     CHECK(strncmp(d.lane, "async_", 6) == 0);
     CHECK_STR(ctl(port, 5, "", 0), "ready=1,freed=0,invoked=1,stopped=0");
@@ -137,15 +146,15 @@ static void key_choice(void) {
     r = submit(port, 1, 12, 1, 0);
     CHECK(strstr(r, ",0") != NULL);
     done_msg d1, d2;
-    REQUIRE(next_done(&d1, 2000) == 0);
-    REQUIRE(next_done(&d2, 2000) == 0);
+    REQUIRE(next_done(&d1, CHECK_WAIT_MS) == 0);
+    REQUIRE(next_done(&d2, CHECK_WAIT_MS) == 0);
     CHECK(strcmp(d1.lane, d2.lane) != 0);
     /* No key: id % N, so consecutive jobs alternate lanes. */
     int per_lane[3] = {0};
     submit(port, 0, 0, 100, 0);
     for (int i = 0; i < 100; i++) {
         done_msg d;
-        REQUIRE(next_done(&d, 2000) == 0);
+        REQUIRE(next_done(&d, CHECK_WAIT_MS) == 0);
         per_lane[atoi(d.lane + 6) % 3]++;
     }
     CHECK_INT(per_lane[1], 50);
@@ -167,7 +176,7 @@ static void per_key_order(void) {
     int bad = 0;
     for (int i = 0; i < KEYS * PER_KEY; i++) {
         done_msg d;
-        REQUIRE(next_done(&d, 5000) == 0);
+        REQUIRE(next_done(&d, CHECK_WAIT_MS) == 0);
         /* Same key: invoked in submission order, one thread, ready in order. */
         if (d.order != last_order[d.key] + 1 || d.seq <= last_seq[d.key])
             bad++;
@@ -188,7 +197,7 @@ static void cancel_queued(void) {
     long ids[10];
     for (int i = 0; i < 10; i++)
         ids[i] = atol(submit(port, 1, 5, 1, 0));
-    wait_invoked(port, 1);
+    REQUIRE(wait_invoked(port, 1));
     CHECK_INT(cancel(port, blocker), 0); /* running: too late */
     for (int i = 0; i < 10; i += 2)
         CHECK_INT(cancel(port, ids[i]), 1);
@@ -201,7 +210,7 @@ static void cancel_queued(void) {
     /* The blocker and the five others, in order; the cancelled never run. */
     done_msg d;
     for (int i = 0; i < 6; i++)
-        REQUIRE(next_done(&d, 2000) == 0);
+        REQUIRE(next_done(&d, CHECK_WAIT_MS) == 0);
     CHECK_INT(next_done(&d, 50), -1);
     CHECK_INT(cancel(port, ids[1]), 0); /* finished */
     CHECK_STR(ctl(port, 5, "", 0), "ready=6,freed=5,invoked=6,stopped=0");
@@ -217,18 +226,14 @@ static void close_with_jobs_pending(void) {
     edrv_port port = open_adrv();
     block(port, 0); /* both lanes busy until released */
     block(port, 1);
-    wait_invoked(port, 2);
+    REQUIRE(wait_invoked(port, 2));
     submit(port, 1, 1, 20, 0);
     ctl(port, 9, "", 0); /* stop queues one more job */
     CHECK_INT(edrv_port_close(proc, port), 0);
     edrv_port other = open_adrv();
     CHECK_STR(ctl(other, 5, "", 0), "ready=0,freed=0,invoked=2,stopped=1");
     ctl(other, 4, "", 0);
-    for (int i = 0; i < 400; i++) {
-        if (strcmp(ctl(other, 5, "", 0), "ready=0,freed=23,invoked=23,stopped=1") == 0)
-            break;
-        usleep(5000);
-    }
+    WAIT_UNTIL(strcmp(ctl(other, 5, "", 0), "ready=0,freed=23,invoked=23,stopped=1") == 0);
     CHECK_STR(ctl(other, 5, "", 0), "ready=0,freed=23,invoked=23,stopped=1");
     edrv_proc_free(proc);
 }
@@ -237,7 +242,7 @@ static void driver_stays_loaded(void) {
     REQUIRE(setup() == 0);
     edrv_port port = open_adrv();
     block(port, 0);
-    wait_invoked(port, 1);
+    REQUIRE(wait_invoked(port, 1));
     submit(port, 1, 0, 3, 0);
     CHECK_INT(edrv_port_close(proc, port), 0);
     /* No port, jobs pending: the unload waits for them. */
@@ -253,11 +258,8 @@ static void driver_stays_loaded(void) {
     int rc = edrv_unload_driver("adrv"); /* 1 while the released jobs finish */
     CHECK(rc == 0 || rc == 1);
     /* Once the jobs end, it unloads: a new load starts from scratch. */
-    for (int i = 0; i < 400 && rc == 1; i++) {
-        if (edrv_load_driver(EDRV_TEST_DRIVERS, "adrv") == 0 && edrv_unload_driver("adrv") == 0)
-            break;
-        usleep(5000);
-    }
+    edrv_pool_stats ps;
+    CHECK(WAIT_UNTIL(pool_idle(&ps)));
     CHECK_INT(edrv_load_driver(EDRV_TEST_DRIVERS, "adrv"), 0);
     port = open_adrv();
     CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=0,invoked=0,stopped=0");
@@ -271,13 +273,10 @@ static void port_data_lock(void) {
     put32(b, 5000);
     CHECK_STR(ctl(port, 10, b, 4), "created");
     CHECK_STR(ctl(port, 10, b, 4), "again"); /* a second create fails */
-    for (int i = 0; i < 400; i++) {
-        if (strcmp(ctl(port, 11, "", 0), "count=10000,refc=1") == 0)
-            break;
-        usleep(5000);
-    }
     /* Every job counted under the lock; each one's reference is gone, the
      * port's own remains. */
+    edrv_pool_stats st;
+    CHECK(WAIT_UNTIL(pool_idle(&st)));
     CHECK_STR(ctl(port, 11, "", 0), "count=10000,refc=1");
     /* The port dies with the lock referenced by queued jobs: the last job
      * frees it (ASan checks). */
@@ -298,7 +297,7 @@ static void output_from_pool_threads(void) {
     CHECK_STR(ctl(port, 12, b, 4), "");
     int got = 0;
     edrv_msg m;
-    while (got < 1000 && edrv_receive(proc, 2000, &m) == 0) {
+    while (got < 1000 && edrv_receive(proc, CHECK_WAIT_MS, &m) == 0) {
         char *s;
         if (edrv_term_format(m.data, m.len, &s) > 0 && strncmp(s, "{from_pool,", 11) == 0)
             got++;
@@ -333,13 +332,12 @@ static void shutdown_with_jobs_queued(void) {
     edrv_proc_free(proc);
 }
 
-/* Waits (up to 60 s: a bound for a broken build, not a timing) until the
- * port is closed; its port_check error. */
+/* Waits until the port is closed; its port_check error (0 if it never
+ * closed). */
 static int wait_closed(edrv_port port) {
     edrv_port_status st;
     int rc = 0;
-    for (int i = 0; i < 12000 && (rc = edrv_port_info(port, &st)) == 0; i++)
-        usleep(5000);
+    WAIT_UNTIL((rc = edrv_port_info(port, &st)) != 0);
     return rc;
 }
 
@@ -361,12 +359,7 @@ static void pdl_queue_while_closing(void) {
     }
     edrv_port other = open_adrv();
     edrv_pool_stats st;
-    for (int i = 0; i < 12000; i++) {
-        edrv_pool(&st);
-        if (st.ready_async + st.freed == st.submitted)
-            break;
-        usleep(5000);
-    }
+    CHECK(WAIT_UNTIL(pool_idle(&st)));
     CHECK_INT(st.ready_async + st.freed, st.submitted);
     long ok = 0, dead = 0;
     CHECK(sscanf(ctl(other, 19, "", 0), "deq=%*d,churn_ok=%ld,churn_dead=%ld", &ok, &dead) == 2);
@@ -388,7 +381,7 @@ static void closing_port_emptied_by_job(void) {
     CHECK_INT(edrv_port_close(proc, port), 0);
     edrv_port_status st;
     CHECK_INT(edrv_port_info(port, &st), 0); /* closing, not closed */
-    wait_invoked(port, 1);
+    REQUIRE(wait_invoked(port, 1));
     CHECK_STR(ctl(port, 5, "", 0), "ready=0,freed=0,invoked=1,stopped=0");
     /* Released through the other port, so that the job's end is the closing
      * port's only event after the dequeue: it runs ready_async, then ends. */
@@ -457,7 +450,7 @@ static long run_jobs(edrv_port port, long count) {
     for (long sent = 0; sent < count; sent += 500) {
         submit(port, 1, (unsigned)(sent / 500) % 4, 500, 0);
         done_msg d;
-        for (int i = 0; i < 500 && next_done(&d, 10000) == 0; i++)
+        for (int i = 0; i < 500 && next_done(&d, CHECK_WAIT_MS) == 0; i++)
             got++;
     }
     return got;
@@ -481,7 +474,7 @@ static void lane_out_of_memory(void) {
         long first = atol(submit(port, 1, 0, 1, 0)); /* lane 0 only */
         REQUIRE(first > 0);
         done_msg d;
-        REQUIRE(next_done(&d, 5000) == 0); /* nothing else allocates now */
+        REQUIRE(next_done(&d, CHECK_WAIT_MS) == 0); /* nothing else allocates now */
         edrv_pool_stats a, b;
         edrv_pool(&a);
         edrv_testing_fail_alloc(n);
@@ -494,12 +487,7 @@ static void lane_out_of_memory(void) {
         CHECK_INT(next, first + taken + 1);
         /* Every job ends; a done message may itself be the allocation that
          * failed, if the job ended before the failure was turned off. */
-        for (int i = 0; i < 1000; i++) {
-            edrv_pool(&b);
-            if (b.ready_async + b.freed == b.submitted)
-                break;
-            usleep(5000);
-        }
+        CHECK(WAIT_UNTIL(pool_idle(&b)));
         CHECK_INT(b.ready_async + b.freed, b.submitted);
         CHECK_INT(b.submitted, a.submitted + (unsigned long)taken + 1);
         while (next_done(&d, 100) == 0)
@@ -526,7 +514,7 @@ static void never_spinning(void) {
     for (int i = 0; i < 200; i++) { /* one job in flight at a time */
         submit(port, 0, 0, 1, 0);
         done_msg d;
-        CHECK_INT(next_done(&d, 5000), 0);
+        CHECK_INT(next_done(&d, CHECK_WAIT_MS), 0);
     }
     edrv_pool_stats st;
     edrv_pool(&st);
@@ -568,15 +556,11 @@ static void spare_memory_returned(void) {
     ctl(port, 4, "", 0); /* unblock */
     done_msg d;
     long got = 0;
-    while (got < 20001 && next_done(&d, 10000) == 0)
+    while (got < 20001 && next_done(&d, CHECK_WAIT_MS) == 0)
         got++;
     CHECK_INT(got, 20001);
     size_t idle = busy;
-    for (int i = 0; i < 40 && idle > 64 * 1024; i++) { /* up to 2 s */
-        usleep(50000);
-        edrv_memory(&m);
-        idle = m.bytes[EDRV_MEM_ASYNC];
-    }
+    WAIT_UNTIL((edrv_memory(&m), idle = m.bytes[EDRV_MEM_ASYNC]) <= 64 * 1024);
     printf("async memory: %zu bytes with 20000 jobs queued, %zu when idle\n", busy, idle);
     CHECK(idle <= 64 * 1024);
     edrv_proc_free(proc);
@@ -625,7 +609,7 @@ static void cancel_finds_every_job(void) {
         ctl(port, 4, "", 0); /* release */
         done_msg d;
         long got = 0;
-        while (got < N / 2 + 2 && next_done(&d, 10000) == 0)
+        while (got < N / 2 + 2 && next_done(&d, CHECK_WAIT_MS) == 0)
             got++;
         CHECK_INT(got, N / 2 + 2);
         ran += got;
@@ -652,7 +636,7 @@ static void callback_waits_for_its_job(void) {
         put32(b, key);
         CHECK_STR(ctl(port, 13, b, 4), "ran");
         done_msg d;
-        CHECK_INT(next_done(&d, 5000), 0);
+        CHECK_INT(next_done(&d, CHECK_WAIT_MS), 0);
     }
     edrv_proc_free(proc);
 }
@@ -678,6 +662,11 @@ static int threads_named(const char *prefix, pid_t *tids, int max) {
     return n;
 }
 
+static bool has_mask(pid_t tid, const cpu_set_t *want) {
+    cpu_set_t got;
+    return sched_getaffinity(tid, sizeof got, &got) == 0 && CPU_EQUAL(&got, want);
+}
+
 /* round trips: one job in flight at a time, so that the emulator thread
  * spins for work between them; how many came back. */
 static int round_trips(edrv_port port, int n) {
@@ -685,7 +674,7 @@ static int round_trips(edrv_port port, int n) {
     done_msg d;
     for (int i = 0; i < n; i++) {
         submit(port, 0, 0, 1, 0);
-        got += next_done(&d, 5000) == 0;
+        got += next_done(&d, CHECK_WAIT_MS) == 0;
     }
     return got;
 }
@@ -699,7 +688,7 @@ static int round_trips(edrv_port port, int n) {
 static void pool_threads_keep_their_masks(void) {
     REQUIRE(setup() == 0);
     edrv_port port = open_adrv();
-    cpu_set_t all, one, two, got;
+    cpu_set_t all, one, two;
     REQUIRE(sched_getaffinity(0, sizeof all, &all) == 0);
     int cpus[2] = {-1, -1}, ncpus = 0;
     for (int c = 0; c < CPU_SETSIZE && ncpus < 2; c++)
@@ -720,11 +709,8 @@ static void pool_threads_keep_their_masks(void) {
     CHECK_INT(round_trips(port, 200), 200);
     REQUIRE(sched_setaffinity(pool[1], sizeof two, &two) == 0);
     CHECK_INT(round_trips(port, 2000), 2000);
-    usleep(50000); /* every thread asleep: no move under way */
-    REQUIRE(sched_getaffinity(pool[0], sizeof got, &got) == 0);
-    CHECK(CPU_EQUAL(&got, &one));
-    REQUIRE(sched_getaffinity(pool[1], sizeof got, &got) == 0);
-    CHECK(CPU_EQUAL(&got, &two));
+    /* Once the threads are idle, no move is under way: each has its mask. */
+    CHECK(WAIT_UNTIL(has_mask(pool[0], &one) && has_mask(pool[1], &two)));
     edrv_proc_free(proc);
 }
 

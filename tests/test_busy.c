@@ -2,6 +2,7 @@
  * message queue, and port_control is never blocked. */
 #include "check.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -72,10 +73,22 @@ static void busy_port_closes(void) {
     edrv_proc_free(proc);
 }
 
-static void *sleeper(void *arg) {
-    (void)arg;
+/* tdrv's TD_GATE (79) from its own process: the callback holds the
+ * emulator lock until a byte comes on release; it says so on entered. */
+typedef struct {
+    int entered, release;
+    char reply[64];
+} gate_call;
+
+static void *gate_holder(void *arg) {
+    gate_call *g = arg;
+    char b[8];
+    for (int i = 0; i < 4; i++) {
+        b[i] = (char)((unsigned)g->entered >> (24 - 8 * i));
+        b[4 + i] = (char)((unsigned)g->release >> (24 - 8 * i));
+    }
     edrv_proc *p = edrv_proc_new();
-    ctl(p, 76, "\x0a", 1); /* the emulator thread sleeps 100 ms */
+    snprintf(g->reply, sizeof g->reply, "%s", ctl(p, 79, b, 8));
     edrv_proc_free(p);
     return NULL;
 }
@@ -84,22 +97,39 @@ static void busy_message_queue(void) {
     REQUIRE(setup() == 0);
     CHECK_STR(ctl(proc, 75, "\0\0\0\0\0\0\0\0", 8), "4096,8192"); /* defaults */
     CHECK_STR(ctl(proc, 75, "\0\0\0\x0a\0\0\0\x14", 8), "10,20");
+    /* A callback holds the emulator, so commands queue and count against the
+     * limits: the gate says when it is inside, and stays shut until told. */
+    int entered[2], release[2];
+    REQUIRE(pipe(entered) == 0);
+    REQUIRE(pipe(release) == 0);
+    gate_call g = {.entered = entered[1], .release = release[0]};
     pthread_t t;
-    pthread_create(&t, NULL, sleeper, NULL);
-    usleep(20000); /* the emulator thread is asleep in a callback */
+    pthread_create(&t, NULL, gate_holder, &g);
+    struct pollfd in = {.fd = entered[0], .events = POLLIN};
+    char byte;
+    CHECK_INT(poll(&in, 1, CHECK_WAIT_MS), 1);
+    CHECK_INT(read(entered[0], &byte, 1), 1);
     struct iovec v = {"0123456789", 10};
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0);
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 20: at high */
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), 0); /* 30: busy */
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
-    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0), 0); /* waits, then goes */
+    CHECK_INT(write(release[1], "r", 1), 1);
+    /* The queue drains below the low limit: a plain command goes (it may
+     * wait for that first). */
+    CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0), 0);
     pthread_join(t, NULL);
+    CHECK_STR(g.reply, "ok");
     for (int i = 0; i < 4; i++)
         CHECK_MSG(proc, port, "{%P,{data,\"out:0123456789\"}}");
     /* Disabling writes back the values passed, as ERTS; then both read
      * DISABLED. */
     CHECK_STR(ctl(proc, 75, "\xff\xff\xff\xff\0\0\0\0", 8), "-1,0");
     CHECK_STR(ctl(proc, 75, "\0\0\0\0\0\0\0\0", 8), "-1,-1");
+    for (int i = 0; i < 2; i++) {
+        close(entered[i]);
+        close(release[i]);
+    }
     edrv_proc_free(proc);
 }
 

@@ -90,7 +90,7 @@ static void port_and_message_types(void) {
     CHECK(b.bytes[EDRV_MEM_DRIVER] > a.bytes[EDRV_MEM_DRIVER]); /* the driver's state */
     REQUIRE(edrv_port_command(p, port, "abc", 3) == 0);
     edrv_msg m;
-    REQUIRE(edrv_receive(p, 1000, &m) == 0);
+    REQUIRE(edrv_receive(p, CHECK_WAIT_MS, &m) == 0);
     b = stats();
     CHECK_INT(b.blocks[EDRV_MEM_MESSAGE] - a.blocks[EDRV_MEM_MESSAGE], 1);
     edrv_msg_free(&m);

@@ -93,13 +93,12 @@ static void backlog_without_epoll_pwait2(void) {
     put32(b + 9, 100); /* 100 us each */
     bool submitted = strchr(ctl(port, 1, b, sizeof b), ',') != NULL;
     /* With the lane held, the backlog stays: the emulator thread naps. */
-    for (int i = 0; i < 1000 && naps_so_far() == 0; i++)
-        usleep(5000);
+    WAIT_UNTIL(naps_so_far() > 0);
     uint64_t naps_blocked = naps_so_far();
     ctl(port, 4, "", 0); /* RELEASE */
     int done = 0;
     edrv_msg m;
-    while (done < JOBS + 1 && edrv_receive(proc, 5000, &m) == 0) {
+    while (done < JOBS + 1 && edrv_receive(proc, CHECK_WAIT_MS, &m) == 0) {
         done++;
         edrv_msg_free(&m);
     }

@@ -58,6 +58,46 @@ static void check_idle(void) {
     CHECK(check_cpu_seconds() - before < 0.15);
 }
 
+/* fd 2 into a temporary file, so that a case can wait for a report that the
+ * emulator thread prints when it handles an fd's event. */
+static int stderr_saved = -1;
+static FILE *stderr_file;
+
+static void stderr_capture(void) {
+    fflush(stderr);
+    stderr_file = tmpfile();
+    stderr_saved = dup(2);
+    if (stderr_file && stderr_saved >= 0)
+        dup2(fileno(stderr_file), 2);
+}
+
+/* How many times `what` was printed since stderr_capture. */
+static int stderr_count(const char *what) {
+    char text[4096];
+    ssize_t n = stderr_file ? pread(fileno(stderr_file), text, sizeof text - 1, 0) : -1;
+    text[n > 0 ? n : 0] = '\0';
+    int count = 0;
+    for (const char *at = text; (at = strstr(at, what)); at++)
+        count++;
+    return count;
+}
+
+/* Restores fd 2 and prints there what was captured. */
+static void stderr_restore(void) {
+    if (stderr_saved < 0)
+        return;
+    char text[4096];
+    ssize_t n = stderr_file ? pread(fileno(stderr_file), text, sizeof text, 0) : -1;
+    dup2(stderr_saved, 2);
+    close(stderr_saved);
+    stderr_saved = -1;
+    if (n > 0)
+        (void)!write(2, text, (size_t)n);
+    if (stderr_file)
+        fclose(stderr_file);
+    stderr_file = NULL;
+}
+
 static int setup(edrv_port *port, const char *driver) {
     proc = edrv_proc_new();
     if (!proc || edrv_load_driver(EDRV_TEST_DRIVERS, driver) != 0)
@@ -106,7 +146,7 @@ static void write_events(void) {
     CHECK_STR(sel(p, SD_SELECT_RD, R, 1), "0");
     CHECK_STR(sel(p, SD_SELECT_WR, W, 1), "0");
     CHECK_STR(ctl(p, SD_WRITE, "x", 1), "1");
-    char *a = recv_text(proc, 1000), *b = recv_text(proc, 1000);
+    char *a = recv_text(proc, CHECK_WAIT_MS), *b = recv_text(proc, CHECK_WAIT_MS);
     char x[256], w[256];
     port_subst(x, sizeof x, "{%P,{data,\"x\"}}", p);
     port_subst(w, sizeof w, "{%P,{data,\"writable\"}}", p);
@@ -219,19 +259,26 @@ static void no_ready_callbacks(void) {
     edrv_port p;
     REQUIRE(setup(&p, "sdrvn") == 0);
     CHECK_STR(ctl(p, SD_PIPE, "", 0), "ok");
+    /* Each event is reported on stderr when it is handled: the case waits
+     * for the report, then checks what follows it. */
+    stderr_capture();
     CHECK_STR(sel(p, SD_SELECT_RD, R, 1), "0");
     CHECK_STR(ctl(p, SD_WRITE, "nobody", 6), "6");
-    /* Reported (stderr), the port lives, and READ is deselected: no spin. */
-    check_quiet(100);
+    /* Reported, the port lives, and READ is deselected: no spin. */
+    CHECK(WAIT_UNTIL(stderr_count("ready_input() callback") == 1));
+    check_quiet(50);
     check_idle();
     CHECK_STR(ctl(p, SD_STOPS, "", 0), "0");
     CHECK_STR(sel(p, SD_SELECT_WR, W, 1), "0");
-    check_quiet(100);
+    CHECK(WAIT_UNTIL(stderr_count("ready_output() callback") == 1));
+    check_quiet(50);
     check_idle();
     edrv_port_status st;
     CHECK_INT(edrv_port_info(p, &st), 0);
     /* Selected again: reported again; then given up with stop_select. */
     CHECK_STR(sel(p, SD_SELECT_RD, R, 1), "0");
+    CHECK(WAIT_UNTIL(stderr_count("ready_input() callback") == 2));
+    stderr_restore();
     check_quiet(50);
     CHECK_STR(sel(p, SD_SELECT_RD, USE, 0), "0");
     CHECK_STR(ctl(p, SD_STOPS, "", 0), "1");
@@ -329,7 +376,7 @@ static void many_ports(void) {
         CHECK_STR(ctl(p[i], SD_WRITE, "m", 1), "1");
     int got[N] = {0}, n = 0;
     edrv_msg m;
-    while (n < N && edrv_receive(proc, 1000, &m) == 0) {
+    while (n < N && edrv_receive(proc, CHECK_WAIT_MS, &m) == 0) {
         int idx = 1, arity;
         erlang_port ep;
         ei_decode_tuple_header(m.data, &idx, &arity);
@@ -351,7 +398,7 @@ static void many_ports(void) {
     for (int i = 1; i < N; i += 2)
         CHECK_STR(ctl(p[i], SD_WRITE, "k", 1), "1");
     for (int i = 1; i < N; i += 2) {
-        char *t = recv_text(proc, 1000);
+        char *t = recv_text(proc, CHECK_WAIT_MS);
         CHECK(strstr(t, "{data,\"k\"}") != NULL);
         free(t);
     }

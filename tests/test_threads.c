@@ -92,7 +92,7 @@ static void *worker(void *arg) {
             edrv_reply_free(&r);
         }
         edrv_msg m;
-        if (edrv_receive(p, 5000, &m) != 0) {
+        if (edrv_receive(p, CHECK_WAIT_MS, &m) != 0) {
             (*failures)++;
             continue;
         }
@@ -130,7 +130,7 @@ static edrv_proc *shared;
 static void *receiver(void *arg) {
     int *got = arg;
     edrv_msg m;
-    while (*got < 5000 && edrv_receive(shared, 5000, &m) == 0) {
+    while (*got < 5000 && edrv_receive(shared, CHECK_WAIT_MS, &m) == 0) {
         (*got)++;
         edrv_msg_free(&m);
     }

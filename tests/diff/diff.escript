@@ -12,6 +12,7 @@
 %%   {control, Idx, Op, Data}  {call, Idx, Op, Term}
 %%   {sleep, Ms}  {msg_wait, Ms}
 %%   {spawn, P}  {as, P, Step}  {async, P, Step}  {exit, P}  {adopt, Who}
+%%   {expect, N | [{Who, N | result}], Step}  {await, Step, Want}
 %% load and unload are erl_ddll:load_driver/2 and unload_driver/1 in erl
 %% (unload_driver waits until the driver is really gone, i.e. until its async
 %% jobs have ended; diff_runner waits the same way). command with Opts is
@@ -20,9 +21,10 @@
 %% open step takes the next port index (1, 2, ...), failed or not. Each step
 %% gives {ok, Value} or {error, Reason}, then the messages that arrive within
 %% 50 ms of the step's end or of each other ({msg_wait, Ms} sets that time
-%% from its own step on, and gives {ok, ok}; messages from pool threads need
-%% more on a loaded machine). Here the steps run in a fresh process that
-%% traps exits, the main process; diff_runner runs them in edrv.
+%% from its own step on, and gives {ok, ok}). That wait only catches extra
+%% messages: a message the step causes later (from a pool thread, a timer,
+%% an fd) is waited for with expect, below. Here the steps run in a fresh
+%% process that traps exits, the main process; diff_runner runs them in edrv.
 %%
 %% Several processes. {spawn, P} starts a helper named P (an atom, not
 %% `self`; each name once): here a process that traps exits, in diff_runner
@@ -50,6 +52,22 @@
 %% `self`, a helper's {pid, P}, other pids `pid`; then the two runs must be
 %% equal step by step. Exit status 0 when they are. With DIFF_VERBOSE set,
 %% the steps that match are printed too.
+%%
+%% Waiting for what is sure to come, not for a time. {expect, Spec, Step}
+%% runs Step (any step) and then collects as above, except that it first
+%% waits (up to 30 s: a bound for a broken build, not a timing) until what
+%% Spec names has come; the usual wait then catches any extra message. Spec
+%% is N (the main process's messages: as [{self, N}]) or a list of {self, N}
+%% and {P, N} (N messages of helper P, which must be idle when the main
+%% process's wait ends) and {P, result} (the end of P's async step). Use it
+%% for every message that a pool thread, a timer, an fd event or another
+%% process's exit sends: those come when they come, on a loaded machine
+%% long after the step. {await, Step, Want} runs Step (a control or call)
+%% again every 5 ms until its result is Want, e.g. {ok, "0"} or
+%% {error, badarg} (up to 30 s), and gives the last result: for a state
+%% that comes at its own pace, such as adrv's PENDING reaching 0. Plain
+%% {sleep, Ms} steps are for what must NOT happen (a negative check: a
+%% message that must not come, a timer that must not fire).
 %%
 %% A scenario must end with no port waiting for its driver queue to empty
 %% (unload_driver kills such ports): erl's halt waits for them.
@@ -80,11 +98,14 @@
 %%    is nondeterministic in itself: InvokeOrder counts invokes per key
 %%    field, so jobs with no key (which alternate lanes by job id) should not
 %%    share a key field with concurrently running jobs; and every message
-%%    must come within the wait (msg_wait) of the step or the last message,
-%%    so slow jobs end in a {sleep, Ms} step of their own.
+%%    a step waits for must be named in an expect step, and a job that ends
+%%    after its step's messages (a gated job released later) in an await.
 -mode(compile).
 
 -define(WAIT, 50).
+%% expect and await: a bound for a broken build, never reached when it works.
+-define(EXPECT_MS, 30000).
+-define(AWAIT_POLL_MS, 5).
 %% The harness's own messages between the main process and helpers.
 -define(IS_DIFF(M), (is_tuple(M) andalso tuple_size(M) > 0 andalso element(1, M) =:= '$diff')).
 
@@ -145,7 +166,7 @@ run_steps(_Dir, [], S) ->
     {[], S};
 run_steps(Dir, [Step | Rest], S) ->
     {Result, S1} = top_step(Dir, Step, S),
-    {Msgs, S2} = collect_all(S1),
+    {Msgs, S2} = collect_all(expected(Step), S1),
     S3 = case takes_index(Step) of
              true -> index_port(port_of(Result), S2);
              false -> S2
@@ -157,7 +178,23 @@ run_steps(Dir, [Step | Rest], S) ->
 takes_index({open, _, _}) -> true;
 takes_index({as, _, {open, _, _}}) -> true;
 takes_index({adopt, _}) -> true;
+takes_index({expect, _, Step}) -> takes_index(Step);
 takes_index(_) -> false.
+
+%% What an expect step waits for: [{self | P, N | result}].
+expected({expect, N, Step}) when is_integer(N) ->
+    expected({expect, [{self, N}], Step});
+expected({expect, Spec, _}) when is_list(Spec) ->
+    [error({bad_expect, E}) || E <- Spec, not is_expectation(E)],
+    Spec;
+expected({expect, Spec, _}) ->
+    error({bad_expect, Spec});
+expected(_) ->
+    [].
+
+is_expectation({Who, N}) when is_atom(Who), is_integer(N), N >= 0 -> true;
+is_expectation({P, result}) when is_atom(P), P =/= self -> true;
+is_expectation(_) -> false.
 
 index_port(Port, #{ports := Ports, next := Next} = S) ->
     S#{ports := Ports#{Next => Port}, next := Next + 1}.
@@ -191,8 +228,31 @@ top_step(_, {adopt, Who}, #{ports := Ports, seen := Seen} = S) ->
         [Port | _] -> {{ok, Port}, S};
         [] -> {{error, no_port}, S}
     end;
+top_step(Dir, {expect, _, Step}, S) ->
+    top_step(Dir, Step, S);
+top_step(Dir, {await, Step, Want}, #{ports := Ports} = S) ->
+    is_await_step(Step) orelse error({not_an_await_step, Step}),
+    {await(Dir, Step, Want, Ports, now_ms() + ?EXPECT_MS), S};
 top_step(Dir, Step, #{ports := Ports} = S) ->
     {run(Dir, Step, Ports), S}.
+
+is_await_step({control, _, _, _}) -> true;
+is_await_step({call, _, _, _}) -> true;
+is_await_step(_) -> false.
+
+%% Runs Step until it gives Want, or the bound has passed: the last result.
+await(Dir, Step, Want, Ports, Deadline) ->
+    case run(Dir, Step, Ports) of
+        Want ->
+            Want;
+        R ->
+            case now_ms() >= Deadline of
+                true -> R;
+                false -> timer:sleep(?AWAIT_POLL_MS), await(Dir, Step, Want, Ports, Deadline)
+            end
+    end.
+
+now_ms() -> erlang:monotonic_time(millisecond).
 
 idle_helper(P, Step, #{helpers := Hs}) ->
     case Hs of
@@ -214,8 +274,8 @@ helper_loop(Dir, Name, Main) ->
         {'$diff', {async, Step, Ports}} ->
             Main ! {'$diff', Name, async_result, run(Dir, Step, Ports)},
             helper_loop(Dir, Name, Main);
-        {'$diff', {collect, Wait}} ->
-            Main ! {'$diff', Name, msgs, collect(Wait)},
+        {'$diff', {collect, Wait, N, Deadline}} ->
+            Main ! {'$diff', Name, msgs, collect(Wait, N, Deadline)},
             helper_loop(Dir, Name, Main);
         {'$diff', exit} ->
             ok
@@ -267,16 +327,23 @@ port(I, Ports) -> maps:get(I, Ports, no_port).
 %% name) as {P, Msg}, then the results of async steps that ended, as
 %% {P, result, R} (by name). An async step's end counts as an arrival for the
 %% main process's wait; a helper still in an async step is not asked (its
-%% messages wait for the step its result comes in).
-collect_all(#{helpers := Hs, seen := Seen} = S) ->
+%% messages wait for the step its result comes in). Expect ([{Who, N |
+%% result}]) is what must come first, each wait then comes after it.
+collect_all(Expect, #{helpers := Hs, seen := Seen} = S) ->
     Wait = msg_wait(),
-    Got = collect_main(Wait),
+    Deadline = now_ms() + ?EXPECT_MS,
+    Need = {lists:sum([N || {self, N} <- Expect]), [P || {P, result} <- Expect]},
+    Got = collect_main(Wait, Need, Deadline),
     Own = [M || M <- Got, not ?IS_DIFF(M)],
     Done = lists:sort([{P, R} || {'$diff', P, async_result, R} <- Got]),
     Hs1 = lists:foldl(fun({P, _}, A) -> maps:update_with(P, fun(H) -> H#{state := idle} end, A) end,
                       Hs, Done),
     Idle = lists:sort([{P, Pid} || {P, #{state := idle, pid := Pid}} <- maps:to_list(Hs1)]),
-    [Pid ! {'$diff', {collect, Wait}} || {_, Pid} <- Idle],
+    [error({expect_from_busy_helper, P}) || {P, N} <- Expect, P =/= self, is_integer(N),
+                                              not lists:keymember(P, 1, Idle)],
+    [Pid ! {'$diff', {collect, Wait, lists:sum([N || {Q, N} <- Expect, Q =:= P, is_integer(N)]),
+                      Deadline}}
+     || {P, Pid} <- Idle],
     Theirs = [{P, receive {'$diff', P, msgs, Ms} -> Ms end} || {P, _} <- Idle],
     Seen1 = lists:foldl(fun({Who, Ms}, A) -> see(Who, Ms, A) end, Seen,
                         [{self, Own} | Theirs]),
@@ -286,15 +353,24 @@ collect_all(#{helpers := Hs, seen := Seen} = S) ->
 msg_wait() ->
     case get(msg_wait) of undefined -> ?WAIT; Ms -> Ms end.
 
-collect_main(Wait) ->
+%% Need is {N, Ps}: N more messages, and the ends of the async steps of the
+%% helpers Ps, to wait for (until Deadline) before the usual wait.
+collect_main(Wait, {N, Ps}, Deadline) ->
     receive
-        {'$diff', _, async_result, _} = D -> [D | collect_main(Wait)];
-        M when not ?IS_DIFF(M) -> [M | collect_main(Wait)]
-    after Wait -> []
+        {'$diff', P, async_result, _} = D -> [D | collect_main(Wait, {N, Ps -- [P]}, Deadline)];
+        M when not ?IS_DIFF(M) -> [M | collect_main(Wait, {N - 1, Ps}, Deadline)]
+    after wait_for(N =< 0 andalso Ps =:= [], Wait, Deadline) -> []
     end.
 
-collect(Wait) ->
-    receive M when not ?IS_DIFF(M) -> [M | collect(Wait)] after Wait -> [] end.
+collect(Wait, N, Deadline) ->
+    receive M when not ?IS_DIFF(M) -> [M | collect(Wait, N - 1, Deadline)]
+    after wait_for(N =< 0, Wait, Deadline) -> []
+    end.
+
+%% The time to wait for the next message: the usual wait once what was
+%% expected has come, else what is left until the deadline.
+wait_for(true, Wait, _) -> Wait;
+wait_for(false, _, Deadline) -> max(0, Deadline - now_ms()).
 
 %% The ports in Msgs, after those Who has seen, each once.
 see(Who, Msgs, Seen) ->
@@ -322,7 +398,7 @@ run_edrv(Runner, Dir, Steps) ->
             end;
         {Port, {exit_status, N}} ->
             error({runner_exit_status, N})
-    after 60000 ->
+    after 100000 -> % ctest's own bound is 120 s, for both runs
             error(runner_timeout)
     end.
 
@@ -345,7 +421,10 @@ for_runner({spawn, P}) -> {spawn, P};
 for_runner({as, P, Step}) -> {as, P, for_runner(Step)};
 for_runner({async, P, Step}) -> {async, P, for_runner(Step)};
 for_runner({exit, P}) -> {exit, P};
-for_runner({adopt, Who}) -> {adopt, Who}.
+for_runner({adopt, Who}) -> {adopt, Who};
+for_runner({expect, N, Step}) when is_integer(N) -> {expect, [{self, N}], for_runner(Step)};
+for_runner({expect, Spec, Step}) -> {expect, Spec, for_runner(Step)};
+for_runner({await, Step, Want}) -> {await, for_runner(Step), term_to_binary(Want)}.
 
 bin(A) when is_atom(A) -> atom_to_binary(A);
 bin(Data) -> iolist_to_binary(Data).
@@ -399,6 +478,8 @@ norm(X, _Pids, Ports) ->
 adrv_ports([], _) -> [];
 adrv_ports([{as, _, {open, _, _} = Open} | Rest], I) ->
     adrv_ports([Open | Rest], I);
+adrv_ports([{expect, _, Step} | Rest], I) ->
+    adrv_ports([Step | Rest], I);
 adrv_ports([{open, Command, _} | Rest], I) ->
     case string:lexemes(bin(Command), " ") of
         [<<"adrv">> | _] -> [I | adrv_ports(Rest, I + 1)];
@@ -418,6 +499,10 @@ async_norm([Step | Steps], [{Result, Msgs} | Results], Adrv, Lanes) ->
 
 %% SUBMIT (1) and BLOCK (3) replies without the job id.
 reply({as, _, Step}, Result, Adrv) ->
+    reply(Step, Result, Adrv);
+reply({expect, _, Step}, Result, Adrv) ->
+    reply(Step, Result, Adrv);
+reply({await, Step, _}, Result, Adrv) ->
     reply(Step, Result, Adrv);
 reply({control, I, Op, _}, {ok, Reply}, Adrv) when Op =:= 1; Op =:= 3 ->
     case {lists:member(I, Adrv), Op, string:split(Reply, ",")} of

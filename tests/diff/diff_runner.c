@@ -11,7 +11,8 @@
  *   {command, Idx, Data} | {command, Idx, Pieces, Opts} |
  *   {control, Idx, Op, Data} | {call, Idx, Op, Etf} | {sleep, Ms} |
  *   {msg_wait, Ms} | {spawn, P} | {as, P, Step} | {async, P, Step} |
- *   {exit, P} | {adopt, Who}
+ *   {exit, P} | {adopt, Who} | {expect, [{Who, N | result}], Step} |
+ *   {await, Step, WantEtf}
  * Runs them in one edrv process (started with 2 async threads, as erl +A 2),
  * the main one, and in helpers: each helper is a process with its own
  * thread, which runs the steps (load, unload, open, close, command, control,
@@ -21,7 +22,10 @@
  * describes: the main process's messages until none and no async step's end
  * came for 50 ms (or the last msg_wait's Ms), then each idle helper's
  * messages (by name, collected at once, with the same wait) as {P, Msg},
- * then the results of async steps that ended, as {P, result, R}. It writes
+ * then the results of async steps that ended, as {P, result, R}. An expect
+ * step first waits (up to EXPECT_MS) for the messages and async steps' ends
+ * it names, and then as any step; an await step runs its control or call
+ * every AWAIT_POLL_MS until the result prints as WantEtf does. It writes
  * one packet back:
  *   {SelfPid, [{HelperPid, P}, ...], [{Result, [Msg, ...]}, ...]}
  * with Result {ok, Value} or {error, Reason} shaped as erl's results are.
@@ -30,12 +34,25 @@
  * message to Who (self or a helper) and has no index yet.
  * An unload that leaves the driver pending (its async jobs still running)
  * waits, as erl_ddll:unload_driver/1 does, until the pool has no job left.
+ *
+ * A command step returns once its output is in the mailbox, as erl's
+ * port_command does for a port that runs the command at once: edrv runs a
+ * host's call in the host's thread when it can (then the output is there),
+ * or queues it (in a host where SIGPIPE could kill, or when the emulator
+ * lock is busy); so after a command the runner makes a synchronous call on
+ * the same port, which queues behind the command when the command was
+ * queued (a call runs at once only when no request is queued). erl starts
+ * the runner with SIGPIPE ignored, so edrv may run its calls at once; with
+ * EDRV_DIFF_SIGPIPE_DEFAULT set, the runner sets SIGPIPE back to its default
+ * and so every call goes through the emulator thread's queue: the scenarios
+ * must give the same results both ways.
  */
 #include <edrv.h>
 #include <ei.h>
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +62,8 @@
 #include <unistd.h>
 
 #define MSG_WAIT_MS 50 /* until a msg_wait step sets msg_wait_ms */
+#define EXPECT_MS 30000   /* expect and await: a bound for a broken build */
+#define AWAIT_POLL_MS 5
 #define ASYNC_THREADS 2
 #define UNLOAD_WAIT_MS 60000
 #define POLL_MS 5       /* how often the main thread looks for async steps' ends */
@@ -93,6 +112,7 @@ typedef struct {
     const char *buf; /* JOB_STEP: the step at buf + idx */
     int idx;
     long wait;        /* JOB_COLLECT */
+    size_t want;      /* JOB_COLLECT: messages to wait for first */
     ei_x_buff result; /* JOB_STEP: {ok, V} or {error, R} */
     msg_list msgs;    /* JOB_COLLECT */
     port_set seen;
@@ -101,6 +121,14 @@ typedef struct {
 static helper helpers[MAX_HELPERS];
 static int nhelpers;
 static port_set main_seen;
+
+/* What the current step's messages must include (an expect step); the main
+ * thread's. */
+static struct {
+    size_t self;                /* the main process's messages */
+    size_t want[MAX_HELPERS];   /* each helper's messages */
+    bool result[MAX_HELPERS];   /* the end of the helper's async step */
+} expected;
 
 static void die(const char *what) {
     fprintf(stderr, "diff_runner: %s\n", what);
@@ -398,6 +426,10 @@ static void run_step(const char *buf, int *idx, edrv_proc *self, bool main_only,
         edrv_port port = port_at(decode_ulong(buf, idx));
         rc = arity == 4 ? run_command_opts(buf, idx, self, port)
                         : run_command(buf, idx, self, port);
+        /* The output is in the mailbox once a call queued behind the
+         * command has run (see the top of the file). */
+        edrv_port_status st;
+        (void)edrv_port_info(port, &st);
         if (rc == EDRV_EBUSY)
             encode_ok_atom(x, "false"); /* nosuspend: port_command/3 returns false */
         else if (rc < 0)
@@ -460,9 +492,19 @@ static void msgs_encode(ei_x_buff *x, msg_list *l, const char *tag) {
     l->n = 0;
 }
 
-/* Every message that arrives within wait ms of the last. */
-static void receive_all(edrv_proc *p, long wait, msg_list *l) {
+/* The time left until deadline (ns), in ms rounded up; 0 once past. */
+static long ms_until(int64_t deadline) {
+    int64_t left = deadline - now_ns();
+    return left <= 0 ? 0 : (long)((left + 999999) / 1000000);
+}
+
+/* The first want messages (waiting up to EXPECT_MS), then every message
+ * that arrives within wait ms of the last. */
+static void receive_all(edrv_proc *p, long wait, size_t want, msg_list *l) {
+    int64_t deadline = now_ns() + (int64_t)EXPECT_MS * 1000000;
     edrv_msg m;
+    while (l->n < want && edrv_receive(p, ms_until(deadline), &m) == 0)
+        msg_push(l, m);
     while (edrv_receive(p, wait, &m) == 0)
         msg_push(l, m);
 }
@@ -545,7 +587,7 @@ static void *helper_main(void *arg) {
             h->result.index = 0;
             run_step(h->buf, &idx, h->proc, false, &h->result);
         } else {
-            receive_all(h->proc, h->wait, &h->msgs);
+            receive_all(h->proc, h->wait, h->want, &h->msgs);
         }
         pthread_mutex_lock(&h->lock);
         h->busy = false;
@@ -620,6 +662,80 @@ static void helper_exit(helper *h) {
     h->dead = true;
 }
 
+/* An expect step's list of {Who, N} and {P, result}, into `expected`. */
+static void decode_expected(const char *buf, int *idx) {
+    int n, arity;
+    if (ei_decode_list_header(buf, idx, &n) < 0)
+        die("expect: expected a list");
+    for (int i = 0; i < n; i++) {
+        char who[MAXATOMLEN_UTF8], atom[MAXATOMLEN_UTF8];
+        unsigned long count = 0;
+        if (ei_decode_tuple_header(buf, idx, &arity) < 0 || arity != 2 ||
+            ei_decode_atom(buf, idx, who) < 0)
+            die("expect: expected {Who, N} or {P, result}");
+        bool result = ei_decode_atom(buf, idx, atom) == 0;
+        if (result ? strcmp(atom, "result") != 0 : ei_decode_ulong(buf, idx, &count) < 0)
+            die("expect: expected {Who, N} or {P, result}");
+        helper *h = strcmp(who, "self") == 0 ? NULL : helper_named(who);
+        if (!h && (result || strcmp(who, "self") != 0))
+            die("expect: no such helper");
+        if (result)
+            expected.result[h - helpers] = true;
+        else if (h)
+            expected.want[h - helpers] += count;
+        else
+            expected.self += count;
+    }
+    if (n && ei_decode_list_header(buf, idx, &n) < 0)
+        die("expect: improper list");
+}
+
+/* A term as text, as ei prints it; the caller frees it. */
+static char *term_text(const char *buf, int idx) {
+    char *s = NULL;
+    if (ei_s_print_term(&s, buf, &idx) < 0)
+        die("await: a result that ei cannot print");
+    return s;
+}
+
+/* {await, Step, WantEtf}: runs the control or call at *idx until its
+ * result prints as Want does (both are terms, in ETF), or EXPECT_MS have
+ * passed; encodes the last result. */
+static void run_await(const char *buf, int *idx, edrv_proc *self, ei_x_buff *x) {
+    int step = *idx, at = *idx, arity, ver, widx = 0;
+    char what[MAXATOMLEN_UTF8];
+    if (ei_decode_tuple_header(buf, &at, &arity) < 0 || ei_decode_atom(buf, &at, what) < 0 ||
+        (strcmp(what, "control") != 0 && strcmp(what, "call") != 0))
+        die("await: only a control or a call");
+    at = *idx;
+    if (ei_skip_term(buf, &at) < 0)
+        die("await: bad step");
+    long len;
+    char *want = decode_bin(buf, &at, &len);
+    if (ei_decode_version(want, &widx, &ver) < 0)
+        die("await: Want must be in ETF");
+    char *want_text = term_text(want, widx);
+    int64_t deadline = now_ns() + (int64_t)EXPECT_MS * 1000000;
+    ei_x_buff r;
+    ei_x_new(&r);
+    for (;;) {
+        int i = step;
+        r.index = 0;
+        run_step(buf, &i, self, true, &r);
+        char *got = term_text(r.buff, 0);
+        bool same = strcmp(got, want_text) == 0;
+        free(got);
+        if (same || now_ns() >= deadline)
+            break;
+        sleep_ms(AWAIT_POLL_MS);
+    }
+    ei_x_append_buf(x, r.buff, r.index);
+    ei_x_free(&r);
+    free(want_text);
+    free(want);
+    *idx = at;
+}
+
 /* Runs the steps that involve processes, or any other step as the main
  * process, and encodes the result into x. */
 static void run_top_step(const char *buf, int *idx, edrv_proc *self, ei_x_buff *x) {
@@ -627,7 +743,12 @@ static void run_top_step(const char *buf, int *idx, edrv_proc *self, ei_x_buff *
     char what[MAXATOMLEN_UTF8];
     if (ei_decode_tuple_header(buf, &at, &arity) < 0 || ei_decode_atom(buf, &at, what) < 0)
         die("a step must be a tuple with an atom first");
-    if (strcmp(what, "spawn") == 0) {
+    if (strcmp(what, "expect") == 0) {
+        decode_expected(buf, &at);
+        run_top_step(buf, &at, self, x);
+    } else if (strcmp(what, "await") == 0) {
+        run_await(buf, &at, self, x);
+    } else if (strcmp(what, "spawn") == 0) {
         spawn_helper(buf, &at);
         encode_ok_atom(x, "ok");
     } else if (strcmp(what, "as") == 0 || strcmp(what, "async") == 0) {
@@ -687,14 +808,23 @@ static int by_name(const void *a, const void *b) {
     return strcmp(helpers[*(const int *)a].name, helpers[*(const int *)b].name);
 }
 
-/* After a step: encodes, as a list, the main process's messages (until none
- * and no async step's end came for msg_wait_ms), each idle helper's
- * messages as {P, Msg}, and the results of the async steps that ended as
- * {P, result, R}; helpers by name. */
+/* Whether every async step's end that the expect step names has come. */
+static bool results_came(const bool *ended) {
+    for (int i = 0; i < nhelpers; i++)
+        if (expected.result[i] && !ended[i])
+            return false;
+    return true;
+}
+
+/* After a step: encodes, as a list, the main process's messages (first
+ * those the expect step names, and the async steps' ends it names, up to
+ * EXPECT_MS; then until none and no async step's end came for msg_wait_ms),
+ * each idle helper's messages as {P, Msg}, and the results of the async
+ * steps that ended as {P, result, R}; helpers by name. */
 static void collect_all(edrv_proc *self, ei_x_buff *x) {
     msg_list own = {0};
     bool ended[MAX_HELPERS] = {false};
-    int64_t last = now_ns();
+    int64_t last = now_ns(), deadline = last + (int64_t)EXPECT_MS * 1000000;
     for (;;) {
         bool waiting = false; /* for an async step's end: poll */
         for (int i = 0; i < nhelpers; i++) {
@@ -708,15 +838,15 @@ static void collect_all(edrv_proc *self, ei_x_buff *x) {
             waiting |= h->async;
             pthread_mutex_unlock(&h->lock);
         }
-        int64_t left_ns = (int64_t)msg_wait_ms * 1000000 - (now_ns() - last);
-        if (left_ns <= 0)
+        bool came = own.n >= expected.self && results_came(ended);
+        long left = ms_until(came ? last + (int64_t)msg_wait_ms * 1000000 : deadline);
+        if (left == 0)
             break;
-        long left = (long)((left_ns + 999999) / 1000000);
         edrv_msg m;
         if (edrv_receive(self, waiting && left > POLL_MS ? POLL_MS : left, &m) == 0) {
             msg_push(&own, m);
             last = now_ns();
-        } else if (!waiting) {
+        } else if (!waiting && came) {
             break; /* a whole wait without a message */
         }
     }
@@ -729,7 +859,10 @@ static void collect_all(edrv_proc *self, ei_x_buff *x) {
         helper *h = &helpers[i];
         if (!h->dead && !h->async) {
             h->wait = msg_wait_ms;
+            h->want = expected.want[i];
             helper_post(h, JOB_COLLECT);
+        } else if (expected.want[i]) {
+            die("expect: messages of a helper that is not idle");
         }
     }
     size_t total = own.n;
@@ -761,6 +894,7 @@ static void collect_all(edrv_proc *self, ei_x_buff *x) {
     }
     ei_x_encode_empty_list(x);
     free(own.v);
+    memset(&expected, 0, sizeof expected);
 }
 
 int main(int argc, char **argv) {
@@ -769,6 +903,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     drivers_dir = argv[1];
+    if (getenv("EDRV_DIFF_SIGPIPE_DEFAULT"))
+        signal(SIGPIPE, SIG_DFL); /* before any thread: every call is queued */
     size_t in_len;
     char *in = read_packet(&in_len);
     int idx = 0, ver, nsteps;

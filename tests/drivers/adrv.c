@@ -26,7 +26,8 @@
  *  12 FROM_POOL n:4 -> n jobs that each send {from_pool, Seq} from their pool
  *              thread with erl_drv_output_term
  *  13 WAIT_OWN key:4 -> submits a job, then waits inside this callback (up to
- *              5 s) until the job's invoke has run; reply "ran" or "timeout".
+ *              30 s, a bound for a broken build) until the job's invoke has
+ *              run; reply "ran" or "timeout".
  *              Works in ERTS, where driver_async wakes a pool thread at once.
  *  14 BROKEN_PIPE -> a job that writes to a pipe with no reader and sends
  *              {broken_pipe, R} from its pool thread: R is epipe when the
@@ -42,6 +43,9 @@
  *  19 QSTATS   -> reply "deq=D,churn_ok=A,churn_dead=B": D the last DEQ_JOB's
  *              driver_deq result (-2 before any), A and B the CHURN jobs whose
  *              enqueue worked and failed (the port was dead)
+ *  20 PENDING  -> reply the number of jobs (of any port of this copy of the
+ *              driver) submitted and not yet ended: neither ready_async nor
+ *              free has run. Tests wait for "0" instead of sleeping.
  */
 #define _GNU_SOURCE /* pthread_getname_np */
 #include <dlfcn.h>
@@ -91,6 +95,7 @@ typedef struct {
 } job;
 
 static atomic_long ready_count, freed_count, invoked_count, stopped_count;
+static atomic_long live_jobs; /* PENDING: allocated by new_job, not yet freed */
 static _Atomic unsigned key_invokes[4096]; /* by key % 4096 */
 
 /* The gate BLOCK jobs wait on. */
@@ -140,7 +145,7 @@ static void block_invoke(void *arg) {
 
 /* WAIT_OWN: the invoke signals the callback that waits for it. */
 static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t own_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t own_cond; /* on CLOCK_MONOTONIC (a_init) */
 static int own_ran;
 
 static void own_invoke(void *arg) {
@@ -187,13 +192,23 @@ static void pdl_release(pdl_block *b) {
     pdl_block_unref(b);
 }
 
+/* Frees a job: at its end (ready or job_free), or one that driver_async
+ * refused. Either way, within the callback that made it or at the end that
+ * PENDING counts. */
+static void job_dispose(job *j) {
+    if (j) {
+        atomic_fetch_sub(&live_jobs, 1);
+        driver_free(j);
+    }
+}
+
 static void job_free(void *arg) {
     job *j = arg;
     atomic_fetch_add(&freed_count, 1);
     end_record(j);
     if (j->pb)
         pdl_release(j->pb);
-    driver_free(j);
+    job_dispose(j);
 }
 
 /* PDL jobs count from a pool thread, under the lock, in the block their
@@ -251,7 +266,7 @@ static int submit_locked(adrv *a, unsigned key, void (*invoke_fn)(void *), unsig
     pdl_hold(j->pb);
     if (driver_async(a->port, &key, invoke_fn, j, job_free) < 0) {
         pdl_release(j->pb);
-        driver_free(j);
+        job_dispose(j);
         return -1;
     }
     return 0;
@@ -300,7 +315,7 @@ static void ready(ErlDrvData d, ErlDrvThreadData td) {
         };
         erl_drv_output_term(driver_mk_port(a->port), spec, sizeof spec / sizeof spec[0]);
     }
-    driver_free(j);
+    job_dispose(j);
 }
 
 static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long record) {
@@ -308,6 +323,7 @@ static job *new_job(adrv *a, unsigned key, int has_key, unsigned work_us, long r
     if (!j)
         return NULL;
     memset(j, 0, sizeof *j);
+    atomic_fetch_add(&live_jobs, 1);
     j->port = driver_mk_port(a->port);
     j->key = key;
     j->has_key = has_key;
@@ -325,7 +341,7 @@ static int submit_quiet(adrv *a, void (*invoke_fn)(void *)) {
         return -1;
     j->quiet = 1;
     if (driver_async(a->port, NULL, invoke_fn, j, job_free) < 0) {
-        driver_free(j);
+        job_dispose(j);
         return -1;
     }
     return 0;
@@ -348,7 +364,7 @@ static void a_stop(ErlDrvData d) {
     if (a->stop_job) {
         job *j = new_job(a, 0, 0, 0, -1);
         if (j && driver_async(a->port, NULL, invoke, j, job_free) < 0)
-            driver_free(j);
+            job_dispose(j);
     }
     if (a->pb)
         pdl_block_unref(a->pb); /* the jobs still queued hold it */
@@ -380,7 +396,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             key_after = key;
             id = driver_async(a->port, has_key ? &key_after : NULL, invoke, j, job_free);
             if (id < 0) {
-                driver_free(j);
+                job_dispose(j);
                 return -1;
             }
         }
@@ -404,7 +420,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         }
         long id = j ? driver_async(a->port, &key, block_invoke, j, job_free) : -1;
         if (id < 0) {
-            driver_free(j);
+            job_dispose(j);
             return -1;
         }
         REPLY("%ld", id);
@@ -433,7 +449,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
                 return -1;
             long id = driver_async(a->port, rnd(&seed) % 4 ? &key : NULL, invoke, j, job_free);
             if (id < 0) {
-                driver_free(j);
+                job_dispose(j);
                 atomic_fetch_add(&ended[r], 1); /* never submitted: counts as ended */
                 continue;
             }
@@ -485,7 +501,7 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             unsigned key = i;
             if (driver_async(a->port, &key, pdl_invoke, j, job_free) < 0) {
                 pdl_release(j->pb);
-                driver_free(j);
+                job_dispose(j);
                 return -1;
             }
         }
@@ -561,12 +577,12 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         own_ran = 0;
         pthread_mutex_unlock(&own_lock);
         if (driver_async(a->port, &key, own_invoke, j, job_free) < 0) {
-            driver_free(j);
+            job_dispose(j);
             return -1;
         }
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 5;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += 30;
         pthread_mutex_lock(&own_lock);
         while (!own_ran && pthread_cond_timedwait(&own_cond, &own_lock, &until) == 0)
             ;
@@ -574,17 +590,40 @@ static ErlDrvSSizeT a_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         pthread_mutex_unlock(&own_lock);
         REPLY("%s", ran ? "ran" : "timeout");
     }
+    case 20: /* PENDING */
+        REPLY("%ld", atomic_load(&live_jobs));
     default:
         return -1;
     }
 }
 
+static void a_finish(void);
+
+/* WAIT_OWN's bound is on the monotonic clock: a change of the wall clock
+ * must not end (or stretch) the wait. */
+static int own_cond_init(void) {
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return -1;
+    int rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0 &&
+                     pthread_cond_init(&own_cond, &attr) == 0
+                 ? 0
+                 : -1;
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
 static int a_init(void) {
+    if (own_cond_init() < 0)
+        return -1;
     *(void **)&cancel_fn = dlsym(RTLD_DEFAULT, "driver_async_cancel");
     ended = calloc(MAX_RECORDS, 1);
     invoked = calloc(MAX_RECORDS, 1);
     was_cancelled = calloc(MAX_RECORDS, 1);
-    return ended && invoked && was_cancelled ? 0 : -1;
+    if (ended && invoked && was_cancelled)
+        return 0;
+    a_finish();
+    return -1;
 }
 
 static void a_finish(void) {
@@ -592,6 +631,7 @@ static void a_finish(void) {
     free((void *)invoked);
     free((void *)was_cancelled);
     ended = invoked = was_cancelled = NULL;
+    pthread_cond_destroy(&own_cond);
 }
 
 static ErlDrvEntry adrv_entry = {

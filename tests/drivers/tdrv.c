@@ -84,6 +84,11 @@ enum {
     TD_CREATE = 77,       /* driver_create_port for the caller; sends it {created, Port} */
     TD_BROKEN_PIPE = 78,  /* write to a pipe with no reader, here and in a driver thread;
                              reply "control=R,thread=R", R: epipe, or what else happened */
+    TD_GATE = 79,         /* data: entered_fd:4 release_fd:4; writes a byte to entered_fd,
+                             then blocks in read(release_fd): the callback holds the
+                             emulator until the test lets it go. Reply "ok", or "error" */
+    TD_TIMER_EXIT = 80,   /* driver_set_timer(data: ms, 4 bytes), then driver_exit(port, 0)
+                             in the same callback: the timer cannot fire before the end */
 };
 
 typedef struct {
@@ -413,6 +418,24 @@ static const char *broken_pipe(void) {
     return n < 0 && e == EPIPE ? "epipe" : n < 0 ? "other_error" : "written";
 }
 
+static unsigned get32(const char *buf) {
+    const unsigned char *u = (const unsigned char *)buf;
+    return (unsigned)u[0] << 24 | (unsigned)u[1] << 16 | (unsigned)u[2] << 8 | u[3];
+}
+
+/* TD_GATE: says that the callback runs, then waits until it may return. */
+static const char *gate(int entered_fd, int release_fd) {
+    char b = 'g';
+    ssize_t n;
+    while ((n = write(entered_fd, &b, 1)) < 0 && errno == EINTR)
+        ;
+    if (n != 1)
+        return "error";
+    while ((n = read(release_fd, &b, 1)) < 0 && errno == EINTR)
+        ;
+    return n == 1 ? "ok" : "error";
+}
+
 static void *broken_pipe_thread(void *arg) {
     *(const char **)arg = broken_pipe();
     return NULL;
@@ -703,6 +726,16 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         int rc = driver_read_timer(port, &left);
         REPLY("%d,%d", rc, left >= 500);
     }
+    case TD_GATE:
+        if (len < 8)
+            return -1;
+        REPLY("%s", gate((int)get32(buf), (int)get32(buf + 4)));
+    case TD_TIMER_EXIT:
+        if (len < 4)
+            return -1;
+        driver_set_timer(port, get32(buf));
+        driver_exit(port, 0);
+        return 0;
     default:
         return -1;
     }

@@ -3,6 +3,11 @@
 -module(echo_drv_tests).
 -include_lib("eunit/include/eunit.hrl").
 
+%% How long a test waits for data: a bound for a broken build, never a
+%% timing; and EUnit's bound for a whole test.
+-define(TIMEOUT, 30000).
+-define(TEST_BOUND_S, 60).
+
 %% ---- helpers ----------------------------------------------------------------
 
 open(Opts) ->
@@ -22,13 +27,25 @@ with(Opts, Fun) ->
 data(P) ->
     receive
         {P, {data, D}} -> D
-    after 5000 ->
+    after ?TIMEOUT ->
         error(no_data)
     end.
 
 %% ---- tests ---------------------------------------------------------------------
 
-echo_list_mode_test() ->
+%% Every test, each with a bound for a broken build (EUnit's own default is
+%% 5 s a test, which a loaded machine or a sanitizer build can reach).
+all_test_() ->
+    [{Name, {timeout, ?TEST_BOUND_S, Fun}} || {Name, Fun} <- [
+      {"echo_list_mode", fun echo_list_mode/0},
+      {"echo_binary_mode", fun echo_binary_mode/0},
+      {"control_upper_case", fun control_upper_case/0},
+      {"control_count", fun control_count/0},
+      {"control_unknown_op_is_badarg", fun control_unknown_op_is_badarg/0},
+      {"ports_count_separately", fun ports_count_separately/0}
+    ]].
+
+echo_list_mode() ->
     with([], fun(P) ->
         true = port_command(P, "hello"),
         ?assertEqual("hello", data(P)),
@@ -36,7 +53,7 @@ echo_list_mode_test() ->
         ?assertEqual("iolist", data(P))
     end).
 
-echo_binary_mode_test() ->
+echo_binary_mode() ->
     with([binary], fun(P) ->
         true = port_command(P, <<"hello">>),
         ?assertEqual(<<"hello">>, data(P)),
@@ -46,7 +63,7 @@ echo_binary_mode_test() ->
     end).
 
 %% The port sets no control flags: control replies are lists in either mode.
-control_upper_case_test() ->
+control_upper_case() ->
     with([binary], fun(P) ->
         ?assertEqual("ABC1-Z", port_control(P, 1, <<"aBc1-z">>)),
         ?assertEqual("", port_control(P, 1, <<>>)),
@@ -55,7 +72,7 @@ control_upper_case_test() ->
         ?assertEqual(lists:duplicate(1000, $Q), port_control(P, 1, Long))
     end).
 
-control_count_test() ->
+control_count() ->
     with([], fun(P) ->
         ?assertEqual("0", port_control(P, 2, [])),
         true = port_command(P, "hello"),
@@ -68,7 +85,7 @@ control_count_test() ->
         ?assertEqual("7", port_control(P, 2, []))
     end).
 
-control_unknown_op_is_badarg_test() ->
+control_unknown_op_is_badarg() ->
     with([], fun(P) ->
         ?assertError(badarg, port_control(P, 99, "x")),
         ?assertError(badarg, port_control(P, 0, [])),
@@ -78,7 +95,7 @@ control_unknown_op_is_badarg_test() ->
         ?assertEqual("still here", data(P))
     end).
 
-ports_count_separately_test() ->
+ports_count_separately() ->
     with([], fun(P1) ->
         with([], fun(P2) ->
             true = port_command(P1, "abc"),

@@ -21,7 +21,10 @@
 -define(APPEND, 16).
 -define(EXCL, 32).
 
--define(TIMEOUT, 5000).
+%% How long a test waits for what must come (a reply, a closed fd): a bound
+%% for a broken build, never a timing; and EUnit's bound for a whole test.
+-define(TIMEOUT, 30000).
+-define(TEST_BOUND_S, 60).
 
 %% ---- helpers ----------------------------------------------------------------
 
@@ -145,10 +148,31 @@ wait_until(Fun, Ms) ->
             wait_until(Fun, Ms - 10)
     end.
 
-%% ---- tests ----------------------------------------------------------------------
+%% ---- tests ---------------------------------------------------------------------
+
+%% Every test, each with a bound for a broken build (EUnit's own default is
+%% 5 s a test, which a loaded machine or a sanitizer build can reach).
+all_test_() ->
+    [{Name, {timeout, ?TEST_BOUND_S, Fun}} || {Name, Fun} <- [
+      {"reply_format", fun reply_format/0},
+      {"write_then_read", fun write_then_read/0},
+      {"queued_after_open", fun queued_after_open/0},
+      {"read_size_larger_than_file", fun read_size_larger_than_file/0},
+      {"read_proc_file", fun read_proc_file/0},
+      {"many_files", fun many_files/0},
+      {"position", fun position/0},
+      {"append_and_truncate", fun append_and_truncate/0},
+      {"sha256", fun sha256/0},
+      {"listdir", fun listdir/0},
+      {"errors", fun errors/0},
+      {"badarg", fun badarg/0},
+      {"per_file_order", fun per_file_order/0},
+      {"port_close_closes_files", fun port_close_closes_files/0},
+      {"owner_exit_closes_files", fun owner_exit_closes_files/0}
+    ]].
 
 %% Control replies: Ref counts from 1 per port, handles from 1, never reused.
-reply_format_test() ->
+reply_format() ->
     with(fun(P, Dir) ->
         F = path(Dir, "a"),
         ?assertEqual(<<1:32, 1:32>>, port_control(P, ?OPEN, [?WR bor ?CREATE, F])),
@@ -174,7 +198,7 @@ reply_format_test() ->
         end
     end).
 
-write_then_read_test() ->
+write_then_read() ->
     with(fun(P, Dir) ->
         F = path(Dir, "data"),
         W = open(P, ?WR bor ?CREATE bor ?TRUNC, F),
@@ -199,7 +223,7 @@ write_then_read_test() ->
     end).
 
 %% Operations can follow the open at once, before it has finished.
-queued_after_open_test() ->
+queued_after_open() ->
     with(fun(P, Dir) ->
         F = path(Dir, "q"),
         {R1, Fd} = open_req(P, ?RD bor ?WR bor ?CREATE, F),
@@ -213,7 +237,7 @@ queued_after_open_test() ->
     end).
 
 %% A big Size on a small file reads what there is.
-read_size_larger_than_file_test() ->
+read_size_larger_than_file() ->
     with(fun(P, Dir) ->
         F = path(Dir, "small"),
         ok = file:write_file(F, <<"tiny">>),
@@ -236,7 +260,7 @@ read_size_larger_than_file_test() ->
 
 %% Files in /proc say they are empty; one read still gives them whole, also
 %% past the 64 KiB the driver starts with (erl's smaps is about 100 KiB).
-read_proc_file_test() ->
+read_proc_file() ->
     with(fun(P, _Dir) ->
         S = open(P, ?RD, <<"/proc/self/status">>),
         {ok, Status} = read(P, S, 16#FFFFFFFF),
@@ -253,7 +277,7 @@ read_proc_file_test() ->
 
 %% Many files on one port: the handle table grows, and removals in any order
 %% leave every other handle valid.
-many_files_test() ->
+many_files() ->
     with(fun(P, Dir) ->
         N = 200,
         Fds = [open(P, ?RD bor ?WR bor ?CREATE, path(Dir, integer_to_list(I)))
@@ -274,7 +298,7 @@ many_files_test() ->
         ?assertEqual(N + 1, open(P, ?RD, path(Dir, "1")))
     end).
 
-position_test() ->
+position() ->
     with(fun(P, Dir) ->
         F = path(Dir, "pos"),
         Content = pattern(100),
@@ -299,7 +323,7 @@ position_test() ->
         ?assertEqual(<<Content/binary, 0:(100 * 8), "x">>, After)
     end).
 
-append_and_truncate_test() ->
+append_and_truncate() ->
     with(fun(P, Dir) ->
         F = path(Dir, "log"),
         ok = file:write_file(F, <<"ab">>),
@@ -324,7 +348,7 @@ append_and_truncate_test() ->
         ?assertEqual({error, eexist}, result(element(1, open_req(P, ?WR bor ?EXCL, E))))
     end).
 
-sha256_test() ->
+sha256() ->
     with(fun(P, Dir) ->
         F = path(Dir, "big"),
         %% Several 256 KiB chunks and a partial one.
@@ -357,7 +381,7 @@ sha256_test() ->
 sha256_of_nothing() ->
     binary:decode_hex(<<"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855">>).
 
-listdir_test() ->
+listdir() ->
     with(fun(P, Dir) ->
         ok = file:write_file(filename:join(Dir, "file"), <<"x">>),
         ok = file:make_dir(filename:join(Dir, "sub")),
@@ -391,7 +415,7 @@ listdir_test() ->
         ?assertEqual({error, enoent}, listdir(P, <<>>))
     end).
 
-errors_test() ->
+errors() ->
     with(fun(P, Dir) ->
         Missing = path(Dir, "missing"),
         ?assertEqual({error, enoent}, result(element(1, open_req(P, ?RD, Missing)))),
@@ -435,7 +459,7 @@ errors_test() ->
     end).
 
 %% Malformed requests are badarg, use no Ref, and leave the port working.
-badarg_test() ->
+badarg() ->
     with(fun(P, Dir) ->
         Bad = [{99, <<>>}, {0, <<>>}, {9, <<1:32>>},
                {?OPEN, <<>>}, {?OPEN, <<64, "/tmp/x">>}, {?OPEN, <<?RD, "/tmp", 0, "x">>},
@@ -461,7 +485,7 @@ badarg_test() ->
 %% while another file's are queued among them. Two requests on A for each one
 %% on B: without a key per file, consecutive requests would alternate between
 %% the two pool threads and A's would be spread over both.
-per_file_order_test() ->
+per_file_order() ->
     with(fun(P, Dir) ->
         N = 1500,
         A = open(P, ?RD bor ?WR bor ?CREATE, path(Dir, "a")),
@@ -494,7 +518,7 @@ per_file_order_test() ->
     end).
 
 %% Closing the port closes its open files, after their queued operations.
-port_close_closes_files_test() ->
+port_close_closes_files() ->
     Dir = tmpdir(),
     try
         ?assertEqual([], fds_under(Dir)),
@@ -507,7 +531,7 @@ port_close_closes_files_test() ->
         [req(P, ?WRITE, [<<Fd:32>>, Chunk]) || Fd <- Fds, _ <- lists:seq(1, 50)],
         _ = open_req(P, ?WR bor ?CREATE, path(Dir, "late")),
         port_close(P),
-        wait_until(fun() -> fds_under(Dir) =:= [] end, 3000),
+        wait_until(fun() -> fds_under(Dir) =:= [] end, ?TIMEOUT),
         %% Every queued write ran before its file's close.
         Expected = binary:copy(Chunk, 50),
         [?assertEqual({ok, Expected}, file:read_file(F)) || F <- Files],
@@ -518,7 +542,7 @@ port_close_closes_files_test() ->
     end.
 
 %% An owner that dies closes the port, and so the files.
-owner_exit_closes_files_test() ->
+owner_exit_closes_files() ->
     Dir = tmpdir(),
     try
         Self = self(),
@@ -530,7 +554,7 @@ owner_exit_closes_files_test() ->
         end),
         receive opened -> ok after ?TIMEOUT -> error(not_opened) end,
         receive {'DOWN', Mon, process, Pid, done} -> ok after ?TIMEOUT -> error(no_down) end,
-        wait_until(fun() -> fds_under(Dir) =:= [] end, 3000)
+        wait_until(fun() -> fds_under(Dir) =:= [] end, ?TIMEOUT)
     after
         ok = file:del_dir_r(Dir)
     end.

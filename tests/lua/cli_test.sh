@@ -72,7 +72,7 @@ if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
       edrv.load_driver('$drivers', 'echo_drv')
       local p = edrv.open_port({'spawn_driver', 'echo_drv'}, {'binary'})
       edrv.port_command(p, 'ok')
-      print(tostring(edrv.receive(1000)) .. ' ' .. edrv.pool().threads)"
+      print(tostring(edrv.receive(30000)) .. ' ' .. edrv.pool().threads)"
 fi
 
 echo "$passed passed, $failed failed"

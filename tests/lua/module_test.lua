@@ -4,6 +4,11 @@ local drivers = assert(arg[1], "usage: module_test.lua DRIVERS_DIR [TEST]")
 local only = arg[2]
 local A, T, L = edrv.atom, edrv.tuple, edrv.list
 
+-- How long a test waits for a message that must come: a bound for a broken
+-- build, never a timing (the machine may be loaded). Negative checks (what
+-- must not come) wait a short fixed time.
+local WAIT = 30000
+
 local tests, order = {}, {}
 local function test(name, fn) tests[name] = fn; order[#order + 1] = name end
 
@@ -47,13 +52,13 @@ test("open_port", function()
   local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
   eq(edrv.type(p), "port")
   local q = edrv.open_port(T(A"spawn_driver", "tdrv hello"), {A"binary"})
-  eq(tostring(edrv.receive(1000)), string.format('{%s,{data,"hello"}}', tostring(q)))
+  eq(tostring(edrv.receive(WAIT)), string.format('{%s,{data,"hello"}}', tostring(q)))
   raises("badarg", edrv.open_port, {"spawn", "tdrv"}, {})
   raises("badarg", edrv.open_port, "tdrv", {})
   raises("badarg", edrv.open_port, {"spawn_driver", "tdrv"}, {"eof_please"})
   local e = edrv.open_port({"spawn_driver", "tdrv"}, {"eof"})
   edrv.port_control(e, 20, "") -- driver_failure_eof
-  eq(tostring(edrv.receive(1000)), string.format("{%s,eof}", tostring(e)))
+  eq(tostring(edrv.receive(WAIT)), string.format("{%s,eof}", tostring(e)))
   eq(edrv.port_control(e, 1, "alive"), "alive")
   edrv.port_close(e)
   raises("badarg", edrv.open_port, {"spawn_driver", "nosuchdriver"}, {})
@@ -65,12 +70,12 @@ end)
 test("port_command", function()
   local p = edrv.open_port({"spawn_driver", "tdrv"}, {"binary"})
   eq(edrv.port_command(p, "abc"), true)
-  eq(tostring(edrv.receive(1000)), string.format('{%s,{data,[111,117,116,58|<<"abc">>]}}', tostring(p)))
+  eq(tostring(edrv.receive(WAIT)), string.format('{%s,{data,[111,117,116,58|<<"abc">>]}}', tostring(p)))
   eq(edrv.port_command(p, {"a", {"b", 99}, 100}), true) -- iodata
-  local m = edrv.receive(1000)
+  local m = edrv.receive(WAIT)
   eq(m[2][2].tail, "abcd")
   eq(edrv.port_command(p, "x", {"nosuspend"}), true)
-  edrv.receive(1000)
+  edrv.receive(WAIT)
   edrv.port_control(p, 74, "\1") -- set_busy_port
   eq(edrv.port_command(p, "x", {"nosuspend"}), false)
   raises("notsup", edrv.port_command, p, "x", {"force"})
@@ -121,7 +126,7 @@ test("port_close_and_info", function()
   edrv.port_control(p, 73, "") -- erl_drv_set_os_pid(port, 4711)
   eq(edrv.port_info(p)[A"os_pid"], 4711)
   eq(edrv.port_close(p), true)
-  eq(tostring(edrv.receive(1000)), string.format("{'EXIT',%s,normal}", tostring(p)))
+  eq(tostring(edrv.receive(WAIT)), string.format("{'EXIT',%s,normal}", tostring(p)))
   eq(edrv.port_info(p), A"undefined")
   raises("badarg", edrv.port_close, p)
 end)
@@ -169,15 +174,15 @@ end)
 test("receive_match", function()
   local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
   for _, w in ipairs({"one", "two", "three"}) do edrv.port_command(p, w) end
-  local m, b = edrv.receive_match(T(p, T(A"data", edrv.var("D"))), 1000)
+  local m, b = edrv.receive_match(T(p, T(A"data", edrv.var("D"))), WAIT)
   assert(m and b.D)
   -- Selective: take "three" first; the others stay, in order.
   edrv.port_command(p, "four")
   local want = edrv.string("out:four")
-  m = edrv.receive_match(T(p, T(A"data", want)), 1000)
+  m = edrv.receive_match(T(p, T(A"data", want)), WAIT)
   eq(tostring(m[2][2]), '"out:four"')
-  eq(tostring(edrv.receive(1000)[2][2]), '"out:two"')
-  eq(tostring(edrv.receive(1000)[2][2]), '"out:three"')
+  eq(tostring(edrv.receive(WAIT)[2][2]), '"out:two"')
+  eq(tostring(edrv.receive(WAIT)[2][2]), '"out:three"')
   eq(edrv.receive_match(A"never", 20), nil)
   edrv.port_close(p); drain()
 end)
@@ -187,7 +192,7 @@ test("stats", function()
   local p = edrv.open_port({"spawn_driver", "adrv"}, {})
   local before = edrv.pool()
   edrv.port_control(p, 1, string.pack(">BI4I4I4", 0, 0, 10, 0))
-  for _ = 1, 10 do assert(edrv.receive(2000)) end
+  for _ = 1, 10 do assert(edrv.receive(WAIT)) end
   local after = edrv.pool()
   eq(after.submitted - before.submitted, 10)
   eq(after.ready_async - before.ready_async, 10)
