@@ -530,7 +530,8 @@ static void idle_uses_no_cpu(void) {
     REQUIRE(setup() == 0);
     edrv_port port = open_adrv();
     CHECK_INT(run_jobs(port, 5000), 5000);
-    usleep(200000);
+    edrv_pool_stats st = {0};
+    CHECK(WAIT_UNTIL((edrv_pool(&st), st.sleeping == st.threads))); /* the spins are over */
     double c0 = check_cpu_seconds();
     usleep(1000000);
     double used = check_cpu_seconds() - c0;
@@ -632,7 +633,8 @@ static void callback_waits_for_its_job(void) {
     edrv_port port = open_adrv();
     char b[4];
     for (unsigned key = 0; key < 4; key++) {
-        usleep(2000); /* the thread goes back to sleep */
+        edrv_pool_stats st = {0};
+        CHECK(WAIT_UNTIL((edrv_pool(&st), st.sleeping == st.threads))); /* back asleep */
         put32(b, key);
         CHECK_STR(ctl(port, 13, b, 4), "ran");
         done_msg d;

@@ -46,8 +46,10 @@ static void busy_suspends(void) {
     atomic_store(&sent, 0);
     pthread_t t;
     pthread_create(&t, NULL, sender, other);
-    usleep(50000);
-    CHECK_INT(atomic_load(&sent), 0);       /* suspended */
+    edrv_proc_status st = {0};
+    WAIT_UNTIL(edrv_proc_info(other, &st) == 0 && st.suspended == 1);
+    CHECK_INT(st.suspended, 1);             /* suspended (process_info) */
+    CHECK_INT(atomic_load(&sent), 0);
     CHECK_STR(ctl(proc, 1, "ok", 2), "ok"); /* control is not blocked */
     ctl(proc, 74, "\x00", 1);                /* not busy: the sender goes on */
     pthread_join(t, NULL);
@@ -65,7 +67,9 @@ static void busy_port_closes(void) {
     atomic_store(&sent, 0);
     pthread_t t;
     pthread_create(&t, NULL, sender, other);
-    usleep(50000);
+    edrv_proc_status st = {0};
+    WAIT_UNTIL(edrv_proc_info(other, &st) == 0 && st.suspended == 1);
+    CHECK_INT(st.suspended, 1); /* it waits on the busy port */
     CHECK_INT(edrv_port_close(proc, port), 0);
     pthread_join(t, NULL);
     CHECK_INT(atomic_load(&sent), 0);
