@@ -28,6 +28,9 @@ static const char usage[] =
     "  -i                      enter the interactive REPL after the rest\n"
     "  -A N, --async-threads N size of the async thread pool (1..1024;\n"
     "                          default: the number of online CPUs)\n"
+    "  --no-immediate          queue every call to the emulator thread, which\n"
+    "                          then runs every driver callback (by default the\n"
+    "                          script's thread runs its own calls when it can)\n"
     "  -h, --help              show this help and exit\n"
     "  -v, --version           show the version and exit\n"
     "  --                      stop handling options\n"
@@ -195,7 +198,7 @@ static int checked_print(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
-    int threads = 0, interactive = 0, script = 0;
+    int threads = 0, interactive = 0, script = 0, no_immediate = 0;
     const char *code[64];
     int ncode = 0;
     for (int i = 1; i < argc; i++) {
@@ -212,6 +215,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(a, "-i") == 0) {
             interactive = 1;
+        } else if (strcmp(a, "--no-immediate") == 0) {
+            no_immediate = 1;
         } else if (strcmp(a, "-e") == 0) {
             if (i + 1 >= argc)
                 return usage_error("%s needs an argument", a);
@@ -242,7 +247,7 @@ int main(int argc, char **argv) {
     /* Ignored as erl ignores it: a driver that writes to a closed pipe gets
      * EPIPE, and this thread may run driver callbacks itself (edrv.h). */
     signal(SIGPIPE, SIG_IGN);
-    edrv_options opts = {.async_threads = threads};
+    edrv_options opts = {.async_threads = threads, .no_immediate = no_immediate};
     int rc = edrv_start(&opts);
     if (rc < 0) {
         fprintf(stderr, "edrv: cannot start the runtime: %s\n", edrv_last_error());

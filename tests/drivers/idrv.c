@@ -15,6 +15,7 @@
  *   6 TICKING  on:1 -> turn the re-arming off (0) or on (1)
  *   7 STATS    -> reply "calls=C,overlaps=O,ticks=T"
  *   8 BUSY     on:1 -> set_busy_port
+ *  10 NAME     -> reply the calling thread's name (pthread_getname_np)
  *   9 SEND     proc:8 port:8 data -> sends data to another port with the host
  *                 API's edrv_port_command (found with dlsym: edrv only), from
  *                 inside this callback; reply its return
@@ -134,6 +135,11 @@ static ErlDrvSSizeT control(idrv *i, unsigned op, char *buf, ErlDrvSizeT len, ch
         memcpy(&proc, buf, sizeof proc);
         memcpy(&to, buf + 8, sizeof to);
         return REPLY("%d", send(proc, to, buf + 16, len - 16));
+    }
+    case 10: {
+        char name[16] = "";
+        pthread_getname_np(pthread_self(), name, sizeof name);
+        return REPLY("%s", name);
     }
     default:
         return -1;

@@ -64,6 +64,28 @@ want_status=0 want='^1[[:space:]]1$' check stdout_closed bash -c \
 want_status=1 want='standard output: No space left on device' check stdout_full_io_write bash -c \
   "'$edrv' -e 'io.write(\"x\")' 2>&1 >/dev/full"
 
+# Who runs a callback: by default the script's own thread, once the emulator
+# thread sleeps (tried until then); with --no-immediate, always the emulator
+# thread.
+want_status=0 want='^edrv$' check immediate_by_default "$edrv" -e "
+  edrv.load_driver('$drivers', 'idrv')
+  local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
+  local name
+  for i = 1, 3000 do
+    name = tostring(edrv.port_control(p, 10, ''))
+    if name ~= 'emulator' then break end
+    os.execute('sleep 0.01')
+  end
+  print(name)"
+want_status=0 want='^emulator 100$' check no_immediate "$edrv" --no-immediate -e "
+  edrv.load_driver('$drivers', 'idrv')
+  local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
+  local n = 0
+  for i = 1, 100 do
+    if tostring(edrv.port_control(p, 10, '')) == 'emulator' then n = n + 1 end
+  end
+  print('emulator ' .. n)"
+
 # require "edrv" from a stock lua5.4.
 if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
   want_status=0 want='^\{#Port<0\.1>,\{data,<<"ok">>\}\} 2$' check stock_lua \
