@@ -1569,7 +1569,11 @@ static bool next_part(strbuf *b, pframe *stack, size_t *sp, const unsigned char 
     while (*sp) {
         pframe *f = &stack[*sp - 1];
         if (f->left == 1 && f->kind == '[') {
-            /* A list's tail: [] closes it, anything else follows a '|'. */
+            /* A list's tail: [] closes it, anything else follows a '|'. A
+             * list of no elements is its own tail (the term was measured:
+             * a LIST_EXT's head is whole). */
+            while (len - *at > 5 && buf[*at] == ERL_LIST_EXT && be32(buf + *at + 1) == 0)
+                *at += 5;
             if (*at < len && buf[*at] == ERL_NIL_EXT) {
                 (*at)++;
                 f->left = 0;
