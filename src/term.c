@@ -326,8 +326,9 @@ void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n) {
  *
  * The measure takes only what binary_to_term takes item by item (checked in
  * erl), so that libei, which trusts the bytes, never reads past them: floats
- * finite, FLOAT_EXT's text a number ended by a NUL, funs and exports with
- * every field in place. Map keys are left to the spec check. */
+ * finite, FLOAT_EXT's text a number ended by a NUL, a bit string's count of
+ * bits in range, funs and exports with every field in place. Map keys are
+ * left to the spec check. */
 
 /* One item: a whole term, or the head of a compound term whose `parts`
  * follow it (elements and tail of a list, a tuple's elements, a map's keys
@@ -552,8 +553,10 @@ static bool read_any(const unsigned char *b, size_t len, size_t *at, etf_item *i
         const unsigned char *bits;
         if (!take_count(b, len, at, 4, &k) || !take(b, len, at, 1, &bits))
             return false;
+        /* As binary_to_term: 1 to 8 bits used in the last byte, or none
+         * and no bytes. */
         it->bits = bits[0];
-        return take(b, len, at, it->n = k, &it->p);
+        return take(b, len, at, it->n = k, &it->p) && (k ? bits[0] >= 1 && bits[0] <= 8 : !bits[0]);
     }
     case ERL_SMALL_BIG_EXT:
     case ERL_LARGE_BIG_EXT: {

@@ -210,6 +210,18 @@ static void empty_list_heads(void) {
     FORMATS_RAW("[1|2]", "l\0\0\0\1a\1l\0\0\0\0a\2");
 }
 
+/* BIT_BINARY_EXT as binary_to_term reads it: 1 to 8 bits used in the last
+ * byte, or no byte and 0 (fuzz_spec found edrv taking any count). */
+static void bit_strings(void) {
+    FORMATS_RAW("<<>>", "M\0\0\0\0\0");
+    FORMATS_RAW("<<5>>", "M\0\0\0\1\x08\5");
+    FORMATS_RAW("<<1:1>>", "M\0\0\0\1\1\xff");
+    FORMATS_RAW("error", "M\0\0\0\0M");
+    FORMATS_RAW("error", "M\0\0\0\0\x08");
+    FORMATS_RAW("error", "M\0\0\0\1\0\5");
+    FORMATS_RAW("error", "M\0\0\0\1\x09\5");
+}
+
 /* Control characters in an atom print escaped as Erlang writes them: a NUL
  * was printed as itself, which cut the text short of the returned length. */
 static void atom_escapes(void) {
@@ -328,6 +340,7 @@ static const test_case cases[] = {
     {"non_finite_floats", non_finite_floats},
     {"funs", funs},
     {"empty_list_heads", empty_list_heads},
+    {"bit_strings", bit_strings},
     {"atom_escapes", atom_escapes},
     {"deep_nesting", deep_nesting},
     {"bad_input", bad_input},
