@@ -1240,8 +1240,8 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
 /* edrv_term_format prints a term as Erlang prints it with ~w, except that
  * strings and binaries of printable Latin-1 show as "..." and <<"...">> (as
  * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is read with
- * read_item; libei decodes only pids and ports and prints the rare kinds it
- * alone knows, each from a sub-buffer of its own. */
+ * read_item; libei only decodes pids and ports and prints references, each
+ * from a sub-buffer of its own. */
 
 /* The text grows with realloc: the caller frees it with free(). Its length
  * must fit the int that edrv_term_format returns. */
@@ -1417,9 +1417,8 @@ static void sb_float(strbuf *b, double f) {
     sb_str(b, strlen(fix) <= strlen(sci) ? fix : sci);
 }
 
-/* A term that only libei's printer knows (references, integers beyond 64
- * bits): at the start of its own sub-buffer, which must stay within libei's
- * int offsets. */
+/* A reference, printed by libei (its text is short): at the start of its
+ * own sub-buffer, which must stay within libei's int offsets. */
 static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
     if (n > INT_MAX)
         return false;
@@ -1432,25 +1431,49 @@ static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
     return ok;
 }
 
-static bool print_int(strbuf *b, const etf_item *it, const unsigned char *buf, size_t end) {
+/* An integer beyond 64 bits, in hexadecimal (16#...), as libei wrote it:
+ * Erlang writes decimal, which takes time quadratic in the length. Not with
+ * libei, whose printer formats the text into a stack buffer of 2000 bytes
+ * with vsprintf, which a magnitude of 1000 bytes overflows. `n` bytes of
+ * magnitude, least significant first, the last one not 0. */
+static void print_big(strbuf *b, const etf_item *it, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    char chunk[128];
+    size_t o = 0;
+    if (it->sign)
+        sb_put(b, "-", 1);
+    sb_put(b, "16#", 3);
+    for (size_t i = n; i-- > 0;) {
+        if (i + 1 < n || it->p[i] >> 4) /* no leading zero */
+            chunk[o++] = hex[it->p[i] >> 4];
+        chunk[o++] = hex[it->p[i] & 15];
+        if (o + 2 > sizeof chunk || i == 0) {
+            sb_put(b, chunk, o);
+            o = 0;
+        }
+    }
+}
+
+static void print_int(strbuf *b, const etf_item *it) {
     if (it->tag == ERL_SMALL_INTEGER_EXT) {
         sb_fmt(b, "%u", it->p[0]);
-        return true;
+        return;
     }
     if (it->tag == ERL_INTEGER_EXT) {
         sb_fmt(b, "%d", (int)(int32_t)be32(it->p));
-        return true;
+        return;
     }
     size_t n = it->n; /* a big integer's magnitude, least significant byte first */
     while (n && !it->p[n - 1])
         n--;
-    if (n > 8)
-        return print_with_ei(b, buf + it->start, end - it->start);
+    if (n > 8) {
+        print_big(b, it, n);
+        return;
+    }
     uint64_t m = 0;
     for (size_t i = n; i-- > 0;)
         m = m << 8 | it->p[i];
     sb_fmt(b, "%s%llu", it->sign && m ? "-" : "", (unsigned long long)m);
-    return true;
 }
 
 /* Pids and ports are decoded by libei from their own sub-buffer. */
@@ -1532,7 +1555,8 @@ static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, 
     switch (it->tag) {
     case ERL_SMALL_INTEGER_EXT: case ERL_INTEGER_EXT:
     case ERL_SMALL_BIG_EXT: case ERL_LARGE_BIG_EXT:
-        return print_int(b, it, buf, *at);
+        print_int(b, it);
+        return true;
     case NEW_FLOAT_EXT:
     case ERL_FLOAT_EXT:
         sb_float(b, it->f);

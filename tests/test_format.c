@@ -72,7 +72,7 @@ static void compound(void) {
 /* Kinds that libei decodes or prints for the printer, each from a buffer of
  * its own, and bit strings, which it writes as Erlang does. */
 static void other_kinds(void) {
-    /* Beyond 64 bits, libei writes hexadecimal (Erlang would write decimal). */
+    /* Beyond 64 bits, hexadecimal as libei wrote it (Erlang would write decimal). */
     FORMATS("16#10000000000000000", ei_x_append_buf(&x, "\x6e\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01", 12));
     FORMATS("-18446744073709551615", ei_x_append_buf(&x, "\x6e\x08\x01\xff\xff\xff\xff\xff\xff\xff\xff", 11));
     FORMATS("1", ei_x_append_buf(&x, "\x6e\x02\x00\x01\x00", 5)); /* a big 1 */
@@ -222,6 +222,25 @@ static void bit_strings(void) {
     FORMATS_RAW("error", "M\0\0\0\1\x09\5");
 }
 
+/* Integers of more than 1000 bytes: libei's printer wrote their text into a
+ * stack buffer of 2000 bytes (vsprintf), and the program crashed. */
+static void long_big_integers(void) {
+    size_t n = 1100;
+    char *etf = malloc(7 + n), *s = NULL;
+    memcpy(etf, "\x83o\0\0\x04\x4c\1", 7); /* LARGE_BIG_EXT, 1100 bytes, negative */
+    memset(etf + 7, 0x11, n);
+    int len = edrv_term_format(etf, 7 + n, &s);
+    CHECK_INT(len, 4 + 2 * n);
+    if (len > 0) {
+        bool ok = memcmp(s, "-16#", 4) == 0;
+        for (size_t i = 4; i < (size_t)len; i++)
+            ok = ok && s[i] == '1';
+        CHECK(ok);
+    }
+    free(s);
+    free(etf);
+}
+
 /* Control characters in an atom print escaped as Erlang writes them: a NUL
  * was printed as itself, which cut the text short of the returned length. */
 static void atom_escapes(void) {
@@ -341,6 +360,7 @@ static const test_case cases[] = {
     {"funs", funs},
     {"empty_list_heads", empty_list_heads},
     {"bit_strings", bit_strings},
+    {"long_big_integers", long_big_integers},
     {"atom_escapes", atom_escapes},
     {"deep_nesting", deep_nesting},
     {"bad_input", bad_input},
