@@ -322,22 +322,35 @@ void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n) {
  * read_item, with every length checked against the buffer and 64-bit offsets.
  * Three walks share it: edrv__etf_measure (structure), the strict check of
  * floats and map keys (term specs), and edrv_term_format; each keeps its own
- * explicit stack, so no walk recurses, however deep the term. */
+ * explicit stack, so no walk recurses, however deep the term.
+ *
+ * The measure takes only what binary_to_term takes item by item (checked in
+ * erl), so that libei, which trusts the bytes, never reads past them: floats
+ * finite, FLOAT_EXT's text a number ended by a NUL, a bit string's count of
+ * bits in range, funs and exports with every field in place. Map keys are
+ * left to the spec check. */
 
 /* One item: a whole term, or the head of a compound term whose `parts`
  * follow it (elements and tail of a list, a tuple's elements, a map's keys
- * and values in turn, the three parts of an EXPORT_EXT). */
+ * and values in turn, a fun's free variables). */
 typedef struct {
     unsigned char tag;
-    bool latin1;              /* atoms (and the node of pids, ports, refs) */
+    bool latin1;              /* atoms, and the node or module below */
+    bool fn_latin1;
     uint8_t bits;             /* BIT_BINARY_EXT: bits used in the last byte */
     uint8_t sign;             /* big integers */
     uint64_t parts;
     size_t start;             /* offset of the tag */
-    const unsigned char *p;   /* the item's bytes: name, data, digits, fields */
+    const unsigned char *p;   /* the item's bytes: name, data, digits, fields;
+                               * a fun's from its size field to its end */
     size_t n;
-    const unsigned char *node; /* pids, ports, refs: the node's name */
+    const unsigned char *node; /* pids, ports, refs: the node's name; funs and
+                                * exports: the module's */
     size_t node_n;
+    const unsigned char *fn;  /* exports: the function's name */
+    size_t fn_n;
+    int64_t num[2];           /* exports: the arity; funs: old index, old uniq */
+    double f;                 /* floats: the value */
 } etf_item;
 
 static uint32_t be32(const unsigned char *p) {
@@ -394,9 +407,125 @@ static bool take_ident(const unsigned char *b, size_t len, size_t *at, etf_item 
            take(b, len, at, fixed, &it->p);
 }
 
+/* FLOAT_EXT's 31 bytes, read as ERTS reads them (binary_to_term, checked in
+ * erl): [+-]digits, '.' or ',', digits, optionally [eE][+-]digits, then a NUL
+ * within the 31 bytes (what follows it is not looked at), and a finite value
+ * (an underflow to 0 or a subnormal is fine). libei's sscanf, like ERTS, reads
+ * the text up to a NUL, so one is required for the read to stay inside. */
+static bool float_text(const unsigned char *p, double *f) {
+    char text[32], *end;
+    size_t i = 0;
+    int point = -1;
+    for (; i < 31 && p[i]; i++)
+        text[i] = (char)p[i];
+    if (i == 31)
+        return false;
+    text[i] = '\0';
+    /* The syntax, which strtod alone would not check (it takes "inf", "1e5",
+     * hexadecimal and leading spaces). */
+    const char *c = text + (text[0] == '+' || text[0] == '-');
+    size_t digits = strspn(c, "0123456789");
+    if (!digits || (c[digits] != '.' && c[digits] != ','))
+        return false;
+    point = (int)(c + digits - text);
+    c += digits + 1;
+    digits = strspn(c, "0123456789");
+    if (!digits)
+        return false;
+    c += digits;
+    if (*c == 'e' || *c == 'E') {
+        c += 1 + (c[1] == '+' || c[1] == '-');
+        digits = strspn(c, "0123456789");
+        if (!digits)
+            return false;
+        c += digits;
+    }
+    if (*c)
+        return false;
+    /* strtod takes the locale's radix character: try '.', then ','. */
+    text[point] = '.';
+    *f = strtod(text, &end);
+    if (end != text + i) {
+        text[point] = ',';
+        *f = strtod(text, &end);
+    }
+    return end == text + i && isfinite(*f);
+}
+
+/* A small integer field (SMALL_INTEGER_EXT or INTEGER_EXT), as ERTS and
+ * libei write the numbers of funs and exports. */
+static bool take_int(const unsigned char *b, size_t len, size_t *at, int64_t *v) {
+    const unsigned char *p;
+    if (*at >= len)
+        return false;
+    unsigned char tag = b[(*at)++];
+    if (tag == ERL_SMALL_INTEGER_EXT && take(b, len, at, 1, &p)) {
+        *v = p[0];
+        return true;
+    }
+    if (tag == ERL_INTEGER_EXT && take(b, len, at, 4, &p)) {
+        *v = (int32_t)be32(p);
+        return true;
+    }
+    return false;
+}
+
+/* EXPORT_EXT (fun M:F/A): two atoms and an arity of 0 or more, as ERTS
+ * takes it; libei's ei_decode_fun, given anything else, fails and leaks. */
+static bool take_export(const unsigned char *b, size_t len, size_t *at, etf_item *it) {
+    return take_atom(b, len, at, &it->node, &it->node_n, &it->latin1) &&
+           take_atom(b, len, at, &it->fn, &it->fn_n, &it->fn_latin1) &&
+           take_int(b, len, at, &it->num[0]) && it->num[0] >= 0;
+}
+
+static bool skip_terms(const unsigned char *b, size_t len, size_t *at, uint64_t need,
+                       bool check_funs);
+
+/* NEW_FUN_EXT: Size (4 bytes, counting itself), Arity (1), Uniq (16),
+ * Index (4), NumFree (4), then Module (an atom), OldIndex and OldUniq
+ * (integers), Pid, and NumFree terms, the free variables. ERTS reads the
+ * fields and takes up to 255 free variables; libei trusts Size (it copies
+ * the free variables by it), so here the fields must also end exactly where
+ * Size says, and the pid must be a pid (ERTS 25 does not look at it; libei
+ * fails on anything else). The fun is its parts' head: its free variables
+ * are its parts. When `check_free` they are also walked now, as far as
+ * Size, with any fun inside them taken by its Size alone: each fun is so
+ * checked by the walk that reaches it, and no walk recurses. */
+static bool take_fun(const unsigned char *b, size_t len, size_t *at, etf_item *it,
+                     bool check_free) {
+    uint32_t size, nfree;
+    const unsigned char *fixed;
+    size_t start = *at, end;
+    if (!take_count(b, len, at, 4, &size) || size < 29 || size > len - start)
+        return false;
+    end = start + size; /* fields past the fun are not the fun's */
+    if (!take(b, end, at, 21, &fixed) || !take_count(b, end, at, 4, &nfree) || nfree > 255 ||
+        !take_atom(b, end, at, &it->node, &it->node_n, &it->latin1) ||
+        !take_int(b, end, at, &it->num[0]) || !take_int(b, end, at, &it->num[1]) || *at >= end ||
+        (b[*at] != ERL_PID_EXT && b[*at] != ERL_NEW_PID_EXT))
+        return false;
+    etf_item pid = {0};
+    (*at)++;
+    if (!take_ident(b, end, at, &pid, b[*at - 1] == ERL_PID_EXT ? 9 : 12))
+        return false;
+    it->p = b + start;
+    it->n = size;
+    if (!check_free) {
+        *at = end; /* the free variables unread: no parts */
+        return true;
+    }
+    size_t free_at = *at;
+    if (!skip_terms(b, end, &free_at, nfree, false) || free_at != end)
+        return false;
+    it->parts = nfree;
+    return true;
+}
+
 /* Reads the item at *at and moves *at past it (not past its parts). False
- * when the bytes end early or the tag is unknown. */
-static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *it) {
+ * when the bytes end early, the tag is unknown, or the item is not one that
+ * binary_to_term takes. `check_funs`: see take_fun. */
+static bool read_any(const unsigned char *b, size_t len, size_t *at, etf_item *it,
+                     bool check_funs) {
     *it = (etf_item){.start = *at};
     if (*at >= len)
         return false;
@@ -405,8 +534,14 @@ static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *
     switch (tag) {
     case ERL_SMALL_INTEGER_EXT: return take(b, len, at, it->n = 1, &it->p);
     case ERL_INTEGER_EXT: return take(b, len, at, it->n = 4, &it->p);
-    case NEW_FLOAT_EXT: return take(b, len, at, it->n = 8, &it->p);
-    case ERL_FLOAT_EXT: return take(b, len, at, it->n = 31, &it->p);
+    case NEW_FLOAT_EXT: {
+        if (!take(b, len, at, it->n = 8, &it->p))
+            return false;
+        uint64_t bits = (uint64_t)be32(it->p) << 32 | be32(it->p + 4);
+        memcpy(&it->f, &bits, sizeof it->f);
+        return isfinite(it->f); /* binary_to_term refuses NaN and infinities */
+    }
+    case ERL_FLOAT_EXT: return take(b, len, at, it->n = 31, &it->p) && float_text(it->p, &it->f);
     case ERL_NIL_EXT: return true;
     case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
     case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
@@ -418,8 +553,10 @@ static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *
         const unsigned char *bits;
         if (!take_count(b, len, at, 4, &k) || !take(b, len, at, 1, &bits))
             return false;
+        /* As binary_to_term: 1 to 8 bits used in the last byte, or none
+         * and no bytes. */
         it->bits = bits[0];
-        return take(b, len, at, it->n = k, &it->p);
+        return take(b, len, at, it->n = k, &it->p) && (k ? bits[0] >= 1 && bits[0] <= 8 : !bits[0]);
     }
     case ERL_SMALL_BIG_EXT:
     case ERL_LARGE_BIG_EXT: {
@@ -446,9 +583,7 @@ static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *
             return false;
         it->parts = (uint64_t)k + 1;
         return true;
-    case ERL_EXPORT_EXT: /* module, function, arity */
-        it->parts = 3;
-        return true;
+    case ERL_EXPORT_EXT: return take_export(b, len, at, it);
     case ERL_PID_EXT: return take_ident(b, len, at, it, 9);
     case ERL_NEW_PID_EXT: return take_ident(b, len, at, it, 12);
     case ERL_PORT_EXT: return take_ident(b, len, at, it, 5);
@@ -460,23 +595,24 @@ static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *
         if (!take_count(b, len, at, 2, &k) || k > 5)
             return false;
         return take_ident(b, len, at, it, (tag == ERL_NEW_REFERENCE_EXT ? 1 : 4) + 4 * (size_t)k);
-    case ERL_NEW_FUN_EXT: /* its size covers it whole, tag excluded */
-        if (!take_count(b, len, at, 4, &k) || k < 4)
-            return false;
-        *at -= 4;
-        return take(b, len, at, it->n = k, &it->p);
+    case ERL_NEW_FUN_EXT: return take_fun(b, len, at, it, check_funs);
     default:
         return false;
     }
 }
 
-/* Moves *at past the one term there; false if the bytes do not hold one. */
-static bool skip_term(const unsigned char *b, size_t len, size_t *at) {
-    uint64_t need = 1; /* terms still to skip */
+static bool read_item(const unsigned char *b, size_t len, size_t *at, etf_item *it) {
+    return read_any(b, len, at, it, true);
+}
+
+/* Moves *at past the `need` terms there; false if the bytes do not hold
+ * them. */
+static bool skip_terms(const unsigned char *b, size_t len, size_t *at, uint64_t need,
+                       bool check_funs) {
     etf_item it;
     while (need) {
         need--;
-        if (!read_item(b, len, at, &it))
+        if (!read_any(b, len, at, &it, check_funs))
             return false;
         need += it.parts;
         /* Each part takes a byte at least: a count beyond the bytes left cannot
@@ -485,6 +621,11 @@ static bool skip_term(const unsigned char *b, size_t len, size_t *at) {
             return false;
     }
     return true;
+}
+
+/* Moves *at past the one term there; false if the bytes do not hold one. */
+static bool skip_term(const unsigned char *b, size_t len, size_t *at) {
+    return skip_terms(b, len, at, 1, true);
 }
 
 ssize_t edrv__etf_measure(const void *buf, size_t len) {
@@ -498,7 +639,7 @@ ssize_t edrv__etf_measure(const void *buf, size_t len) {
 /* ---- checking terms as ERTS builds them ---------------------------------------
  * ERTS refuses a term spec (-1, nothing sent) with a float that is NaN or
  * infinite, or a map with a key twice, also inside EXT2TERM bytes (checked in
- * erl). Two keys are the same when the terms are exactly equal (=:=), which
+ * erl; the measure has already refused such floats in EXT2TERM bytes). Two keys are the same when the terms are exactly equal (=:=), which
  * their encodings do not show directly: "ab" may be a STRING_EXT or a
  * LIST_EXT of integers, [1|[2]] is [1,2], 1 may come as a SMALL_BIG_EXT, an
  * atom as Latin-1 or UTF-8, and #{a=>1,b=>2} may list its pairs in either
@@ -514,8 +655,11 @@ ssize_t edrv__etf_measure(const void *buf, size_t len) {
  * (unused bits cleared). Lists: 'c' before each element, then the tail; []
  * is 'n'. Tuples: 't' and the arity. Maps: 'm', the count, and the pairs
  * sorted by their keys. Pids 'p', ports 'o' and references 'r': the node's
- * atom and the numbers widened to one size. Funs: 'f' and their bytes.
- * Exports: 'x' and their three parts. Lengths and counts take 8 bytes. */
+ * atom and the numbers widened to one size. Funs: 'f', their fixed fields
+ * (arity, uniq, index, number of free variables), the module and the two old
+ * numbers, then their free variables (the creator pid is left out, as ERTS 25
+ * leaves it). Exports: 'x', the two atoms and the arity. Lengths and counts
+ * take 8 bytes. */
 
 typedef struct {
     uint64_t parts, left; /* parts in all, and still to come */
@@ -600,21 +744,6 @@ static bool canon_small(canon *c, int64_t v) {
     return canon_int(c, v < 0, mag, sizeof mag);
 }
 
-/* A float's value; false if FLOAT_EXT's text is not a number. */
-static bool item_float(const etf_item *it, double *f) {
-    if (it->tag == NEW_FLOAT_EXT) {
-        uint64_t bits = (uint64_t)be32(it->p) << 32 | be32(it->p + 4);
-        memcpy(f, &bits, sizeof *f);
-    } else { /* FLOAT_EXT: the number as text in 31 bytes */
-        char text[32], *end;
-        memcpy(text, it->p, 31);
-        text[31] = '\0';
-        *f = strtod(text, &end);
-        return end != text;
-    }
-    return true;
-}
-
 static bool canon_atom(canon *c, const unsigned char *p, size_t n, bool latin1) {
     size_t utf8 = n;
     for (size_t i = 0; latin1 && i < n; i++)
@@ -668,13 +797,12 @@ static bool canon_ident(canon *c, const etf_item *it) {
 
 /* One item's own canonical bytes (written when `emit`), and its check. */
 static bool canon_item(canon *c, const etf_item *it, bool emit) {
-    double f;
+    double f = it->f == 0 ? 0.0 : it->f;
     switch (it->tag) {
     case NEW_FLOAT_EXT:
     case ERL_FLOAT_EXT:
-        if (!item_float(it, &f) || !isfinite(f))
+        if (!isfinite(f))
             return false;
-        f = f == 0 ? 0.0 : f;
         return !emit || (put(c, "F", 1) && put(c, &f, sizeof f));
     default:
         break;
@@ -697,11 +825,16 @@ static bool canon_item(canon *c, const etf_item *it, bool emit) {
         return put(c, "n", 1);
     case ERL_BINARY_EXT: return canon_bits(c, it->p, it->n, 8);
     case ERL_BIT_BINARY_EXT: return canon_bits(c, it->p, it->n, it->bits);
-    case ERL_NEW_FUN_EXT: return put_tag_len(c, 'f', it->n) && put(c, it->p, it->n);
+    case ERL_NEW_FUN_EXT: /* arity, uniq, index, count of free variables */
+        return put_tag_len(c, 'f', 25) && put(c, it->p + 4, 25) &&
+               canon_atom(c, it->node, it->node_n, it->latin1) && canon_small(c, it->num[0]) &&
+               canon_small(c, it->num[1]);
     case ERL_SMALL_TUPLE_EXT:
     case ERL_LARGE_TUPLE_EXT: return put_tag_len(c, 't', it->parts);
     case ERL_MAP_EXT: return put_tag_len(c, 'm', it->parts / 2);
-    case ERL_EXPORT_EXT: return put(c, "x", 1);
+    case ERL_EXPORT_EXT:
+        return put(c, "x", 1) && canon_atom(c, it->node, it->node_n, it->latin1) &&
+               canon_atom(c, it->fn, it->fn_n, it->fn_latin1) && canon_small(c, it->num[0]);
     case ERL_LIST_EXT: return true; /* its elements carry the marks */
     default: return canon_ident(c, it);
     }
@@ -1107,8 +1240,8 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
 /* edrv_term_format prints a term as Erlang prints it with ~w, except that
  * strings and binaries of printable Latin-1 show as "..." and <<"...">> (as
  * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is read with
- * read_item; libei decodes only pids and ports and prints the rare kinds it
- * alone knows, each from a sub-buffer of its own. */
+ * read_item; libei only decodes pids and ports and prints references, each
+ * from a sub-buffer of its own. */
 
 /* The text grows with realloc: the caller frees it with free(). Its length
  * must fit the int that edrv_term_format returns. */
@@ -1161,11 +1294,15 @@ static bool printable(unsigned c) {
 
 static void sb_char(strbuf *b, unsigned c, char quote) {
     static const char esc[] = {['\b'] = 'b', ['\t'] = 't', ['\n'] = 'n', ['\v'] = 'v',
-                               ['\f'] = 'f', ['\r'] = 'r', [27] = 'e'};
+                               ['\f'] = 'f', ['\r'] = 'r', [27] = 'e', [127] = 'd'};
     char out[4] = {'\\', 0, 0, 0};
     if (c < sizeof esc && esc[c]) {
         out[1] = esc[c];
         sb_put(b, out, 2);
+    } else if (c < 32 || (c >= 128 && c < 160)) {
+        /* Other control characters in octal, as Erlang writes them in an
+         * atom ('\000'): never as themselves (a NUL would cut the text). */
+        sb_fmt(b, "\\%03o", c);
     } else if (c == (unsigned char)quote || c == '\\') {
         out[1] = (char)c;
         sb_put(b, out, 2);
@@ -1205,7 +1342,18 @@ static bool reserved_word(const unsigned char *a, size_t n) {
     return false;
 }
 
-/* An atom's name: UTF-8 bytes are kept, Latin-1 ones above 127 become UTF-8. */
+/* An atom's characters, as between quotes: UTF-8 bytes are kept, Latin-1
+ * ones above 127 become UTF-8. */
+static void sb_name(strbuf *b, const unsigned char *a, size_t n, bool latin1) {
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] < 128 || latin1)
+            sb_char(b, a[i], '\'');
+        else
+            sb_put(b, (const char *)a + i, 1);
+    }
+}
+
+/* An atom, quoted when Erlang would quote it. */
 static void sb_atom(strbuf *b, const unsigned char *a, size_t n, bool latin1) {
     bool bare = n && a[0] >= 'a' && a[0] <= 'z';
     for (size_t i = 0; bare && i < n; i++)
@@ -1216,12 +1364,7 @@ static void sb_atom(strbuf *b, const unsigned char *a, size_t n, bool latin1) {
         return;
     }
     sb_put(b, "'", 1);
-    for (size_t i = 0; i < n; i++) {
-        if (a[i] < 128 || latin1)
-            sb_char(b, a[i], '\'');
-        else
-            sb_put(b, (const char *)a + i, 1);
-    }
+    sb_name(b, a, n, latin1);
     sb_put(b, "'", 1);
 }
 
@@ -1229,6 +1372,10 @@ static void sb_atom(strbuf *b, const unsigned char *a, size_t n, bool latin1) {
  * whichever is shorter (fixed on a tie), as Erlang prints floats. */
 static void sb_float(strbuf *b, double f) {
     char e[40];
+    if (!isfinite(f)) { /* never in ERTS, which refuses them; as C writes them */
+        sb_str(b, isnan(f) ? "nan" : f < 0 ? "-inf" : "inf");
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(e, sizeof e, "%.*e", prec - 1, f);
         if (strtod(e, NULL) == f)
@@ -1246,10 +1393,6 @@ static void sb_float(strbuf *b, double f) {
             digits[nd++] = *p;
     digits[nd] = '\0';
     exp10 = atoi(p + 1);
-    if (!isfinite(f)) {
-        sb_str(b, e);
-        return;
-    }
     char sci[48], fix[400];
     snprintf(sci, sizeof sci, "%s%c.%se%d", neg ? "-" : "", digits[0], nd > 1 ? digits + 1 : "0",
              exp10);
@@ -1274,9 +1417,8 @@ static void sb_float(strbuf *b, double f) {
     sb_str(b, strlen(fix) <= strlen(sci) ? fix : sci);
 }
 
-/* A term that only libei's printer knows (references, funs, exports,
- * integers beyond 64 bits): at the start of its own sub-buffer, which
- * must stay within libei's int offsets. */
+/* A reference, printed by libei (its text is short): at the start of its
+ * own sub-buffer, which must stay within libei's int offsets. */
 static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
     if (n > INT_MAX)
         return false;
@@ -1289,25 +1431,49 @@ static bool print_with_ei(strbuf *b, const unsigned char *term, size_t n) {
     return ok;
 }
 
-static bool print_int(strbuf *b, const etf_item *it, const unsigned char *buf, size_t end) {
+/* An integer beyond 64 bits, in hexadecimal (16#...), as libei wrote it:
+ * Erlang writes decimal, which takes time quadratic in the length. Not with
+ * libei, whose printer formats the text into a stack buffer of 2000 bytes
+ * with vsprintf, which a magnitude of 1000 bytes overflows. `n` bytes of
+ * magnitude, least significant first, the last one not 0. */
+static void print_big(strbuf *b, const etf_item *it, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    char chunk[128];
+    size_t o = 0;
+    if (it->sign)
+        sb_put(b, "-", 1);
+    sb_put(b, "16#", 3);
+    for (size_t i = n; i-- > 0;) {
+        if (i + 1 < n || it->p[i] >> 4) /* no leading zero */
+            chunk[o++] = hex[it->p[i] >> 4];
+        chunk[o++] = hex[it->p[i] & 15];
+        if (o + 2 > sizeof chunk || i == 0) {
+            sb_put(b, chunk, o);
+            o = 0;
+        }
+    }
+}
+
+static void print_int(strbuf *b, const etf_item *it) {
     if (it->tag == ERL_SMALL_INTEGER_EXT) {
         sb_fmt(b, "%u", it->p[0]);
-        return true;
+        return;
     }
     if (it->tag == ERL_INTEGER_EXT) {
         sb_fmt(b, "%d", (int)(int32_t)be32(it->p));
-        return true;
+        return;
     }
     size_t n = it->n; /* a big integer's magnitude, least significant byte first */
     while (n && !it->p[n - 1])
         n--;
-    if (n > 8)
-        return print_with_ei(b, buf + it->start, end - it->start);
+    if (n > 8) {
+        print_big(b, it, n);
+        return;
+    }
     uint64_t m = 0;
     for (size_t i = n; i-- > 0;)
         m = m << 8 | it->p[i];
     sb_fmt(b, "%s%llu", it->sign && m ? "-" : "", (unsigned long long)m);
-    return true;
 }
 
 /* Pids and ports are decoded by libei from their own sub-buffer. */
@@ -1326,6 +1492,23 @@ static bool print_pid_or_port(strbuf *b, const etf_item *it, const unsigned char
         sb_fmt(b, "#Port<0.%llu>", (unsigned long long)p.id);
     }
     return true;
+}
+
+/* Funs as Erlang writes them: fun M:F/A, and #Fun<M.OldIndex.OldUniq>
+ * (its free variables not shown). Not with libei: its ei_decode_fun leaks
+ * when it fails, and its printer never frees a fun's free variables. */
+static void print_fun(strbuf *b, const etf_item *it) {
+    if (it->tag == ERL_EXPORT_EXT) {
+        sb_str(b, "fun ");
+        sb_atom(b, it->node, it->node_n, it->latin1);
+        sb_put(b, ":", 1);
+        sb_atom(b, it->fn, it->fn_n, it->fn_latin1);
+        sb_fmt(b, "/%lld", (long long)it->num[0]);
+    } else {
+        sb_str(b, "#Fun<");
+        sb_name(b, it->node, it->node_n, it->latin1);
+        sb_fmt(b, ".%lld.%lld>", (long long)it->num[0], (long long)it->num[1]);
+    }
 }
 
 /* A string or binary: all printable, as "..."; otherwise as integers. */
@@ -1367,24 +1550,16 @@ typedef struct {
     bool first;
 } pframe;
 
-/* Prints one item; false if it cannot be printed. *at is past the item, or
- * past the whole term for an EXPORT_EXT, which libei prints whole. */
-static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, size_t len,
-                       size_t *at) {
-    double f;
+/* Prints one item (*at is past it); false if it cannot be printed. */
+static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, size_t *at) {
     switch (it->tag) {
     case ERL_SMALL_INTEGER_EXT: case ERL_INTEGER_EXT:
     case ERL_SMALL_BIG_EXT: case ERL_LARGE_BIG_EXT:
-        return print_int(b, it, buf, *at);
+        print_int(b, it);
+        return true;
     case NEW_FLOAT_EXT:
     case ERL_FLOAT_EXT:
-        if (it->tag == NEW_FLOAT_EXT) {
-            uint64_t bits = (uint64_t)be32(it->p) << 32 | be32(it->p + 4);
-            memcpy(&f, &bits, sizeof f);
-        } else if (!item_float(it, &f)) {
-            return false;
-        }
-        sb_float(b, f);
+        sb_float(b, it->f);
         return true;
     case ERL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
     case ERL_SMALL_ATOM_EXT: case ERL_SMALL_ATOM_UTF8_EXT:
@@ -1405,10 +1580,11 @@ static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, 
     case ERL_BIT_BINARY_EXT:
         print_bits(b, it->p, it->n, it->bits);
         return true;
+    case ERL_NEW_FUN_EXT:
     case ERL_EXPORT_EXT:
-        *at = it->start;
-        return skip_term(buf, len, at) && print_with_ei(b, buf + it->start, *at - it->start);
-    default: /* references and funs */
+        print_fun(b, it);
+        return true;
+    default: /* references */
         return print_with_ei(b, buf + it->start, *at - it->start);
     }
 }
@@ -1420,7 +1596,11 @@ static bool next_part(strbuf *b, pframe *stack, size_t *sp, const unsigned char 
     while (*sp) {
         pframe *f = &stack[*sp - 1];
         if (f->left == 1 && f->kind == '[') {
-            /* A list's tail: [] closes it, anything else follows a '|'. */
+            /* A list's tail: [] closes it, anything else follows a '|'. A
+             * list of no elements is its own tail (the term was measured:
+             * a LIST_EXT's head is whole). */
+            while (len - *at > 5 && buf[*at] == ERL_LIST_EXT && be32(buf + *at + 1) == 0)
+                *at += 5;
             if (*at < len && buf[*at] == ERL_NIL_EXT) {
                 (*at)++;
                 f->left = 0;
@@ -1452,10 +1632,16 @@ static bool print_term(strbuf *b, const unsigned char *buf, size_t len, size_t *
     bool ok = true, started = false;
     while (ok && !b->failed && (!started || next_part(b, stack, &sp, buf, len, at))) {
         started = true;
+        /* The term was measured: a fun's free variables need no second
+         * check, and are not printed (read_any skips them). A list of no
+         * elements is its tail: [|1] would not read back as 1. */
         etf_item it;
-        if (!read_item(buf, len, at, &it)) {
-            ok = false;
-        } else if (it.parts && it.tag != ERL_EXPORT_EXT) {
+        do
+            ok = read_any(buf, len, at, &it, false);
+        while (ok && it.tag == ERL_LIST_EXT && it.parts == 1);
+        if (!ok) {
+            break;
+        } else if (it.parts) {
             static const char *const open[] = {"{", "[", "#{"};
             char kind = it.tag == ERL_LIST_EXT ? '[' : it.tag == ERL_MAP_EXT ? '#' : '{';
             sb_str(b, open[kind == '{' ? 0 : kind == '[' ? 1 : 2]);
@@ -1468,7 +1654,7 @@ static bool print_term(strbuf *b, const unsigned char *buf, size_t len, size_t *
                 b->oom = b->failed = true;
             }
         } else {
-            ok = print_item(b, &it, buf, len, at);
+            ok = print_item(b, &it, buf, at);
         }
     }
     edrv__free(stack);

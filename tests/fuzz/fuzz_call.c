@@ -27,7 +27,7 @@ static void call(unsigned op, const char *arg, size_t size, int want) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *arg = fuzz_fence(data, size);
-    bool whole = edrv__etf_measure(arg, size) == (int)size;
+    bool whole = edrv__etf_measure(arg, size) == (ssize_t)size;
     call(0, arg, size, whole ? 0 : EDRV_EBADTERM);
     if (whole) {
         call(1, arg, size, EDRV_EBADARG); /* a cut term is no reply */

@@ -33,14 +33,15 @@ static void format_checks(const char *t, int n) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    int n = edrv__etf_measure(fuzz_fence(data, size), size);
-    if (n < 0)
+    ssize_t m = edrv__etf_measure(fuzz_fence(data, size), size);
+    if (m < 0)
         return 0;
-    FUZZ_CHECK(n >= 2 && (size_t)n <= size, "measured %d of %zu bytes", n, size);
+    FUZZ_CHECK(m >= 2 && (size_t)m <= size, "measured %zd of %zu bytes", m, size);
+    int n = (int)m; /* libei's offsets are int; fuzzer inputs are small */
     /* The term alone, against the fence: it measures the same, and one byte
      * less is not a term. */
     const char *t = fuzz_fence(data, (size_t)n);
-    FUZZ_CHECK(edrv__etf_measure(t, (size_t)n) == n, "not a prefix property");
+    FUZZ_CHECK(edrv__etf_measure(t, (size_t)n) == m, "not a prefix property");
     FUZZ_CHECK(edrv__etf_measure(fuzz_fence(data, (size_t)n - 1), (size_t)n - 1) < 0,
                "a cut term measured");
     t = fuzz_fence(data, (size_t)n);
@@ -48,14 +49,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     /* libei never walks past the term. (It may stop short: ei_skip_term
      * ignores a failure to skip an element of a tuple, list or map, and
-     * returns success, for a term it cannot decode, such as an
-     * ERL_FLOAT_EXT whose text is no number.) */
+     * returns success, for a term it cannot decode.) */
     int idx = 1;
     if (ei_skip_term(t, &idx) == 0)
         FUZZ_CHECK(idx <= n, "ei_skip_term ends at %d, measured %d", idx, n);
+    /* libei's printer leaks a fun's free variables (lsan.supp), and formats
+     * each part of its text in a 2000-byte stack buffer with vsprintf, which
+     * the text of a big integer (two digits a byte), or of a fun's two atoms
+     * (Latin-1 doubled in UTF-8), overflows from about 1000 bytes: a term of
+     * fewer than 960 bytes stays within it. */
     char *s = NULL;
     idx = 1;
-    if (ei_s_print_term(&s, t, &idx) >= 0)
+    if (n < 960 && ei_s_print_term(&s, t, &idx) >= 0)
         FUZZ_CHECK(idx <= n, "ei_s_print_term ends at %d, measured %d", idx, n);
     free(s);
     format_checks(t, n);

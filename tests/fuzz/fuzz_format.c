@@ -11,13 +11,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (edrv__etf_measure(data, size) == (int)size && fuzz_skip(data, size))
+    if (edrv__etf_measure(data, size) == (ssize_t)size && fuzz_skip(data, size))
         return 0;
     char *s = (char *)"unset";
     int r = edrv_term_format(fuzz_fence(data, size), size, &s);
     if (r >= 0) {
         FUZZ_CHECK(s && strlen(s) == (size_t)r, "length %d", r);
-        FUZZ_CHECK(edrv__etf_measure(data, size) == (int)size, "printed what does not measure");
+        FUZZ_CHECK(edrv__etf_measure(data, size) == (ssize_t)size, "printed what does not measure");
         free(s);
     } else {
         FUZZ_CHECK(r == EDRV_EBADTERM || r == EDRV_ENOMEM, "returned %d", r);

@@ -82,7 +82,7 @@ static int trip(lua_State *l) {
     if (!encode_top(&e1))
         return 0;
     stage = 1;
-    FUZZ_CHECK(edrv__etf_measure(e1.buff, (size_t)e1.index) == e1.index, "encoded %d bytes "
+    FUZZ_CHECK(edrv__etf_measure(e1.buff, (size_t)e1.index) == (ssize_t)e1.index, "encoded %d bytes "
                "that are not one term", e1.index);
     lua_settop(l, 0);
     push_etf(l, e1.buff, (size_t)e1.index, "fuzz");
@@ -96,7 +96,7 @@ static int trip(lua_State *l) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *buf = fuzz_fence(data, size);
-    if (edrv__etf_measure(buf, size) != (int)size || fuzz_skip(buf, size))
+    if (edrv__etf_measure(buf, size) != (ssize_t)size || fuzz_skip(buf, size))
         return 0;
     stage = 0;
     lua_settop(L, 0);

@@ -27,9 +27,8 @@
  *
  * The properties: the call returns 1 and the process has one message, or it
  * returns 0 or -1 and the mailbox is empty; a message measures as exactly one
- * term, and prints. With EDRV_FUZZ_STRICT=1 in the environment, also what
- * binary_to_term would check: every float finite and no map with the same
- * key twice (at d90cb66 edrv sends both; see README.md).
+ * term, prints, and holds what binary_to_term would check: every float
+ * finite and no map with the same key twice (edrv sent both at d90cb66).
  */
 #include "fuzz_common.h"
 #include "fuzz_known.h"
@@ -191,7 +190,7 @@ static bool duplicate_keys(const char *buf, int idx, int pairs) {
 
 /* What binary_to_term refuses: non-finite floats, maps with a key twice. One
  * pass over the term's headers and leaves. */
-static void strict_checks(const char *buf, size_t len) {
+static void erts_checks(const char *buf, size_t len) {
     int idx = 1, type, size, arity;
     uint64_t need = 1;
     while (need--) {
@@ -224,18 +223,16 @@ static void strict_checks(const char *buf, size_t len) {
 }
 
 static void check_message(const edrv_msg *m) {
-    FUZZ_CHECK(edrv__etf_measure(m->data, m->len) == (int)m->len, "a message of %zu bytes "
+    FUZZ_CHECK(edrv__etf_measure(m->data, m->len) == (ssize_t)m->len, "a message of %zu bytes "
                "that is not one term", m->len);
     /* An EXT2TERM buffer puts its bytes into the message as they are. */
     if (fuzz_skip(m->data, m->len))
         return;
     char *s = NULL;
     int r = edrv_term_format(m->data, m->len, &s);
-    FUZZ_CHECK(r >= 0 || (!fuzz_strict() && r == EDRV_EBADTERM), "the message does not print: %d",
-               r);
+    FUZZ_CHECK(r >= 0, "the message does not print: %d", r);
     free(s);
-    if (fuzz_strict())
-        strict_checks(m->data, m->len);
+    erts_checks(m->data, m->len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

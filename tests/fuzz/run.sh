@@ -19,6 +19,7 @@ corpora_of() { case $1 in spec) echo spec ;; lua) echo etf lua ;; *) echo etf ;;
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$src/lsan.supp}
 status=0
 for t in "${targets[@]}"; do
   work=$build/fuzz-work/$t
