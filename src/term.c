@@ -414,8 +414,7 @@ static bool take_ident(const unsigned char *b, size_t len, size_t *at, etf_item 
  * the text up to a NUL, so one is required for the read to stay inside. */
 static bool float_text(const unsigned char *p, double *f) {
     char text[32], *end;
-    size_t i = 0;
-    int point = -1;
+    size_t i = 0, point;
     for (; i < 31 && p[i]; i++)
         text[i] = (char)p[i];
     if (i == 31)
@@ -427,7 +426,7 @@ static bool float_text(const unsigned char *p, double *f) {
     size_t digits = strspn(c, "0123456789");
     if (!digits || (c[digits] != '.' && c[digits] != ','))
         return false;
-    point = (int)(c + digits - text);
+    point = (size_t)(c + digits - text);
     c += digits + 1;
     digits = strspn(c, "0123456789");
     if (!digits)
@@ -487,10 +486,11 @@ static bool skip_terms(const unsigned char *b, size_t len, size_t *at, uint64_t 
  * fields and takes up to 255 free variables; libei trusts Size (it copies
  * the free variables by it), so here the fields must also end exactly where
  * Size says, and the pid must be a pid (ERTS 25 does not look at it; libei
- * fails on anything else). The fun is its parts' head: its free variables
- * are its parts. When `check_free` they are also walked now, as far as
- * Size, with any fun inside them taken by its Size alone: each fun is so
- * checked by the walk that reaches it, and no walk recurses. */
+ * fails on anything else). Its free variables are its parts. When
+ * `check_free`, they are also walked here, up to Size, with any fun among
+ * them taken by its own Size (its fields read, its free variables not): the
+ * walk that then reaches that inner fun checks it the same way. So every fun
+ * is checked, each byte is walked at most twice, and no walk recurses. */
 static bool take_fun(const unsigned char *b, size_t len, size_t *at, etf_item *it,
                      bool check_free) {
     uint32_t size, nfree;
@@ -639,8 +639,9 @@ ssize_t edrv__etf_measure(const void *buf, size_t len) {
 /* ---- checking terms as ERTS builds them ---------------------------------------
  * ERTS refuses a term spec (-1, nothing sent) with a float that is NaN or
  * infinite, or a map with a key twice, also inside EXT2TERM bytes (checked in
- * erl; the measure has already refused such floats in EXT2TERM bytes). Two keys are the same when the terms are exactly equal (=:=), which
- * their encodings do not show directly: "ab" may be a STRING_EXT or a
+ * erl; the measure refuses such floats in EXT2TERM bytes already). Two keys
+ * are the same when the terms are exactly equal (=:=), which their encodings
+ * do not show directly: "ab" may be a STRING_EXT or a
  * LIST_EXT of integers, [1|[2]] is [1,2], 1 may come as a SMALL_BIG_EXT, an
  * atom as Latin-1 or UTF-8, and #{a=>1,b=>2} may list its pairs in either
  * order. So each key is written in a canonical form, in which exactly equal
