@@ -178,8 +178,9 @@ void edrv__etf_port(etf_w *w, uint64_t port);
 /* The length of the one term at the start of buf, version byte included, or
  * -1 if the bytes are not a well-formed term. Every read is bounds-checked, so
  * libei may decode the bytes afterwards (within its int offsets: libei reaches
- * no further than INT_MAX bytes into a buffer). Structure only: floats and map
- * keys are not checked. Any thread. */
+ * no further than INT_MAX bytes into a buffer). Structure, and each item as
+ * binary_to_term takes it (finite floats, FLOAT_EXT's text, bit counts, the
+ * fields of funs and exports); map keys are not checked. Any thread. */
 ssize_t edrv__etf_measure(const void *buf, size_t len);
 
 /* Builds a message from a term spec, ready for edrv__deliver. Returns 0 and
