@@ -7,16 +7,20 @@
  * file and says which threads may touch what.
  *
  * Threads:
- *   - the emulator thread (loop.c) runs every driver callback and owns all port
- *     and driver state;
- *   - host threads call edrv.h; their requests are queued to the emulator thread
- *     (loop.c) and, for synchronous calls, they wait for the answer;
+ *   - the holder of the emulator lock (loop.c) runs driver callbacks and owns
+ *     all port and driver state: "emulator thread only" below means that
+ *     lock, which the emulator thread holds while it works, and a host thread
+ *     while it runs its own call immediately (EDRV_ASSERT_EMULATOR checks it);
+ *   - host threads call edrv.h; a call they cannot run at once is queued to
+ *     the emulator thread (loop.c) and, if synchronous, they wait for it;
  *   - any thread may allocate (mem.c), build and deliver messages (term.c,
  *     proc.c) and use the erl_drv_* thread primitives (thread.c).
  *
- * Lock order (outer first): procs table lock -> mailbox lock;
- * busy_lock -> ports table lock (port.c) -> nothing. No lock is held while a
- * driver callback runs.
+ * Lock order (outer first): emulator lock -> request queue lock (loop.c);
+ * emulator lock -> port data lock -> nothing (port.c reads and frees a
+ * driver queue under it); procs table lock -> mailbox lock; busy_lock ->
+ * ports table lock (port.c) -> nothing. A driver callback runs with the
+ * emulator lock held and no other lock of libedrv's.
  */
 #ifndef EDRV_INTERNAL_H
 #define EDRV_INTERNAL_H

@@ -1,17 +1,19 @@
 /*
- * loop.c: the runtime's life and the emulator thread.
+ * loop.c: the runtime's life, the emulator lock, and the emulator thread.
  *
- * The emulator thread is the only thread that calls driver callbacks and the
- * only one that changes port or driver state. Host threads reach it through
- * requests: each edrv.h call that acts on drivers or ports becomes a request in
- * one FIFO queue (so one thread's calls keep their order), and the thread is
- * woken through an eventfd registered in its epoll set, the one wake-up
- * primitive of the loop (timers and driver_select events share the same
- * epoll set). A synchronous call waits on a semaphore in its request, which
- * lives on the caller's stack; an asynchronous one (port_command) is allocated
- * and freed by the emulator thread.
+ * Driver callbacks, and every change to port or driver state, run under one
+ * lock, the emulator lock (below): its holder acts as the emulator. A host
+ * thread's edrv.h call takes it and runs at once when it can (immediate
+ * execution); otherwise the call becomes a request in one FIFO queue (so one
+ * thread's calls keep their order) for the emulator thread, which is woken
+ * through an eventfd registered in its epoll set, the one wake-up primitive
+ * of the loop (timers and driver_select events share the same epoll set). A
+ * synchronous call answered by another thread waits on a semaphore in its
+ * request, which lives on the caller's stack; an asynchronous one
+ * (port_command) is allocated and freed by whoever runs it.
  *
  * The queue lock is held only to link or unlink requests, never while one runs.
+ * Lock order: the emulator lock -> the queue lock (rt.lock).
  *
  * Idle: with nothing to do, the emulator thread spins for a while (spin_us)
  * watching the request queue and the pool's lanes (a lane whose `done` cursor
