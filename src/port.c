@@ -903,6 +903,22 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
     return 0;
 }
 
+/* The driver's own copy of a call's data, which it may write into, as ERTS
+ * lets it: in `small` (the caller's stack) when it fits, else allocated;
+ * NULL when out of memory. scratch_free gives it back. */
+#define SCRATCH_SMALL 256
+static char *scratch_copy(char *small, const char *data, size_t len) {
+    char *p = len <= SCRATCH_SMALL ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
+    if (p && len)
+        memcpy(p, data, len);
+    return p;
+}
+
+static void scratch_free(char *p, const char *small) {
+    if (p != small)
+        edrv__free(p);
+}
+
 int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len) {
     EDRV_ASSERT_EMULATOR();
     int err = 0;
@@ -913,19 +929,14 @@ int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, siz
     /* Busy: the ordinary way suspends the sender (or refuses, nosuspend). */
     if (e->outputv || !e->output || atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy))
         return EDRV__NOT_FLAT;
-    /* output's buffer is the driver's to read, and to write into, as ERTS
-     * lets it: a copy when the caller's bytes are not ours. */
-    char small[256];
-    char *buf = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
+    char small[SCRATCH_SMALL];
+    char *buf = scratch_copy(small, data, len);
     if (!buf)
         return EDRV__NOT_FLAT; /* the ordinary way reports it */
-    if (len)
-        memcpy(buf, data, len);
     enter(pt, caller);
     e->output(pt->data, buf, len);
     leave(pt);
-    if (buf != small)
-        edrv__free(buf);
+    scratch_free(buf, small);
     return 0;
 }
 
@@ -939,14 +950,10 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->control)
         return edrv__fail(EDRV_EBADARG, "%s has no control callback", pt->drv->name);
-    /* The driver gets its own copy: it may write into it. Small data is
-     * copied on the stack. */
-    char small[256];
-    char *copy = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
+    char small[SCRATCH_SMALL];
+    char *copy = scratch_copy(small, data, len);
     if (!copy)
         return edrv__fail(EDRV_ENOMEM, "out of memory for control data");
-    if (len)
-        memcpy(copy, data, len);
     char buf[64];
     char *rbuf = buf;
     enter(pt, caller);
@@ -956,8 +963,7 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     if (n < 0 || (rbuf == buf && (size_t)n > sizeof buf))
         snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt); /* pt may be gone from here on */
-    if (copy != small)
-        edrv__free(copy);
+    scratch_free(copy, small);
 
     if (n < 0) {
         if (rbuf && rbuf != buf)
@@ -1007,11 +1013,10 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->call)
         return edrv__fail(EDRV_EBADARG, "%s has no call callback", pt->drv->name);
-    char small[256];
-    char *copy = len <= sizeof small ? small : edrv__alloc(EDRV_MEM_SYSTEM, len);
+    char small[SCRATCH_SMALL];
+    char *copy = scratch_copy(small, data, len);
     if (!copy)
         return edrv__fail(EDRV_ENOMEM, "out of memory for call data");
-    memcpy(copy, data, len);
     char buf[255];
     char *rbuf = buf;
     unsigned int rflags = 0;
@@ -1023,8 +1028,7 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
     if (tlen < 0)
         snprintf(name, sizeof name, "%s", pt->drv->name);
     leave(pt);
-    if (copy != small)
-        edrv__free(copy);
+    scratch_free(copy, small);
 
     int rc = 0;
     if (n < 0)
