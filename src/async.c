@@ -568,22 +568,34 @@ bool edrv__async_has_done(void) {
     return false;
 }
 
-/* Ends one finished (or cancelled) job. */
-static void end_job(job *j) {
+/* Ends one finished (or cancelled) job. A job ends under its port's unit,
+ * which ready_async needs, and the port's end too (a closing port ends with
+ * its last job). The drain keeps the unit of the last job's port (*held)
+ * for the next job of the same port, so that a stream of one port's jobs
+ * takes the lock once; it lets one unit go before it takes another, never
+ * waiting for a unit while it holds one. */
+static void end_job(job *j, edrv_port_t **held) {
     if (atomic_load_explicit(&j->state, memory_order_relaxed) == JOB_CANCELLED)
         return; /* ended when it was cancelled */
     /* Counted before the callback runs, so that a host that saw the
      * callback's message also sees the count. */
-    if (edrv__port_ready_async_ok(j->port)) {
+    edrv_port_t *pt = j->port;
+    if (*held != pt) {
+        if (*held)
+            edrv__port_unlock(*held);
+        *held = pt;
+        edrv__port_lock(pt);
+    }
+    if (edrv__port_ready_async_ok(pt)) {
         bump(&pool.ready);
-        edrv__port_ready_async(j->port, j->data);
+        edrv__port_ready_async(pt, j->data);
     } else {
         bump(&pool.freed);
         const fn_pair *f = fn_of(j->fn);
         if (f->free)
             f->free(j->data);
     }
-    release(j->port);
+    release(pt);
 }
 
 size_t edrv__async_drain(void) {
@@ -593,6 +605,7 @@ size_t edrv__async_drain(void) {
      * were submitted in, so a driver frees its job data close to the order it
      * allocated it, and one busy lane does not hold back the others. */
     size_t ended = 0;
+    edrv_port_t *held = NULL; /* end_job */
     for (bool more = true; more;) {
         more = false;
         for (int i = 0; i < pool.n; i++) {
@@ -613,11 +626,13 @@ size_t edrv__async_drain(void) {
                 if (atomic_load_explicit(&j->state, memory_order_relaxed) != JOB_CANCELLED)
                     ended++;
                 l->ended = p + 1; /* first: a callback may cancel, which searches */
-                end_job(j);
+                end_job(j, &held);
                 more = true;
             }
         }
     }
+    if (held)
+        edrv__port_unlock(held);
     return ended;
 }
 
@@ -636,7 +651,7 @@ size_t edrv__async_queued(void) {
 
 EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invoke)(void *),
                            void *async_data, void (*async_free)(void *)) {
-    if (!edrv__on_emulator_thread()) {
+    if (!edrv__emulator_enter()) {
         edrv__warn("driver_async called outside the emulator thread");
         return -1;
     }
@@ -691,7 +706,7 @@ EDRV_API long driver_async(ErlDrvPort port, unsigned int *key, void (*async_invo
 }
 
 EDRV_API int driver_async_cancel(long id) {
-    if (!edrv__on_emulator_thread()) {
+    if (!edrv__emulator_enter()) {
         edrv__warn("driver_async_cancel called outside the emulator thread");
         return 0;
     }
@@ -707,7 +722,12 @@ EDRV_API int driver_async_cancel(long id) {
     if (f->free)
         f->free(j->data);
     bump(&pool.cancelled);
-    release(j->port);
+    /* Its port lets go of it under the port's unit: the caller's own, or
+     * (a job of another unit's port) taken now. */
+    edrv_port_t *pt = j->port;
+    edrv__port_lock(pt);
+    release(pt);
+    edrv__port_unlock(pt);
     return 1;
 }
 

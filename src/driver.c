@@ -50,14 +50,21 @@ static int check_entry(const ErlDrvEntry *e, const char *name) {
 
 static int add(const char *name, ErlDrvEntry *e, void *dl) {
     edrv_driver *d = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *d);
-    if (d)
+    if (d) {
         d->name = edrv__strdup(EDRV_MEM_SYSTEM, name);
-    if (!d || !d->name) {
+        d->unit = edrv__unit_new();
+    }
+    if (!d || !d->name || !d->unit) {
+        if (d) {
+            edrv__free(d->name);
+            edrv__unit_unref(d->unit);
+        }
         edrv__free(d);
         return edrv__fail(EDRV_ENOMEM, "out of memory loading %s", name);
     }
     /* init runs last: a driver whose init succeeded is always finished. */
     if (e->init && e->init() != 0) {
+        edrv__unit_unref(d->unit);
         edrv__free(d->name);
         edrv__free(d);
         return edrv__fail(EDRV_EDRVINIT, "%s: the entry's init returned non-zero", name);
@@ -158,6 +165,7 @@ static void unload(edrv_driver *d) {
             edrv__async_forget_code(in_object, info.dli_fbase);
         dlclose(d->dl);
     }
+    edrv__unit_unref(d->unit); /* ports' structs may still hold it */
     edrv__free(d->name);
     edrv__free(d);
 }
@@ -213,14 +221,14 @@ void edrv__drivers_unload_all(void) {
 
 EDRV_API int driver_lock_driver(ErlDrvPort ix) {
     /* The driver stays loaded, and its ports open, until the runtime stops. */
-    if (!ix || !edrv__on_emulator_thread())
+    if (!ix || !edrv__emulator_enter())
         return -1;
     ix->drv->locked = true;
     return 0;
 }
 
 EDRV_API void add_driver_entry(ErlDrvEntry *de) {
-    if (!de || !edrv__on_emulator_thread()) {
+    if (!de || !edrv__emulator_enter()) {
         edrv__warn("add_driver_entry: only from a driver callback, with an entry");
         return;
     }
@@ -229,7 +237,7 @@ EDRV_API void add_driver_entry(ErlDrvEntry *de) {
 }
 
 EDRV_API int remove_driver_entry(ErlDrvEntry *de) {
-    if (!de || !edrv__on_emulator_thread() || !de->driver_name)
+    if (!de || !edrv__emulator_enter() || !de->driver_name)
         return -1;
     edrv_driver *d = edrv__driver_find(de->driver_name, strlen(de->driver_name));
     if (!d || d->entry != de || d->ports || d->jobs)

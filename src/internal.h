@@ -7,20 +7,32 @@
  * file and says which threads may touch what.
  *
  * Threads:
- *   - the holder of the emulator lock (loop.c) runs driver callbacks and owns
- *     all port and driver state: "emulator thread only" below means that
- *     lock, which the emulator thread holds while it works, and a host thread
- *     while it runs its own call immediately (EDRV_ASSERT_EMULATOR checks it);
- *   - host threads call edrv.h; a call they cannot run at once is queued to
- *     the emulator thread (loop.c) and, if synchronous, they wait for it;
+ *   - the holder of a port's unit (loop.c "units": its driver's lock, or its
+ *     own with ERL_DRV_FLAG_USE_PORT_LOCKING) runs the port's callbacks and
+ *     changes its state (EDRV_ASSERT_UNIT checks it);
+ *   - the holder of the emulator lock (loop.c) owns what ports share: the
+ *     port table's indexes, timers, selected fds, monitors, drivers, the
+ *     pool's lanes and pending counts. "emulator thread only" below means
+ *     that lock (EDRV_ASSERT_EMULATOR checks it), which the emulator thread
+ *     holds while it works, a host thread while it runs its own call in
+ *     place, and a fast path's thread from the moment its callback asks for
+ *     shared state (edrv__emulator_enter) until it lets its unit go;
+ *   - host threads call edrv.h; control, call and simple commands run under
+ *     the port's unit alone (the fast paths); a call they cannot run at once
+ *     is queued to the emulator thread (loop.c) and, if synchronous, they
+ *     wait for it;
  *   - any thread may allocate (mem.c), build and deliver messages (term.c,
  *     proc.c) and use the erl_drv_* thread primitives (thread.c).
  *
- * Lock order (outer first): emulator lock -> request queue lock (loop.c);
- * emulator lock -> port data lock -> nothing (port.c reads and frees a
- * driver queue under it); procs table lock -> mailbox lock; busy_lock ->
- * ports table lock (port.c) -> nothing. A driver callback runs with the
- * emulator lock held and no other lock of libedrv's.
+ * Lock order (outer first): unit -> emulator lock -> request queue lock
+ * (loop.c); a holder of the emulator lock that wants a unit held elsewhere
+ * lets the emulator lock go while it waits (edrv__unit_enter). Unit ->
+ * port data lock -> emulator lock (a driver that holds its port data lock
+ * in a callback may submit a job); the runtime takes a port data lock only
+ * while it holds the port's unit. procs table lock -> mailbox lock;
+ * busy_lock -> ports table lock (port.c) -> a unit, tried only, never
+ * waited for (port.c fast paths). A driver callback runs with its port's
+ * unit held, maybe the emulator lock, and no other lock of libedrv's.
  */
 #ifndef EDRV_INTERNAL_H
 #define EDRV_INTERNAL_H
@@ -59,12 +71,18 @@ static inline int64_t edrv__now_ns(void) {
 /* Only the emulator thread runs this (it owns port, driver, timer, monitor
  * and select state). */
 #define EDRV_ASSERT_EMULATOR() EDRV_ASSERT_OWNER(edrv__on_emulator_thread(), "emulator thread only")
+/* Only the holder of the port's unit (loop.c), which runs its callbacks and
+ * changes its state. */
+#define EDRV_ASSERT_UNIT(pt)                                                                   \
+    EDRV_ASSERT_OWNER(edrv__unit_held((pt)->unit), "the holder of the port's unit only")
 /* Never on the emulator thread (a host thread that may wait for it). */
 #define EDRV_ASSERT_NOT_EMULATOR()                                                             \
     EDRV_ASSERT_OWNER(!edrv__on_emulator_thread(), "never on the emulator thread")
 _Noreturn void edrv__ownership_broken(const char *file, int line, const char *fn,
                                       const char *rule);
 bool edrv__on_emulator_thread(void);
+/* The lock that serializes a port's callbacks (loop.c "units"). */
+typedef struct edrv_unit edrv_unit;
 
 #define EDRV_API __attribute__((visibility("default")))
 #define EDRV_UNUSED __attribute__((unused))
@@ -239,9 +257,11 @@ typedef struct edrv_queue edrv_queue;
 
 struct edrv_driver;
 
-/* ErlDrvPort, as drivers see it, points here. Fields are the emulator
- * thread's, except `state` (read by any thread that sends from the port) and
- * `owner` (read under the ports table lock by threads resolving a port term). */
+/* ErlDrvPort, as drivers see it, points here. Fields are its unit holder's,
+ * except: `state` (changed by the unit's holder, read by any thread that
+ * sends from the port), `owner` (read under the ports table lock by threads
+ * resolving a port term), and those of shared structures, which the emulator
+ * lock guards (timer_*, uses, the links). */
 struct _erl_drv_port {
     uint64_t id;
     struct edrv_driver *drv;
@@ -272,7 +292,9 @@ struct _erl_drv_port {
     bool exit_pending;
     ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
     edrv_queue *queue;        /* the driver queue, or NULL while never used */
+    edrv_unit *unit;          /* serializes its callbacks (loop.c "units") */
     long timer_slot;          /* index in the timer heap, or -1 */
+    uint64_t timer_gen;       /* bumped by driver_set_timer and driver_cancel_timer */
     int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
     /* The struct outlives the port (DEAD) while it is used or referenced.
      * uses: async jobs not yet ended and monitor passes under way (emulator
@@ -310,13 +332,26 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
                     void *req);
 int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole);
-/* The command's bytes straight to the driver's `output`: 0 when done,
- * EDRV_ENOPORT or EDRV_ECLOSED for a port that is not alive, or
- * EDRV__NOT_FLAT when the command must take the ordinary way (admission,
- * then edrv__port_command): the port is busy, or its driver has `outputv`
- * or no `output`. */
-#define EDRV__NOT_FLAT 2
-int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len);
+/* The fast paths (loop.c "units"): for a host thread that holds neither the
+ * emulator lock nor a unit, and has no request in flight. Each runs the
+ * callback in the calling thread under the port's unit alone, if the port
+ * is alive and its unit free; otherwise it returns EDRV__NOT_FAST and the
+ * call takes the ordinary way, which also gives any error. The command's
+ * bytes go straight to the driver's `output`, so never count in the port's
+ * message queue (no admission); EDRV__NOT_FAST also when the port is busy
+ * or its driver has `outputv` or no `output`. */
+#define EDRV__NOT_FAST 2
+int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, size_t len);
+/* For a holder of the emulator lock: a command run now if the port is alive
+ * and its unit free or the caller's own (its `admitted` bytes leave the
+ * port's message queue first); EDRV__NOT_FAST otherwise, without taking
+ * bin: an asynchronous call never waits for a unit. */
+int edrv__port_command_now(uint64_t caller, edrv_port id, ErlDrvBinary *bin,
+                           const size_t *pieces, int npieces, bool whole, size_t admitted);
+int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                            edrv_reply *reply);
+int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                         edrv_reply *reply);
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply);
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
@@ -342,6 +377,14 @@ bool edrv__port_accepts_jobs(const edrv_port_t *pt);
 bool edrv__port_ready_async_ok(const edrv_port_t *pt);
 void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
+
+/* A holder of the emulator lock takes pt's unit before it calls one of the
+ * port's callbacks below, and lets it go after: edrv__port_lock holds the
+ * struct until edrv__port_unlock, and returns true when it let the emulator
+ * lock go while it waited (the caller checks again that the event it serves
+ * still stands). */
+bool edrv__port_lock(edrv_port_t *pt);
+void edrv__port_unlock(edrv_port_t *pt);
 
 /* Emulator thread: a monitored process ended (monitor.c). */
 void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon);
@@ -401,6 +444,7 @@ typedef struct edrv_driver {
     size_t jobs;          /* async jobs not yet ended: they keep it loaded */
     bool unload_pending;  /* unload asked while ports were open */
     bool locked;          /* driver_lock_driver: loaded until the runtime stops */
+    edrv_unit *unit;      /* its ports' unit, unless ERL_DRV_FLAG_USE_PORT_LOCKING */
 } edrv_driver;
 
 /* Emulator thread. */
@@ -433,6 +477,28 @@ bool edrv__async_has_done(void);  /* finished jobs wait for the drain */
 int edrv__async_trim_ms(uint64_t now);
 
 /* ---- loop.c: the emulator thread ------------------------------------------ */
+
+/* Units (loop.c): the lock that serializes a port's callbacks, its driver's
+ * or its own (ERL_DRV_FLAG_USE_PORT_LOCKING); reference counted, since a
+ * port's struct may outlive its driver. Lock order: unit -> emulator lock.
+ * Recursive for the thread that holds it. */
+edrv_unit *edrv__unit_new(void); /* NULL when out of memory */
+void edrv__unit_ref(edrv_unit *u);
+void edrv__unit_unref(edrv_unit *u); /* NULL is fine */
+bool edrv__unit_held(const edrv_unit *u);
+/* Takes u, waiting for it; a holder of the emulator lock lets that go while
+ * it waits, and then true says so: what it found before may have changed. */
+bool edrv__unit_enter(edrv_unit *u);
+/* Takes u only if it is free and no thread waits for it; never waits. */
+bool edrv__unit_try(edrv_unit *u);
+void edrv__unit_exit(edrv_unit *u);
+/* Whether the calling thread acts as the emulator (holds the emulator lock)
+ * after the call: it does already, or it runs a callback on a fast path
+ * (holds a unit) and takes the lock now, until it lets its last unit go.
+ * Every driver API function that touches shared state asks this first. */
+bool edrv__emulator_enter(void);
+/* The thread runs driver code: it holds the emulator lock or a unit. */
+bool edrv__in_callback_thread(void);
 
 /* Any thread: wakes the emulator thread (the one wake-up primitive). */
 void edrv__wake(void);

@@ -1,19 +1,24 @@
 /*
- * loop.c: the runtime's life, the emulator lock, and the emulator thread.
+ * loop.c: the runtime's life, the emulator lock, units, and the emulator
+ * thread.
  *
- * Driver callbacks, and every change to port or driver state, run under one
+ * A port's callbacks run under its unit (below, "units"): its driver's lock,
+ * or its own for a driver with ERL_DRV_FLAG_USE_PORT_LOCKING, as ERTS's
+ * driver-level and port-level locking. What ports share runs under one more
  * lock, the emulator lock (below): its holder acts as the emulator. A host
- * thread's edrv.h call takes it and runs at once when it can (immediate
- * execution); otherwise the call becomes a request in one FIFO queue (so one
- * thread's calls keep their order) for the emulator thread, which is woken
- * through an eventfd registered in its epoll set, the one wake-up primitive
- * of the loop (timers and driver_select events share the same epoll set). A
- * synchronous call answered by another thread waits on a semaphore in its
- * request, which lives on the caller's stack; an asynchronous one
- * (port_command) is allocated and freed by whoever runs it.
+ * thread's edrv.h call runs in the calling thread when it can: control,
+ * call and simple commands under the port's unit alone (the fast paths,
+ * port.c), the other calls under the emulator lock and the unit. Otherwise
+ * the call becomes a request in one FIFO queue (so one thread's calls keep
+ * their order) for the emulator thread, which is woken through an eventfd
+ * registered in its epoll set, the one wake-up primitive of the loop (timers
+ * and driver_select events share the same epoll set). A synchronous call
+ * answered by another thread waits on a semaphore in its request, which
+ * lives on the caller's stack; an asynchronous one (port_command) is
+ * allocated and freed by whoever runs it.
  *
  * The queue lock is held only to link or unlink requests, never while one runs.
- * Lock order: the emulator lock -> the queue lock (rt.lock).
+ * Lock order: unit -> the emulator lock -> the queue lock (rt.lock).
  *
  * Idle: with nothing to do, the emulator thread spins for a while (spin_us)
  * watching the request queue and the pool's lanes (a lane whose `done` cursor
@@ -79,6 +84,7 @@ static struct {
     int async_threads;
     long spin_ns; /* the emulator thread's spin before it parks */
     _Atomic bool requests; /* the queue may hold requests */
+    _Atomic long inflight; /* requests queued and not yet run to their end */
     _Atomic bool parked;   /* the emulator thread sleeps, or is about to */
     _Atomic bool napping;  /* it naps through a backlog: only requests wake it */
     _Atomic bool timers_changed; /* a host thread set a timer (edrv__timers_changed) */
@@ -91,17 +97,18 @@ static struct {
 static _Atomic int state = ST_STOPPED;
 
 /* ---- the emulator lock -------------------------------------------------------
- * Driver callbacks run under one lock, whichever thread runs them: the
+ * What ports share runs under one lock, whichever thread runs it: the
  * emulator thread, for queued requests, finished jobs, timers and fd events;
- * or a host thread, for its own call, when it finds the lock free and no
- * request queued (immediate execution, as ERTS's try_imm_drv_call runs a
- * port's callback in the calling scheduler). `on_emulator` says that the
- * calling thread holds it, and so acts as the emulator: every "emulator
- * thread only" rule of libedrv means "holds the emulator lock".
+ * a host thread, for its own call, when it finds the lock free and no request
+ * in flight (immediate execution, as ERTS's try_imm_drv_call runs a port's
+ * callback in the calling scheduler); or a fast path's thread, once its
+ * callback asks for shared state (edrv__emulator_enter). `on_emulator` says
+ * that the calling thread holds it, and so acts as the emulator: every
+ * "emulator thread only" rule of libedrv means "holds the emulator lock".
  *
- * Order: a host's call runs immediately only when the request queue is empty,
- * which the holder sees exactly (enqueue marks `requests` under rt.lock, and
- * only a holder clears it), so it never overtakes a call queued before it.
+ * Order: a host's call runs in its thread only when no request is in flight
+ * (queued, or running: `inflight` counts a request from its enqueue until it
+ * has run), so it never overtakes a call it queued before.
  *
  * Fairness: the emulator thread announces that it waits for the lock
  * (`wanted`); host threads then queue their calls instead of taking it, so
@@ -155,22 +162,165 @@ static bool thread_sigpipe_safe(void) {
     return sigpipe_safe > 0;
 }
 
-/* A host thread takes the lock if it is free, no request waits, and the
- * emulator thread does not want it; never waits. */
+/* A host thread takes the lock if it is free, no request waits or runs, and
+ * the emulator thread does not want it; never waits. */
 static bool emu_trylock(void) {
     if (!thread_sigpipe_safe() ||
         !atomic_load_explicit(&emu.immediate, memory_order_relaxed) ||
         atomic_load_explicit(&emu.wanted, memory_order_relaxed) ||
-        atomic_load_explicit(&rt.requests, memory_order_relaxed) ||
+        atomic_load_explicit(&rt.inflight, memory_order_relaxed) ||
         pthread_mutex_trylock(&emu.lock) != 0)
         return false;
-    /* Under the lock: only a holder clears `requests`, so false is exact. */
-    if (atomic_load(&rt.requests) || !atomic_load(&emu.immediate)) {
+    /* Under the lock: a request counts in `inflight` from its enqueue until
+     * it has run, so 0 is exact: none is queued, and none runs (the
+     * emulator thread lets the lock go while it waits for a unit). */
+    if (atomic_load(&rt.inflight) || !atomic_load(&emu.immediate)) {
         pthread_mutex_unlock(&emu.lock);
         return false;
     }
     on_emulator = true;
     return true;
+}
+
+/* ---- units: the locks that serialize ports' callbacks -------------------------
+ * A port's callbacks run one at a time under its unit's lock: its driver's
+ * unit (all the driver's ports, as ERTS's driver-level locking), or its own
+ * (ERL_DRV_FLAG_USE_PORT_LOCKING). Whoever changes a port's state or calls
+ * its driver holds its unit. The emulator lock guards what ports share (the
+ * table's indexes, timers, selected fds, monitors, drivers, the pool's
+ * lanes): it is held for everything but the fast paths, where a host thread
+ * holds only the port's unit and takes the emulator lock when the driver asks
+ * for shared state (edrv__emulator_enter), so that ports of different units
+ * run their control, call and command callbacks side by side.
+ *
+ * Lock order: unit -> emulator lock. A holder of the emulator lock that wants
+ * a unit held by another thread lets the emulator lock go while it waits
+ * (edrv__unit_enter), and then re-checks what it found; so every blocking
+ * wait for a unit is made without the emulator lock, and only units can form
+ * a cycle: a callback whose synchronous edrv.h call targets a port of
+ * another unit waits for that unit (edrv.h says so). A unit is recursive for
+ * the thread that holds it. */
+struct edrv_unit {
+    pthread_mutex_t mtx;
+    _Atomic uintptr_t owner; /* the holder's mark (thread_mark), 0 when free */
+    int depth;               /* the holder's nesting */
+    _Atomic int waiters;     /* threads blocked for it: fast paths stand back */
+    _Atomic int refs;
+};
+
+/* Units this thread holds, and whether it took the emulator lock because a
+ * callback it runs without it asked for shared state. */
+static _Thread_local int units_held __attribute__((tls_model("initial-exec")));
+static _Thread_local bool emu_taken __attribute__((tls_model("initial-exec")));
+static _Thread_local char thread_mark __attribute__((tls_model("initial-exec")));
+/* The emulator thread runs a queued request (which counts in rt.inflight). */
+static _Thread_local bool executing_request;
+
+static inline uintptr_t self_mark(void) {
+    return (uintptr_t)&thread_mark;
+}
+
+edrv_unit *edrv__unit_new(void) {
+    edrv_unit *u = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *u);
+    if (u) {
+        pthread_mutex_init(&u->mtx, NULL);
+        atomic_init(&u->refs, 1);
+    }
+    return u;
+}
+
+void edrv__unit_ref(edrv_unit *u) {
+    atomic_fetch_add_explicit(&u->refs, 1, memory_order_relaxed);
+}
+
+void edrv__unit_unref(edrv_unit *u) {
+    if (u && atomic_fetch_sub_explicit(&u->refs, 1, memory_order_acq_rel) == 1) {
+        pthread_mutex_destroy(&u->mtx);
+        edrv__free(u);
+    }
+}
+
+bool edrv__unit_held(const edrv_unit *u) {
+    return atomic_load_explicit(&u->owner, memory_order_relaxed) == self_mark();
+}
+
+static void unit_taken(edrv_unit *u) {
+    atomic_store_explicit(&u->owner, self_mark(), memory_order_relaxed);
+    u->depth = 1;
+    units_held++;
+}
+
+static void unit_block(edrv_unit *u) {
+    atomic_fetch_add(&u->waiters, 1);
+    pthread_mutex_lock(&u->mtx);
+    atomic_fetch_sub(&u->waiters, 1);
+    unit_taken(u);
+}
+
+static void emu_relock(bool loop) {
+    if (loop) {
+        emu_lock();
+    } else {
+        pthread_mutex_lock(&emu.lock);
+        on_emulator = true;
+    }
+}
+
+bool edrv__unit_enter(edrv_unit *u) {
+    if (edrv__unit_held(u)) {
+        u->depth++;
+        return false;
+    }
+    if (pthread_mutex_trylock(&u->mtx) == 0) {
+        unit_taken(u);
+        return false;
+    }
+    if (!on_emulator) {
+        unit_block(u);
+        return false;
+    }
+    emu_unlock();
+    unit_block(u);
+    emu_relock(is_loop_thread);
+    return true;
+}
+
+bool edrv__unit_try(edrv_unit *u) {
+    if (atomic_load_explicit(&u->waiters, memory_order_relaxed) ||
+        pthread_mutex_trylock(&u->mtx) != 0)
+        return false;
+    unit_taken(u);
+    return true;
+}
+
+void edrv__unit_exit(edrv_unit *u) {
+    EDRV_ASSERT_OWNER(edrv__unit_held(u), "the unit's holder only");
+    if (--u->depth > 0)
+        return;
+    atomic_store_explicit(&u->owner, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&u->mtx);
+    if (--units_held == 0 && emu_taken) {
+        emu_taken = false;
+        emu_unlock();
+    }
+}
+
+bool edrv__emulator_enter(void) {
+    if (on_emulator)
+        return true;
+    if (!units_held)
+        return false;
+    /* A callback run on a fast path asks for shared state: this thread
+     * takes the emulator lock (unit -> emulator lock is the order) and
+     * keeps it until it lets its last unit go. */
+    pthread_mutex_lock(&emu.lock);
+    on_emulator = true;
+    emu_taken = true;
+    return true;
+}
+
+bool edrv__in_callback_thread(void) {
+    return on_emulator || units_held;
 }
 
 bool edrv__running(void) {
@@ -445,7 +595,11 @@ static bool drain_requests(void) {
     bool any = r != NULL;
     while (r) {
         request *next = r->next; /* r may be gone once done is posted */
+        executing_request = true;
         execute(r);
+        executing_request = false;
+        /* Before the answer: the caller's next call finds it run. */
+        atomic_fetch_sub(&rt.inflight, 1);
         if (r->type == R_OPEN && r->result == EDRV__PENDING) {
             /* answered later, through edrv__request_finish */
         } else if (r->done) {
@@ -503,8 +657,11 @@ static int enqueue(request *r) {
     else
         rt.head = r;
     rt.tail = r;
-    /* Marked under the lock, on every request: a host holding the emulator
-     * lock that finds it false knows the queue is empty (emu_trylock). */
+    /* Counted under the lock, on every request: a host holding the emulator
+     * lock that finds no request in flight knows that none is queued or
+     * running (emu_trylock), and a fast path that finds none runs after
+     * every request its own thread queued. */
+    atomic_fetch_add(&rt.inflight, 1);
     atomic_store(&rt.requests, true);
     if (r->type == R_STOP) {
         rt.accepting = false;
@@ -539,15 +696,33 @@ void edrv__wake(void) {
     wake_write();
 }
 
+/* Whether a host thread's call may take a fast path (edrv__port_*_fast):
+ * it runs no driver code now, may run some (SIGPIPE), and every request it
+ * queued has run, so that its calls keep their order. */
+static bool fast_ok(void) {
+    return !on_emulator && !units_held && thread_sigpipe_safe() &&
+           atomic_load_explicit(&emu.immediate, memory_order_relaxed) &&
+           !atomic_load_explicit(&rt.inflight, memory_order_relaxed);
+}
+
 /* Runs r on the emulator thread and waits for its result. */
 static int call_sync(request *r) {
-    if (on_emulator) {
+    if (edrv__in_callback_thread()) {
         /* A driver callback calling edrv.h: run in place; queued requests
          * would wait for this very thread. */
         if (r->type == R_STOP)
             return edrv__fail(EDRV_EINVAL, "edrv_stop from a driver callback");
+        edrv__emulator_enter();
         execute(r);
         return r->result;
+    }
+    if ((r->type == R_CONTROL || r->type == R_CALL) && fast_ok()) {
+        edrv__clear_error();
+        int rc = r->type == R_CONTROL
+                     ? edrv__port_control_fast(r->pid, r->port, r->u, r->data, r->len, r->reply)
+                     : edrv__port_call_fast(r->pid, r->port, r->u, r->data, r->len, r->reply);
+        if (rc != EDRV__NOT_FAST)
+            return rc;
     }
     bool immediate = r->type != R_STOP && emu_trylock();
     if (immediate && r->type != R_OPEN) {
@@ -620,6 +795,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     rt.head = rt.tail = NULL;
     rt.spin_ns = spin_us < 0 ? 0 : (long)(spin_us ? spin_us : DEFAULT_SPIN_US) * 1000;
     atomic_store(&rt.requests, false);
+    atomic_store(&rt.inflight, 0);
     atomic_store(&rt.parked, false);
     atomic_store(&rt.napping, false);
     rt.nap_ns = BACKLOG_NAP_MIN_NS;
@@ -655,7 +831,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
 }
 
 EDRV_API int edrv_stop(void) {
-    if (on_emulator)
+    if (edrv__in_callback_thread())
         return edrv__fail(EDRV_EINVAL, "edrv_stop called from a driver callback");
     request r = {.type = R_STOP};
     int rc = call_sync(&r);
@@ -738,22 +914,24 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     /* Immediate, to a port that is not busy, of a driver with `output`, in
      * one piece: the bytes go to the driver at once, so they never count in
      * the port's message queue (no admission), and no binary is made. */
-    if (!on_emulator && iovcnt <= 1 && !(opts & EDRV_CMD_FORCE) && emu_trylock()) {
-        rc = edrv__port_command_flat(pid, port, iovcnt ? iov[0].iov_base : NULL, total);
-        emu_unlock();
-        if (rc != EDRV__NOT_FLAT)
+    if (iovcnt <= 1 && !(opts & EDRV_CMD_FORCE) && fast_ok()) {
+        edrv__clear_error();
+        rc = edrv__port_command_fast(pid, port, iovcnt ? iov[0].iov_base : NULL, total);
+        if (rc != EDRV__NOT_FAST)
             return rc;
     }
+    /* From a driver callback: run in place (see call_sync). */
+    bool in_place = edrv__in_callback_thread() && edrv__emulator_enter();
     /* A busy port suspends the sender here (a driver callback sending to a
      * port cannot wait for the thread it runs on: it is never suspended). */
-    rc = on_emulator ? edrv__port_check(port) : edrv__port_admit(port, total, opts, &p->suspended);
+    rc = in_place ? edrv__port_check(port) : edrv__port_admit(port, total, opts, &p->suspended);
     if (rc < 0)
         return rc;
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {
         edrv__free(r);
-        if (!on_emulator)
+        if (!in_place)
             edrv__port_unadmit(port, total);
         return edrv__fail(EDRV_ENOMEM, "out of memory for %zu bytes of command data", total);
     }
@@ -770,21 +948,31 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     r->bin = bin;
     r->whole = whole;
     r->npieces = iovcnt;
-    r->admitted = !on_emulator;
-    if (on_emulator) {
-        execute(r);
-        edrv__free(r);
-        return 0;
+    r->admitted = !in_place;
+    /* From a callback: in place when the port's unit is this thread's or
+     * free, and no other request is in flight (one this thread queued
+     * before must run first); queued otherwise: a command never waits. */
+    if (in_place && atomic_load(&rt.inflight) == (executing_request ? 1 : 0)) {
+        edrv__clear_error();
+        rc = edrv__port_command_now(pid, port, bin, r->pieces, iovcnt, whole, 0);
+        if (rc != EDRV__NOT_FAST) {
+            edrv__free(r);
+            return 0;
+        }
     }
-    if (emu_trylock()) { /* immediate */
-        execute(r);
+    if (!in_place && emu_trylock()) { /* immediate, if the port's unit is free */
+        edrv__clear_error();
+        rc = edrv__port_command_now(pid, port, bin, r->pieces, iovcnt, whole, total);
         emu_unlock();
-        edrv__free(r);
-        return 0;
+        if (rc != EDRV__NOT_FAST) {
+            edrv__free(r);
+            return 0;
+        }
     }
     rc = enqueue(r);
     if (rc < 0) {
-        edrv__port_unadmit(port, total);
+        if (!in_place)
+            edrv__port_unadmit(port, total);
         driver_free_binary(bin);
         edrv__free(r);
     }

@@ -91,7 +91,7 @@ EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
                                     ErlDrvMonitor *mon) {
     /* A dead port's monitors were ended already: a new one would outlive
      * it, on its list. */
-    if (!port || !mon || !edrv__on_emulator_thread() || atomic_load(&port->state) == PORT_DEAD)
+    if (!port || !mon || !edrv__emulator_enter() || atomic_load(&port->state) == PORT_DEAD)
         return -1;
     if (!port->drv->entry->process_exit)
         return -1; /* nothing could be told of the process's end */
@@ -119,7 +119,7 @@ EDRV_API int driver_monitor_process(ErlDrvPort port, ErlDrvTermData process,
 }
 
 EDRV_API int driver_demonitor_process(ErlDrvPort port, const ErlDrvMonitor *mon) {
-    if (!port || !mon || !edrv__on_emulator_thread())
+    if (!port || !mon || !edrv__emulator_enter())
         return -1;
     monitor *m = edrv__idmap_get(&monitors, id_of(mon));
     if (!m || m->port != port)
@@ -130,7 +130,7 @@ EDRV_API int driver_demonitor_process(ErlDrvPort port, const ErlDrvMonitor *mon)
 }
 
 EDRV_API ErlDrvTermData driver_get_monitored_process(ErlDrvPort port, const ErlDrvMonitor *mon) {
-    monitor *m = port && mon && edrv__on_emulator_thread()
+    monitor *m = port && mon && edrv__emulator_enter()
                      ? edrv__idmap_get(&monitors, id_of(mon)) : NULL;
     return m && m->port == port ? TD_MAKE(TD_PID, m->pid) : driver_term_nil;
 }
@@ -166,8 +166,10 @@ void edrv__monitors_process_exited(uint64_t pid) {
         edrv__list_remove(&m->by_pid);
         ErlDrvMonitor mon;
         set_id(&mon, m->id);
+        edrv__port_lock(m->port); /* fired already: nothing to check again */
         edrv__port_process_exit(m->port, &mon);
         edrv__port_unref(m->port);
+        edrv__port_unlock(m->port);
         edrv__free(m);
     }
 }

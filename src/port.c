@@ -1,11 +1,19 @@
 /*
  * port.c: ports, their callbacks, and the messages they send.
  *
- * A port is created by open_port on the emulator thread and lives in a table
- * keyed by its number, so that any thread holding only a number (a host thread
- * checking before port_command, a pool thread in erl_drv_output_term) can ask
- * whether it is alive and who owns it. Only the emulator thread changes the
- * table or a port, and only it calls the driver.
+ * A port is created by open_port and lives in a table keyed by its number, so
+ * that any thread holding only a number (a host thread checking before
+ * port_command, a pool thread in erl_drv_output_term) can ask whether it is
+ * alive and who owns it.
+ *
+ * Who runs what: a port's callbacks, and every change of its state, run
+ * under its unit (loop.c "units"): the code from "termination" to the end of
+ * this file, but for the driver interface's any-thread functions, asserts it
+ * (EDRV_ASSERT_UNIT). The table, the busy ports and the fast paths' lookups
+ * are any thread's (their own locks). What ports share (the table's indexes,
+ * timers, fds, monitors, the driver registry) needs the emulator lock too:
+ * the request operations hold it throughout, and a callback run on a fast
+ * path takes it when its driver first asks for shared state.
  *
  * Life of a port, as ERTS does it (checked against OTP 25):
  *   STARTING  in `start`; output is delivered.
@@ -281,24 +289,59 @@ int edrv__port_check(edrv_port id) {
     return edrv__fail(EDRV_ECLOSED, "#Port<0.%llu> is closed", (unsigned long long)id);
 }
 
-/* The live port with this number, for the emulator thread. */
-static edrv_port_t *port_get(edrv_port id, int *err) {
+static void port_unhold(edrv_port_t *pt);
+
+bool edrv__port_lock(edrv_port_t *pt) {
+    EDRV_ASSERT_EMULATOR();
+    atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    return edrv__unit_enter(pt->unit);
+}
+
+void edrv__port_unlock(edrv_port_t *pt) {
+    edrv__unit_exit(pt->unit);
+    port_unhold(pt); /* the last reference frees it, and then its unit */
+}
+
+static bool state_ok(const edrv_port_t *pt, bool closing_ok) {
+    port_state st = atomic_load(&pt->state);
+    return st == PORT_ALIVE || (closing_ok && st == PORT_CLOSING);
+}
+
+/* For a holder of the emulator lock: the port with this number, alive (or,
+ * with closing_ok, closing), its unit taken (edrv__port_unlock lets it go);
+ * or NULL and the error. OTP 25 still serves port_control, port_call and
+ * port_info on a port that waits for its driver queue to empty (checked in
+ * erl), while port_command and port_close raise badarg. */
+static edrv_port_t *port_take(edrv_port id, int *err, bool closing_ok) {
     edrv_port_t *pt = lookup_owned(id);
-    if (pt && atomic_load(&pt->state) == PORT_ALIVE)
-        return pt;
+    if (pt && state_ok(pt, closing_ok)) {
+        if (!edrv__port_lock(pt) || state_ok(pt, closing_ok))
+            return pt;
+        edrv__port_unlock(pt); /* it ended while this thread waited */
+    }
     *err = edrv__port_check(id);
     return NULL;
 }
 
-/* The port for port_control, port_call and port_info: live, or closing. OTP
- * 25 still serves these on a port that waits for its driver queue to empty
- * (checked in erl), while port_command and port_close raise badarg. */
-static edrv_port_t *port_get_closing_ok(edrv_port id, int *err) {
-    edrv_port_t *pt = lookup_owned(id);
-    port_state st = pt ? atomic_load(&pt->state) : PORT_DEAD;
-    if (st == PORT_ALIVE || st == PORT_CLOSING)
-        return pt;
-    *err = edrv__port_check(id);
+/* For a thread that holds neither the emulator lock nor a unit (a fast
+ * path): the live port with this number, its unit taken if that was free
+ * (edrv__port_unlock lets it go); NULL otherwise: the caller takes the
+ * ordinary way, which says why. Under ports.lock, which keeps the port in
+ * the table while the unit is tried; once its unit is held, the port cannot
+ * end but by this thread. */
+static edrv_port_t *port_take_fast(edrv_port id) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(id);
+    if (pt && atomic_load_explicit(&pt->state, memory_order_relaxed) == PORT_ALIVE &&
+        edrv__unit_try(pt->unit)) {
+        atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+        pthread_mutex_unlock(&ports.lock);
+        if (atomic_load(&pt->state) == PORT_ALIVE)
+            return pt;
+        edrv__port_unlock(pt);
+        return NULL;
+    }
+    pthread_mutex_unlock(&ports.lock);
     return NULL;
 }
 
@@ -411,7 +454,7 @@ static int output_data(edrv_port_t *pt, const char *fn, const etf_piece *pieces,
 /* ---- termination ------------------------------------------------------------------ */
 
 static void enter(edrv_port_t *pt, uint64_t caller) {
-    EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     pt->in_callback++;
     pt->caller = caller;
 }
@@ -426,10 +469,14 @@ static size_t queue_bytes(edrv_port_t *pt);
 /* After a callback: a failure decided inside it takes effect, and a closing
  * port whose queue the callback emptied ends. */
 static void leave(edrv_port_t *pt) {
-    EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     if (--pt->in_callback > 0)
         return;
-    if (atomic_load(&pt->state) == PORT_DEAD) { /* it ended inside the callback */
+    port_state st = atomic_load(&pt->state);
+    if (st == PORT_ALIVE && !pt->exit_pending)
+        return; /* the common case, which needs no shared state */
+    edrv__emulator_enter(); /* the port's end touches shared state */
+    if (st == PORT_DEAD) { /* it ended inside the callback */
         port_release(pt);
         return;
     }
@@ -445,6 +492,7 @@ static void leave(edrv_port_t *pt) {
  * next event, as ERTS checks after each port task). */
 static void end_if_flushed(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     if (pt->in_callback == 0 && atomic_load(&pt->state) == PORT_CLOSING && !queue_bytes(pt))
         port_exit(pt, (reason){"normal", 0}, false, true);
 }
@@ -452,7 +500,8 @@ static void end_if_flushed(edrv_port_t *pt) {
 /* Decides the end of a port. The exit signal goes out at once (ERTS sends it
  * before stop runs); stop runs now, or when the current callback returns. */
 static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) {
-    EDRV_ASSERT_EMULATOR();
+    if (!edrv__emulator_enter() || !edrv__unit_held(pt->unit))
+        return -1; /* not from a callback of the port */
     port_state st = atomic_load(&pt->state);
     if (st != PORT_ALIVE && st != PORT_STARTING && st != PORT_CLOSING)
         return -1;
@@ -485,8 +534,6 @@ struct erl_drv_port_data_lock {
     _Atomic ErlDrvSInt refc;
     edrv_port_t *port;
 };
-
-static void port_unhold(edrv_port_t *pt);
 
 EDRV_API ErlDrvPDL driver_pdl_create(ErlDrvPort port) {
     if (!port || port->pdl || atomic_load(&port->state) == PORT_DEAD)
@@ -544,6 +591,7 @@ static size_t queue_bytes(edrv_port_t *pt) {
 /* ---- the end of a port ------------------------------------------------------------ */
 
 static void port_free(edrv_port_t *pt) {
+    edrv__unit_unref(pt->unit);
     edrv__free(pt->name);
     edrv__free(pt);
 }
@@ -559,6 +607,7 @@ static void port_unhold(edrv_port_t *pt) {
  * uses it; a port data lock may still hold it. */
 static void port_release(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     if (!pt->released && pt->uses == 0 && pt->in_callback == 0 &&
         atomic_load(&pt->state) == PORT_DEAD) {
         pt->released = true;
@@ -585,6 +634,7 @@ static void queue_drop(edrv_port_t *pt) {
  * so that no failure can leave a half-ended port. */
 static void port_dispose(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     atomic_store(&pt->state, PORT_DEAD);
     edrv__timer_cancel(pt); /* stop may have set one */
     edrv__select_port_gone(pt);
@@ -604,6 +654,7 @@ static void port_dispose(edrv_port_t *pt) {
  * data), unless it is an init-ack port that ends unanswered. */
 static void finish_exit(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     pt->exit_pending = false;
     bool started = !pt->open_req;
     if (pt->open_req) {
@@ -628,6 +679,7 @@ void edrv__port_ref(edrv_port_t *pt) {
 
 void edrv__port_unref(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     pt->uses--;
     end_if_flushed(pt);
     port_release(pt);
@@ -646,6 +698,7 @@ static bool alive_or_closing(const edrv_port_t *pt) {
 
 void edrv__port_timeout(edrv_port_t *pt) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     const ErlDrvEntry *e = pt->drv->entry;
     /* STARTING: an init-ack driver waits for its own timer to answer. */
     if (!alive_or_closing(pt) && atomic_load(&pt->state) != PORT_STARTING)
@@ -661,6 +714,7 @@ void edrv__port_timeout(edrv_port_t *pt) {
 
 void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     const ErlDrvEntry *e = pt->drv->entry;
     void (*ready)(ErlDrvData, ErlDrvEvent) = input ? e->ready_input : e->ready_output;
     if (!alive_or_closing(pt))
@@ -681,6 +735,7 @@ void edrv__port_io_ready(edrv_port_t *pt, ErlDrvEvent ev, bool input) {
 
 void edrv__port_process_exit(edrv_port_t *pt, ErlDrvMonitor *mon) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     if (!alive_or_closing(pt))
         return;
     enter(pt, 0);
@@ -694,6 +749,7 @@ bool edrv__port_ready_async_ok(const edrv_port_t *pt) {
 
 void edrv__port_ready_async(edrv_port_t *pt, void *data) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     enter(pt, 0);
     pt->drv->entry->ready_async(pt->data, (ErlDrvThreadData)data);
     leave(pt);
@@ -701,21 +757,29 @@ void edrv__port_ready_async(edrv_port_t *pt, void *data) {
 
 /* ---- requests from the host (emulator thread) ----------------------------------------- */
 
-/* A new port of driver d in the table, owned by (and linked to) owner. */
+/* A new port of driver d in the table, owned by (and linked to) owner. Its
+ * unit is d's, or its own for a driver with ERL_DRV_FLAG_USE_PORT_LOCKING. */
 static edrv_port_t *port_new(edrv_driver *d, const char *name, uint64_t owner, port_state st) {
     edrv_port_t *pt = edrv__calloc(EDRV_MEM_PORT, sizeof *pt);
     char *copy = edrv__strdup(EDRV_MEM_PORT, name);
+    bool own_unit = d->entry->driver_flags & ERL_DRV_FLAG_USE_PORT_LOCKING;
+    edrv_unit *unit = own_unit ? edrv__unit_new() : d->unit;
     if (pt) {
         atomic_store(&pt->owner, owner); /* table_insert indexes it */
         edrv__list_init(&pt->monitors);
         edrv__list_init(&pt->sels[0]);
         edrv__list_init(&pt->sels[1]);
     }
-    if (!pt || !copy || !table_insert(pt)) {
+    if (!pt || !copy || !unit || !table_insert(pt)) {
         edrv__free(pt);
         edrv__free(copy);
+        if (own_unit)
+            edrv__unit_unref(unit);
         return NULL;
     }
+    if (!own_unit)
+        edrv__unit_ref(unit);
+    pt->unit = unit;
     pt->name = copy;
     atomic_init(&pt->refs, 1); /* the emulator thread's */
     pt->timer_slot = -1;
@@ -769,6 +833,9 @@ static int start_done(edrv_port_t *pt, ErlDrvData data, int err) {
     return 0;
 }
 
+static int port_start(edrv_port_t *pt, edrv_driver *d, uint64_t caller, unsigned flags,
+                      edrv_port *out, void *req);
+
 int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_port *out,
                     void *req) {
     EDRV_ASSERT_EMULATOR();
@@ -780,10 +847,45 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
     if (!d || d->unload_pending)
         return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
                           command);
-    char *cmd = edrv__strdup(EDRV_MEM_PORT, command); /* start may write into it */
-    edrv_port_t *pt = cmd ? port_new(d, command, caller, PORT_STARTING) : NULL;
+    /* The driver's unit first, for a driver that serializes its ports:
+     * while this thread waits for it, the driver may have gone. */
+    edrv_unit *du = d->entry->driver_flags & ERL_DRV_FLAG_USE_PORT_LOCKING ? NULL : d->unit;
+    if (du) {
+        edrv__unit_ref(du);
+        if (edrv__unit_enter(du) && (edrv__driver_find(command, name_len) != d ||
+                                     d->unload_pending)) {
+            edrv__unit_exit(du);
+            edrv__unit_unref(du);
+            return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded",
+                              (int)name_len, command);
+        }
+    }
+    edrv_port_t *pt = port_new(d, command, caller, PORT_STARTING);
     if (!pt) {
-        edrv__free(cmd);
+        if (du) {
+            edrv__unit_exit(du);
+            edrv__unit_unref(du);
+        }
+        return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
+    }
+    /* Held from here by the port's reference (a new unit of its own is
+     * free: nobody else knows it yet). */
+    atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    if (du)
+        edrv__unit_unref(du);
+    else
+        edrv__unit_enter(pt->unit);
+    int rc = port_start(pt, d, caller, flags, out, req);
+    edrv__port_unlock(pt);
+    return rc;
+}
+
+/* The rest of edrv__port_open, under the new port's unit. */
+static int port_start(edrv_port_t *pt, edrv_driver *d, uint64_t caller, unsigned flags,
+                      edrv_port *out, void *req) {
+    char *cmd = edrv__strdup(EDRV_MEM_PORT, pt->name); /* start may write into it */
+    if (!cmd) {
+        port_dispose(pt);
         return edrv__fail(EDRV_ENOMEM, "out of memory opening a port");
     }
     pt->open_flags = flags;
@@ -819,7 +921,8 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
 }
 
 EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
-    if (!port || !edrv__on_emulator_thread() || atomic_load(&port->state) != PORT_STARTING ||
+    if (!port || !edrv__emulator_enter() || !edrv__unit_held(port->unit) ||
+        atomic_load(&port->state) != PORT_STARTING ||
         !(port->drv->entry->driver_flags & ERL_DRV_FLAG_USE_INIT_ACK) || port->acked)
         return;
     port->acked = true;
@@ -846,17 +949,45 @@ EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
  * element is left empty (for a header, as ERTS does) and then one element per
  * non-empty piece (one element, even empty, when `whole`); otherwise to
  * output, flat. The port takes the binary. */
+static void command_body(edrv_port_t *pt, uint64_t caller, ErlDrvBinary *bin,
+                         const size_t *pieces, int npieces, bool whole);
+
 int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
                        int npieces, bool whole) {
     EDRV_ASSERT_EMULATOR();
     int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+    edrv_port_t *pt = port_take(id, &err, false);
     if (!pt) {
         /* The port died after the sender's check: the data is dropped, as in
          * ERTS; the sender was already told it was sent. */
         driver_free_binary(bin);
         return 0;
     }
+    command_body(pt, caller, bin, pieces, npieces, whole);
+    edrv__port_unlock(pt);
+    return 0;
+}
+
+int edrv__port_command_now(uint64_t caller, edrv_port id, ErlDrvBinary *bin,
+                           const size_t *pieces, int npieces, bool whole, size_t admitted) {
+    EDRV_ASSERT_EMULATOR();
+    edrv_port_t *pt = lookup_owned(id);
+    if (!pt || !state_ok(pt, false))
+        return EDRV__NOT_FAST;
+    if (edrv__unit_held(pt->unit))
+        edrv__unit_enter(pt->unit); /* a callback's command to a port of its unit */
+    else if (!edrv__unit_try(pt->unit))
+        return EDRV__NOT_FAST;
+    atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    if (admitted)
+        edrv__port_unadmit(id, admitted);
+    command_body(pt, caller, bin, pieces, npieces, whole);
+    edrv__port_unlock(pt);
+    return 0;
+}
+
+static void command_body(edrv_port_t *pt, uint64_t caller, ErlDrvBinary *bin,
+                         const size_t *pieces, int npieces, bool whole) {
     const ErlDrvEntry *e = pt->drv->entry;
     size_t len = (size_t)bin->orig_size;
     if (e->outputv) {
@@ -870,7 +1001,7 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
             if (!iov) {
                 edrv__warn("out of memory: command data to %s dropped", pt->drv->name);
                 driver_free_binary(bin);
-                return 0;
+                return;
             }
             binv = (ErlDrvBinary **)(iov + cap);
         }
@@ -900,7 +1031,6 @@ int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const s
         edrv__warn("%s: port_command to a driver with neither output nor outputv", pt->drv->name);
     }
     driver_free_binary(bin);
-    return 0;
 }
 
 /* The driver's own copy of a call's data, which it may write into, as ERTS
@@ -919,34 +1049,56 @@ static void scratch_free(char *p, const char *small) {
         edrv__free(p);
 }
 
-int edrv__port_command_flat(uint64_t caller, edrv_port id, const char *data, size_t len) {
-    EDRV_ASSERT_EMULATOR();
-    int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, size_t len) {
+    edrv_port_t *pt = port_take_fast(id);
     if (!pt)
-        return err; /* badarg at once, as port_command/2 */
+        return EDRV__NOT_FAST;
     const ErlDrvEntry *e = pt->drv->entry;
-    /* Busy: the ordinary way suspends the sender (or refuses, nosuspend). */
-    if (e->outputv || !e->output || atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy))
-        return EDRV__NOT_FLAT;
     char small[SCRATCH_SMALL];
-    char *buf = scratch_copy(small, data, len);
-    if (!buf)
-        return EDRV__NOT_FLAT; /* the ordinary way reports it */
+    char *buf = NULL;
+    /* Busy: the ordinary way suspends the sender (or refuses, nosuspend). */
+    if (!e->outputv && e->output && !atomic_load(&pt->busy) && !atomic_load(&pt->msgq_busy))
+        buf = scratch_copy(small, data, len);
+    if (!buf) { /* no memory: the ordinary way reports it */
+        edrv__port_unlock(pt);
+        return EDRV__NOT_FAST;
+    }
     enter(pt, caller);
     e->output(pt->data, buf, len);
     leave(pt);
     scratch_free(buf, small);
+    edrv__port_unlock(pt);
     return 0;
 }
+
+static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                        edrv_reply *reply);
 
 int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                        edrv_reply *reply) {
     EDRV_ASSERT_EMULATOR();
     int err = 0;
-    edrv_port_t *pt = port_get_closing_ok(id, &err);
+    edrv_port_t *pt = port_take(id, &err, true);
     if (!pt)
         return err;
+    int rc = control_body(pt, caller, op, data, len, reply);
+    edrv__port_unlock(pt);
+    return rc;
+}
+
+int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                            edrv_reply *reply) {
+    edrv_port_t *pt = port_take_fast(id);
+    if (!pt)
+        return EDRV__NOT_FAST;
+    int rc = control_body(pt, caller, op, data, len, reply);
+    edrv__port_unlock(pt);
+    return rc;
+}
+
+/* The control callback, under the port's unit; the caller lets it go. */
+static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                        edrv_reply *reply) {
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->control)
         return edrv__fail(EDRV_EBADARG, "%s has no control callback", pt->drv->name);
@@ -962,7 +1114,7 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     char name[64] = ""; /* for errors: leave() may end the port and unload its driver */
     if (n < 0 || (rbuf == buf && (size_t)n > sizeof buf))
         snprintf(name, sizeof name, "%s", pt->drv->name);
-    leave(pt); /* pt may be gone from here on */
+    leave(pt); /* the port may be dead from here on, its driver unloaded */
     scratch_free(copy, small);
 
     if (n < 0) {
@@ -1001,15 +1153,38 @@ int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, s
     return 0;
 }
 
+static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                     edrv_reply *reply);
+
 int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                     edrv_reply *reply) {
     EDRV_ASSERT_EMULATOR();
     if (edrv__etf_measure(data, len) != (ssize_t)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
     int err = 0;
-    edrv_port_t *pt = port_get_closing_ok(id, &err);
+    edrv_port_t *pt = port_take(id, &err, true);
     if (!pt)
         return err;
+    int rc = call_body(pt, caller, op, data, len, reply);
+    edrv__port_unlock(pt);
+    return rc;
+}
+
+int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                         edrv_reply *reply) {
+    if (edrv__etf_measure(data, len) != (ssize_t)len)
+        return EDRV__NOT_FAST; /* the ordinary way says what is wrong */
+    edrv_port_t *pt = port_take_fast(id);
+    if (!pt)
+        return EDRV__NOT_FAST;
+    int rc = call_body(pt, caller, op, data, len, reply);
+    edrv__port_unlock(pt);
+    return rc;
+}
+
+/* The call callback, under the port's unit; the caller lets it go. */
+static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                     edrv_reply *reply) {
     const ErlDrvEntry *e = pt->drv->entry;
     if (!e->call)
         return edrv__fail(EDRV_EBADARG, "%s has no call callback", pt->drv->name);
@@ -1054,7 +1229,7 @@ int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size
 int edrv__port_info(edrv_port id, edrv_port_status *st) {
     EDRV_ASSERT_EMULATOR();
     int err = 0;
-    edrv_port_t *pt = port_get_closing_ok(id, &err);
+    edrv_port_t *pt = port_take(id, &err, true);
     if (!pt)
         return err;
     *st = (edrv_port_status){
@@ -1066,6 +1241,7 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
     };
     snprintf(st->name, sizeof st->name, "%s", pt->name);
     snprintf(st->driver, sizeof st->driver, "%s", pt->drv->name);
+    edrv__port_unlock(pt);
     return 0;
 }
 
@@ -1076,6 +1252,7 @@ int edrv__port_info(edrv_port id, edrv_port_status *st) {
  * control and call still run. */
 static void start_closing(edrv_port_t *pt, uint64_t caller) {
     EDRV_ASSERT_EMULATOR();
+    EDRV_ASSERT_UNIT(pt);
     atomic_store(&pt->state, PORT_CLOSING);
     busy_changed(); /* senders waiting on it fail now, as in ERTS */
     if (pt->linked) {
@@ -1094,13 +1271,14 @@ int edrv__port_close(uint64_t caller, edrv_port id) {
     EDRV_ASSERT_EMULATOR();
     /* Any process may close a port with port_close/1. */
     int err = 0;
-    edrv_port_t *pt = port_get(id, &err);
+    edrv_port_t *pt = port_take(id, &err, false);
     if (!pt)
         return err;
     if (queue_bytes(pt))
         start_closing(pt, caller);
     else
         port_exit(pt, (reason){"normal", 0}, false, true);
+    edrv__port_unlock(pt);
     return 0;
 }
 
@@ -1136,8 +1314,11 @@ static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
     pthread_mutex_unlock(&ports.lock);
     for (edrv_link *l; (l = pop_locked(&todo, &done));) {
         edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, all_link);
-        if (!d || pt->drv == d)
-            port_exit(pt, why, !signal, signal);
+        if (d && pt->drv != d)
+            continue;
+        edrv__port_lock(pt); /* port_exit passes over a port that ended meanwhile */
+        port_exit(pt, why, !signal, signal);
+        edrv__port_unlock(pt);
     }
     /* Back into the table's list, oldest first, before the ports opened
      * meanwhile. */
@@ -1167,13 +1348,15 @@ void edrv__ports_of_proc_exit(uint64_t pid) {
     pthread_mutex_unlock(&ports.lock);
     for (edrv_link *l; (l = pop_locked(&todo, NULL));) {
         edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, owner_link);
-        if (!pt->linked || atomic_load(&pt->state) != PORT_ALIVE)
-            continue;
-        pt->linked = false;
-        if (queue_bytes(pt))
-            start_closing(pt, 0);
-        else
-            port_exit(pt, (reason){"normal", 0}, false, false);
+        edrv__port_lock(pt);
+        if (pt->linked && atomic_load(&pt->state) == PORT_ALIVE) {
+            pt->linked = false;
+            if (queue_bytes(pt))
+                start_closing(pt, 0);
+            else
+                port_exit(pt, (reason){"normal", 0}, false, false);
+        }
+        edrv__port_unlock(pt);
     }
 }
 
@@ -1336,7 +1519,7 @@ EDRV_API unsigned int driver_async_port_key(ErlDrvPort port) {
  * erl, tests/diff/create_port.scenario). */
 EDRV_API ErlDrvPort driver_create_port(ErlDrvPort creator, ErlDrvTermData connected, char *name,
                                        ErlDrvData drv_data) {
-    if (!creator || !name || !edrv__on_emulator_thread() ||
+    if (!creator || !name || !edrv__emulator_enter() || !edrv__unit_held(creator->unit) ||
         atomic_load(&creator->state) == PORT_DEAD || TD_TAG(connected) != TD_PID ||
         !edrv__proc_alive(TD_VAL(connected)))
         return NULL;

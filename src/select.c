@@ -242,7 +242,13 @@ static void fire(uint64_t key, int dir) {
     sel *s = find(key);
     if (!s || !(s->events & dir))
         return;
-    edrv__port_io_ready(owner(s, dir), event_of(s->fd), dir == ERL_DRV_READ);
+    edrv_port_t *pt = owner(s, dir);
+    int fd = s->fd;
+    /* The port may have deselected the fd while this thread waited for
+     * its unit: then the event is not its any more. */
+    if (!edrv__port_lock(pt) || ((s = find(key)) && (s->events & dir) && owner(s, dir) == pt))
+        edrv__port_io_ready(pt, event_of(fd), dir == ERL_DRV_READ);
+    edrv__port_unlock(pt);
 }
 
 /* Serves each fd epoll refuses: always readable and writable. The list is
@@ -336,7 +342,7 @@ void edrv__select_reset(void) {
 /* ---- the driver interface ------------------------------------------------------ */
 
 EDRV_API int driver_select(ErlDrvPort port, ErlDrvEvent event, int mode, int on) {
-    if (!port || !edrv__on_emulator_thread() || atomic_load(&port->state) == PORT_DEAD)
+    if (!port || !edrv__emulator_enter() || atomic_load(&port->state) == PORT_DEAD)
         return -1;
     ErlDrvSInt n = (ErlDrvSInt)event;
     if (n < 0)

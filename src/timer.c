@@ -83,16 +83,22 @@ void edrv__timers_run(void) {
     int64_t now = edrv__now_ns();
     while (timers.n && timers.heap[0]->timer_deadline <= now) {
         edrv_port_t *pt = timers.heap[0];
+        uint64_t gen = pt->timer_gen;
         edrv__timer_cancel(pt);
-        edrv__port_timeout(pt);
+        /* A driver that set or cancelled the timer while this thread waited
+         * for the port's unit (after the timer was due) has the last word. */
+        if (!edrv__port_lock(pt) || pt->timer_gen == gen)
+            edrv__port_timeout(pt);
+        edrv__port_unlock(pt);
     }
 }
 
 /* ---- the driver interface -------------------------------------------------------- */
 
 EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
-    if (!port || !edrv__port_accepts_jobs(port) || !edrv__on_emulator_thread())
+    if (!port || !edrv__port_accepts_jobs(port) || !edrv__emulator_enter())
         return -1;
+    port->timer_gen++;
     edrv__timer_cancel(port);
     if (timers.n == timers.cap) {
         size_t cap = timers.cap ? timers.cap * 2 : 16;
@@ -110,14 +116,15 @@ EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
 }
 
 EDRV_API int driver_cancel_timer(ErlDrvPort port) {
-    if (!port || !edrv__on_emulator_thread())
+    if (!port || !edrv__emulator_enter())
         return -1;
+    port->timer_gen++;
     edrv__timer_cancel(port);
     return 0;
 }
 
 EDRV_API int driver_read_timer(ErlDrvPort port, unsigned long *time_left) {
-    if (!port || !time_left || !edrv__on_emulator_thread())
+    if (!port || !time_left || !edrv__emulator_enter())
         return -1;
     if (port->timer_slot < 0) {
         *time_left = 0;

@@ -1,7 +1,10 @@
 /* Immediate execution: a host thread runs its own call's callback when the
- * emulator lock is free and nothing is queued (src/loop.c), and queues it
- * otherwise; either way one callback runs at a time and a thread's calls
- * keep their order. The driver, idrv, counts overlapping callbacks. */
+ * port's unit is free and nothing it queued is in flight (src/loop.c), and
+ * queues it otherwise; either way a thread's calls keep their order. Locking
+ * levels: the ports of a driver run one callback at a time, unless it set
+ * ERL_DRV_FLAG_USE_PORT_LOCKING; then each port does. The drivers, idrv and
+ * idrvp (the same code with the flag), count overlapping callbacks, of one
+ * port and of the whole driver. */
 #define _GNU_SOURCE /* gettid */
 #include "check.h"
 
@@ -14,6 +17,8 @@
 static edrv_proc *proc;
 static int (*gate_waiting)(void);
 static void (*open_gate)(void);
+static long (*driver_calls)(void);
+static const char *drv_name = "idrv";
 
 static const char *ctl(edrv_proc *p, edrv_port port, unsigned op, const char *data, size_t len) {
     static _Thread_local char out[128];
@@ -29,21 +34,47 @@ static const char *ctl(edrv_proc *p, edrv_port port, unsigned op, const char *da
 
 static edrv_port open_idrv(edrv_proc *p) {
     edrv_port port = 0;
-    if (edrv_open_port(p, "idrv", EDRV_PORT_BINARY, &port) != 0)
-        fprintf(stderr, "open idrv: %s\n", edrv_last_error());
+    if (edrv_open_port(p, drv_name, EDRV_PORT_BINARY, &port) != 0)
+        fprintf(stderr, "open %s: %s\n", drv_name, edrv_last_error());
     return port;
 }
 
-static int setup(void) {
+/* Loads `name` (idrv or idrvp): open_idrv opens its ports from then on. */
+static int setup_driver(const char *name) {
     proc = edrv_proc_new();
-    int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "idrv");
-    void *h = dlopen(EDRV_TEST_DRIVERS "/idrv.so", RTLD_NOW | RTLD_NOLOAD);
+    drv_name = name;
+    int rc = edrv_load_driver(EDRV_TEST_DRIVERS, name);
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s.so", EDRV_TEST_DRIVERS, name);
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    gate_waiting = NULL;
+    open_gate = NULL;
+    driver_calls = NULL;
     if (h) {
         *(void **)&gate_waiting = dlsym(h, "idrv_gate_waiting");
         *(void **)&open_gate = dlsym(h, "idrv_open_gate");
+        *(void **)&driver_calls = dlsym(h, "idrv_calls");
         dlclose(h); /* the runtime's own handle keeps it loaded */
     }
-    return rc == 0 && gate_waiting && open_gate ? 0 : -1;
+    return rc == 0 && gate_waiting && open_gate && driver_calls ? 0 : -1;
+}
+
+static int setup(void) {
+    return setup_driver("idrv");
+}
+
+/* STATS: the driver's counts. */
+typedef struct {
+    long calls, overlaps, ticks, doverlaps;
+} stats;
+
+static stats get_stats(edrv_proc *p, edrv_port port) {
+    stats st = {-1, -1, -1, -1};
+    const char *s = ctl(p, port, 7, "", 0);
+    if (sscanf(s, "calls=%ld,overlaps=%ld,ticks=%ld,doverlaps=%ld", &st.calls, &st.overlaps,
+               &st.ticks, &st.doverlaps) != 4)
+        fprintf(stderr, "STATS: %s\n", s);
+    return st;
 }
 
 static long my_tid(void) {
@@ -129,7 +160,9 @@ static void order_with_queued_work(void) {
     }
     CHECK_INT(bad, 0);
     CHECK_INT(next, N);
-    CHECK_STR(strstr(ctl(proc, port, 7, "", 0), "overlaps=0") ? "none" : "overlaps", "none");
+    stats st = get_stats(proc, port);
+    CHECK_INT(st.overlaps, 0);
+    CHECK_INT(st.doverlaps, 0);
     edrv_proc_free(proc);
 }
 
@@ -145,13 +178,12 @@ static void control_while_timers_run(void) {
     for (int i = 0; i < 20000; i++)
         here += atol(ctl(proc, port, 1, "", 0)) == my_tid();
     CHECK_STR(ctl(proc, ticker, 6, "\0", 1), "");
-    const char *st = ctl(proc, port, 7, "", 0);
-    long calls = 0, overlaps = -1, ticks = 0;
-    CHECK(sscanf(st, "calls=%ld,overlaps=%ld,ticks=%ld", &calls, &overlaps, &ticks) == 3);
-    CHECK_INT(overlaps, 0);
-    CHECK(ticks > 0);
+    stats st = get_stats(proc, port);
+    CHECK_INT(st.overlaps, 0);
+    CHECK_INT(st.doverlaps, 0);
+    CHECK(st.ticks > 0);
     printf("control_while_timers_run: %ld of 20000 controls ran in the caller, %ld ticks\n",
-           here, ticks);
+           here, st.ticks);
     edrv_proc_free(proc);
 }
 
@@ -247,6 +279,126 @@ static void sigpipe_default_queues(void) {
     edrv_proc_free(proc);
 }
 
+static void port_locking_runs_ports_side_by_side(void) {
+    /* idrvp: while a callback of one port waits at the gate (another thread
+     * runs it), this thread's control, command and timer on another port
+     * run, the first two in this thread; so the driver saw two of its
+     * callbacks at once. Serialized ports would never return from the
+     * control. */
+    REQUIRE(setup_driver("idrvp") == 0);
+    edrv_port gated = open_idrv(proc), port = open_idrv(proc);
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, gate_thread, &gated) == 0);
+    REQUIRE(wait_gate() == 0);
+    CHECK_INT(atol(ctl(proc, port, 1, "", 0)), my_tid());
+    CHECK_INT(edrv_port_command(proc, port, "side", 4), 0);
+    CHECK_MSG(proc, port, "{%P,{data,<<\"side\">>}}");
+    char ms[4] = {0, 0, 0, 0};
+    CHECK_STR(ctl(proc, port, 6, "\0", 1), ""); /* one tick, no re-arming */
+    CHECK_STR(ctl(proc, port, 5, ms, 4), "");
+    CHECK_STR(ctl(proc, port, 6, "\0", 1), "");
+    CHECK_MSG(proc, port, "{%P,{data,<<\"tick\">>}}");
+    CHECK_INT(gate_waiting(), 1); /* all of it while the gate stayed shut */
+    open_gate();
+    pthread_join(t, NULL);
+    stats st = get_stats(proc, port);
+    CHECK_INT(st.overlaps, 0);
+    CHECK(st.doverlaps >= 4);
+    edrv_proc_free(proc);
+}
+
+static void driver_locking_serializes_ports(void) {
+    /* idrv: while a callback of one port waits at the gate, a command to
+     * another port of the driver does not run (it returns, queued), and a
+     * control from another thread waits; both run once the gate opens. */
+    REQUIRE(setup() == 0);
+    edrv_port gated = open_idrv(proc), port = open_idrv(proc);
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, gate_thread, &gated) == 0);
+    REQUIRE(wait_gate() == 0);
+    long before = driver_calls();
+    CHECK_INT(edrv_port_command(proc, port, "later", 5), 0);
+    CHECK_INT(driver_calls(), before); /* not run: queued */
+    CHECK_INT(gate_waiting(), 1);
+    open_gate();
+    pthread_join(t, NULL);
+    CHECK_MSG(proc, port, "{%P,{data,<<\"later\">>}}");
+    stats st = get_stats(proc, port);
+    CHECK_INT(st.overlaps, 0);
+    CHECK_INT(st.doverlaps, 0);
+    edrv_proc_free(proc);
+}
+
+/* ---- two threads, each on its own port, with a timer ticking on a third */
+
+enum { STRESS_OPS = 20000 };
+
+typedef struct {
+    edrv_port port;
+    long here;  /* controls that ran in this thread */
+    int bad;    /* replies or messages that were not what was sent */
+} stress_thread;
+
+static void *stress_main(void *arg) {
+    stress_thread *t = arg;
+    edrv_proc *p = edrv_proc_new();
+    if (edrv_open_port(p, drv_name, EDRV_PORT_BINARY, &t->port) != 0) {
+        t->bad = -1;
+        edrv_proc_free(p);
+        return NULL;
+    }
+    char b[16];
+    for (int i = 0; i < STRESS_OPS; i++) {
+        t->here += atol(ctl(p, t->port, 1, "", 0)) == my_tid();
+        int n = snprintf(b, sizeof b, "%d", i);
+        if (edrv_port_command(p, t->port, b, (size_t)n) != 0) {
+            t->bad++;
+            continue;
+        }
+        edrv_msg m;
+        if (edrv_receive(p, 30000, &m) != 0) {
+            t->bad++;
+            continue;
+        }
+        t->bad += m.len < (size_t)n || memcmp(m.data + m.len - (size_t)n, b, (size_t)n) != 0;
+        edrv_msg_free(&m);
+    }
+    edrv_proc_free(p);
+    return NULL;
+}
+
+static void two_threads(const char *driver) {
+    REQUIRE(setup_driver(driver) == 0);
+    edrv_port ticker = open_idrv(proc);
+    char ms[4] = {0, 0, 0, 0};
+    CHECK_STR(ctl(proc, ticker, 5, ms, 4), "");
+    stress_thread t[2] = {{0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        REQUIRE(pthread_create(&th[i], NULL, stress_main, &t[i]) == 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CHECK_STR(ctl(proc, ticker, 6, "\0", 1), "");
+    stats st = get_stats(proc, ticker);
+    CHECK_INT(t[0].bad, 0);
+    CHECK_INT(t[1].bad, 0);
+    CHECK_INT(st.overlaps, 0);
+    if (strcmp(driver, "idrv") == 0)
+        CHECK_INT(st.doverlaps, 0);
+    printf("%s, two threads: %ld and %ld of %d controls ran in the caller, %ld ticks, "
+           "%ld callbacks met another of the driver\n", driver, t[0].here, t[1].here,
+           STRESS_OPS, st.ticks, st.doverlaps);
+    edrv_proc_free(proc);
+}
+
+static void two_threads_driver_locking(void) {
+    two_threads("idrv");
+}
+
+static void two_threads_port_locking(void) {
+    two_threads("idrvp");
+}
+
 static const test_case cases[] = {
     {"runs_in_the_caller", runs_in_the_caller},
     {"queued_model", queued_model},
@@ -256,6 +408,10 @@ static const test_case cases[] = {
     {"callback_sends_to_another_port", callback_sends_to_another_port},
     {"busy_port", busy_port},
     {"sigpipe_default_queues", sigpipe_default_queues},
+    {"port_locking_runs_ports_side_by_side", port_locking_runs_ports_side_by_side},
+    {"driver_locking_serializes_ports", driver_locking_serializes_ports},
+    {"two_threads_driver_locking", two_threads_driver_locking},
+    {"two_threads_port_locking", two_threads_port_locking},
     {NULL, NULL},
 };
 

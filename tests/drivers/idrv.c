@@ -1,8 +1,12 @@
 /*
- * idrv: the test driver of immediate execution (tests/test_immediate.c): who
- * runs each callback, and whether two callbacks ever overlap. Every callback
- * goes through enter/leave, which count the callbacks that found another one
- * running (an overlap detector): the runtime runs one callback at a time.
+ * idrv: the test driver of immediate execution and of locking levels
+ * (tests/test_immediate.c): who runs each callback, and whether two callbacks
+ * ever overlap. Every callback goes through enter/leave, which count the
+ * callbacks that found another one of the same port running (overlaps: the
+ * runtime never lets that happen) and those that found one of another port of
+ * the driver running (driver overlaps: never for idrv, whose ports the runtime
+ * serializes; possible for idrvp, built from this file with
+ * ERL_DRV_FLAG_USE_PORT_LOCKING, whose ports run side by side).
  *
  * Control ops (numbers big-endian):
  *   1 TID      -> reply the calling thread's id (gettid), in decimal
@@ -13,7 +17,7 @@
  *   5 TIMER    ms:4 -> driver_set_timer; each timeout outputs "tick" and, while
  *                 ticking is on, sets a new timer of 0 ms
  *   6 TICKING  on:1 -> turn the re-arming off (0) or on (1)
- *   7 STATS    -> reply "calls=C,overlaps=O,ticks=T"
+ *   7 STATS    -> reply "calls=C,overlaps=O,ticks=T,doverlaps=D"
  *   8 BUSY     on:1 -> set_busy_port
  *  10 NAME     -> reply the calling thread's name (pthread_getname_np)
  *   9 SEND     proc:8 port:8 data -> sends data to another port with the host
@@ -31,26 +35,40 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef IDRV_PORT_LOCKING
+#define IDRV_NAME "idrvp"
+#define IDRV_FLAGS ERL_DRV_FLAG_USE_PORT_LOCKING
+#define IDRV_INIT idrvp
+#else
+#define IDRV_NAME "idrv"
+#define IDRV_FLAGS 0
+#define IDRV_INIT idrv
+#endif
+
 typedef struct {
     ErlDrvPort port;
+    atomic_int inside; /* callbacks of this port running */
 } idrv;
 
-static atomic_int inside;
-static atomic_long calls, overlaps, ticks;
+static atomic_int inside; /* callbacks of any port running */
+static atomic_long calls, overlaps, doverlaps, ticks;
 static atomic_int ticking;
 
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
 static int gate_open, gate_waiting;
 
-static void enter(void) {
+static void enter(idrv *d) {
     atomic_fetch_add(&calls, 1);
-    if (atomic_exchange(&inside, 1))
+    if (atomic_fetch_add(&d->inside, 1))
         atomic_fetch_add(&overlaps, 1);
+    if (atomic_fetch_add(&inside, 1))
+        atomic_fetch_add(&doverlaps, 1);
 }
 
-static void leave(void) {
-    atomic_store(&inside, 0);
+static void leave(idrv *d) {
+    atomic_fetch_sub(&inside, 1);
+    atomic_fetch_sub(&d->inside, 1);
 }
 
 static ErlDrvData i_start(ErlDrvPort port, char *cmd) {
@@ -59,6 +77,7 @@ static ErlDrvData i_start(ErlDrvPort port, char *cmd) {
     if (!d)
         return ERL_DRV_ERROR_GENERAL;
     d->port = port;
+    atomic_init(&d->inside, 0);
     return (ErlDrvData)d;
 }
 
@@ -67,19 +86,19 @@ static void i_stop(ErlDrvData d) {
 }
 
 static void i_output(ErlDrvData d, char *buf, ErlDrvSizeT len) {
-    enter();
+    enter((idrv *)d);
     driver_output(((idrv *)d)->port, buf, len);
-    leave();
+    leave((idrv *)d);
 }
 
 static void i_timeout(ErlDrvData d) {
-    enter();
     idrv *i = (idrv *)d;
+    enter(i);
     atomic_fetch_add(&ticks, 1);
     driver_output(i->port, "tick", 4);
     if (atomic_load(&ticking))
         driver_set_timer(i->port, 0);
-    leave();
+    leave(i);
 }
 
 static unsigned get32(const char *p) {
@@ -118,8 +137,8 @@ static ErlDrvSSizeT control(idrv *i, unsigned op, char *buf, ErlDrvSizeT len, ch
         atomic_store(&ticking, buf[0] != 0);
         return 0;
     case 7:
-        return REPLY("calls=%ld,overlaps=%ld,ticks=%ld", atomic_load(&calls),
-                     atomic_load(&overlaps), atomic_load(&ticks));
+        return REPLY("calls=%ld,overlaps=%ld,ticks=%ld,doverlaps=%ld", atomic_load(&calls),
+                     atomic_load(&overlaps), atomic_load(&ticks), atomic_load(&doverlaps));
     case 8:
         if (len < 1)
             return -1;
@@ -148,16 +167,22 @@ static ErlDrvSSizeT control(idrv *i, unsigned op, char *buf, ErlDrvSizeT len, ch
 
 static ErlDrvSSizeT i_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSizeT len,
                               char **rbuf, ErlDrvSizeT rlen) {
-    enter();
+    enter((idrv *)d);
     ErlDrvSSizeT n = control((idrv *)d, op, buf, len, rbuf, rlen);
-    leave();
+    leave((idrv *)d);
     return n;
 }
 
-/* For the test, through dlsym: whether a GATE callback waits inside, and
- * the gate's opening. */
+/* For the test, through dlsym: whether a GATE callback waits inside, the
+ * gate's opening, and the callbacks run so far (none of which a call made
+ * while the gate holds the lock can give). */
 int idrv_gate_waiting(void);
 void idrv_open_gate(void);
+long idrv_calls(void);
+
+long idrv_calls(void) {
+    return atomic_load(&calls);
+}
 
 int idrv_gate_waiting(void) {
     pthread_mutex_lock(&gate_lock);
@@ -177,7 +202,8 @@ static ErlDrvEntry idrv_entry = {
     .start = i_start,
     .stop = i_stop,
     .output = i_output,
-    .driver_name = "idrv",
+    .driver_name = IDRV_NAME,
+    .driver_flags = IDRV_FLAGS,
     .control = i_control,
     .timeout = i_timeout,
     .extended_marker = ERL_DRV_EXTENDED_MARKER,
@@ -185,6 +211,6 @@ static ErlDrvEntry idrv_entry = {
     .minor_version = ERL_DRV_EXTENDED_MINOR_VERSION,
 };
 
-DRIVER_INIT(idrv) {
+DRIVER_INIT(IDRV_INIT) {
     return &idrv_entry;
 }
