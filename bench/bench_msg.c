@@ -11,6 +11,9 @@
  *   pipe2p    the same with two threads, each with its own process and
  *             mdrvp port, each PIPE/2 commands then PIPE/2 receives; timed
  *             from the moment both start to the moment both are done
+ *   command2p command round trips on two threads as pipe2p, TRIPS on each
+ *             (its own process and mdrvp port); its round trips per second
+ *             against command's say what the second thread adds
  *
  * SIGPIPE is ignored first, as ERTS does, so that edrv runs the calls'
  * callbacks in this program's threads when it can (immediate execution,
@@ -22,7 +25,7 @@
  * Prints `RESULT PEER CASE METRIC VALUE` lines, PEER being c or c_queued
  * (see bench/README.md), and `INFO PEER callbacks_in_caller SHARE`: the share
  * of 1000 controls whose callback ran in the calling thread.
- * Threads: the main thread, and two more in pipe2p.
+ * Threads: the main thread, and two more in pipe2p and command2p.
  */
 #define _GNU_SOURCE
 #include <edrv.h>
@@ -183,26 +186,27 @@ static int timed(const char *name, case_fn fn, edrv_proc *p, edrv_port port, uns
     return 0;
 }
 
-/* ---- pipe2p: two threads, two port-locked ports ------------------------------- */
+/* ---- pipe2p, command2p: two threads, two port-locked ports ---------------------- */
 
 typedef struct {
     pthread_barrier_t *ready;
-    unsigned n;
+    case_fn fn;
+    unsigned n, warm;
     uint64_t start, end;
     int rc;
-} pipe_thread;
+} two_thread;
 
-static void *pipe_main(void *arg) {
-    pipe_thread *t = arg;
+static void *two_main(void *arg) {
+    two_thread *t = arg;
     edrv_proc *p;
     edrv_port port = 0;
     t->rc = open_one("mdrvp", &p, &port);
-    if (!t->rc)
-        t->rc = pipelined(p, port, t->n / 10 + 1); /* this thread's warm-up */
+    for (int i = 0; i < 2 && !t->rc; i++) /* this thread's warm-up (see bench) */
+        t->rc = t->fn(p, port, t->warm);
     pthread_barrier_wait(t->ready);
     t->start = bench_now_ns();
     if (!t->rc)
-        t->rc = pipelined(p, port, t->n);
+        t->rc = t->fn(p, port, t->n);
     t->end = bench_now_ns();
     if (port)
         edrv_port_close(p, port);
@@ -210,13 +214,15 @@ static void *pipe_main(void *arg) {
     return NULL;
 }
 
-static int pipe_two(unsigned n) {
+/* Case `name`: fn, n times on each of two threads (2n in all), each of
+ * which first warms up with `warm`, twice. */
+static int two(const char *name, const char *metric, case_fn fn, unsigned n, unsigned warm) {
     pthread_barrier_t ready;
-    pipe_thread t[2] = {{&ready, n / 2, 0, 0, 0}, {&ready, n - n / 2, 0, 0, 0}};
+    two_thread t[2] = {{&ready, fn, n, warm, 0, 0, 0}, {&ready, fn, n, warm, 0, 0, 0}};
     pthread_t th[2];
     pthread_barrier_init(&ready, NULL, 2);
     for (int i = 0; i < 2; i++)
-        if (pthread_create(&th[i], NULL, pipe_main, &t[i]) != 0) {
+        if (pthread_create(&th[i], NULL, two_main, &t[i]) != 0) {
             fprintf(stderr, "bench_msg: pthread_create failed\n");
             exit(1); /* the other thread waits at the barrier for ever */
         }
@@ -227,8 +233,8 @@ static int pipe_two(unsigned n) {
         return -1;
     uint64_t start = t[0].start < t[1].start ? t[0].start : t[1].start;
     uint64_t end = t[0].end > t[1].end ? t[0].end : t[1].end;
-    result("pipe2p", "us_per_op", (double)(end - start) / 1e3 / n);
-    result("pipe2p", "msgs_per_s", n * 1e9 / (double)(end - start));
+    result(name, "us_per_op", (double)(end - start) / 1e3 / (2.0 * n));
+    result(name, metric, 2.0 * n * 1e9 / (double)(end - start));
     return 0;
 }
 
@@ -270,17 +276,22 @@ static int bench(unsigned trips, unsigned npipe) {
     if (open_one("mdrv", &p, &port) < 0 || open_one("mdrvp", &pp, &portp) < 0 ||
         check_echo(p, port) < 0 || check_echo(pp, portp) < 0)
         return -1;
-    /* Warm-up: a tenth of each round-trip case, and one whole pipelined burst,
-     * so that the first pipelined case does not pay for the first touch of
-     * its messages' memory when the next ones don't. */
+    /* Warm-up: a tenth of each round-trip case, and two whole pipelined
+     * bursts, so that no pipelined case pays for the first touch of its
+     * messages' memory: the allocator takes two bursts to settle on the
+     * pages it reuses (the first touch costs page faults, which two threads
+     * would also queue for in the kernel). */
     unsigned wt = trips / 10 + 1;
     if (controls(p, port, wt) < 0 || calls(p, port, wt) < 0 || commands(p, port, wt) < 0 ||
-        pipelined(pp, portp, npipe) < 0)
+        pipelined(pp, portp, npipe) < 0 || pipelined(pp, portp, npipe) < 0)
         return -1;
     if (timed("control", controls, p, port, trips, 0) < 0 ||
         timed("call", calls, p, port, trips, 0) < 0 ||
         timed("command", commands, p, port, trips, 0) < 0 ||
-        timed("pipe", pipelined, pp, portp, npipe, 1) < 0 || pipe_two(npipe) < 0)
+        timed("pipe", pipelined, pp, portp, npipe, 1) < 0 ||
+        /* pipe2p's threads warm up as pipe did, with their half. */
+        two("pipe2p", "msgs_per_s", pipelined, npipe / 2, npipe / 2) < 0 ||
+        two("command2p", "trips_per_s", commands, trips, wt) < 0)
         return -1;
     printf("INFO %s callbacks_in_caller %.3f\n", peer, in_caller(p, port));
     edrv_port_close(p, port);

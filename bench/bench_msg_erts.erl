@@ -8,6 +8,8 @@
 %%            driver with ERL_DRV_FLAG_USE_PORT_LOCKING)
 %%   pipe2p   two processes, each with its own mdrvp port, PIPE/2 each,
 %%            timed from the go to the moment both are done
+%%   command2p  command round trips as pipe2p: TRIPS in each of two
+%%            processes, each on its own mdrvp port
 %%
 %% Usage: erl -noshell -pa BEAM_DIR -run bench_msg_erts main DRIVERS_DIR TRIPS PIPE
 %% Prints `RESULT erts CASE METRIC VALUE` lines (see bench/README.md).
@@ -35,15 +37,17 @@ bench(Dir, Trips, Pipe) ->
     ok = erl_ddll:load_driver(Dir, "mdrvp"),
     P = open_port({spawn_driver, "mdrv"}, [binary]),
     PP = open_port({spawn_driver, "mdrvp"}, [binary]),
-    %% Warm-up, as bench_msg: a tenth of each round-trip case, one whole
-    %% pipelined burst.
+    %% Warm-up, as bench_msg: a tenth of each round-trip case, two whole
+    %% pipelined bursts.
     WT = Trips div 10 + 1,
-    controls(P, WT), calls(P, WT), commands(P, WT), pipelined(PP, Pipe),
+    controls(P, WT), calls(P, WT), commands(P, WT), pipelined(PP, Pipe), pipelined(PP, Pipe),
     timed(control, fun() -> controls(P, Trips) end, Trips, false),
     timed(call, fun() -> calls(P, Trips) end, Trips, false),
     timed(command, fun() -> commands(P, Trips) end, Trips, false),
     timed(pipe, fun() -> pipelined(PP, Pipe) end, Pipe, true),
-    pipe2(Pipe),
+    %% pipe2p's processes warm up as pipe did, with their half.
+    two(pipe2p, msgs_per_s, fun pipelined/2, Pipe div 2, Pipe div 2),
+    two(command2p, trips_per_s, fun commands/2, Trips, WT),
     port_close(P),
     port_close(PP),
     0.
@@ -86,25 +90,27 @@ receive_n(P, N) ->
     after 10000 -> error(no_echo_within_10_s)
     end.
 
-%% Two processes, each with its own port (it owns it: the echoes come to it).
-pipe2(Pipe) ->
+%% Case F, N times in each of two processes (2N in all), each with its own
+%% port (it owns it: the echoes come to it), each warmed up with Warm, twice.
+two(Case, Metric, F, N, Warm) ->
     Self = self(),
-    Ns = [Pipe div 2, Pipe - Pipe div 2],
-    Pids = [spawn_link(fun() -> pipe_proc(Self, N) end) || N <- Ns],
+    Total = 2 * N,
+    Pids = [spawn_link(fun() -> two_proc(Self, F, N, Warm) end) || _ <- [1, 2]],
     [receive {ready, Pid} -> ok end || Pid <- Pids],
     T0 = erlang:monotonic_time(nanosecond),
     [Pid ! go || Pid <- Pids],
     [receive {done, Pid} -> ok end || Pid <- Pids],
     Ns2 = erlang:monotonic_time(nanosecond) - T0,
-    result(pipe2p, us_per_op, Ns2 / 1.0e3 / Pipe),
-    result(pipe2p, msgs_per_s, Pipe * 1.0e9 / Ns2).
+    result(Case, us_per_op, Ns2 / 1.0e3 / Total),
+    result(Case, Metric, Total * 1.0e9 / Ns2).
 
-pipe_proc(Parent, N) ->
+two_proc(Parent, F, N, Warm) ->
     P = open_port({spawn_driver, "mdrvp"}, [binary]),
-    pipelined(P, N div 10 + 1), % this process's warm-up
+    ok = F(P, Warm),
+    ok = F(P, Warm),
     Parent ! {ready, self()},
     receive go -> ok end,
-    pipelined(P, N),
+    ok = F(P, N),
     Parent ! {done, self()},
     port_close(P).
 

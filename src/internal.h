@@ -229,6 +229,11 @@ struct edrv_proc {
     bool exiting;         /* edrv_proc_free began */
     int receivers;        /* threads inside edrv_receive */
     _Atomic int suspended; /* threads waiting for a busy port (edrv__port_admit) */
+    /* Keeps the next process's words (its pid and magic, read on each of
+     * its calls) off the cache line of this one's receive counts, written on
+     * each receive (two threads with two processes would pass it between
+     * their cores). */
+    char pad[64];
 };
 
 /* Allocates a message buffer with room for len bytes, to be filled and then

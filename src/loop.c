@@ -206,6 +206,10 @@ struct edrv_unit {
     int depth;               /* the holder's nesting */
     _Atomic int waiters;     /* threads blocked for it: fast paths stand back */
     _Atomic int refs;
+    /* Units are allocated one after another: this keeps the next unit's
+     * words off the cache line of this one's, which its holder writes on
+     * every call (two threads on two ports would pass it between cores). */
+    char pad[64];
 };
 
 /* Units this thread holds, and whether it took the emulator lock because a

@@ -7,14 +7,19 @@
  * (edrv_testing_fail_alloc). driver_alloc and the binary functions are thin
  * layers over it.
  *
- * The statistics: the emulator thread and the pool threads count into
- * counters of their own, with plain adds (one writer each); other threads
- * (hosts, driver threads) into shared ones, with relaxed atomic adds. A
- * locked add costs little in itself but waits for every store before it,
+ * The statistics: every thread counts into counters of its own, with plain
+ * adds (one writer each): the emulator thread and the pool threads keep them
+ * on their stack, other threads (hosts, driver threads) get them on their
+ * first allocation, and give their counts to the shared ones when they exit.
+ * A locked add costs little in itself but waits for every store before it,
  * here the header of a block that is often not in the cache: on the emulator
- * thread, that was a tenth of an async job's cost. edrv_memory adds them all
- * up; a block freed by another thread than the one that allocated it makes
- * one thread's counter go down and another's up, and the sum is right.
+ * thread, that was a tenth of an async job's cost; and host threads that run
+ * callbacks side by side would pass a shared counter's line between their
+ * cores on every message. edrv_memory adds them all up; a block freed by
+ * another thread than the one that allocated it makes one thread's counter go
+ * down and another's up, and the sum is right. A thread's counts outlive its
+ * counters only in the shared ones (relaxed atomic adds), which also take the
+ * counts of a thread that allocates while it exits.
  *
  * The blocks come from mimalloc or from glibc's malloc (edrv_allocator in
  * edrv.h), chosen once when the library loads. mimalloc keeps free blocks per
@@ -128,8 +133,12 @@ static bool injected_failure(void) {
     return false;
 }
 
+static edrv_mem_counters *host_counters(void);
+
 static inline void account(unsigned type, ptrdiff_t bytes, int blocks) {
     edrv_mem_counters *c = mine;
+    if (!c)
+        c = host_counters();
     if (c) {
         EDRV_ONE_WRITER_ADD(&c->bytes[type], (size_t)bytes);
         EDRV_ONE_WRITER_ADD(&c->blocks[type], (size_t)blocks);
@@ -164,6 +173,43 @@ void edrv__mem_thread_end(edrv_mem_counters *c) {
                                   memory_order_relaxed);
     }
     pthread_mutex_unlock(&counters_lock);
+}
+
+/* ---- a host thread's counters: made on its first allocation, and merged into
+ * the shared ones by the thread key's destructor when it exits. Plain calloc:
+ * they are not counted themselves. */
+static pthread_key_t host_key;
+static pthread_once_t host_key_once = PTHREAD_ONCE_INIT;
+static bool host_key_ok;
+static _Thread_local bool host_exiting __attribute__((tls_model("initial-exec")));
+
+static void host_counters_end(void *arg) {
+    edrv_mem_counters *c = arg;
+    host_exiting = true; /* later allocations of this thread count as shared */
+    edrv__mem_thread_end(c);
+    free(c);
+}
+
+static void host_key_make(void) {
+    host_key_ok = pthread_key_create(&host_key, host_counters_end) == 0;
+}
+
+static edrv_mem_counters *host_counters(void) {
+    if (host_exiting)
+        return NULL;
+    pthread_once(&host_key_once, host_key_make);
+    /* Whole cache lines of its own: the thread writes them on every
+     * allocation. */
+    edrv_mem_counters *c =
+        host_key_ok ? aligned_alloc(64, (sizeof *c + 63) / 64 * 64) : NULL;
+    if (!c)
+        return NULL;
+    if (pthread_setspecific(host_key, c) != 0) {
+        free(c);
+        return NULL;
+    }
+    edrv__mem_thread_begin(c);
+    return c;
 }
 
 void *edrv__alloc(edrv_mem_type type, size_t size) {

@@ -42,10 +42,12 @@
 #include <string.h>
 
 /* ---- the table ----------------------------------------------------------------
- * Writers hold the emulator lock and ports.lock; readers hold either. So the
- * holder of the emulator lock (every host call's path) looks a port up
- * without ports.lock, and other threads (admission, a pool thread resolving
- * a port term) take ports.lock.
+ * The map from number to port is in shards, by number, each with its lock on
+ * a cache line of its own. Writers hold the emulator lock, ports.lock and the
+ * shard's lock; readers hold any of them. So the holder of the emulator lock
+ * looks a port up without another lock, other threads (admission, a pool
+ * thread resolving a port term) take ports.lock, and the fast paths take only
+ * the shard's lock, so that two threads on two ports share no lock's line.
  * Besides the map from number to port, two indexes, changed with the map:
  * every port in a list (for edrv_stop and unloading, which end them all),
  * and the ports of each owner (for the owner's exit, which must not cost
@@ -54,22 +56,32 @@
  * never changes once it is in the table. Only the emulator lock's holder
  * reads the indexes. */
 
+#define PORT_SHARDS 16 /* a power of two */
+
+static struct {
+    _Alignas(64) pthread_mutex_t lock;
+    idmap map; /* port number -> port, for the numbers of this shard */
+} port_shards[PORT_SHARDS] = {[0 ... PORT_SHARDS - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
+
+static inline unsigned shard_of(uint64_t id) {
+    return (unsigned)(id & (PORT_SHARDS - 1));
+}
+
 static struct {
     pthread_mutex_t lock;
-    idmap map;        /* port number -> port */
     idmap by_owner;   /* owner pid -> its oldest port */
     edrv_link all;    /* every port in the table, oldest first (all_link) */
     uint64_t next_id; /* never reused, even across restarts */
 } ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .all = {&ports.all, &ports.all}, .next_id = 1};
 
 static edrv_port_t *lookup_locked(uint64_t id) {
-    return edrv__idmap_get(&ports.map, id);
+    return edrv__idmap_get(&port_shards[shard_of(id)].map, id);
 }
 
 /* For the holder of the emulator lock, which excludes every writer. */
 static edrv_port_t *lookup_owned(uint64_t id) {
     EDRV_ASSERT_EMULATOR();
-    return edrv__idmap_get(&ports.map, id);
+    return edrv__idmap_get(&port_shards[shard_of(id)].map, id);
 }
 
 /* Adds pt at the end of its owner's ring (ports.lock held). */
@@ -107,11 +119,14 @@ static void owner_remove(edrv_port_t *pt) {
 static bool table_insert(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
     pt->id = ports.next_id;
-    bool ok = edrv__idmap_put(&ports.map, pt->id, pt) == 0;
+    unsigned sh = shard_of(pt->id);
+    pthread_mutex_lock(&port_shards[sh].lock);
+    bool ok = edrv__idmap_put(&port_shards[sh].map, pt->id, pt) == 0;
     if (ok && !owner_add(pt)) {
-        edrv__idmap_del(&ports.map, pt->id);
+        edrv__idmap_del(&port_shards[sh].map, pt->id);
         ok = false;
     }
+    pthread_mutex_unlock(&port_shards[sh].lock);
     if (ok) {
         ports.next_id++;
         edrv__list_append(&ports.all, &pt->all_link);
@@ -124,7 +139,12 @@ static void busy_changed(void);
 
 static void table_remove(edrv_port_t *pt) {
     pthread_mutex_lock(&ports.lock);
-    edrv__idmap_del(&ports.map, pt->id);
+    unsigned sh = shard_of(pt->id);
+    pthread_mutex_lock(&port_shards[sh].lock);
+    edrv__idmap_del(&port_shards[sh].map, pt->id);
+    if (!port_shards[sh].map.live) /* the shard's last port: give its table back */
+        edrv__idmap_free(&port_shards[sh].map);
+    pthread_mutex_unlock(&port_shards[sh].lock);
     owner_remove(pt);
     edrv__list_remove(&pt->all_link);
     pthread_mutex_unlock(&ports.lock);
@@ -270,7 +290,11 @@ EDRV_API void erl_drv_busy_msgq_limits(ErlDrvPort port, ErlDrvSizeT *lowp, ErlDr
 
 void edrv__ports_reset(void) {
     pthread_mutex_lock(&ports.lock);
-    edrv__idmap_free(&ports.map);
+    for (int i = 0; i < PORT_SHARDS; i++) {
+        pthread_mutex_lock(&port_shards[i].lock);
+        edrv__idmap_free(&port_shards[i].map);
+        pthread_mutex_unlock(&port_shards[i].lock);
+    }
     edrv__idmap_free(&ports.by_owner);
     edrv__list_init(&ports.all);
     pthread_mutex_unlock(&ports.lock);
@@ -326,22 +350,23 @@ static edrv_port_t *port_take(edrv_port id, int *err, bool closing_ok) {
 /* For a thread that holds neither the emulator lock nor a unit (a fast
  * path): the live port with this number, its unit taken if that was free
  * (edrv__port_unlock lets it go); NULL otherwise: the caller takes the
- * ordinary way, which says why. Under ports.lock, which keeps the port in
- * the table while the unit is tried; once its unit is held, the port cannot
+ * ordinary way, which says why. Under the shard's lock, which keeps the port
+ * in the table while the unit is tried; once its unit is held, the port cannot
  * end but by this thread. */
 static edrv_port_t *port_take_fast(edrv_port id) {
-    pthread_mutex_lock(&ports.lock);
+    pthread_mutex_t *lock = &port_shards[shard_of(id)].lock;
+    pthread_mutex_lock(lock);
     edrv_port_t *pt = lookup_locked(id);
     if (pt && atomic_load_explicit(&pt->state, memory_order_relaxed) == PORT_ALIVE &&
         edrv__unit_try(pt->unit)) {
         atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
-        pthread_mutex_unlock(&ports.lock);
+        pthread_mutex_unlock(lock);
         if (atomic_load(&pt->state) == PORT_ALIVE)
             return pt;
         edrv__port_unlock(pt);
         return NULL;
     }
-    pthread_mutex_unlock(&ports.lock);
+    pthread_mutex_unlock(lock);
     return NULL;
 }
 

@@ -6,7 +6,10 @@
  * with the ErlDrvTermData of driver_caller, say) can deliver to it, and so that
  * a message to a process that has ended is dropped rather than touching freed
  * memory: delivery holds the table's read lock, and edrv_proc_free removes the
- * process under the write lock before freeing it.
+ * process under the write lock before freeing it. The table is in shards,
+ * by pid, each with its own lock on its own cache line, so that threads
+ * delivering to different processes do not pass one lock's line between
+ * their cores.
  *
  * Freeing: edrv_proc_free marks the process exiting and wakes the threads
  * that wait in edrv_receive, which return EDRV_ENOPROC; it frees the struct
@@ -16,7 +19,7 @@
  * EDRV_ENOPROC, one that finds it freed reads freed memory (ASan reports it;
  * the magic number catches many such calls in other builds).
  *
- * Lock order: procs_lock (read or write) -> proc->lock.
+ * Lock order: a shard's lock (read or write) -> proc->lock.
  */
 #include "internal.h"
 #include "idmap.h"
@@ -26,9 +29,17 @@
 
 #define PROC_LIVE 0x70726f63u /* "proc" */
 
-static pthread_rwlock_t procs_lock = PTHREAD_RWLOCK_INITIALIZER;
-static idmap procs; /* pid -> edrv_proc */
-static uint64_t next_pid = 1;
+#define SHARDS 16 /* a power of two */
+
+static struct {
+    _Alignas(64) pthread_rwlock_t lock;
+    idmap map; /* pid -> edrv_proc, for the pids of this shard */
+} shards[SHARDS] = {[0 ... SHARDS - 1] = {.lock = PTHREAD_RWLOCK_INITIALIZER}};
+static _Atomic uint64_t next_pid = 1;
+
+static inline unsigned shard_of(uint64_t pid) {
+    return (unsigned)(pid & (SHARDS - 1));
+}
 
 EDRV_API edrv_proc *edrv_proc_new(void) {
     edrv_proc *p = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *p);
@@ -43,10 +54,11 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&p->cond, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_rwlock_wrlock(&procs_lock);
-    p->pid = next_pid++;
-    bool ok = edrv__idmap_put(&procs, p->pid, p) == 0;
-    pthread_rwlock_unlock(&procs_lock);
+    p->pid = atomic_fetch_add(&next_pid, 1);
+    unsigned sh = shard_of(p->pid);
+    pthread_rwlock_wrlock(&shards[sh].lock);
+    bool ok = edrv__idmap_put(&shards[sh].map, p->pid, p) == 0;
+    pthread_rwlock_unlock(&shards[sh].lock);
     if (!ok) {
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->cond);
@@ -94,11 +106,12 @@ EDRV_API int edrv_proc_free(edrv_proc *p) {
     int rc = proc_exit_receivers(p);
     if (rc < 0)
         return rc;
-    pthread_rwlock_wrlock(&procs_lock);
-    edrv__idmap_del(&procs, p->pid);
-    if (procs.live == 0) /* the last process: give the table back */
-        edrv__idmap_free(&procs);
-    pthread_rwlock_unlock(&procs_lock);
+    unsigned sh = shard_of(p->pid);
+    pthread_rwlock_wrlock(&shards[sh].lock);
+    edrv__idmap_del(&shards[sh].map, p->pid);
+    if (shards[sh].map.live == 0) /* the shard's last process: give its table back */
+        edrv__idmap_free(&shards[sh].map);
+    pthread_rwlock_unlock(&shards[sh].lock);
     /* Ports linked to it die with it, as ports die with their owner. */
     edrv__proc_exited(p->pid);
     for (mbox_msg *m = p->head, *n; m; m = n) {
@@ -137,9 +150,10 @@ EDRV_API ErlDrvTermData edrv_proc_term(const edrv_proc *p) {
 }
 
 bool edrv__proc_alive(uint64_t pid) {
-    pthread_rwlock_rdlock(&procs_lock);
-    bool alive = edrv__idmap_get(&procs, pid) != NULL;
-    pthread_rwlock_unlock(&procs_lock);
+    unsigned sh = shard_of(pid);
+    pthread_rwlock_rdlock(&shards[sh].lock);
+    bool alive = edrv__idmap_get(&shards[sh].map, pid) != NULL;
+    pthread_rwlock_unlock(&shards[sh].lock);
     return alive;
 }
 
@@ -157,10 +171,11 @@ void edrv__msg_drop(mbox_msg *m) {
 }
 
 int edrv__deliver(uint64_t pid, mbox_msg *m) {
-    pthread_rwlock_rdlock(&procs_lock);
-    edrv_proc *p = edrv__idmap_get(&procs, pid);
+    unsigned sh = shard_of(pid);
+    pthread_rwlock_rdlock(&shards[sh].lock);
+    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
     if (!p) {
-        pthread_rwlock_unlock(&procs_lock);
+        pthread_rwlock_unlock(&shards[sh].lock);
         edrv__msg_drop(m);
         return 0;
     }
@@ -174,7 +189,7 @@ int edrv__deliver(uint64_t pid, mbox_msg *m) {
     p->count++;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
-    pthread_rwlock_unlock(&procs_lock);
+    pthread_rwlock_unlock(&shards[sh].lock);
     return 1;
 }
 
