@@ -98,6 +98,7 @@ static int error_tostring(lua_State *L) {
 
 typedef struct {
     edrv_proc *proc;
+    edrv_msg pending; /* a message being decoded (next_message), or none */
 } proc_box;
 
 typedef struct {
@@ -108,17 +109,33 @@ typedef struct {
  * every call finds it with one raw lookup (it asks on each call). */
 static const char proc_key;
 
-static edrv_proc *self_proc(lua_State *L) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &proc_key);
-    proc_box *b = lua_touserdata(L, -1); /* only edrv_lua_open sets it */
-    lua_pop(L, 1);
+/* The module's functions share three upvalues, which they reach without a
+ * lookup (the registry holds them too, for the others): */
+#define UP_PROC lua_upvalueindex(1)   /* the process box */
+#define UP_DECODE lua_upvalueindex(2) /* the decoder's cache (decode) */
+#define UP_SAVED lua_upvalueindex(3)  /* REG_SAVED */
+
+static proc_box *self_box(lua_State *L) {
+    proc_box *b;
+    if (lua_type(L, UP_PROC) == LUA_TUSERDATA) {
+        b = lua_touserdata(L, UP_PROC);
+    } else {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &proc_key);
+        b = lua_touserdata(L, -1); /* only edrv_lua_open sets it */
+        lua_pop(L, 1);
+    }
     if (!b || !b->proc)
         raise(L, "self", "noproc", "the edrv module was closed");
-    return b->proc;
+    return b;
+}
+
+static edrv_proc *self_proc(lua_State *L) {
+    return self_box(L)->proc;
 }
 
 static int proc_gc(lua_State *L) {
     proc_box *b = luaL_checkudata(L, 1, MT_PROC);
+    edrv_msg_free(&b->pending);
     edrv_proc_free(b->proc);
     b->proc = NULL;
     return 0;
@@ -440,8 +457,98 @@ static bool atom_name_ok(const char *s) {
     return chars <= 255;
 }
 
-/* Pushes the term at *idx when it is no tuple, list or map. */
-static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int size) {
+/* ---- decoding: terms to Lua values ---------------------------------------------
+ * The decoder finds what it needs in one table (the registry's at
+ * &decode_key), pushed once per term, with weak values: the term metatables
+ * (at D_*, which the registry also holds), the atoms it made or met (at
+ * their names), and the port objects (at D_PORTS + their number), so that a
+ * port received twice is the same object, and costs one table once. */
+static const char decode_key;
+enum { D_TUPLE = 1, D_LIST, D_MAP, D_PORT, D_PORTS };
+
+/* Sets the metatable `which` (D_*) on the value on top; d: the cache. */
+static void set_cached_mt(lua_State *L, int d, int which) {
+    lua_rawgeti(L, d, which);
+    lua_setmetatable(L, -2);
+}
+
+/* The port object of id: the one made before, while it lives, or a new one. */
+static void push_port_cached(lua_State *L, int d, uint64_t id) {
+    lua_Integer key = D_PORTS + (lua_Integer)id;
+    if (lua_rawgeti(L, d, key) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushinteger(L, (lua_Integer)id);
+    lua_setfield(L, -2, "id");
+    set_cached_mt(L, d, D_PORT);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, d, key);
+}
+
+/* An atom whose name is len ASCII bytes at name (no NUL, at most 255): the
+ * interned atom object, as push_atom gives. */
+static void push_ascii_atom(lua_State *L, int d, const char *name, size_t len) {
+    if ((len == 4 && memcmp(name, "true", 4) == 0) || (len == 5 && memcmp(name, "false", 5) == 0)) {
+        lua_pushboolean(L, len == 4);
+        return;
+    }
+    lua_pushlstring(L, name, len);
+    if (lua_rawget(L, d) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    lua_pushlstring(L, name, len); /* the key, below the atom */
+    push_atom(L, lua_tostring(L, -1));
+    lua_pushvalue(L, -1);
+    lua_insert(L, -3);
+    lua_rawset(L, d);
+}
+
+/* The number of the port at *idx (NEW_PORT_EXT, V4_PORT_EXT or PORT_EXT,
+ * whose node edrv's ports all share), which *idx then passes. */
+static uint64_t port_number(const char *buf, int *idx) {
+    /* Its own tag: ei_get_type calls all three ERL_PORT_EXT. */
+    int type = (unsigned char)buf[*idx];
+    const unsigned char *p = (const unsigned char *)buf + *idx + 1;
+    /* The node: an atom. */
+    size_t n = p[0] == ERL_SMALL_ATOM_UTF8_EXT || p[0] == ERL_SMALL_ATOM_EXT
+                   ? 2 + (size_t)p[1]
+                   : 3 + ((size_t)p[1] << 8 | p[2]);
+    p += n;
+    uint64_t id = 0;
+    int idlen = type == ERL_V4_PORT_EXT ? 8 : 4;
+    for (int i = 0; i < idlen; i++)
+        id = id << 8 | p[i];
+    *idx = (int)((const char *)p + idlen + (type == ERL_PORT_EXT ? 1 : 4) - buf);
+    return id;
+}
+
+/* The name of the atom at *idx when its bytes are ASCII, without NUL:
+ * then *len and 1, else 0 (the general way decodes it). */
+static int ascii_atom(const char *buf, int idx, const char **name, size_t *len) {
+    /* Its own tag: ei_get_type calls all four ERL_ATOM_EXT. */
+    int type = (unsigned char)buf[idx];
+    const unsigned char *p = (const unsigned char *)buf + idx + 1;
+    size_t n;
+    if (type == ERL_SMALL_ATOM_UTF8_EXT || type == ERL_SMALL_ATOM_EXT) {
+        n = p[0];
+        p += 1;
+    } else { /* ATOM_EXT, ATOM_UTF8_EXT: two bytes of length */
+        n = (size_t)p[0] << 8 | p[1];
+        p += 2;
+    }
+    if (n > 255)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == 0 || p[i] >= 0x80)
+            return 0;
+    *name = (const char *)p;
+    *len = n;
+    return 1;
+}
+
+/* Pushes the term at *idx when it is no tuple, list or map; d: the cache. */
+static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int size, int d) {
     switch (type) {
     case ERL_SMALL_INTEGER_EXT:
     case ERL_INTEGER_EXT:
@@ -462,16 +569,23 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
     }
     case ERL_FLOAT_EXT:
     case NEW_FLOAT_EXT: {
-        double d;
-        if (ei_decode_double(buf, idx, &d) < 0)
+        double f;
+        if (ei_decode_double(buf, idx, &f) < 0)
             return -1;
-        lua_pushnumber(L, d);
+        lua_pushnumber(L, f);
         return 0;
     }
     case ERL_ATOM_EXT:
     case ERL_SMALL_ATOM_EXT:
     case ERL_ATOM_UTF8_EXT:
     case ERL_SMALL_ATOM_UTF8_EXT: {
+        const char *name;
+        size_t n;
+        if (ascii_atom(buf, *idx, &name, &n)) {
+            push_ascii_atom(L, d, name, n);
+            *idx = (int)(name + n - buf);
+            return 0;
+        }
         char a[MAXATOMLEN_UTF8];
         if (ei_decode_atom_as(buf, idx, a, sizeof a, ERLANG_UTF8, NULL, NULL) < 0 ||
             !atom_name_ok(a))
@@ -491,7 +605,7 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
         int arity;
         ei_decode_list_header(buf, idx, &arity);
         lua_newtable(L);
-        luaL_setmetatable(L, MT_LIST);
+        set_cached_mt(L, d, D_LIST);
         return 0;
     }
     case ERL_STRING_EXT: {
@@ -501,7 +615,7 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
             lua_pushinteger(L, p[i]);
             lua_rawseti(L, -2, i + 1);
         }
-        luaL_setmetatable(L, MT_LIST);
+        set_cached_mt(L, d, D_LIST);
         *idx += 3 + size;
         return 0;
     }
@@ -515,13 +629,9 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
     }
     case ERL_PORT_EXT:
     case ERL_NEW_PORT_EXT:
-    case ERL_V4_PORT_EXT: {
-        erlang_port p;
-        if (ei_decode_port(buf, idx, &p) < 0)
-            return -1;
-        push_port(L, p.id);
+    case ERL_V4_PORT_EXT:
+        push_port_cached(L, d, port_number(buf, idx));
         return 0;
-    }
     default:
     other: {
         /* References, funs, big numbers: kept as their text. */
@@ -555,17 +665,17 @@ typedef struct {
     lua_Integer next; /* the array index of the next element */
 } open_term;
 
-/* Opens the tuple, list or map at *idx: pushes its table. */
-static int open_compound(lua_State *L, const char *buf, int *idx, int type, open_term *o) {
+/* Opens the tuple, list or map at *idx: pushes its table; d: the cache. */
+static int open_compound(lua_State *L, const char *buf, int *idx, int type, open_term *o, int d) {
     int arity;
-    const char *mt = type == ERL_MAP_EXT ? MT_MAP : type == ERL_LIST_EXT ? MT_LIST : MT_TUPLE;
+    int mt = type == ERL_MAP_EXT ? D_MAP : type == ERL_LIST_EXT ? D_LIST : D_TUPLE;
     int rc = type == ERL_MAP_EXT    ? ei_decode_map_header(buf, idx, &arity)
              : type == ERL_LIST_EXT ? ei_decode_list_header(buf, idx, &arity)
                                     : ei_decode_tuple_header(buf, idx, &arity);
     if (rc < 0 || arity < 0)
         return -1;
     lua_createtable(L, type == ERL_MAP_EXT ? 0 : arity, type == ERL_MAP_EXT ? arity : 0);
-    luaL_setmetatable(L, mt);
+    set_cached_mt(L, d, mt);
     *o = (open_term){.map = type == ERL_MAP_EXT, .is_list = type == ERL_LIST_EXT,
                      .left = type == ERL_MAP_EXT ? 2 * (int64_t)arity : arity, .next = 1};
     return 0;
@@ -610,17 +720,25 @@ static bool complete(const char *buf, int *idx, open_term *o) {
 /* Pushes the term at *idx. The bytes were checked by edrv (messages and
  * replies come from edrv_receive and edrv_port_call). No recursion: a term
  * of any depth that edrv delivers decodes, the open compounds on a stack of
- * their own, a userdata below the value, so that a Lua error frees it. Past
- * the Lua stack's size (about a million levels), luaL_checkstack raises. */
+ * their own: on the C stack while it is shallow, then in a userdata below
+ * the value, so that a Lua error frees it. Past the Lua stack's size (about
+ * a million levels), luaL_checkstack raises. */
 static int decode(lua_State *L, const char *buf, int *idx) {
-    size_t depth = 0, cap = 16;
+    open_term small[16];
+    size_t depth = 0, cap = sizeof small / sizeof small[0];
     int base = lua_gettop(L) + 1;
-    open_term *st = lua_newuserdatauv(L, cap * sizeof *st, 0);
+    open_term *st = small;
+    luaL_checkstack(L, 8, "term too deep");
+    lua_pushnil(L); /* the slot of the userdata, once the term is deeper */
+    if (lua_type(L, UP_DECODE) == LUA_TTABLE)
+        lua_pushvalue(L, UP_DECODE);
+    else
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key);
+    int d = base + 1;
     for (;;) {
         int type, size;
         if (ei_get_type(buf, idx, &type, &size) < 0)
             return -1;
-        luaL_checkstack(L, 4, "term too deep");
         if (type == ERL_LIST_EXT && size == 0) {
             /* No elements: the term is its tail, as binary_to_term reads it. */
             int arity;
@@ -629,6 +747,9 @@ static int decode(lua_State *L, const char *buf, int *idx) {
         }
         if (type == ERL_SMALL_TUPLE_EXT || type == ERL_LARGE_TUPLE_EXT || type == ERL_LIST_EXT ||
             type == ERL_MAP_EXT) {
+            /* One more table (and a map's key) on the stack, and room for
+             * the leaves above it. */
+            luaL_checkstack(L, 8, "term too deep");
             if (depth == cap) {
                 open_term *bigger = lua_newuserdatauv(L, 2 * cap * sizeof *st, 0);
                 memcpy(bigger, st, cap * sizeof *st);
@@ -636,13 +757,13 @@ static int decode(lua_State *L, const char *buf, int *idx) {
                 st = bigger;
                 cap *= 2;
             }
-            if (open_compound(L, buf, idx, type, &st[depth]) < 0)
+            if (open_compound(L, buf, idx, type, &st[depth], d) < 0)
                 return -1;
             if (st[depth].left > 0 || !complete(buf, idx, &st[depth])) {
                 depth++;
                 continue; /* its elements come next */
             }
-        } else if (decode_leaf(L, buf, idx, type, size) < 0) {
+        } else if (decode_leaf(L, buf, idx, type, size, d) < 0) {
             return -1;
         }
         /* A value is complete: it goes into its compound, which may then be
@@ -650,7 +771,8 @@ static int decode(lua_State *L, const char *buf, int *idx) {
         while (depth > 0 && store(L, buf, idx, &st[depth - 1]) && complete(buf, idx, &st[depth - 1]))
             depth--;
         if (depth == 0) {
-            lua_remove(L, base);
+            lua_replace(L, base);
+            lua_settop(L, base);
             return 0;
         }
     }
@@ -970,18 +1092,17 @@ static int l_port_info(lua_State *L) {
 
 /* The next message from the mailbox (not the saved ones), or nothing. */
 static int next_message(lua_State *L, long timeout_ms) {
-    edrv_msg m;
-    int rc = edrv_receive(self_proc(L), timeout_ms, &m);
+    /* Decoded where it lies: the box holds it meanwhile, so that the next
+     * call (or the box's end) frees it if decoding raises. */
+    proc_box *b = self_box(L);
+    edrv_msg_free(&b->pending);
+    int rc = edrv_receive(b->proc, timeout_ms, &b->pending);
     if (rc == EDRV_ETIMEDOUT)
         return 0;
     if (rc < 0)
         return raise_rc(L, "receive", rc);
-    lua_pushlstring(L, m.data, m.len);
-    edrv_msg_free(&m);
-    size_t len;
-    const char *etf = lua_tolstring(L, -1, &len);
-    push_etf(L, etf, len, "receive");
-    lua_remove(L, -2);
+    push_etf(L, b->pending.data, b->pending.len, "receive");
+    edrv_msg_free(&b->pending);
     return 1;
 }
 
@@ -995,7 +1116,10 @@ static long timeout_arg(lua_State *L, int idx) {
 static int l_receive(lua_State *L) {
     long timeout = timeout_arg(L, 1);
     /* Messages put aside by receive_match come first, in order. */
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);
+    if (lua_type(L, UP_SAVED) == LUA_TTABLE)
+        lua_pushvalue(L, UP_SAVED);
+    else
+        lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);
     lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     if (n > 0) {
         int saved = lua_gettop(L);
@@ -1306,6 +1430,21 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, REG_SAVED);
 
+    lua_createtable(L, D_PORTS, 0); /* the decoder's cache (decode), weak values */
+    static const struct {
+        int at;
+        const char *mt;
+    } mts[] = {{D_TUPLE, MT_TUPLE}, {D_LIST, MT_LIST}, {D_MAP, MT_MAP}, {D_PORT, MT_PORT}};
+    for (size_t i = 0; i < sizeof mts / sizeof mts[0]; i++) {
+        luaL_getmetatable(L, mts[i].mt);
+        lua_rawseti(L, -2, mts[i].at);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &decode_key);
+
     /* The runtime (if this state started it) outlives the process: the
      * runtime box is created first, so lua_close collects it last. */
     runtime_box *rb = lua_newuserdatauv(L, sizeof *rb, 0);
@@ -1324,9 +1463,14 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setmetatable(L, -2);
     if (!pb->proc)
         return luaL_error(L, "edrv: cannot create a process: %s", edrv_last_error());
+    lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &proc_key);
 
-    luaL_newlib(L, funcs);
+    luaL_newlibtable(L, funcs);
+    lua_insert(L, -2);                  /* the table, then UP_PROC */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key); /* UP_DECODE */
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);  /* UP_SAVED */
+    luaL_setfuncs(L, funcs, 3);
     lua_newuserdatauv(L, 0, 0);
     luaL_setmetatable(L, MT_ANY);
     lua_setfield(L, -2, "_"); /* the wildcard of match patterns */

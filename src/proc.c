@@ -203,23 +203,26 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
     msg->data = NULL;
     msg->len = 0;
     struct timespec deadline;
-    if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    bool timed = false; /* the deadline is set: only once the mailbox is found empty */
     pthread_mutex_lock(&p->lock);
     p->receivers++;
     while (!p->head && timeout_ms != 0 && !p->exiting) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&p->cond, &p->lock);
-        } else if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT) {
-            break;
+            continue;
         }
+        if (!timed) {
+            clock_gettime(CLOCK_MONOTONIC, &deadline);
+            deadline.tv_sec += timeout_ms / 1000;
+            deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+            if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+            }
+            timed = true;
+        }
+        if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT)
+            break;
     }
     if (--p->receivers == 0 && p->exiting)
         pthread_cond_broadcast(&p->cond); /* edrv_proc_free waits for this */

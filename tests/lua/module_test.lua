@@ -113,6 +113,33 @@ test("port_call", function()
   edrv.port_close(p); drain()
 end)
 
+test("decoding", function()
+  -- What the decoder's fast ways give is what the general ones give: atoms
+  -- interned (ASCII ones, true and false as booleans, others by name), a
+  -- port received again the same object, equal to the opened one, and
+  -- terms deeper than its first stack of open compounds.
+  local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  local uni = edrv.atom("\u{e9}t\u{e9}")
+  local back = edrv.port_call(p, 1, T(A"data", true, false, uni, p, p))
+  assert(rawequal(back[1], A"data"), "an ASCII atom is the interned one")
+  eq(back[2], true)
+  eq(back[3], false)
+  assert(rawequal(back[4], uni), "a UTF-8 atom is the interned one")
+  eq(tostring(back[4]), tostring(uni))
+  assert(rawequal(back[5], back[6]), "one port, one object")
+  eq(back[5], p)
+  assert(rawequal(edrv.port_call(p, 1, p), back[5]), "the same object in the next term")
+  for _, depth in ipairs{15, 16, 17, 40, 1000} do
+    local t = A"leaf"
+    for _ = 1, depth do t = T(t, depth) end
+    local got = edrv.port_call(p, 1, t)
+    eq(tostring(got), tostring(t), "depth " .. depth)
+    for _ = 1, depth do got = got[1] end
+    assert(rawequal(got, A"leaf"), "the leaf at depth " .. depth)
+  end
+  edrv.port_close(p); drain()
+end)
+
 test("port_close_and_info", function()
   local p = edrv.open_port({"spawn_driver", "tdrv with args"}, {"binary"})
   local info = edrv.port_info(p)
