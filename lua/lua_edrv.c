@@ -1456,6 +1456,7 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setfield(L, LUA_REGISTRYINDEX, "edrv.runtime");
 
     proc_box *pb = lua_newuserdatauv(L, sizeof *pb, 0);
+    pb->pending = (edrv_msg){0};
     pb->proc = edrv_proc_new();
     luaL_newmetatable(L, MT_PROC);
     lua_pushcfunction(L, proc_gc);
