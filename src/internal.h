@@ -322,6 +322,38 @@ struct _erl_drv_port {
 };
 typedef struct _erl_drv_port edrv_port_t;
 
+/* Whether output from the port is delivered (see port.c's life of a port). */
+static inline bool edrv__port_outputs(const edrv_port_t *pt) {
+    port_state st = atomic_load(&pt->state);
+    return st == PORT_ALIVE || st == PORT_STARTING || st == PORT_STOPPING;
+}
+
+/* ---- ports.c: the port table and busy ports (any thread) ---------------------- */
+
+/* The table's writers hold the emulator lock: */
+bool edrv__table_insert(edrv_port_t *pt); /* gives pt its number; false: no memory */
+void edrv__table_remove(edrv_port_t *pt);
+/* For the holder of the emulator lock, which excludes every writer: the port
+ * with this number, or NULL. */
+edrv_port_t *edrv__table_get(uint64_t id);
+/* For a thread that holds neither the emulator lock nor a unit (a fast
+ * path): the live port with this number, its unit taken if that was free
+ * and the struct held (edrv__port_unlock lets both go); NULL otherwise. */
+edrv_port_t *edrv__table_take_fast(edrv_port id);
+/* Passes over many ports (the emulator lock's holder): every port in the
+ * table's list, oldest first, moves to `to` (take_all) and back before the
+ * ports opened meanwhile (put_back_all); the ports of an owner leave its
+ * index for `to` (take_owned); pop takes the first port's link of such a
+ * list under the table's lock, and puts it at the end of `to` if given
+ * (NULL once the list is empty). A callback may end any port meanwhile: it
+ * leaves whichever list it is in. */
+void edrv__table_take_all(edrv_link *to);
+void edrv__table_put_back_all(edrv_link *from);
+void edrv__table_take_owned(uint64_t pid, edrv_link *to);
+edrv_link *edrv__table_pop(edrv_link *from, edrv_link *to);
+/* Senders waiting for a busy port look again (any thread). */
+void edrv__busy_changed(void);
+
 /* Looks up a live port by number; any thread (ports table lock). The pointer is
  * only valid on the emulator thread, or while the caller holds a reference that
  * the port subsystem gave out. */
