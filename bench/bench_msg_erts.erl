@@ -8,7 +8,7 @@
 %%            driver with ERL_DRV_FLAG_USE_PORT_LOCKING)
 %%   pipe2p   two processes, each with its own mdrvp port, PIPE/2 each,
 %%            timed from the go to the moment both are done
-%%   command2p  command round trips as pipe2p: TRIPS in each of two
+%%   command2p  command round trips as pipe2p: 4 x TRIPS in each of two
 %%            processes, each on its own mdrvp port
 %%
 %% Usage: erl -noshell -pa BEAM_DIR -run bench_msg_erts main DRIVERS_DIR TRIPS PIPE
@@ -47,7 +47,7 @@ bench(Dir, Trips, Pipe) ->
     timed(pipe, fun() -> pipelined(PP, Pipe) end, Pipe, true),
     %% pipe2p's processes warm up as pipe did, with their half.
     two(pipe2p, msgs_per_s, fun pipelined/2, Pipe div 2, Pipe div 2),
-    two(command2p, trips_per_s, fun commands/2, Trips, WT),
+    two(command2p, trips_per_s, fun commands/2, 4 * Trips, WT),
     port_close(P),
     port_close(PP),
     0.
