@@ -569,16 +569,25 @@ int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_p
         return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded", (int)name_len,
                           command);
     /* The driver's unit first, for a driver that serializes its ports:
-     * while this thread waits for it, the driver may have gone. */
+     * while this thread waits for it (without the emulator lock), the
+     * driver may have gone, and the opener too (edrv_proc_free from
+     * another thread). */
     edrv_unit *du = d->entry->driver_flags & ERL_DRV_FLAG_USE_PORT_LOCKING ? NULL : d->unit;
     if (du) {
         edrv__unit_ref(du);
-        if (edrv__unit_enter(du) && (edrv__driver_find(command, name_len) != d ||
-                                     d->unload_pending)) {
-            edrv__unit_exit(du);
-            edrv__unit_unref(du);
-            return edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded",
-                              (int)name_len, command);
+        if (edrv__unit_enter(du)) {
+            int rc = 0;
+            if (edrv__driver_find(command, name_len) != d || d->unload_pending || d->unit != du)
+                rc = edrv__fail(EDRV_EBADARG, "no driver named '%.*s' is loaded",
+                                (int)name_len, command);
+            else if (!edrv__proc_alive(caller))
+                rc = edrv__fail(EDRV_ENOPROC, "edrv_open_port: <0.%llu.0> has exited",
+                                (unsigned long long)caller);
+            if (rc < 0) {
+                edrv__unit_exit(du);
+                edrv__unit_unref(du);
+                return rc;
+            }
         }
     }
     edrv_port_t *pt = port_new(d, command, caller, PORT_STARTING);
