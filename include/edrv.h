@@ -2,8 +2,9 @@
  * edrv.h: the host side of edrv.
  *
  * edrv runs Erlang linked-in drivers (compiled against OTP's own erl_driver.h)
- * outside the BEAM. Driver callbacks run one at a time, under one lock, the
- * emulator lock; any thread of the host program acts as an Erlang process
+ * outside the BEAM. A port's callbacks run one at a time, under its driver's
+ * lock, or its own for a driver with ERL_DRV_FLAG_USE_PORT_LOCKING (ERTS's
+ * locking levels); any thread of the host program acts as an Erlang process
  * through this header: it loads drivers, opens ports, sends to them, controls
  * them, and receives their messages as Erlang terms in external term format
  * (ETF).
@@ -11,10 +12,15 @@
  * Who runs a callback: the emulator thread, which edrv_start starts, runs
  * timers, fd events, finished async jobs and every call that was queued to
  * it. A host thread's own call (open, command, control, call, close, info) is
- * run by that thread itself when the emulator lock is free and no call is
- * queued, as ERTS runs a port's callback in the calling process's scheduler
- * when it can; otherwise it is queued. Either way a thread's calls keep their
- * order, and a driver sees one callback at a time. A host thread runs driver
+ * run by that thread itself when the locks it needs are free (control, call
+ * and a one-buffer command to a port that is not busy need only the port's)
+ * and no call of that thread is queued, as ERTS runs a port's callback in the
+ * calling process's scheduler when it can; otherwise it is queued (a command
+ * never waits for a port's lock). Either way a thread's calls keep their
+ * order, and a port sees one callback at a time. A callback that calls this
+ * header runs the call in place; a synchronous call to a port of another
+ * lock, held by another thread, waits for it, so two drivers whose callbacks
+ * call each other's ports synchronously can deadlock. A host thread runs driver
  * code only if SIGPIPE cannot kill it (ignored, handled, or blocked in that
  * thread, looked at on its first call), since ERTS ignores SIGPIPE and drivers
  * expect EPIPE; a program that leaves SIGPIPE's default action has its calls
@@ -31,8 +37,8 @@
  *     calling thread's last failure (for example dlerror()'s text for
  *     EDRV_EOPEN).
  *   - Every function is safe to call from any thread. Calls that touch ports
- *     or drivers run under the emulator lock, in the order each thread made
- *     them.
+ *     or drivers run under the port's lock (and the emulator lock, for what
+ *     ports share), in the order each thread made them.
  *   - Buffers handed out (edrv_msg, edrv_reply) belong to the caller, who
  *     releases them with edrv_msg_free / edrv_reply_free (both accept NULL and
  *     already released values).
