@@ -196,6 +196,8 @@ void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n);
 void edrv__etf_byte_elements(etf_w *w, const etf_piece *pieces, size_t n);
 void edrv__etf_pid(etf_w *w, uint64_t pid);
 void edrv__etf_port(etf_w *w, uint64_t port);
+/* The bytes edrv__etf_port writes for this port. */
+size_t edrv__etf_port_size(uint64_t port);
 
 /* The length of the one term at the start of buf, version byte included, or
  * -1 if the bytes are not a well-formed term. Every read is bounds-checked, so

@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void port_unhold(edrv_port_t *pt);
@@ -165,11 +166,52 @@ static void write_exit_msg(etf_w *w, const void *ctx) {
 /* Sends {Port, {data, D}} from pieces (see data_msg). Returns 0, also when
  * the port drops output; -1 when the message could not be built (fn has
  * warned). */
+/* The size of the common data messages, found without the sizing pass:
+ * {Port, {data, <<Data>>}} (a binary port, no header) and {Port, {data,
+ * "Data"}} (a list port, at most 65535 bytes in all); 0 for the others.
+ * Every piece the sizes below stand for is written by write_data_msg. */
+#define QUICK_DATA_MAX 0xffff
+static size_t data_msg_size(const data_msg *d) {
+    size_t head = 1 + 2 + edrv__etf_port_size(d->port) + 2 + 2 + 4; /* 131, {P, {data, */
+    if (d->binary && d->n == 2 && d->pieces[0].len == 0 && d->pieces[1].len <= QUICK_DATA_MAX)
+        return head + 5 + d->pieces[1].len; /* BINARY_EXT */
+    if (!d->binary) {
+        size_t total = 0;
+        for (size_t i = 0; i < d->n; i++)
+            total += d->pieces[i].len;
+        if (total <= QUICK_DATA_MAX)
+            return head + (total ? 3 + total : 1); /* STRING_EXT, or NIL_EXT */
+    }
+    return 0;
+}
+
 static int output_data(edrv_port_t *pt, const char *fn, const etf_piece *pieces, size_t n) {
     if (!pt || !edrv__port_outputs(pt))
         return 0;
     data_msg d = {pt->id, pt->binary, pieces, n};
-    return send_built_as(fn, atomic_load(&pt->owner), write_data_msg, &d) < 0 ? -1 : 0;
+    uint64_t owner = atomic_load(&pt->owner);
+    size_t size = data_msg_size(&d);
+    if (!size)
+        return send_built_as(fn, owner, write_data_msg, &d) < 0 ? -1 : 0;
+    /* One pass: the size is known. */
+    mbox_msg *m = edrv__msg_new(size);
+    if (!m) {
+        edrv__warn("%s: out of memory for %zu bytes: the message to <0.%llu.0> is lost", fn,
+                   size, (unsigned long long)owner);
+        return -1;
+    }
+    etf_w w = {.buf = m->data};
+    edrv__etf_version(&w);
+    write_data_msg(&w, &d);
+#ifdef EDRV_CHECK_OWNERSHIP /* Debug and sanitizer builds (ASan sees an overrun first) */
+    if (w.idx != size) {
+        fprintf(stderr, "edrv: %s:%d: data_msg_size said %zu bytes, write_data_msg wrote %zu\n",
+                __FILE__, __LINE__, size, w.idx);
+        abort();
+    }
+#endif
+    edrv__deliver(owner, m);
+    return 0;
 }
 
 /* ---- termination ------------------------------------------------------------------ */

@@ -267,6 +267,12 @@ void edrv__etf_port(etf_w *w, uint64_t port) {
     put_cached(w, &last_port, port, true);
 }
 
+size_t edrv__etf_port_size(uint64_t port) {
+    etf_w w = {0};
+    put_cached(&w, &last_port, port, true);
+    return w.idx;
+}
+
 void edrv__etf_binary(etf_w *w, const char *p, size_t len) {
     if (!fits(w, "binary", len))
         return;
