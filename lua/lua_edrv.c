@@ -464,7 +464,7 @@ static bool atom_name_ok(const char *s) {
  * their names), and the port objects (at D_PORTS + their number), so that a
  * port received twice is the same object, and costs one table once. */
 static const char decode_key;
-enum { D_TUPLE = 1, D_LIST, D_MAP, D_PORT, D_PORTS };
+enum { D_TUPLE = 1, D_LIST, D_MAP, D_PORT, D_ID, D_PORTS }; /* D_ID: the string "id" */
 
 /* Sets the metatable `which` (D_*) on the value on top; d: the cache. */
 static void set_cached_mt(lua_State *L, int d, int which) {
@@ -815,8 +815,22 @@ static int term_tostring(lua_State *L) {
 static edrv_port check_port(lua_State *L, int idx, const char *fn) {
     if (lua_isinteger(L, idx))
         return (edrv_port)lua_tointeger(L, idx);
-    if (lua_istable(L, idx) && kind_of(L, idx) == K_PORT)
+    if (lua_type(L, UP_DECODE) == LUA_TTABLE && lua_getmetatable(L, idx)) {
+        /* The module's own functions: the port metatable and the key "id"
+         * from the decoder's cache, without a lookup by name. */
+        lua_rawgeti(L, UP_DECODE, D_PORT);
+        bool port = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (port) {
+            lua_rawgeti(L, UP_DECODE, D_ID);
+            lua_rawget(L, idx);
+            edrv_port id = (edrv_port)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+            return id;
+        }
+    } else if (lua_istable(L, idx) && kind_of(L, idx) == K_PORT) {
         return (edrv_port)field_int(L, idx, "id");
+    }
     raise(L, fn, "badarg", "not a port");
     return 0;
 }
@@ -1439,6 +1453,8 @@ int edrv_lua_open(lua_State *L, int async_threads) {
         luaL_getmetatable(L, mts[i].mt);
         lua_rawseti(L, -2, mts[i].at);
     }
+    lua_pushstring(L, "id");
+    lua_rawseti(L, -2, D_ID);
     lua_createtable(L, 0, 1);
     lua_pushstring(L, "v");
     lua_setfield(L, -2, "__mode");

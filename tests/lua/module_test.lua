@@ -83,6 +83,13 @@ test("port_command", function()
   raises("badarg", edrv.port_command, p, {"a", 300})
   raises("badarg", edrv.port_command, p, "x", {"sideways"})
   raises("badarg", edrv.port_command, "not a port", "x")
+  -- Tables that are not ports: none, another term's, a pid's (which has a
+  -- number too), a plain table with an id.
+  raises("badarg", edrv.port_command, {}, "x")
+  raises("badarg", edrv.port_command, A"p", "x")
+  raises("badarg", edrv.port_command, edrv.self(), "x")
+  raises("badarg", edrv.port_command, {id = p.id}, "x")
+  raises("badarg", edrv.port_control, T(p), 1, "x")
   edrv.port_close(p)
   raises("badarg", edrv.port_command, p, "x")
   drain()
