@@ -330,7 +330,7 @@ static inline bool edrv__port_outputs(const edrv_port_t *pt) {
     return st == PORT_ALIVE || st == PORT_STARTING || st == PORT_STOPPING;
 }
 
-/* ---- ports.c: the port table and busy ports (any thread) ---------------------- */
+/* ---- port_table.c: the port table and busy ports (any thread) ---------------------- */
 
 /* The table's writers hold the emulator lock: */
 bool edrv__table_insert(edrv_port_t *pt); /* gives pt its number; false: no memory */

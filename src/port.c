@@ -9,7 +9,7 @@
  * monitors, the driver registry) needs the emulator lock too: the request
  * operations hold it throughout, and a callback run on a fast path takes it
  * when its driver first asks for shared state. The table itself, busy ports
- * and admission are any thread's, in ports.c.
+ * and admission are any thread's, in port_table.c.
  *
  * Life of a port, as ERTS does it (checked against OTP 25):
  *   STARTING  in `start`; output is delivered.
@@ -843,29 +843,63 @@ int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, siz
     return 0;
 }
 
-static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
-                        edrv_reply *reply);
+/* A synchronous call's callback (control_body, call_body), run under the
+ * port's unit; the caller lets the unit go. */
+typedef int (*sync_body)(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                         edrv_reply *reply);
 
-int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                       edrv_reply *reply) {
-    EDRV_ASSERT_EMULATOR();
+/* For the holder of the emulator lock: body on the port, alive or closing. */
+static int sync_taken(sync_body body, uint64_t caller, edrv_port id, unsigned op, char *data,
+                      size_t len, edrv_reply *reply) {
     int err = 0;
     edrv_port_t *pt = port_take(id, &err, true);
     if (!pt)
         return err;
-    int rc = control_body(pt, caller, op, data, len, reply);
+    int rc = body(pt, caller, op, data, len, reply);
     edrv__port_unlock(pt);
     return rc;
 }
 
-int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                            edrv_reply *reply) {
+/* A fast path: body on the live port if its unit is free, else EDRV__NOT_FAST. */
+static int sync_fast(sync_body body, uint64_t caller, edrv_port id, unsigned op, char *data,
+                     size_t len, edrv_reply *reply) {
     edrv_port_t *pt = edrv__table_take_fast(id);
     if (!pt)
         return EDRV__NOT_FAST;
-    int rc = control_body(pt, caller, op, data, len, reply);
+    int rc = body(pt, caller, op, data, len, reply);
     edrv__port_unlock(pt);
     return rc;
+}
+
+static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                        edrv_reply *reply);
+static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
+                     edrv_reply *reply);
+
+int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                       edrv_reply *reply) {
+    EDRV_ASSERT_EMULATOR();
+    return sync_taken(control_body, caller, id, op, data, len, reply);
+}
+
+int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                            edrv_reply *reply) {
+    return sync_fast(control_body, caller, id, op, data, len, reply);
+}
+
+int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                    edrv_reply *reply) {
+    EDRV_ASSERT_EMULATOR();
+    if (edrv__etf_measure(data, len) != (ssize_t)len)
+        return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
+    return sync_taken(call_body, caller, id, op, data, len, reply);
+}
+
+int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
+                         edrv_reply *reply) {
+    if (edrv__etf_measure(data, len) != (ssize_t)len)
+        return EDRV__NOT_FAST; /* the ordinary way says what is wrong */
+    return sync_fast(call_body, caller, id, op, data, len, reply);
 }
 
 /* The control callback, under the port's unit; the caller lets it go. */
@@ -923,35 +957,6 @@ static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *dat
         return edrv__fail(EDRV_ENOMEM, "out of memory for a control reply");
     }
     return 0;
-}
-
-static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
-                     edrv_reply *reply);
-
-int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                    edrv_reply *reply) {
-    EDRV_ASSERT_EMULATOR();
-    if (edrv__etf_measure(data, len) != (ssize_t)len)
-        return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
-    int err = 0;
-    edrv_port_t *pt = port_take(id, &err, true);
-    if (!pt)
-        return err;
-    int rc = call_body(pt, caller, op, data, len, reply);
-    edrv__port_unlock(pt);
-    return rc;
-}
-
-int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                         edrv_reply *reply) {
-    if (edrv__etf_measure(data, len) != (ssize_t)len)
-        return EDRV__NOT_FAST; /* the ordinary way says what is wrong */
-    edrv_port_t *pt = edrv__table_take_fast(id);
-    if (!pt)
-        return EDRV__NOT_FAST;
-    int rc = call_body(pt, caller, op, data, len, reply);
-    edrv__port_unlock(pt);
-    return rc;
 }
 
 /* The call callback, under the port's unit; the caller lets it go. */

@@ -1,5 +1,5 @@
 /*
- * ports.c: the port table, its indexes, and busy ports. Any thread.
+ * port_table.c: the port table, its indexes, and busy ports. Any thread.
  *
  * Any thread holding only a port's number (a host thread checking before
  * port_command, a pool thread in erl_drv_output_term, a fast path) finds the
