@@ -116,6 +116,14 @@ typedef struct {
      * thread runs driver code and no call is queued (as ERTS runs a port's
      * callback in the calling process's scheduler when it can). */
     int no_immediate;
+    /* Scheduler threads, 0 for the default (one per core, as ERTS). The
+     * first, the emulator thread, runs timers, fd events, finished async
+     * jobs and queued calls that are not a port's (loading, opening); a
+     * port's queued calls run on the scheduler of its lock (its driver's, or
+     * its own with ERL_DRV_FLAG_USE_PORT_LOCKING), so ports of different
+     * locks run side by side. 1 with no_immediate: every callback on one
+     * thread. */
+    int schedulers;
 } edrv_options;
 
 /* Starts the emulator thread. opts may be NULL. EDRV_ERUNNING if started. */

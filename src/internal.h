@@ -231,6 +231,9 @@ struct edrv_proc {
     bool exiting;         /* edrv_proc_free began */
     int receivers;        /* threads inside edrv_receive */
     _Atomic int suspended; /* threads waiting for a busy port (edrv__port_admit) */
+    /* Its commands queued to a scheduler and not yet run (loop.c): its exit
+     * waits for them, as its exit signal follows them in ERTS. */
+    _Atomic long queued;
     /* Keeps the next process's words (its pid and magic, read on each of
      * its calls) off the cache line of this one's receive counts, written on
      * each receive (two threads with two processes would pass it between
@@ -300,6 +303,10 @@ struct _erl_drv_port {
     ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
     edrv_queue *queue;        /* the driver queue, or NULL while never used */
     edrv_unit *unit;          /* serializes its callbacks (loop.c "units") */
+    /* Requests queued for it and not yet run (loop.c): while there are any,
+     * a new one is queued behind them rather than run at once, so that a
+     * sender's calls reach the port in order. */
+    _Atomic int queued;
     long timer_slot;          /* index in the timer heap, or -1 */
     uint64_t timer_gen;       /* bumped by driver_set_timer and driver_cancel_timer */
     int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
@@ -340,8 +347,12 @@ void edrv__table_remove(edrv_port_t *pt);
 edrv_port_t *edrv__table_get(uint64_t id);
 /* For a thread that holds neither the emulator lock nor a unit (a fast
  * path): the live port with this number, its unit taken if that was free
- * and the struct held (edrv__port_unlock lets both go); NULL otherwise. */
+ * and no request is queued for the port, and the struct held
+ * (edrv__port_unlock lets both go); NULL otherwise. */
 edrv_port_t *edrv__table_take_fast(edrv_port id);
+/* Any thread: the port with this number, not dead, its struct held
+ * (edrv__port_put lets it go); NULL otherwise. */
+edrv_port_t *edrv__table_ref(edrv_port id);
 /* Passes over many ports (the emulator lock's holder): every port in the
  * table's list, oldest first, moves to `to` (take_all) and back before the
  * ports opened meanwhile (put_back_all); the ports of an owner leave its
@@ -361,42 +372,46 @@ void edrv__busy_changed(void);
  * the port subsystem gave out. */
 uint64_t edrv__port_owner_of(uint64_t port_id, bool *closing);
 
-/* Emulator thread: the operations a request carries out, for the process
- * whose pid is `caller` (a pid, never the edrv_proc, which its thread may
- * free while the request waits). */
-/* Returns EDRV__PENDING when the driver answers later with erl_drv_init_ack;
- * the port then finishes the request (req) itself. */
+/* The operations a request carries out, for the process whose pid is
+ * `caller` (a pid, never the edrv_proc, which its thread may free while the
+ * request waits). Opening is the emulator lock's holder's; it returns
+ * EDRV__PENDING when the driver answers later with erl_drv_init_ack, and the
+ * port then finishes the request (req) itself. */
 #define EDRV__PENDING 1
 int edrv__port_open(uint64_t caller, const char *command, unsigned flags, edrv_port *out,
                     void *req);
-int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
-                       int npieces, bool whole);
-/* The fast paths (loop.c "units"): for a host thread that holds neither the
- * emulator lock nor a unit, and has no request in flight. Each runs the
- * callback in the calling thread under the port's unit alone, if the port
- * is alive and its unit free; otherwise it returns EDRV__NOT_FAST and the
- * call takes the ordinary way, which also gives any error. The command's
- * bytes go straight to the driver's `output`, so never count in the port's
- * message queue (no admission); EDRV__NOT_FAST also when the port is busy
- * or its driver has `outputv` or no `output`. */
+/* The others run on a port the caller holds a reference to (edrv__table_ref),
+ * from any thread: they wait for its unit or, with `try`, take it only if it
+ * is free or already the caller's, and otherwise return EDRV__NOT_FAST (a
+ * command then keeps its binary). A command's `admitted` bytes leave the
+ * port's message queue once the driver takes them; a command to a port that
+ * died is dropped, and returns 0, as in ERTS. What needs shared state takes
+ * the emulator lock on the way (edrv__emulator_enter). */
 #define EDRV__NOT_FAST 2
+int edrv__port_command(uint64_t caller, edrv_port_t *pt, ErlDrvBinary *bin,
+                       const size_t *pieces, int npieces, bool whole, bool try,
+                       size_t admitted);
+int edrv__port_control(uint64_t caller, edrv_port_t *pt, bool try, unsigned op, char *data,
+                       size_t len, edrv_reply *reply);
+int edrv__port_call(uint64_t caller, edrv_port_t *pt, bool try, unsigned op, char *data,
+                    size_t len, edrv_reply *reply);
+int edrv__port_close(uint64_t caller, edrv_port_t *pt, bool try);
+int edrv__port_info(edrv_port_t *pt, bool try, edrv_port_status *st);
+/* Any thread: lets go of a reference from edrv__table_ref. */
+void edrv__port_put(edrv_port_t *pt);
+/* The fast paths (loop.c "units"): for a host thread that holds neither the
+ * emulator lock nor a unit. Each runs the callback in the calling thread
+ * under the port's unit alone, if the port is alive, nothing is queued for
+ * it and its unit is free; otherwise it returns EDRV__NOT_FAST and the call
+ * takes the ordinary way, which also gives any error. The command's bytes go
+ * straight to the driver's `output`, so never count in the port's message
+ * queue (no admission); EDRV__NOT_FAST also when the port is busy or its
+ * driver has `outputv` or no `output`. */
 int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, size_t len);
-/* For a holder of the emulator lock: a command run now if the port is alive
- * and its unit free or the caller's own (its `admitted` bytes leave the
- * port's message queue first); EDRV__NOT_FAST otherwise, without taking
- * bin: an asynchronous call never waits for a unit. */
-int edrv__port_command_now(uint64_t caller, edrv_port id, ErlDrvBinary *bin,
-                           const size_t *pieces, int npieces, bool whole, size_t admitted);
 int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                             edrv_reply *reply);
 int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
                          edrv_reply *reply);
-int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                       edrv_reply *reply);
-int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                    edrv_reply *reply);
-int edrv__port_close(uint64_t caller, edrv_port id);
-int edrv__port_info(edrv_port id, edrv_port_status *st);
 void edrv__ports_of_proc_exit(uint64_t pid);
 void edrv__ports_close_all(void);
 void edrv__ports_kill_driver(struct edrv_driver *d); /* exit reason driver_unloaded */
@@ -417,11 +432,11 @@ bool edrv__port_ready_async_ok(const edrv_port_t *pt);
 void edrv__port_ready_async(edrv_port_t *pt, void *data);
 void edrv__ports_reset(void);
 
-/* A holder of the emulator lock takes pt's unit before it calls one of the
- * port's callbacks below, and lets it go after: edrv__port_lock holds the
- * struct until edrv__port_unlock, and returns true when it let the emulator
- * lock go while it waited (the caller checks again that the event it serves
- * still stands). */
+/* Any thread takes pt's unit before it calls one of the port's callbacks
+ * below, and lets it go after: edrv__port_lock holds the struct until
+ * edrv__port_unlock, and returns true when it let the emulator lock go
+ * while it waited (the caller checks again that the event it serves still
+ * stands). */
 bool edrv__port_lock(edrv_port_t *pt);
 void edrv__port_unlock(edrv_port_t *pt);
 
@@ -551,6 +566,8 @@ int edrv__async_threads(void);
 /* Emulator thread: answers a request left pending (EDRV__PENDING). */
 void edrv__request_finish(void *req, int result);
 /* Any thread but the emulator's: closes the ports a process ended with. */
-void edrv__proc_exited(uint64_t pid);
+void edrv__proc_exited(edrv_proc *p);
+/* The number of scheduler threads (edrv_options.schedulers). */
+int edrv__schedulers(void);
 
 #endif

@@ -44,7 +44,7 @@
 
 typedef enum {
     R_LOAD, R_REGISTER, R_UNLOAD, R_OPEN, R_COMMAND, R_CONTROL, R_CALL, R_CLOSE, R_INFO,
-    R_PROC_EXIT, R_STOP
+    R_PROC_EXIT, R_STOP, R_FENCE
 } req_type;
 
 #define DETAIL_MAX 256
@@ -54,6 +54,8 @@ typedef struct request {
     req_type type;
     uint64_t pid;      /* the caller, or R_PROC_EXIT's process */
     edrv_port port;
+    edrv_port_t *pt;   /* a port's request: the port, held until it has run */
+    _Atomic long *proc_queued; /* R_COMMAND: the sender's count (edrv_proc.queued) */
     const char *s1, *s2;
     unsigned u;
     char *data;
@@ -206,6 +208,7 @@ struct edrv_unit {
     int depth;               /* the holder's nesting */
     _Atomic int waiters;     /* threads blocked for it: fast paths stand back */
     _Atomic int refs;
+    unsigned sched; /* its scheduler, modulo their number (schedulers) */
     /* Units are allocated one after another: this keeps the next unit's
      * words off the cache line of this one's, which its holder writes on
      * every call (two threads on two ports would pass it between cores). */
@@ -217,18 +220,18 @@ struct edrv_unit {
 static _Thread_local int units_held __attribute__((tls_model("initial-exec")));
 static _Thread_local bool emu_taken __attribute__((tls_model("initial-exec")));
 static _Thread_local char thread_mark __attribute__((tls_model("initial-exec")));
-/* The emulator thread runs a queued request (which counts in rt.inflight). */
-static _Thread_local bool executing_request;
 
 static inline uintptr_t self_mark(void) {
     return (uintptr_t)&thread_mark;
 }
 
 edrv_unit *edrv__unit_new(void) {
+    static _Atomic unsigned next_sched;
     edrv_unit *u = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *u);
     if (u) {
         pthread_mutex_init(&u->mtx, NULL);
         atomic_init(&u->refs, 1);
+        u->sched = atomic_fetch_add_explicit(&next_sched, 1, memory_order_relaxed);
     }
     return u;
 }
@@ -549,22 +552,24 @@ static void execute(request *r) {
         r->result = edrv__port_open(r->pid, r->s1, r->u, r->out_port, r->done ? r : NULL);
         break;
     case R_COMMAND:
-        if (r->admitted)
-            edrv__port_unadmit(r->port, (size_t)r->bin->orig_size);
-        r->result = edrv__port_command(r->pid, r->port, r->bin, r->pieces, r->npieces, r->whole);
+        r->result = edrv__port_command(r->pid, r->pt, r->bin, r->pieces, r->npieces, r->whole,
+                                       false, r->admitted ? (size_t)r->bin->orig_size : 0);
         r->bin = NULL; /* the port took it */
         break;
     case R_CONTROL:
-        r->result = edrv__port_control(r->pid, r->port, r->u, r->data, r->len, r->reply);
+        r->result = edrv__port_control(r->pid, r->pt, false, r->u, r->data, r->len, r->reply);
         break;
     case R_CALL:
-        r->result = edrv__port_call(r->pid, r->port, r->u, r->data, r->len, r->reply);
+        r->result = edrv__port_call(r->pid, r->pt, false, r->u, r->data, r->len, r->reply);
         break;
     case R_CLOSE:
-        r->result = edrv__port_close(r->pid, r->port);
+        r->result = edrv__port_close(r->pid, r->pt, false);
         break;
     case R_INFO:
-        r->result = edrv__port_info(r->port, r->status);
+        r->result = edrv__port_info(r->pt, false, r->status);
+        break;
+    case R_FENCE:
+        r->result = 0;
         break;
     case R_PROC_EXIT:
         edrv__ports_of_proc_exit(r->pid);
@@ -577,6 +582,26 @@ static void execute(request *r) {
     }
     if (r->result < 0 && r->detail)
         snprintf(r->detail, DETAIL_MAX, "%s", edrv_last_error());
+}
+
+/* After a request has run: its counts drop before the answer, so that the
+ * caller's next call finds it run; then the answer, or (asynchronous) its
+ * end. */
+static void request_done(request *r) {
+    if (r->pt) {
+        atomic_fetch_sub_explicit(&r->pt->queued, 1, memory_order_release);
+        edrv__port_put(r->pt);
+    }
+    if (r->proc_queued)
+        atomic_fetch_sub(r->proc_queued, 1);
+    if (r->type == R_OPEN && r->result == EDRV__PENDING) {
+        /* answered later, through edrv__request_finish */
+    } else if (r->done) {
+        sem_post(r->done);
+    } else {
+        driver_free_binary(r->bin);
+        edrv__free(r);
+    }
 }
 
 void edrv__request_finish(void *req, int result) {
@@ -599,19 +624,10 @@ static bool drain_requests(void) {
     bool any = r != NULL;
     while (r) {
         request *next = r->next; /* r may be gone once done is posted */
-        executing_request = true;
         execute(r);
-        executing_request = false;
         /* Before the answer: the caller's next call finds it run. */
         atomic_fetch_sub(&rt.inflight, 1);
-        if (r->type == R_OPEN && r->result == EDRV__PENDING) {
-            /* answered later, through edrv__request_finish */
-        } else if (r->done) {
-            sem_post(r->done);
-        } else {
-            driver_free_binary(r->bin);
-            edrv__free(r);
-        }
+        request_done(r);
         r = next;
     }
     return any;
@@ -646,9 +662,215 @@ static void *emulator_main(void *arg) {
     return NULL;
 }
 
-/* Queues r; wakes the emulator thread if the queue was empty. Fails after stop
- * began, so that no request is ever left behind in the queue. */
+/* ---- schedulers -------------------------------------------------------------
+ * edrv_options.schedulers threads run queued work. The first is the
+ * emulator thread: it runs the host's requests that are not a port's
+ * (loading, opening, a process's exit, stopping), finished async jobs,
+ * timers and fd events, under the emulator lock. A port's request (command,
+ * control, call, close, info) goes to the scheduler of the port's unit, fixed
+ * when the unit is made (round robin): so a port's requests are run in the
+ * order they came, one at a time, and ports of different units run side by
+ * side on different schedulers. The others (sched[1..]) run port requests
+ * only, under the port's unit and without the emulator lock, which a
+ * callback takes when it asks for shared state, as on a fast path. Each has
+ * its own FIFO, and spins (spin_ns) then sleeps on a semaphore when idle;
+ * producers post it only when they find it parked, as for the emulator
+ * thread's eventfd.
+ *
+ * Order: a port's request queued to any scheduler counts in the port's
+ * `queued` from its enqueue until it has run; a call that finds requests
+ * queued for its port is queued behind them rather than run at once. A
+ * command also counts in its sender's `queued`: a process's exit waits for
+ * its commands (edrv__proc_exited), and edrv_stop and unloading wait for
+ * every scheduler's queue (fence). */
+static int enqueue_first(request *r);
+static void scheds_stop(void);
+
+typedef struct {
+    pthread_mutex_t lock; /* guards head, tail, accepting, quit */
+    request *head, *tail;
+    bool accepting, quit;
+    _Atomic bool requests; /* the queue may hold requests */
+    _Atomic bool parked;   /* it sleeps on `wake`, or is about to */
+    sem_t wake;
+    pthread_t thread;
+    char pad[64]; /* the next scheduler's words off this one's line */
+} sched_t;
+
+#define MAX_SCHEDULERS 1024
+
+/* Static, so that a host's late call during edrv_stop finds a queue that
+ * refuses it rather than freed memory. */
+static struct {
+    _Atomic int n; /* schedulers, the emulator thread included */
+    sched_t s[MAX_SCHEDULERS]; /* s[1..n-1]; s[0] unused (rt holds the first's queue) */
+} scheds = {.n = 1};
+
+int edrv__schedulers(void) {
+    return atomic_load_explicit(&scheds.n, memory_order_relaxed);
+}
+
+static int sched_of(const edrv_port_t *pt) {
+    int n = atomic_load_explicit(&scheds.n, memory_order_relaxed);
+    return n > 1 ? (int)(pt->unit->sched % (unsigned)n) : 0;
+}
+
+static void sched_wake(sched_t *s) {
+    if (atomic_load(&s->parked) && atomic_exchange(&s->parked, false))
+        sem_post(&s->wake);
+}
+
+static int sched_enqueue(sched_t *s, request *r) {
+    pthread_mutex_lock(&s->lock);
+    if (!s->accepting) {
+        pthread_mutex_unlock(&s->lock);
+        return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
+    }
+    r->next = NULL;
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+    atomic_store(&s->requests, true);
+    pthread_mutex_unlock(&s->lock);
+    sched_wake(s);
+    return 0;
+}
+
+/* The next batch of s's requests, waiting for one: spins for spin_ns, then
+ * parks (it sets `parked`, looks once more, sleeps). NULL once told to quit
+ * with nothing left. */
+static request *sched_take(sched_t *s) {
+    for (;;) {
+        if (atomic_exchange(&s->requests, false)) {
+            pthread_mutex_lock(&s->lock);
+            request *r = s->head;
+            s->head = s->tail = NULL;
+            bool quit = s->quit;
+            pthread_mutex_unlock(&s->lock);
+            if (r)
+                return r;
+            if (quit)
+                return NULL;
+        }
+        int64_t until = rt.spin_ns > 0 ? edrv__now_ns() + rt.spin_ns : 0;
+        while (!atomic_load_explicit(&s->requests, memory_order_relaxed) && until &&
+               edrv__now_ns() < until)
+            sched_yield(); /* as the emulator thread spins */
+        if (atomic_load(&s->requests))
+            continue;
+        atomic_store(&s->parked, true);
+        if (atomic_load(&s->requests)) {
+            atomic_store(&s->parked, false); /* a post meanwhile wakes it once more, harmlessly */
+            continue;
+        }
+        while (sem_wait(&s->wake) < 0 && errno == EINTR)
+            ;
+        atomic_store(&s->parked, false);
+    }
+}
+
+static void *sched_main(void *arg) {
+    sched_t *s = arg;
+    edrv__thread_signals();
+    edrv_mem_counters counters;
+    edrv__mem_thread_begin(&counters);
+    for (request *r; (r = sched_take(s));) {
+        while (r) {
+            request *next = r->next; /* r may be gone once done is posted */
+            execute(r);
+            request_done(r);
+            r = next;
+        }
+    }
+    edrv__mem_thread_end(&counters);
+    return NULL;
+}
+
+/* Starts schedulers 2..n (the emulator thread is the first). */
+static int scheds_start(int n) {
+    static bool made[MAX_SCHEDULERS]; /* made once, for the process's life */
+    for (int i = 1; i < n; i++) {
+        sched_t *s = &scheds.s[i];
+        if (!made[i]) {
+            pthread_mutex_init(&s->lock, NULL);
+            sem_init(&s->wake, 0, 0);
+            made[i] = true;
+        }
+        s->head = s->tail = NULL;
+        s->accepting = true;
+        s->quit = false;
+        atomic_store(&s->requests, false);
+        atomic_store(&s->parked, false);
+        int err = pthread_create(&s->thread, NULL, sched_main, s);
+        if (err) {
+            s->accepting = false;
+            scheds_stop();
+            return -err;
+        }
+        char name[16];
+        snprintf(name, sizeof name, "scheduler %d", i + 1);
+        pthread_setname_np(s->thread, name);
+        atomic_store(&scheds.n, i + 1);
+    }
+    return 0;
+}
+
+/* Stops schedulers 2..n once they have run what they hold. */
+static void scheds_stop(void) {
+    int n = atomic_load(&scheds.n);
+    for (int i = 1; i < n; i++) {
+        sched_t *s = &scheds.s[i];
+        pthread_mutex_lock(&s->lock);
+        s->accepting = false;
+        s->quit = true;
+        atomic_store(&s->requests, true);
+        pthread_mutex_unlock(&s->lock);
+        sched_wake(s);
+        pthread_join(s->thread, NULL);
+    }
+    atomic_store(&scheds.n, 1);
+    /* Their locks stay: a late caller may still take one, and find the
+     * queue refusing. */
+}
+
+/* Returns once every request queued to schedulers 2..n before the call has
+ * run. Not from a callback, which may hold what they wait for. */
+static void fence(void) {
+    int n = atomic_load(&scheds.n);
+    for (int i = 1; i < n; i++) {
+        sem_t done;
+        sem_init(&done, 0, 0);
+        request r = {.type = R_FENCE, .done = &done};
+        if (sched_enqueue(&scheds.s[i], &r) == 0)
+            while (sem_wait(&done) < 0 && errno == EINTR)
+                ;
+        sem_destroy(&done);
+    }
+}
+
+/* Queues r: a port's request to its port's scheduler, any other to the
+ * emulator thread, which it wakes if its queue was empty. Fails after stop
+ * began, so that no request is ever left behind in a queue. */
 static int enqueue(request *r) {
+    if (r->pt) {
+        atomic_fetch_add_explicit(&r->pt->queued, 1, memory_order_relaxed);
+        if (r->proc_queued)
+            atomic_fetch_add(r->proc_queued, 1);
+        int k = sched_of(r->pt);
+        int rc = k ? sched_enqueue(&scheds.s[k], r) : enqueue_first(r);
+        if (rc < 0) {
+            atomic_fetch_sub(&r->pt->queued, 1);
+            if (r->proc_queued)
+                atomic_fetch_sub(r->proc_queued, 1);
+        }
+        return rc;
+    }
+    return enqueue_first(r);
+}
+
+static int enqueue_first(request *r) {
     pthread_mutex_lock(&rt.lock);
     if (!rt.accepting) {
         pthread_mutex_unlock(&rt.lock);
@@ -700,17 +922,95 @@ void edrv__wake(void) {
     wake_write();
 }
 
-/* Whether a host thread's call may take a fast path (edrv__port_*_fast):
- * it runs no driver code now, may run some (SIGPIPE), and every request it
- * queued has run, so that its calls keep their order. */
+/* Whether a host thread's call to a port may run in the calling thread (a
+ * fast path, edrv__port_*_fast, or a try): it runs no driver code now, and
+ * may run some (SIGPIPE). The port must have no request queued, so that
+ * the thread's calls to it keep their order (the fast paths look). */
 static bool fast_ok(void) {
     return !on_emulator && !units_held && thread_sigpipe_safe() &&
-           atomic_load_explicit(&emu.immediate, memory_order_relaxed) &&
-           !atomic_load_explicit(&rt.inflight, memory_order_relaxed);
+           atomic_load_explicit(&emu.immediate, memory_order_relaxed);
 }
 
-/* Runs r on the emulator thread and waits for its result. */
+static bool nothing_queued(const edrv_port_t *pt) {
+    return atomic_load_explicit(&pt->queued, memory_order_acquire) == 0;
+}
+
+/* Runs a port's request (r->pt) in the calling thread: waiting for the
+ * port's unit, or (try) only if it is free. */
+static int run_port_request(request *r, bool try) {
+    switch (r->type) {
+    case R_CONTROL:
+        return edrv__port_control(r->pid, r->pt, try, r->u, r->data, r->len, r->reply);
+    case R_CALL:
+        return edrv__port_call(r->pid, r->pt, try, r->u, r->data, r->len, r->reply);
+    case R_CLOSE:
+        return edrv__port_close(r->pid, r->pt, try);
+    default:
+        return edrv__port_info(r->pt, try, r->status);
+    }
+}
+
+static bool port_request(const request *r) {
+    return r->type == R_CONTROL || r->type == R_CALL || r->type == R_CLOSE || r->type == R_INFO;
+}
+
+/* Waits for r, queued (enqueue) with `done` and `detail` set; its result. */
+static int wait_answer(request *r, int rc) {
+    if (rc == 0) {
+        while (sem_wait(r->done) < 0 && errno == EINTR)
+            ;
+        rc = r->result;
+        if (rc < 0)
+            edrv__fail(rc, "%s", r->detail);
+    }
+    sem_destroy(r->done);
+    return rc;
+}
+
+/* A synchronous call to a port: run in the calling thread when it can, else
+ * queued to the port's scheduler, and waited for. */
+static int call_port(request *r) {
+    if (!edrv__running())
+        return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
+    r->pt = edrv__table_ref(r->port);
+    if (!r->pt)
+        return edrv__port_check(r->port);
+    int rc;
+    if (edrv__in_callback_thread()) {
+        /* A driver callback calling edrv.h: run in place; queued requests
+         * may wait for this very thread. */
+        rc = run_port_request(r, false);
+    } else if (fast_ok() && nothing_queued(r->pt) &&
+               (rc = run_port_request(r, true)) != EDRV__NOT_FAST) {
+        /* run here */
+    } else {
+        char detail[DETAIL_MAX] = "";
+        sem_t done;
+        sem_init(&done, 0, 0);
+        r->done = &done;
+        r->detail = detail;
+        rc = enqueue(r);
+        if (rc == 0)
+            return wait_answer(r, rc); /* the scheduler let the port go */
+        sem_destroy(&done);
+    }
+    edrv__port_put(r->pt);
+    return rc;
+}
+
+/* Runs r (the calling thread when it can, else the emulator thread or the
+ * port's scheduler) and returns its result. */
 static int call_sync(request *r) {
+    if ((r->type == R_CONTROL || r->type == R_CALL) && fast_ok()) {
+        edrv__clear_error();
+        int rc = r->type == R_CONTROL
+                     ? edrv__port_control_fast(r->pid, r->port, r->u, r->data, r->len, r->reply)
+                     : edrv__port_call_fast(r->pid, r->port, r->u, r->data, r->len, r->reply);
+        if (rc != EDRV__NOT_FAST)
+            return rc;
+    }
+    if (port_request(r))
+        return call_port(r);
     if (edrv__in_callback_thread()) {
         /* A driver callback calling edrv.h: run in place; queued requests
          * would wait for this very thread. */
@@ -719,14 +1019,6 @@ static int call_sync(request *r) {
         edrv__emulator_enter();
         execute(r);
         return r->result;
-    }
-    if ((r->type == R_CONTROL || r->type == R_CALL) && fast_ok()) {
-        edrv__clear_error();
-        int rc = r->type == R_CONTROL
-                     ? edrv__port_control_fast(r->pid, r->port, r->u, r->data, r->len, r->reply)
-                     : edrv__port_call_fast(r->pid, r->port, r->u, r->data, r->len, r->reply);
-        if (rc != EDRV__NOT_FAST)
-            return rc;
     }
     bool immediate = r->type != R_STOP && emu_trylock();
     if (immediate && r->type != R_OPEN) {
@@ -756,18 +1048,16 @@ static int call_sync(request *r) {
     } else {
         rc = enqueue(r);
     }
-    if (rc == 0) {
-        while (sem_wait(&done) < 0 && errno == EINTR)
-            ;
-        rc = r->result;
-        if (rc < 0)
-            edrv__fail(rc, "%s", detail);
-    }
-    sem_destroy(&done);
-    return rc;
+    return wait_answer(r, rc);
 }
 
 /* ---- the runtime ------------------------------------------------------------- */
+
+/* edrv_options.schedulers 0: one per core, as ERTS (bench/README.md). */
+static int default_schedulers(void) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > MAX_SCHEDULERS ? MAX_SCHEDULERS : (int)cpus;
+}
 
 EDRV_API int edrv_start(const edrv_options *opts) {
     /* A reference to every driver API function (internal.h), which a
@@ -779,6 +1069,11 @@ EDRV_API int edrv_start(const edrv_options *opts) {
         return edrv__fail(EDRV_EINVAL, "spin_us must be at most 1000000 (1 s), not %d", spin_us);
     if (threads < 0 || threads > 1024)
         return edrv__fail(EDRV_EINVAL, "async_threads must be 1..1024, not %d", threads);
+    int nsched = opts ? opts->schedulers : 0;
+    if (nsched < 0 || nsched > MAX_SCHEDULERS)
+        return edrv__fail(EDRV_EINVAL, "schedulers must be 1..%d, not %d", MAX_SCHEDULERS, nsched);
+    if (!nsched)
+        nsched = default_schedulers();
     if (!threads) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus < 1 ? 1 : cpus > 1024 ? 1024 : (int)cpus;
@@ -813,9 +1108,13 @@ EDRV_API int edrv_start(const edrv_options *opts) {
         err = edrv__async_start(threads, rt.spin_ns); /* the pool spins as long */
     if (!err) {
         rt.accepting = true;
-        err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);
-        if (err)
+        err = scheds_start(nsched);
+        if (!err)
+            err = -pthread_create(&rt.thread, NULL, emulator_main, NULL);
+        if (err) {
+            scheds_stop();
             edrv__async_stop();
+        }
     }
     if (err) {
         rt.accepting = false;
@@ -837,11 +1136,13 @@ EDRV_API int edrv_start(const edrv_options *opts) {
 EDRV_API int edrv_stop(void) {
     if (edrv__in_callback_thread())
         return edrv__fail(EDRV_EINVAL, "edrv_stop called from a driver callback");
+    fence(); /* what was queued before the call runs before it */
     request r = {.type = R_STOP};
     int rc = call_sync(&r);
     if (rc < 0)
         return rc; /* not running, or another thread is stopping it */
     pthread_join(rt.thread, NULL);
+    scheds_stop(); /* their queues hold only requests to dead ports */
     edrv__async_stop(); /* every job has ended: the pool threads are idle */
     pthread_mutex_lock(&rt.lock);
     close(rt.epfd);
@@ -873,6 +1174,8 @@ EDRV_API int edrv_register_driver(ErlDrvEntry *entry) {
 EDRV_API int edrv_unload_driver(const char *name) {
     if (!name)
         return edrv__fail(EDRV_EINVAL, "edrv_unload_driver: NULL name");
+    if (!edrv__in_callback_thread())
+        fence(); /* commands queued to its ports before the call reach them */
     request r = {.type = R_UNLOAD, .s1 = name};
     return call_sync(&r);
 }
@@ -924,19 +1227,18 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
         if (rc != EDRV__NOT_FAST)
             return rc;
     }
-    /* From a driver callback: run in place (see call_sync). */
-    bool in_place = edrv__in_callback_thread() && edrv__emulator_enter();
-    /* A busy port suspends the sender here (a driver callback sending to a
-     * port cannot wait for the thread it runs on: it is never suspended). */
+    /* A busy port suspends the sender here; a driver callback sending to a
+     * port is never suspended (it may hold what the port waits for). */
+    bool in_place = edrv__in_callback_thread();
     rc = in_place ? edrv__port_check(port) : edrv__port_admit(port, total, opts, &p->suspended);
     if (rc < 0)
         return rc;
+    size_t admitted = in_place ? 0 : total;
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r + (size_t)iovcnt * sizeof r->pieces[0]);
     ErlDrvBinary *bin = r ? driver_alloc_binary(total) : NULL;
     if (!bin) {
         edrv__free(r);
-        if (!in_place)
-            edrv__port_unadmit(port, total);
+        edrv__port_unadmit(port, admitted);
         return edrv__fail(EDRV_ENOMEM, "out of memory for %zu bytes of command data", total);
     }
     size_t off = 0;
@@ -953,31 +1255,32 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
     r->whole = whole;
     r->npieces = iovcnt;
     r->admitted = !in_place;
-    /* From a callback: in place when the port's unit is this thread's or
-     * free, and no other request is in flight (one this thread queued
-     * before must run first); queued otherwise: a command never waits. */
-    if (in_place && atomic_load(&rt.inflight) == (executing_request ? 1 : 0)) {
-        edrv__clear_error();
-        rc = edrv__port_command_now(pid, port, bin, r->pieces, iovcnt, whole, 0);
-        if (rc != EDRV__NOT_FAST) {
-            edrv__free(r);
-            return 0;
-        }
+    r->proc_queued = &p->queued;
+    r->pt = edrv__table_ref(port);
+    if (!r->pt) {
+        /* It died after the check: dropped, as in ERTS. */
+        edrv__port_unadmit(port, admitted);
+        driver_free_binary(bin);
+        edrv__free(r);
+        return 0;
     }
-    if (!in_place && emu_trylock()) { /* immediate, if the port's unit is free */
+    /* Run now when nothing is queued for the port and its unit is free (or,
+     * from a callback, this thread's own); queued otherwise: a command never
+     * waits for a unit. */
+    if ((in_place || fast_ok()) && nothing_queued(r->pt)) {
         edrv__clear_error();
-        rc = edrv__port_command_now(pid, port, bin, r->pieces, iovcnt, whole, total);
-        emu_unlock();
+        rc = edrv__port_command(pid, r->pt, bin, r->pieces, iovcnt, whole, true, admitted);
         if (rc != EDRV__NOT_FAST) {
+            edrv__port_put(r->pt);
             edrv__free(r);
             return 0;
         }
     }
     rc = enqueue(r);
     if (rc < 0) {
-        if (!in_place)
-            edrv__port_unadmit(port, total);
+        edrv__port_unadmit(port, admitted);
         driver_free_binary(bin);
+        edrv__port_put(r->pt);
         edrv__free(r);
     }
     return rc;
@@ -1043,7 +1346,12 @@ EDRV_API int edrv_port_info(edrv_port port, edrv_port_status *status) {
 }
 
 /* Called by edrv_proc_free: the process's ports end with it. */
-void edrv__proc_exited(uint64_t pid) {
-    request r = {.type = R_PROC_EXIT, .pid = pid};
+void edrv__proc_exited(edrv_proc *p) {
+    /* Its commands queued to schedulers reach their ports first, as its
+     * exit signal follows them in ERTS (a callback cannot wait for them:
+     * they may wait for the unit it holds). */
+    if (atomic_load(&p->queued) && !edrv__in_callback_thread())
+        fence();
+    request r = {.type = R_PROC_EXIT, .pid = p->pid};
     (void)call_sync(&r); /* not running: no ports to close */
 }

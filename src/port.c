@@ -41,7 +41,6 @@
 static void port_unhold(edrv_port_t *pt);
 
 bool edrv__port_lock(edrv_port_t *pt) {
-    EDRV_ASSERT_EMULATOR();
     atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
     return edrv__unit_enter(pt->unit);
 }
@@ -51,25 +50,37 @@ void edrv__port_unlock(edrv_port_t *pt) {
     port_unhold(pt); /* the last reference frees it, and then its unit */
 }
 
+void edrv__port_put(edrv_port_t *pt) {
+    port_unhold(pt);
+}
+
 static bool state_ok(const edrv_port_t *pt, bool closing_ok) {
     port_state st = atomic_load(&pt->state);
     return st == PORT_ALIVE || (closing_ok && st == PORT_CLOSING);
 }
 
-/* For a holder of the emulator lock: the port with this number, alive (or,
- * with closing_ok, closing), its unit taken (edrv__port_unlock lets it go);
- * or NULL and the error. OTP 25 still serves port_control, port_call and
- * port_info on a port that waits for its driver queue to empty (checked in
- * erl), while port_command and port_close raise badarg. */
-static edrv_port_t *port_take(edrv_port id, int *err, bool closing_ok) {
-    edrv_port_t *pt = edrv__table_get(id);
-    if (pt && state_ok(pt, closing_ok)) {
-        if (!edrv__port_lock(pt) || state_ok(pt, closing_ok))
-            return pt;
-        edrv__port_unlock(pt); /* it ended while this thread waited */
+/* Takes the unit of pt (which the caller holds a reference to) for one of
+ * the operations below: waiting for it, or, with `try`, only if it is free
+ * or already the caller's (EDRV__NOT_FAST otherwise). 0 when the port is
+ * alive (or, with closing_ok, closing): the caller runs, then lets the unit
+ * go (edrv__port_unlock); else the error, the unit let go. OTP 25 still
+ * serves port_control, port_call and port_info on a port that waits for its
+ * driver queue to empty (checked in erl), while port_command and port_close
+ * raise badarg. */
+static int port_enter(edrv_port_t *pt, bool try, bool closing_ok) {
+    if (try && !edrv__unit_held(pt->unit)) {
+        if (!edrv__unit_try(pt->unit))
+            return EDRV__NOT_FAST;
+        atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    } else {
+        edrv__port_lock(pt); /* waits, or nests in the caller's own hold */
     }
-    *err = edrv__port_check(id);
-    return NULL;
+    if (state_ok(pt, closing_ok))
+        return 0;
+    edrv__port_unlock(pt);
+    int err = edrv__port_check(pt->id);
+    return err ? err : edrv__fail(EDRV_ECLOSED, "#Port<0.%llu> is closed",
+                                  (unsigned long long)pt->id);
 }
 
 /* ---- messages ------------------------------------------------------------------ */
@@ -724,35 +735,21 @@ EDRV_API void erl_drv_init_ack(ErlDrvPort port, ErlDrvData res) {
 static void command_body(edrv_port_t *pt, uint64_t caller, ErlDrvBinary *bin,
                          const size_t *pieces, int npieces, bool whole);
 
-int edrv__port_command(uint64_t caller, edrv_port id, ErlDrvBinary *bin, const size_t *pieces,
-                       int npieces, bool whole) {
-    EDRV_ASSERT_EMULATOR();
-    int err = 0;
-    edrv_port_t *pt = port_take(id, &err, false);
-    if (!pt) {
+int edrv__port_command(uint64_t caller, edrv_port_t *pt, ErlDrvBinary *bin,
+                       const size_t *pieces, int npieces, bool whole, bool try,
+                       size_t admitted) {
+    int rc = port_enter(pt, try, false);
+    if (rc == EDRV__NOT_FAST)
+        return rc;
+    if (admitted) /* the driver takes them now: they leave the message queue */
+        edrv__port_unadmit(pt->id, admitted);
+    if (rc < 0) {
         /* The port died after the sender's check: the data is dropped, as in
          * ERTS; the sender was already told it was sent. */
+        edrv__clear_error();
         driver_free_binary(bin);
         return 0;
     }
-    command_body(pt, caller, bin, pieces, npieces, whole);
-    edrv__port_unlock(pt);
-    return 0;
-}
-
-int edrv__port_command_now(uint64_t caller, edrv_port id, ErlDrvBinary *bin,
-                           const size_t *pieces, int npieces, bool whole, size_t admitted) {
-    EDRV_ASSERT_EMULATOR();
-    edrv_port_t *pt = edrv__table_get(id);
-    if (!pt || !state_ok(pt, false))
-        return EDRV__NOT_FAST;
-    if (edrv__unit_held(pt->unit))
-        edrv__unit_enter(pt->unit); /* a callback's command to a port of its unit */
-    else if (!edrv__unit_try(pt->unit))
-        return EDRV__NOT_FAST;
-    atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
-    if (admitted)
-        edrv__port_unadmit(id, admitted);
     command_body(pt, caller, bin, pieces, npieces, whole);
     edrv__port_unlock(pt);
     return 0;
@@ -848,14 +845,13 @@ int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, siz
 typedef int (*sync_body)(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
                          edrv_reply *reply);
 
-/* For the holder of the emulator lock: body on the port, alive or closing. */
-static int sync_taken(sync_body body, uint64_t caller, edrv_port id, unsigned op, char *data,
-                      size_t len, edrv_reply *reply) {
-    int err = 0;
-    edrv_port_t *pt = port_take(id, &err, true);
-    if (!pt)
-        return err;
-    int rc = body(pt, caller, op, data, len, reply);
+/* body on pt, alive or closing, its unit waited for or (try) tried. */
+static int sync_on(sync_body body, uint64_t caller, edrv_port_t *pt, bool try, unsigned op,
+                   char *data, size_t len, edrv_reply *reply) {
+    int rc = port_enter(pt, try, true);
+    if (rc)
+        return rc;
+    rc = body(pt, caller, op, data, len, reply);
     edrv__port_unlock(pt);
     return rc;
 }
@@ -876,10 +872,9 @@ static int control_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *dat
 static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, size_t len,
                      edrv_reply *reply);
 
-int edrv__port_control(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                       edrv_reply *reply) {
-    EDRV_ASSERT_EMULATOR();
-    return sync_taken(control_body, caller, id, op, data, len, reply);
+int edrv__port_control(uint64_t caller, edrv_port_t *pt, bool try, unsigned op, char *data,
+                       size_t len, edrv_reply *reply) {
+    return sync_on(control_body, caller, pt, try, op, data, len, reply);
 }
 
 int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
@@ -887,12 +882,11 @@ int edrv__port_control_fast(uint64_t caller, edrv_port id, unsigned op, char *da
     return sync_fast(control_body, caller, id, op, data, len, reply);
 }
 
-int edrv__port_call(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
-                    edrv_reply *reply) {
-    EDRV_ASSERT_EMULATOR();
+int edrv__port_call(uint64_t caller, edrv_port_t *pt, bool try, unsigned op, char *data,
+                    size_t len, edrv_reply *reply) {
     if (edrv__etf_measure(data, len) != (ssize_t)len)
         return edrv__fail(EDRV_EBADTERM, "port_call: the argument is not one term in ETF");
-    return sync_taken(call_body, caller, id, op, data, len, reply);
+    return sync_on(call_body, caller, pt, try, op, data, len, reply);
 }
 
 int edrv__port_call_fast(uint64_t caller, edrv_port id, unsigned op, char *data, size_t len,
@@ -1003,12 +997,11 @@ static int call_body(edrv_port_t *pt, uint64_t caller, unsigned op, char *data, 
     return rc;
 }
 
-int edrv__port_info(edrv_port id, edrv_port_status *st) {
-    EDRV_ASSERT_EMULATOR();
-    int err = 0;
-    edrv_port_t *pt = port_take(id, &err, true);
-    if (!pt)
-        return err;
+int edrv__port_info(edrv_port_t *pt, bool try, edrv_port_status *st) {
+    int rc = port_enter(pt, try, true);
+    if (rc)
+        return rc;
+    edrv__emulator_enter(); /* `uses` is the emulator lock's */
     *st = (edrv_port_status){
         .id = pt->id,
         .connected = atomic_load(&pt->owner),
@@ -1044,13 +1037,12 @@ static void start_closing(edrv_port_t *pt, uint64_t caller) {
     }
 }
 
-int edrv__port_close(uint64_t caller, edrv_port id) {
-    EDRV_ASSERT_EMULATOR();
+int edrv__port_close(uint64_t caller, edrv_port_t *pt, bool try) {
     /* Any process may close a port with port_close/1. */
-    int err = 0;
-    edrv_port_t *pt = port_take(id, &err, false);
-    if (!pt)
-        return err;
+    int rc = port_enter(pt, try, false);
+    if (rc)
+        return rc;
+    edrv__emulator_enter(); /* the port's end touches shared state */
     if (queue_bytes(pt))
         start_closing(pt, caller);
     else

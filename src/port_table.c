@@ -184,6 +184,8 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspe
 }
 
 void edrv__port_unadmit(edrv_port id, size_t len) {
+    if (!len)
+        return;
     bool freed = false;
     pthread_mutex_lock(&ports.lock);
     edrv_port_t *pt = lookup_locked(id);
@@ -289,7 +291,8 @@ int edrv__port_check(edrv_port id) {
 
 /* For a thread that holds neither the emulator lock nor a unit (a fast
  * path): the live port with this number, its unit taken if that was free
- * (edrv__port_unlock lets it go); NULL otherwise: the caller takes the
+ * and no request is queued for the port (edrv__port_unlock lets it go);
+ * NULL otherwise: the caller takes the
  * ordinary way, which says why. Under the shard's lock, which keeps the port
  * in the table while the unit is tried; once its unit is held, the port cannot
  * end but by this thread. */
@@ -298,7 +301,7 @@ edrv_port_t *edrv__table_take_fast(edrv_port id) {
     pthread_mutex_lock(lock);
     edrv_port_t *pt = lookup_locked(id);
     if (pt && atomic_load_explicit(&pt->state, memory_order_relaxed) == PORT_ALIVE &&
-        edrv__unit_try(pt->unit)) {
+        !atomic_load_explicit(&pt->queued, memory_order_acquire) && edrv__unit_try(pt->unit)) {
         atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
         pthread_mutex_unlock(lock);
         if (atomic_load(&pt->state) == PORT_ALIVE)
@@ -308,6 +311,18 @@ edrv_port_t *edrv__table_take_fast(edrv_port id) {
     }
     pthread_mutex_unlock(lock);
     return NULL;
+}
+
+edrv_port_t *edrv__table_ref(edrv_port id) {
+    pthread_mutex_t *lock = &port_shards[shard_of(id)].lock;
+    pthread_mutex_lock(lock);
+    edrv_port_t *pt = lookup_locked(id);
+    if (pt && atomic_load(&pt->state) != PORT_DEAD)
+        atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    else
+        pt = NULL;
+    pthread_mutex_unlock(lock);
+    return pt;
 }
 
 /* The first link of a list of ports that ports.lock guards, taken out of

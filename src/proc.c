@@ -113,7 +113,7 @@ EDRV_API int edrv_proc_free(edrv_proc *p) {
         edrv__idmap_free(&shards[sh].map);
     pthread_rwlock_unlock(&shards[sh].lock);
     /* Ports linked to it die with it, as ports die with their owner. */
-    edrv__proc_exited(p->pid);
+    edrv__proc_exited(p);
     for (mbox_msg *m = p->head, *n; m; m = n) {
         n = m->next;
         edrv__msg_drop(m);

@@ -45,7 +45,7 @@ EDRV_API void driver_system_info(ErlDrvSysInfo *sip, size_t si_size) {
         .thread_support = 1,
         .smp_support = 1,
         .async_threads = edrv__async_threads(),
-        .scheduler_threads = 1,
+        .scheduler_threads = edrv__schedulers(),
         .nif_major_version = 2,
         .nif_minor_version = 16,
         .dirty_scheduler_support = 0,
