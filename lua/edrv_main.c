@@ -31,9 +31,12 @@ static const char usage[] =
     "  -i                      enter the interactive REPL after the rest\n"
     "  -A N, --async-threads N size of the async thread pool (1..1024;\n"
     "                          default: the number of online CPUs)\n"
-    "  --no-immediate          queue every call to the emulator thread, which\n"
-    "                          then runs every driver callback (by default the\n"
-    "                          script's thread runs its own calls when it can)\n"
+    "  -S N, --schedulers N    scheduler threads, which run queued calls,\n"
+    "                          timers, fd events and finished async jobs\n"
+    "                          (1..1024; default: the number of online CPUs)\n"
+    "  --no-immediate          queue every call to a scheduler (by default the\n"
+    "                          script's thread runs its own calls when it can);\n"
+    "                          with -S 1, every driver callback runs on one thread\n"
     "  -h, --help              show this help and exit\n"
     "  -v, --version           show the version and exit\n"
     "  --                      stop handling options\n"
@@ -262,7 +265,7 @@ static lua_State *new_state(void) {
 }
 
 int main(int argc, char **argv) {
-    int threads = 0, interactive = 0, script = 0, no_immediate = 0;
+    int threads = 0, schedulers = 0, interactive = 0, script = 0, no_immediate = 0;
     const char *code[64];
     int ncode = 0;
     for (int i = 1; i < argc; i++) {
@@ -298,6 +301,17 @@ int main(int argc, char **argv) {
         } else if (strncmp(a, "-A", 2) == 0 && a[2]) {
             if (parse_threads(a + 2, &threads) < 0)
                 return usage_error("the pool size must be 1..1024, not '%s'", a + 2);
+        } else if (strcmp(a, "-S") == 0 || strcmp(a, "--schedulers") == 0) {
+            if (i + 1 >= argc)
+                return usage_error("%s needs an argument", a);
+            if (parse_threads(argv[++i], &schedulers) < 0)
+                return usage_error("the schedulers must be 1..1024, not '%s'", argv[i]);
+        } else if (strncmp(a, "--schedulers=", 13) == 0) {
+            if (parse_threads(a + 13, &schedulers) < 0)
+                return usage_error("the schedulers must be 1..1024, not '%s'", a + 13);
+        } else if (strncmp(a, "-S", 2) == 0 && a[2]) {
+            if (parse_threads(a + 2, &schedulers) < 0)
+                return usage_error("the schedulers must be 1..1024, not '%s'", a + 2);
         } else if (a[0] == '-' && a[1]) {
             return usage_error("unknown option '%s'", a);
         } else {
@@ -311,7 +325,8 @@ int main(int argc, char **argv) {
     /* Ignored as erl ignores it: a driver that writes to a closed pipe gets
      * EPIPE, and this thread may run driver callbacks itself (edrv.h). */
     signal(SIGPIPE, SIG_IGN);
-    edrv_options opts = {.async_threads = threads, .no_immediate = no_immediate};
+    edrv_options opts = {
+        .async_threads = threads, .no_immediate = no_immediate, .schedulers = schedulers};
     int rc = edrv_start(&opts);
     if (rc < 0) {
         fprintf(stderr, "edrv: cannot start the runtime: %s\n", edrv_last_error());

@@ -96,13 +96,14 @@ static void runs_in_the_caller(void) {
 }
 
 static void queued_model(void) {
-    /* no_immediate: every callback on the emulator thread. */
+    /* One scheduler, no_immediate: every callback on the emulator thread. */
     CHECK_INT(edrv_stop(), 0);
-    REQUIRE(edrv_start(&(edrv_options){.async_threads = 2, .no_immediate = 1}) == 0);
+    REQUIRE(edrv_start(&(edrv_options){.async_threads = 2, .no_immediate = 1, .schedulers = 1}) == 0);
     REQUIRE(setup() == 0);
     edrv_port port = open_idrv(proc);
     long tid = atol(ctl(proc, port, 1, "", 0));
     CHECK(tid > 0 && tid != my_tid());
+    CHECK_STR(ctl(proc, port, 10, "", 0), "emulator");
     edrv_proc_free(proc);
 }
 

@@ -23,6 +23,10 @@
  *   9 SEND     proc:8 port:8 data -> sends data to another port with the host
  *                 API's edrv_port_command (found with dlsym: edrv only), from
  *                 inside this callback; reply its return
+ *  11 MEET     -> blocks inside the callback until a MEET callback of
+ *                 another port is inside too (two ports' callbacks at once:
+ *                 never returns for ports that are serialized); reply "met"
+ *  12 SCHEDS   -> reply driver_system_info's scheduler_threads
  * Output: the command data comes back as {Port, {data, Data}}.
  */
 #define _GNU_SOURCE /* gettid, RTLD_DEFAULT */
@@ -57,6 +61,7 @@ static atomic_int ticking;
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
 static int gate_open, gate_waiting;
+static int meeting; /* MEET callbacks inside (gate_lock) */
 
 static void enter(idrv *d) {
     atomic_fetch_add(&calls, 1);
@@ -154,6 +159,19 @@ static ErlDrvSSizeT control(idrv *i, unsigned op, char *buf, ErlDrvSizeT len, ch
         memcpy(&proc, buf, sizeof proc);
         memcpy(&to, buf + 8, sizeof to);
         return REPLY("%d", send(proc, to, buf + 16, len - 16));
+    }
+    case 11:
+        pthread_mutex_lock(&gate_lock);
+        meeting++;
+        pthread_cond_broadcast(&gate_cond);
+        while (meeting < 2)
+            pthread_cond_wait(&gate_cond, &gate_lock);
+        pthread_mutex_unlock(&gate_lock);
+        return REPLY("met");
+    case 12: {
+        ErlDrvSysInfo si;
+        driver_system_info(&si, sizeof si);
+        return REPLY("%d", si.scheduler_threads);
     }
     case 10: {
         char name[16] = "";

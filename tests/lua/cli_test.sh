@@ -65,8 +65,9 @@ want_status=1 want='standard output: No space left on device' check stdout_full_
   "'$edrv' -e 'io.write(\"x\")' 2>&1 >/dev/full"
 
 # Who runs a callback: by default the script's own thread, once the emulator
-# thread sleeps (tried until then); with --no-immediate, always the emulator
-# thread.
+# thread sleeps (tried until then); with -S 1 --no-immediate, always the
+# emulator thread; with -S 2 --no-immediate, the scheduler of the port's lock
+# (two port-locked ports: one each).
 want_status=0 want='^edrv$' check immediate_by_default "$edrv" -e "
   edrv.load_driver('$drivers', 'idrv')
   local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
@@ -77,7 +78,7 @@ want_status=0 want='^edrv$' check immediate_by_default "$edrv" -e "
     os.execute('sleep 0.01')
   end
   print(name)"
-want_status=0 want='^emulator 100$' check no_immediate "$edrv" --no-immediate -e "
+want_status=0 want='^emulator 100$' check no_immediate "$edrv" -S 1 --no-immediate -e "
   edrv.load_driver('$drivers', 'idrv')
   local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
   local n = 0
@@ -85,6 +86,20 @@ want_status=0 want='^emulator 100$' check no_immediate "$edrv" --no-immediate -e
     if tostring(edrv.port_control(p, 10, '')) == 'emulator' then n = n + 1 end
   end
   print('emulator ' .. n)"
+
+want_status=0 want='^emulator scheduler 2$' check two_schedulers "$edrv" -S 2 --no-immediate -e "
+  edrv.load_driver('$drivers', 'idrvp')
+  local names = {}
+  for i = 1, 2 do
+    local p = edrv.open_port({'spawn_driver', 'idrvp'}, {})
+    names[i] = tostring(edrv.port_control(p, 10, ''))
+  end
+  table.sort(names)
+  print(names[1] .. ' ' .. names[2])"
+want_status=0 want='^3$' check schedulers_long "$edrv" --schedulers=3 -e "
+  edrv.load_driver('$drivers', 'idrv')
+  print(tostring(edrv.port_control(edrv.open_port({'spawn_driver', 'idrv'}, {}), 12, '')))"
+want_status=2 want='1..1024' check bad_schedulers "$edrv" -S 0 -e 'print(1)'
 
 # require "edrv" from a stock lua5.4.
 if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
