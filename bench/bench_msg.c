@@ -17,13 +17,16 @@
  *
  * SIGPIPE is ignored first, as ERTS does, so that edrv runs the calls'
  * callbacks in this program's threads when it can (immediate execution,
- * edrv.h); --queued starts edrv with no_immediate, the queued model.
+ * edrv.h); --queued starts edrv with no_immediate, the queued model;
+ * --schedulers N sets edrv_options.schedulers (default: edrv's); --peer
+ * NAME names the peer in the output.
  *
- * Usage: bench_msg [--queued] [--only CASE] DRIVERS_DIR TRIPS PIPE
+ * Usage: bench_msg [--queued] [--schedulers N] [--peer NAME] [--only CASE]
+ *                  DRIVERS_DIR TRIPS PIPE
  *   --only CASE runs one case (control, call, command or pipe) TRIPS times,
  *   with no warm-up and no output: for callgrind, see bench/README.md.
- * Prints `RESULT PEER CASE METRIC VALUE` lines, PEER being c or c_queued
- * (see bench/README.md), and `INFO PEER callbacks_in_caller SHARE`: the share
+ * Prints `RESULT PEER CASE METRIC VALUE` lines, PEER being c, c_queued, or
+ * --peer's NAME (see bench/README.md), and `INFO PEER callbacks_in_caller SHARE`: the share
  * of 1000 controls whose callback ran in the calling thread.
  * Threads: the main thread, and two more in pipe2p and command2p.
  */
@@ -310,6 +313,12 @@ int main(int argc, char **argv) {
         if (strcmp(argv[1], "--queued") == 0) {
             opts.no_immediate = 1;
             peer = "c_queued";
+        } else if (strcmp(argv[1], "--schedulers") == 0 && argc > 2) {
+            opts.schedulers = atoi(argv[2]);
+            argc--, argv++;
+        } else if (strcmp(argv[1], "--peer") == 0 && argc > 2) {
+            peer = argv[2];
+            argc--, argv++;
         } else if (strcmp(argv[1], "--only") == 0 && argc > 2) {
             only_case = argv[2];
             argc--, argv++;
@@ -319,7 +328,8 @@ int main(int argc, char **argv) {
         }
     }
     if (argc != 4) {
-        fprintf(stderr, "usage: bench_msg [--queued] [--only CASE] DRIVERS_DIR TRIPS PIPE\n");
+        fprintf(stderr, "usage: bench_msg [--queued] [--schedulers N] [--peer NAME] [--only CASE] "
+                        "DRIVERS_DIR TRIPS PIPE\n");
         return 2;
     }
     dir = argv[1];

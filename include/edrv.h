@@ -9,14 +9,15 @@
  * them, and receives their messages as Erlang terms in external term format
  * (ETF).
  *
- * Who runs a callback: the emulator thread, which edrv_start starts, runs
- * timers, fd events, finished async jobs and every call that was queued to
- * it. A host thread's own call (open, command, control, call, close, info) is
- * run by that thread itself when the locks it needs are free (control, call
- * and a one-buffer command to a port that is not busy need only the port's)
- * and no call of that thread is queued, as ERTS runs a port's callback in the
- * calling process's scheduler when it can; otherwise it is queued (a command
- * never waits for a port's lock). Either way a thread's calls keep their
+ * Who runs a callback: the schedulers, which edrv_start starts
+ * (edrv_options.schedulers), run timers, fd events, finished async jobs and
+ * every call that was queued. A host thread's own call (open, command,
+ * control, call, close, info) is run by that thread itself when the lock it
+ * needs is free (the port's; the emulator lock, for what ports share, to
+ * open) and nothing is queued for the port, as ERTS runs a port's callback in
+ * the calling process's scheduler when it can; otherwise it is queued to the
+ * scheduler of the port's lock (a command never waits for a port's lock).
+ * Either way a thread's calls to a port keep their
  * order, and a port sees one callback at a time. A callback that calls this
  * header runs the call in place; a synchronous call to a port of another
  * lock, held by another thread, waits for it, so two drivers whose callbacks
@@ -110,11 +111,12 @@ typedef struct {
      * microseconds into a fraction of one while work keeps coming; an idle
      * runtime sleeps once the spin is over and uses no CPU. */
     int spin_us;
-    /* Every call is queued to the emulator thread, and every driver callback
-     * runs on it: the original model, for drivers and tests that want it.
-     * By default a host thread runs its own call's callback when no other
-     * thread runs driver code and no call is queued (as ERTS runs a port's
-     * callback in the calling process's scheduler when it can). */
+    /* Every call is queued to a scheduler (with one scheduler, every driver
+     * callback runs on the emulator thread: the original model, for drivers
+     * and tests that want it). By default a host thread runs its own call's
+     * callback when the port's lock is free and nothing is queued for the
+     * port (as ERTS runs a port's callback in the calling process's
+     * scheduler when it can). */
     int no_immediate;
     /* Scheduler threads, 0 for the default (one per core, as ERTS). The
      * first, the emulator thread, runs timers, fd events, finished async

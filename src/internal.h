@@ -17,10 +17,11 @@
  *     holds while it works, a host thread while it runs its own call in
  *     place, and a fast path's thread from the moment its callback asks for
  *     shared state (edrv__emulator_enter) until it lets its unit go;
- *   - host threads call edrv.h; control, call and simple commands run under
- *     the port's unit alone (the fast paths); a call they cannot run at once
- *     is queued to the emulator thread (loop.c) and, if synchronous, they
- *     wait for it;
+ *   - host threads call edrv.h; a port's calls run under the port's unit
+ *     alone (the fast paths, and tries); a call they cannot run at once is
+ *     queued to a scheduler (loop.c): the port's unit's, which runs it under
+ *     that unit alone, or the emulator thread, for the others; if
+ *     synchronous, they wait for it;
  *   - any thread may allocate (mem.c), build and deliver messages (term.c,
  *     proc.c) and use the erl_drv_* thread primitives (thread.c).
  *

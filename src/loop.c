@@ -1,21 +1,21 @@
 /*
- * loop.c: the runtime's life, the emulator lock, units, and the emulator
- * thread.
+ * loop.c: the runtime's life, the emulator lock, units, the emulator thread
+ * and the other schedulers.
  *
  * A port's callbacks run under its unit (below, "units"): its driver's lock,
  * or its own for a driver with ERL_DRV_FLAG_USE_PORT_LOCKING, as ERTS's
  * driver-level and port-level locking. What ports share runs under one more
  * lock, the emulator lock (below): its holder acts as the emulator. A host
- * thread's edrv.h call runs in the calling thread when it can: control,
- * call and simple commands under the port's unit alone (the fast paths,
- * port.c), the other calls under the emulator lock and the unit. Otherwise
- * the call becomes a request in one FIFO queue (so one thread's calls keep
- * their order) for the emulator thread, which is woken through an eventfd
- * registered in its epoll set, the one wake-up primitive of the loop (timers
- * and driver_select events share the same epoll set). A synchronous call
- * answered by another thread waits on a semaphore in its request, which
- * lives on the caller's stack; an asynchronous one (port_command) is
- * allocated and freed by whoever runs it.
+ * thread's edrv.h call runs in the calling thread when it can: a port's call
+ * (command, control, call, close, info) under the port's unit alone, when
+ * nothing is queued for the port (port.c's operations, with `try`), the
+ * others under the emulator lock. Otherwise the call becomes a request in a
+ * FIFO queue: a port's request in its unit's scheduler's (below,
+ * "schedulers"), any other in the emulator thread's, which is woken through
+ * an eventfd registered in its epoll set (timers and driver_select events
+ * share the same epoll set). A synchronous call answered by another thread
+ * waits on a semaphore in its request, which lives on the caller's stack; an
+ * asynchronous one (port_command) is allocated and freed by whoever runs it.
  *
  * The queue lock is held only to link or unlink requests, never while one runs.
  * Lock order: unit -> the emulator lock -> the queue lock (rt.lock).
@@ -108,9 +108,11 @@ static _Atomic int state = ST_STOPPED;
  * that the calling thread holds it, and so acts as the emulator: every
  * "emulator thread only" rule of libedrv means "holds the emulator lock".
  *
- * Order: a host's call runs in its thread only when no request is in flight
- * (queued, or running: `inflight` counts a request from its enqueue until it
- * has run), so it never overtakes a call it queued before.
+ * Order: a host's call under this lock runs in its thread only when no
+ * request of the emulator thread's queue is in flight (queued, or running:
+ * `inflight` counts one from its enqueue until it has run), so it never
+ * overtakes a call it queued there before; a port's call looks at its
+ * port's `queued` instead (schedulers).
  *
  * Fairness: the emulator thread announces that it waits for the lock
  * (`wanted`); host threads then queue their calls instead of taking it, so
@@ -809,7 +811,7 @@ static int scheds_start(int n) {
             scheds_stop();
             return -err;
         }
-        char name[16];
+        char name[32]; /* "scheduler 1024" fits a thread's name (15 bytes) */
         snprintf(name, sizeof name, "scheduler %d", i + 1);
         pthread_setname_np(s->thread, name);
         atomic_store(&scheds.n, i + 1);
@@ -883,10 +885,9 @@ static int enqueue_first(request *r) {
     else
         rt.head = r;
     rt.tail = r;
-    /* Counted under the lock, on every request: a host holding the emulator
-     * lock that finds no request in flight knows that none is queued or
-     * running (emu_trylock), and a fast path that finds none runs after
-     * every request its own thread queued. */
+    /* Counted under the lock, on every request of this queue: a host
+     * holding the emulator lock that finds none in flight knows that none is
+     * queued or running (emu_trylock). */
     atomic_fetch_add(&rt.inflight, 1);
     atomic_store(&rt.requests, true);
     if (r->type == R_STOP) {
