@@ -119,10 +119,10 @@ typedef struct {
      * scheduler when it can). */
     int no_immediate;
     /* Scheduler threads, 0 for the default (one per core, as ERTS). The
-     * first, the emulator thread, runs timers, fd events, finished async
-     * jobs and queued calls that are not a port's (loading, opening); a
-     * port's queued calls run on the scheduler of its lock (its driver's, or
-     * its own with ERL_DRV_FLAG_USE_PORT_LOCKING), so ports of different
+     * first, the emulator thread, runs fd events, finished async jobs and
+     * queued calls that are not a port's (loading, opening); a port's queued
+     * calls and due timers run on the scheduler of its lock (its driver's,
+     * or its own with ERL_DRV_FLAG_USE_PORT_LOCKING), so ports of different
      * locks run side by side. 1 with no_immediate: every callback on one
      * thread. */
     int schedulers;

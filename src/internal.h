@@ -309,7 +309,9 @@ struct _erl_drv_port {
      * sender's calls reach the port in order. */
     _Atomic int queued;
     long timer_slot;          /* index in the timer heap, or -1 */
-    uint64_t timer_gen;       /* bumped by driver_set_timer and driver_cancel_timer */
+    /* Bumped by driver_set_timer and driver_cancel_timer, under the emulator
+     * lock; read by a scheduler that runs a due timer under the unit alone. */
+    _Atomic uint64_t timer_gen;
     int64_t timer_deadline;   /* CLOCK_MONOTONIC ns */
     /* The struct outlives the port (DEAD) while it is used or referenced.
      * uses: async jobs not yet ended and monitor passes under way (emulator
@@ -457,7 +459,7 @@ void edrv__monitors_port_gone(edrv_port_t *pt);
 size_t edrv__queue_size(const edrv_queue *q); /* NULL is empty */
 void edrv__queue_free(edrv_queue *q);
 
-/* Emulator thread: a due timer's callback. */
+/* The holder of pt's unit: a due timer's callback. */
 void edrv__port_timeout(edrv_port_t *pt);
 
 /* ---- timer.c: driver timers (emulator thread) ------------------------------- */
@@ -564,6 +566,13 @@ void edrv__timers_changed(void);
 bool edrv__on_emulator_thread(void);
 bool edrv__running(void);
 int edrv__async_threads(void);
+/* Emulator thread: a due timer of pt whose generation was gen, run by the
+ * scheduler of pt's unit when that is not the emulator thread (true), or
+ * left to the caller (false). */
+bool edrv__sched_timeout(edrv_port_t *pt, uint64_t gen);
+/* Any thread: runs pt's due timer of generation gen, unless the driver set
+ * or cancelled it since. */
+void edrv__timer_fire(edrv_port_t *pt, uint64_t gen);
 /* Emulator thread: answers a request left pending (EDRV__PENDING). */
 void edrv__request_finish(void *req, int result);
 /* Any thread but the emulator's: closes the ports a process ended with. */

@@ -44,7 +44,7 @@
 
 typedef enum {
     R_LOAD, R_REGISTER, R_UNLOAD, R_OPEN, R_COMMAND, R_CONTROL, R_CALL, R_CLOSE, R_INFO,
-    R_PROC_EXIT, R_STOP, R_FENCE
+    R_PROC_EXIT, R_STOP, R_FENCE, R_TIMEOUT
 } req_type;
 
 #define DETAIL_MAX 256
@@ -58,6 +58,7 @@ typedef struct request {
     _Atomic long *proc_queued; /* R_COMMAND: the sender's count (edrv_proc.queued) */
     const char *s1, *s2;
     unsigned u;
+    uint64_t gen;      /* R_TIMEOUT: the timer's generation when it was due */
     char *data;
     size_t len;
     ErlDrvBinary *bin; /* R_COMMAND: the data, owned by the request */
@@ -573,6 +574,10 @@ static void execute(request *r) {
     case R_FENCE:
         r->result = 0;
         break;
+    case R_TIMEOUT:
+        edrv__timer_fire(r->pt, r->gen);
+        r->result = 0;
+        break;
     case R_PROC_EXIT:
         edrv__ports_of_proc_exit(r->pid);
         r->result = 0;
@@ -667,9 +672,10 @@ static void *emulator_main(void *arg) {
 /* ---- schedulers -------------------------------------------------------------
  * edrv_options.schedulers threads run queued work. The first is the
  * emulator thread: it runs the host's requests that are not a port's
- * (loading, opening, a process's exit, stopping), finished async jobs,
- * timers and fd events, under the emulator lock. A port's request (command,
- * control, call, close, info) goes to the scheduler of the port's unit, fixed
+ * (loading, opening, a process's exit, stopping), finished async jobs and
+ * fd events, under the emulator lock, and keeps the timers. A port's request
+ * (command, control, call, close, info) and its due timer (R_TIMEOUT, from
+ * edrv__sched_timeout) go to the scheduler of the port's unit, fixed
  * when the unit is made (round robin): so a port's requests are run in the
  * order they came, one at a time, and ports of different units run side by
  * side on different schedulers. The others (sched[1..]) run port requests
@@ -686,6 +692,7 @@ static void *emulator_main(void *arg) {
  * its commands (edrv__proc_exited), and edrv_stop and unloading wait for
  * every scheduler's queue (fence). */
 static int enqueue_first(request *r);
+static int enqueue(request *r);
 static void scheds_stop(void);
 
 typedef struct {
@@ -850,6 +857,25 @@ static void fence(void) {
                 ;
         sem_destroy(&done);
     }
+}
+
+bool edrv__sched_timeout(edrv_port_t *pt, uint64_t gen) {
+    EDRV_ASSERT_EMULATOR();
+    if (!sched_of(pt))
+        return false;
+    request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r);
+    if (!r)
+        return false; /* then the emulator thread runs it */
+    r->type = R_TIMEOUT;
+    r->pt = pt;
+    r->gen = gen;
+    atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
+    if (enqueue(r) < 0) {
+        edrv__port_put(pt);
+        edrv__free(r);
+        return false;
+    }
+    return true;
 }
 
 /* Queues r: a port's request to its port's scheduler, any other to the

@@ -471,7 +471,6 @@ static bool alive_or_closing(const edrv_port_t *pt) {
 }
 
 void edrv__port_timeout(edrv_port_t *pt) {
-    EDRV_ASSERT_EMULATOR();
     EDRV_ASSERT_UNIT(pt);
     const ErlDrvEntry *e = pt->drv->entry;
     /* STARTING: an init-ack driver waits for its own timer to answer. */

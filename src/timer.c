@@ -5,9 +5,12 @@
  * "call me back soon" (on the next turn of the loop), and a port's timer is
  * cancelled when the port ends. The ports with a timer sit in one binary
  * min-heap ordered by deadline; the emulator thread sleeps in epoll until the
- * earliest deadline and then runs the `timeout` callbacks that are due.
+ * earliest deadline and then runs the `timeout` callbacks that are due, or
+ * hands each to the scheduler of the port's unit (loop.c), which runs it
+ * under that unit alone.
  *
- * Emulator thread only: timers are set from driver callbacks.
+ * Emulator thread only, but edrv__timer_fire: timers are set from driver
+ * callbacks.
  */
 #include "internal.h"
 
@@ -83,14 +86,21 @@ void edrv__timers_run(void) {
     int64_t now = edrv__now_ns();
     while (timers.n && timers.heap[0]->timer_deadline <= now) {
         edrv_port_t *pt = timers.heap[0];
-        uint64_t gen = pt->timer_gen;
+        uint64_t gen = atomic_load(&pt->timer_gen);
         edrv__timer_cancel(pt);
-        /* A driver that set or cancelled the timer while this thread waited
-         * for the port's unit (after the timer was due) has the last word. */
-        if (!edrv__port_lock(pt) || pt->timer_gen == gen)
-            edrv__port_timeout(pt);
-        edrv__port_unlock(pt);
+        if (!edrv__sched_timeout(pt, gen))
+            edrv__timer_fire(pt, gen);
     }
+}
+
+void edrv__timer_fire(edrv_port_t *pt, uint64_t gen) {
+    /* A driver that set or cancelled the timer after it was due (while this
+     * thread waited for the port's unit, or the timer for its scheduler)
+     * has the last word. */
+    edrv__port_lock(pt);
+    if (atomic_load(&pt->timer_gen) == gen)
+        edrv__port_timeout(pt);
+    edrv__port_unlock(pt);
 }
 
 /* ---- the driver interface -------------------------------------------------------- */
@@ -98,7 +108,7 @@ void edrv__timers_run(void) {
 EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
     if (!port || !edrv__port_accepts_jobs(port) || !edrv__emulator_enter())
         return -1;
-    port->timer_gen++;
+    atomic_fetch_add(&port->timer_gen, 1);
     edrv__timer_cancel(port);
     if (timers.n == timers.cap) {
         size_t cap = timers.cap ? timers.cap * 2 : 16;
@@ -118,7 +128,7 @@ EDRV_API int driver_set_timer(ErlDrvPort port, unsigned long time) {
 EDRV_API int driver_cancel_timer(ErlDrvPort port) {
     if (!port || !edrv__emulator_enter())
         return -1;
-    port->timer_gen++;
+    atomic_fetch_add(&port->timer_gen, 1);
     edrv__timer_cancel(port);
     return 0;
 }

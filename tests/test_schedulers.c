@@ -223,6 +223,29 @@ static void one_scheduler_is_one_thread(void) {
     edrv_proc_free(proc);
 }
 
+static void timers_run_on_their_ports_schedulers(void) {
+    /* idrvp, two schedulers: each port's timer runs on the scheduler of the
+     * port's lock, one on the emulator thread, the other on the second. */
+    REQUIRE(setup(2, "idrvp") == 0);
+    edrv_proc *q[2] = {edrv_proc_new(), edrv_proc_new()}; /* one mailbox each */
+    edrv_port p[2] = {open_port(q[0]), open_port(q[1])};
+    char ms[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 2; i++)
+        CHECK_STR(ctl(q[i], p[i], 5, ms, 4), ""); /* re-arming at 0 ms */
+    for (int i = 0; i < 2; i++)
+        CHECK_MSG(q[i], p[i], "{%P,{data,<<\"tick\">>}}");
+    CHECK_STR(ctl(proc, p[0], 6, "\0", 1), ""); /* ticking off, for both */
+    char a[32], b[32];
+    snprintf(a, sizeof a, "%s", ctl(proc, p[0], 13, "", 0));
+    snprintf(b, sizeof b, "%s", ctl(proc, p[1], 13, "", 0));
+    CHECK(strcmp(a, b) != 0);
+    CHECK(strcmp(a, "scheduler 2") == 0 || strcmp(b, "scheduler 2") == 0);
+    CHECK(strcmp(a, "emulator") == 0 || strcmp(b, "emulator") == 0);
+    edrv_proc_free(q[0]);
+    edrv_proc_free(q[1]);
+    edrv_proc_free(proc);
+}
+
 /* Frees a process from a thread of its own. */
 static void *free_thread(void *arg) {
     edrv_proc_free(arg);
@@ -269,6 +292,7 @@ static const test_case cases[] = {
     {"port_locks_spread_over_schedulers", port_locks_spread_over_schedulers},
     {"one_scheduler_is_one_thread", one_scheduler_is_one_thread},
     {"exit_follows_queued_commands", exit_follows_queued_commands},
+    {"timers_run_on_their_ports_schedulers", timers_run_on_their_ports_schedulers},
     {NULL, NULL},
 };
 

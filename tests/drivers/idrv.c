@@ -27,6 +27,8 @@
  *                 another port is inside too (two ports' callbacks at once:
  *                 never returns for ports that are serialized); reply "met"
  *  12 SCHEDS   -> reply driver_system_info's scheduler_threads
+ *  13 TICKNAME -> reply the name of the thread that ran the port's last
+ *                 timeout ("" before the first)
  * Output: the command data comes back as {Port, {data, Data}}.
  */
 #define _GNU_SOURCE /* gettid, RTLD_DEFAULT */
@@ -52,6 +54,7 @@
 typedef struct {
     ErlDrvPort port;
     atomic_int inside; /* callbacks of this port running */
+    char tick_name[16]; /* the thread of its last timeout */
 } idrv;
 
 static atomic_int inside; /* callbacks of any port running */
@@ -83,6 +86,7 @@ static ErlDrvData i_start(ErlDrvPort port, char *cmd) {
         return ERL_DRV_ERROR_GENERAL;
     d->port = port;
     atomic_init(&d->inside, 0);
+    d->tick_name[0] = 0;
     return (ErlDrvData)d;
 }
 
@@ -100,6 +104,7 @@ static void i_timeout(ErlDrvData d) {
     idrv *i = (idrv *)d;
     enter(i);
     atomic_fetch_add(&ticks, 1);
+    pthread_getname_np(pthread_self(), i->tick_name, sizeof i->tick_name);
     driver_output(i->port, "tick", 4);
     if (atomic_load(&ticking))
         driver_set_timer(i->port, 0);
@@ -168,6 +173,8 @@ static ErlDrvSSizeT control(idrv *i, unsigned op, char *buf, ErlDrvSizeT len, ch
             pthread_cond_wait(&gate_cond, &gate_lock);
         pthread_mutex_unlock(&gate_lock);
         return REPLY("met");
+    case 13:
+        return REPLY("%s", i->tick_name);
     case 12: {
         ErlDrvSysInfo si;
         driver_system_info(&si, sizeof si);
