@@ -118,7 +118,8 @@ typedef struct {
      * port (as ERTS runs a port's callback in the calling process's
      * scheduler when it can). */
     int no_immediate;
-    /* Scheduler threads, 0 for the default (one per core, as ERTS). The
+    /* Scheduler threads, 0 for the default: $EDRV_SCHEDULERS if set (1 to
+     * 1024), else 1 (bench/README.md says why). The
      * first, the emulator thread, runs fd events, finished async jobs and
      * queued calls that are not a port's (loading, opening); a port's queued
      * calls and due timers run on the scheduler of its lock (its driver's,

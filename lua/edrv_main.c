@@ -33,7 +33,7 @@ static const char usage[] =
     "                          default: the number of online CPUs)\n"
     "  -S N, --schedulers N    scheduler threads, which run queued calls,\n"
     "                          timers, fd events and finished async jobs\n"
-    "                          (1..1024; default: the number of online CPUs)\n"
+    "                          (1..1024; default: $EDRV_SCHEDULERS, else 1)\n"
     "  --no-immediate          queue every call to a scheduler (by default the\n"
     "                          script's thread runs its own calls when it can);\n"
     "                          with -S 1, every driver callback runs on one thread\n"

@@ -585,6 +585,7 @@ static void end_job(job *j, edrv_port_t **held) {
             edrv__port_unlock(*held);
         *held = pt;
         edrv__port_lock(pt);
+        edrv__unit_settle(pt->unit); /* its calls come here too (loop.c) */
     }
     if (edrv__port_ready_async_ok(pt)) {
         bump(&pool.ready);

@@ -304,10 +304,12 @@ struct _erl_drv_port {
     ErlDrvPDL pdl;            /* driver_pdl_create's lock, or NULL */
     edrv_queue *queue;        /* the driver queue, or NULL while never used */
     edrv_unit *unit;          /* serializes its callbacks (loop.c "units") */
-    /* Requests queued for it and not yet run (loop.c): while there are any,
-     * a new one is queued behind them rather than run at once, so that a
-     * sender's calls reach the port in order. */
-    _Atomic int queued;
+    /* Requests queued for it and not yet run (loop.c), in the low 32 bits,
+     * and the scheduler they are queued to, in the high ones: while there
+     * are any, a new one is queued behind them, to the same scheduler,
+     * rather than run at once, so that a sender's calls reach the port in
+     * order. EDRV_QUEUED gives the count. */
+    _Atomic uint64_t queued;
     long timer_slot;          /* index in the timer heap, or -1 */
     /* Bumped by driver_set_timer and driver_cancel_timer, under the emulator
      * lock; read by a scheduler that runs a due timer under the unit alone. */
@@ -333,6 +335,8 @@ struct _erl_drv_port {
     edrv_link sels[2];    /* the fds it has selected for input, output (select.c) */
 };
 typedef struct _erl_drv_port edrv_port_t;
+
+#define EDRV_QUEUED(q) ((uint32_t)(q))
 
 /* Whether output from the port is delivered (see port.c's life of a port). */
 static inline bool edrv__port_outputs(const edrv_port_t *pt) {
@@ -549,6 +553,9 @@ bool edrv__unit_enter(edrv_unit *u);
 /* Takes u only if it is free and no thread waits for it; never waits. */
 bool edrv__unit_try(edrv_unit *u);
 void edrv__unit_exit(edrv_unit *u);
+/* The holder of u, a scheduler: u's ports' queued calls go to this
+ * scheduler from now on (loop.c, sched_route). */
+void edrv__unit_settle(edrv_unit *u);
 /* Whether the calling thread acts as the emulator (holds the emulator lock)
  * after the call: it does already, or it runs a callback on a fast path
  * (holds a unit) and takes the lock now, until it lets its last unit go.

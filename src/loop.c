@@ -211,7 +211,8 @@ struct edrv_unit {
     int depth;               /* the holder's nesting */
     _Atomic int waiters;     /* threads blocked for it: fast paths stand back */
     _Atomic int refs;
-    unsigned sched; /* its scheduler, modulo their number (schedulers) */
+    unsigned sched; /* its home scheduler, modulo their number (schedulers) */
+    _Atomic int last; /* where its ports' calls go (edrv__unit_settle), or -1: home */
     /* Units are allocated one after another: this keeps the next unit's
      * words off the cache line of this one's, which its holder writes on
      * every call (two threads on two ports would pass it between cores). */
@@ -224,6 +225,9 @@ static _Thread_local int units_held __attribute__((tls_model("initial-exec")));
 static _Thread_local bool emu_taken __attribute__((tls_model("initial-exec")));
 static _Thread_local char thread_mark __attribute__((tls_model("initial-exec")));
 
+/* The scheduler this thread is (0: the emulator thread), or -1. */
+static _Thread_local int sched_index __attribute__((tls_model("initial-exec"))) = -1;
+
 static inline uintptr_t self_mark(void) {
     return (uintptr_t)&thread_mark;
 }
@@ -234,6 +238,7 @@ edrv_unit *edrv__unit_new(void) {
     if (u) {
         pthread_mutex_init(&u->mtx, NULL);
         atomic_init(&u->refs, 1);
+        atomic_init(&u->last, -1);
         u->sched = atomic_fetch_add_explicit(&next_sched, 1, memory_order_relaxed);
     }
     return u;
@@ -293,6 +298,12 @@ bool edrv__unit_enter(edrv_unit *u) {
     unit_block(u);
     emu_relock(is_loop_thread);
     return true;
+}
+
+void edrv__unit_settle(edrv_unit *u) {
+    EDRV_ASSERT_OWNER(edrv__unit_held(u), "the unit's holder only");
+    if (sched_index >= 0 && atomic_load_explicit(&u->last, memory_order_relaxed) != sched_index)
+        atomic_store_explicit(&u->last, sched_index, memory_order_relaxed);
 }
 
 bool edrv__unit_try(edrv_unit *u) {
@@ -596,7 +607,7 @@ static void execute(request *r) {
  * end. */
 static void request_done(request *r) {
     if (r->pt) {
-        atomic_fetch_sub_explicit(&r->pt->queued, 1, memory_order_release);
+        atomic_fetch_sub_explicit(&r->pt->queued, 1, memory_order_release); /* the count */
         edrv__port_put(r->pt);
     }
     if (r->proc_queued)
@@ -644,6 +655,7 @@ static void *emulator_main(void *arg) {
     (void)arg;
     edrv__thread_signals();
     is_loop_thread = true;
+    sched_index = 0;
     edrv_mem_counters counters;
     edrv__mem_thread_begin(&counters);
     emu_lock();
@@ -719,9 +731,36 @@ int edrv__schedulers(void) {
     return atomic_load_explicit(&scheds.n, memory_order_relaxed);
 }
 
-static int sched_of(const edrv_port_t *pt) {
+/* The home scheduler of pt's unit. */
+static int sched_home(const edrv_port_t *pt) {
     int n = atomic_load_explicit(&scheds.n, memory_order_relaxed);
     return n > 1 ? (int)(pt->unit->sched % (unsigned)n) : 0;
+}
+
+/* Counts one more request queued for pt, and says to which scheduler it
+ * goes: behind the port's queued requests, on their scheduler; with none,
+ * to the one its unit settled on (edrv__unit_settle), else to the unit's
+ * home. A unit settles on the emulator thread once that ends one of its
+ * ports' async jobs: from then on its calls run where its jobs end, where
+ * its data and its allocator's pages are (a port's calls on one scheduler
+ * and its jobs' ends on another passed its unit, the emulator lock and the
+ * jobs' memory between them: the pool's bursts ran 5 to 10 times slower).
+ * Count and scheduler change in one step, so that two requests of one
+ * sender never go to two schedulers. */
+static int sched_route(edrv_port_t *pt) {
+    uint64_t old = atomic_load_explicit(&pt->queued, memory_order_relaxed), new;
+    int k;
+    do {
+        if (EDRV_QUEUED(old)) {
+            k = (int)(old >> 32);
+        } else {
+            int last = atomic_load_explicit(&pt->unit->last, memory_order_relaxed);
+            k = last >= 0 && last < atomic_load_explicit(&scheds.n, memory_order_relaxed)
+                    ? last : sched_home(pt);
+        }
+        new = (uint64_t)k << 32 | (uint64_t)(EDRV_QUEUED(old) + 1);
+    } while (!atomic_compare_exchange_weak(&pt->queued, &old, new));
+    return k;
 }
 
 static void sched_wake(sched_t *s) {
@@ -782,6 +821,7 @@ static request *sched_take(sched_t *s) {
 
 static void *sched_main(void *arg) {
     sched_t *s = arg;
+    sched_index = (int)(s - scheds.s);
     edrv__thread_signals();
     edrv_mem_counters counters;
     edrv__mem_thread_begin(&counters);
@@ -861,8 +901,9 @@ static void fence(void) {
 
 bool edrv__sched_timeout(edrv_port_t *pt, uint64_t gen) {
     EDRV_ASSERT_EMULATOR();
-    if (!sched_of(pt))
-        return false;
+    int last = atomic_load_explicit(&pt->unit->last, memory_order_relaxed);
+    if ((last < 0 ? sched_home(pt) : last) == 0 && !EDRV_QUEUED(atomic_load(&pt->queued)))
+        return false; /* the emulator thread's port: run it here, now */
     request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r);
     if (!r)
         return false; /* then the emulator thread runs it */
@@ -883,10 +924,9 @@ bool edrv__sched_timeout(edrv_port_t *pt, uint64_t gen) {
  * began, so that no request is ever left behind in a queue. */
 static int enqueue(request *r) {
     if (r->pt) {
-        atomic_fetch_add_explicit(&r->pt->queued, 1, memory_order_relaxed);
+        int k = sched_route(r->pt);
         if (r->proc_queued)
             atomic_fetch_add(r->proc_queued, 1);
-        int k = sched_of(r->pt);
         int rc = k ? sched_enqueue(&scheds.s[k], r) : enqueue_first(r);
         if (rc < 0) {
             atomic_fetch_sub(&r->pt->queued, 1);
@@ -959,7 +999,7 @@ static bool fast_ok(void) {
 }
 
 static bool nothing_queued(const edrv_port_t *pt) {
-    return atomic_load_explicit(&pt->queued, memory_order_acquire) == 0;
+    return !EDRV_QUEUED(atomic_load_explicit(&pt->queued, memory_order_acquire));
 }
 
 /* Runs a port's request (r->pt) in the calling thread: waiting for the
@@ -1080,10 +1120,21 @@ static int call_sync(request *r) {
 
 /* ---- the runtime ------------------------------------------------------------- */
 
-/* edrv_options.schedulers 0: one per core, as ERTS (bench/README.md). */
+/* edrv_options.schedulers 0: $EDRV_SCHEDULERS if set, else 1. Not one per
+ * core, as ERTS: immediate execution runs most calls in their callers, and a
+ * second scheduler changed nothing on the message path (bench_msg) nor on the
+ * main job, but cost the async pool's first burst after start (bench_edrv,
+ * bench/README.md). */
 static int default_schedulers(void) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    return cpus < 1 ? 1 : cpus > MAX_SCHEDULERS ? MAX_SCHEDULERS : (int)cpus;
+    const char *env = getenv("EDRV_SCHEDULERS");
+    if (env && *env) {
+        char *end;
+        long n = strtol(env, &end, 10);
+        if (*end || n < 1 || n > MAX_SCHEDULERS)
+            return -1;
+        return (int)n;
+    }
+    return 1;
 }
 
 EDRV_API int edrv_start(const edrv_options *opts) {
@@ -1099,8 +1150,9 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     int nsched = opts ? opts->schedulers : 0;
     if (nsched < 0 || nsched > MAX_SCHEDULERS)
         return edrv__fail(EDRV_EINVAL, "schedulers must be 1..%d, not %d", MAX_SCHEDULERS, nsched);
-    if (!nsched)
-        nsched = default_schedulers();
+    if (!nsched && (nsched = default_schedulers()) < 0)
+        return edrv__fail(EDRV_EINVAL, "EDRV_SCHEDULERS must be 1..%d, not '%s'", MAX_SCHEDULERS,
+                          getenv("EDRV_SCHEDULERS"));
     if (!threads) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus < 1 ? 1 : cpus > 1024 ? 1024 : (int)cpus;

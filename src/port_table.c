@@ -301,7 +301,8 @@ edrv_port_t *edrv__table_take_fast(edrv_port id) {
     pthread_mutex_lock(lock);
     edrv_port_t *pt = lookup_locked(id);
     if (pt && atomic_load_explicit(&pt->state, memory_order_relaxed) == PORT_ALIVE &&
-        !atomic_load_explicit(&pt->queued, memory_order_acquire) && edrv__unit_try(pt->unit)) {
+        !EDRV_QUEUED(atomic_load_explicit(&pt->queued, memory_order_acquire)) &&
+        edrv__unit_try(pt->unit)) {
         atomic_fetch_add_explicit(&pt->refs, 1, memory_order_relaxed);
         pthread_mutex_unlock(lock);
         if (atomic_load(&pt->state) == PORT_ALIVE)

@@ -89,7 +89,33 @@ static void bad_scheduler_counts(void) {
     CHECK_INT(edrv_start(&(edrv_options){.schedulers = -1}), EDRV_EINVAL);
     CHECK_INT(edrv_start(&(edrv_options){.schedulers = 1025}), EDRV_EINVAL);
     CHECK(strstr(edrv_last_error(), "1..1024") != NULL);
+    setenv("EDRV_SCHEDULERS", "0x2", 1);
+    CHECK_INT(edrv_start(NULL), EDRV_EINVAL);
+    CHECK(strstr(edrv_last_error(), "EDRV_SCHEDULERS") != NULL);
+    unsetenv("EDRV_SCHEDULERS");
     CHECK_INT(edrv_start(NULL), 0);
+}
+
+static void default_from_the_environment(void) {
+    /* edrv_options.schedulers 0: $EDRV_SCHEDULERS, else one. */
+    edrv_stop();
+    setenv("EDRV_SCHEDULERS", "3", 1);
+    int rc = edrv_start(NULL);
+    unsetenv("EDRV_SCHEDULERS");
+    REQUIRE(rc == 0);
+    proc = edrv_proc_new();
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "idrv") == 0);
+    drv_name = "idrv";
+    edrv_port port = open_port(proc);
+    CHECK_STR(ctl(proc, port, 12, "", 0), "3");
+    edrv_proc_free(proc);
+    edrv_stop();
+    REQUIRE(edrv_start(NULL) == 0);
+    proc = edrv_proc_new();
+    REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "idrv") == 0);
+    port = open_port(proc);
+    CHECK_STR(ctl(proc, port, 12, "", 0), "1");
+    edrv_proc_free(proc);
 }
 
 /* MEET on a port, from a thread of its own; the callback's thread name. */
@@ -287,6 +313,7 @@ static void exit_follows_queued_commands(void) {
 static const test_case cases[] = {
     {"system_info_counts_schedulers", system_info_counts_schedulers},
     {"bad_scheduler_counts", bad_scheduler_counts},
+    {"default_from_the_environment", default_from_the_environment},
     {"locks_run_side_by_side", locks_run_side_by_side},
     {"driver_lock_serializes_across_schedulers", driver_lock_serializes_across_schedulers},
     {"port_locks_spread_over_schedulers", port_locks_spread_over_schedulers},
