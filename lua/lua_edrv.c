@@ -810,6 +810,323 @@ static int term_tostring(lua_State *L) {
     return 1;
 }
 
+/* ---- term order ------------------------------------------------------------------------------ */
+
+/* Erlang's term order, on two terms in ETF (version bytes skipped):
+ * number < atom < reference < fun < port < pid < tuple < map < [] < list <
+ * binary. Numbers compare by value (1 and 1.0 are equal, as with ==);
+ * tuples by size, then element by element; maps by size, then their keys in
+ * term order (where an integer comes before the equal float), then the
+ * values in that order; lists element by element, the
+ * shorter first; binaries byte by byte, the shorter first. term_cmp returns
+ * -1, 0 or 1 and moves both indexes past the terms, or -2 for ETF it cannot
+ * read. */
+static int rank(int type) {
+    switch (type) {
+    case ERL_SMALL_INTEGER_EXT: case ERL_INTEGER_EXT: case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: case ERL_FLOAT_EXT: case NEW_FLOAT_EXT: return 1;
+    case ERL_ATOM_EXT: case ERL_SMALL_ATOM_EXT: case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT: return 2;
+    case ERL_REFERENCE_EXT: case ERL_NEW_REFERENCE_EXT: case ERL_NEWER_REFERENCE_EXT: return 3;
+    case ERL_FUN_EXT: case ERL_NEW_FUN_EXT: case ERL_EXPORT_EXT: return 4;
+    case ERL_PORT_EXT: case ERL_NEW_PORT_EXT: case ERL_V4_PORT_EXT: return 5;
+    case ERL_PID_EXT: case ERL_NEW_PID_EXT: return 6;
+    case ERL_SMALL_TUPLE_EXT: case ERL_LARGE_TUPLE_EXT: return 7;
+    case ERL_MAP_EXT: return 8;
+    case ERL_NIL_EXT: return 9;
+    case ERL_LIST_EXT: case ERL_STRING_EXT: return 10;
+    case ERL_BINARY_EXT: case ERL_BIT_BINARY_EXT: return 11;
+    default: return -1;
+    }
+}
+
+#define SIGN(a, b) ((a) < (b) ? -1 : (a) > (b))
+
+static int term_cmp(const char *a, int *ai, const char *b, int *bi, int depth);
+
+/* Comparing map keys: an integer before the equal float. */
+static _Thread_local bool key_mode;
+
+static int num_cmp(const char *a, int *ai, const char *b, int *bi) {
+    int ta, tb, n;
+    ei_get_type(a, ai, &ta, &n);
+    ei_get_type(b, bi, &tb, &n);
+    bool fa = ta == ERL_FLOAT_EXT || ta == NEW_FLOAT_EXT, fb = tb == ERL_FLOAT_EXT || tb == NEW_FLOAT_EXT;
+    if (!fa && !fb) {
+        long long x, y;
+        if (ei_decode_longlong(a, ai, &x) < 0 || ei_decode_longlong(b, bi, &y) < 0)
+            return -2; /* an integer past 64 bits: no Lua value makes one */
+        return SIGN(x, y);
+    }
+    double x, y;
+    long long lx, ly;
+    if (fa ? ei_decode_double(a, ai, &x) < 0 : ei_decode_longlong(a, ai, &lx) < 0)
+        return -2;
+    if (fb ? ei_decode_double(b, bi, &y) < 0 : ei_decode_longlong(b, bi, &ly) < 0)
+        return -2;
+    if (!fa)
+        x = (double)lx;
+    if (!fb)
+        y = (double)ly;
+    return x != y || !key_mode ? SIGN(x, y) : SIGN(fa, fb);
+}
+
+/* A list's elements one at a time, whether it is a LIST_EXT (terms, then a
+ * tail) or a STRING_EXT (bytes). */
+typedef struct {
+    const char *buf;
+    int *idx;
+    bool bytes;
+    int left;                /* elements not yet taken */
+    const unsigned char *s;  /* STRING_EXT: the next byte */
+} list_it;
+
+static int list_open(list_it *it, const char *buf, int *idx) {
+    int type, n;
+    if (ei_get_type(buf, idx, &type, &n) < 0)
+        return -1;
+    it->buf = buf;
+    it->idx = idx;
+    it->bytes = type == ERL_STRING_EXT;
+    it->left = n;
+    if (it->bytes) {
+        it->s = (const unsigned char *)buf + *idx + 3; /* tag, 2-byte length */
+        *idx += 3 + n;
+        return 0;
+    }
+    return ei_decode_list_header(buf, idx, &n) < 0 ? -1 : 0;
+}
+
+static int cmp_lists(const char *a, int *ai, const char *b, int *bi, int depth) {
+    list_it x, y;
+    if (list_open(&x, a, ai) < 0 || list_open(&y, b, bi) < 0)
+        return -2;
+    int r = 0;
+    for (; r == 0 && x.left && y.left; x.left--, y.left--) {
+        if (x.bytes && y.bytes) {
+            r = SIGN(*x.s, *y.s);
+            x.s++, y.s++;
+        } else if (x.bytes || y.bytes) {
+            /* a byte against a term: the byte is a small integer */
+            list_it *t = x.bytes ? &y : &x;
+            unsigned char c = *(x.bytes ? x.s : y.s);
+            char small[3] = {ERL_SMALL_INTEGER_EXT, (char)c, 0};
+            int si = 0;
+            r = x.bytes ? term_cmp(small, &si, t->buf, t->idx, depth + 1)
+                        : term_cmp(t->buf, t->idx, small, &si, depth + 1);
+            if (x.bytes)
+                x.s++;
+            else
+                y.s++;
+        } else {
+            r = term_cmp(a, ai, b, bi, depth + 1);
+        }
+    }
+    if (r)
+        return r;
+    /* One ran out, or both: what remains compares as lists; the tails
+     * (nil, or an improper list's tail) last. */
+    if (x.left || y.left)
+        return x.left ? 1 : -1;
+    bool tx = !x.bytes, ty = !y.bytes;
+    if (tx && ty)
+        return term_cmp(a, ai, b, bi, depth + 1);
+    int type, n;
+    if (tx) { /* y's tail is [] */
+        ei_get_type(a, ai, &type, &n);
+        return type == ERL_NIL_EXT ? (ei_skip_term(a, ai), 0) : 1;
+    }
+    if (ty) {
+        ei_get_type(b, bi, &type, &n);
+        return type == ERL_NIL_EXT ? (ei_skip_term(b, bi), 0) : -1;
+    }
+    return 0;
+}
+
+/* The offsets of a map's keys, sorted by term order; the map's values follow
+ * their keys. NULL when out of memory or the ETF is bad. */
+static _Thread_local const char *sort_buf;
+static int key_order(const void *x, const void *y) {
+    int i = *(const int *)x, j = *(const int *)y;
+    return term_cmp(sort_buf, &i, sort_buf, &j, 1);
+}
+
+static int *map_keys(const char *buf, int *idx, int n) {
+    int *keys = malloc(((size_t)n + 1) * sizeof *keys);
+    if (!keys)
+        return NULL;
+    for (int k = 0; k < n; k++) {
+        keys[k] = *idx;
+        if (ei_skip_term(buf, idx) < 0 || ei_skip_term(buf, idx) < 0) {
+            free(keys);
+            return NULL;
+        }
+    }
+    sort_buf = buf;
+    bool was = key_mode;
+    key_mode = true;
+    qsort(keys, (size_t)n, sizeof *keys, key_order);
+    key_mode = was;
+    return keys;
+}
+
+static int cmp_maps(const char *a, int *ai, const char *b, int *bi, int depth) {
+    int na, nb;
+    if (ei_decode_map_header(a, ai, &na) < 0 || ei_decode_map_header(b, bi, &nb) < 0)
+        return -2;
+    if (na != nb) {
+        int r = SIGN(na, nb);
+        int *ka = map_keys(a, ai, na), *kb = map_keys(b, bi, nb);
+        free(ka);
+        free(kb);
+        return ka && kb ? r : -2;
+    }
+    int *ka = map_keys(a, ai, na), *kb = map_keys(b, bi, nb);
+    int r = ka && kb ? 0 : -2;
+    bool was = key_mode;
+    key_mode = true;
+    for (int k = 0; r == 0 && k < na; k++) {
+        int x = ka[k], y = kb[k];
+        r = term_cmp(a, &x, b, &y, depth + 1);
+    }
+    key_mode = was;
+    for (int k = 0; r == 0 && k < na; k++) {
+        int x = ka[k], y = kb[k];
+        if (ei_skip_term(a, &x) < 0 || ei_skip_term(b, &y) < 0)
+            r = -2;
+        else
+            r = term_cmp(a, &x, b, &y, depth + 1);
+    }
+    free(ka);
+    free(kb);
+    return r;
+}
+
+/* The rest: bytes of a skipped term, compared as they are (references,
+ * funs); only their equality is exact. */
+static int cmp_raw(const char *a, int *ai, const char *b, int *bi) {
+    int a0 = *ai, b0 = *bi;
+    if (ei_skip_term(a, ai) < 0 || ei_skip_term(b, bi) < 0)
+        return -2;
+    int la = *ai - a0, lb = *bi - b0, r = memcmp(a + a0, b + b0, (size_t)(la < lb ? la : lb));
+    return r ? SIGN(r, 0) : SIGN(la, lb);
+}
+
+static int term_cmp(const char *a, int *ai, const char *b, int *bi, int depth) {
+    int ta, tb, na, nb;
+    if (depth > 10000 || ei_get_type(a, ai, &ta, &na) < 0 || ei_get_type(b, bi, &tb, &nb) < 0)
+        return -2;
+    int ra = rank(ta), rb = rank(tb);
+    if (ra < 0 || rb < 0)
+        return -2;
+    if (ra != rb) {
+        if (ei_skip_term(a, ai) < 0 || ei_skip_term(b, bi) < 0)
+            return -2;
+        return SIGN(ra, rb);
+    }
+    switch (ra) {
+    case 1:
+        return num_cmp(a, ai, b, bi);
+    case 2: {
+        char x[MAXATOMLEN_UTF8], y[MAXATOMLEN_UTF8];
+        if (ei_decode_atom(a, ai, x) < 0 || ei_decode_atom(b, bi, y) < 0)
+            return -2;
+        int r = strcmp(x, y);
+        return SIGN(r, 0);
+    }
+    case 5: {
+        erlang_port x, y;
+        if (ei_decode_port(a, ai, &x) < 0 || ei_decode_port(b, bi, &y) < 0)
+            return -2;
+        int r = strcmp(x.node, y.node);
+        return r ? SIGN(r, 0) : SIGN(x.id, y.id);
+    }
+    case 6: {
+        erlang_pid x, y;
+        if (ei_decode_pid(a, ai, &x) < 0 || ei_decode_pid(b, bi, &y) < 0)
+            return -2;
+        int r = strcmp(x.node, y.node);
+        return r ? SIGN(r, 0) : x.num != y.num ? SIGN(x.num, y.num) : SIGN(x.serial, y.serial);
+    }
+    case 7: {
+        if (ei_decode_tuple_header(a, ai, &na) < 0 || ei_decode_tuple_header(b, bi, &nb) < 0)
+            return -2;
+        int r = SIGN(na, nb);
+        for (int k = 0; k < na && k < nb; k++) {
+            int e = r ? (ei_skip_term(a, ai) < 0 || ei_skip_term(b, bi) < 0 ? -2 : r)
+                      : term_cmp(a, ai, b, bi, depth + 1);
+            if (e == -2)
+                return -2;
+            r = e;
+        }
+        for (int k = nb; k < na; k++)
+            if (ei_skip_term(a, ai) < 0)
+                return -2;
+        for (int k = na; k < nb; k++)
+            if (ei_skip_term(b, bi) < 0)
+                return -2;
+        return r;
+    }
+    case 8:
+        return cmp_maps(a, ai, b, bi, depth);
+    case 9:
+        return ei_skip_term(a, ai) < 0 || ei_skip_term(b, bi) < 0 ? -2 : 0;
+    case 10:
+        return cmp_lists(a, ai, b, bi, depth);
+    case 11: {
+        if (ta == ERL_BIT_BINARY_EXT || tb == ERL_BIT_BINARY_EXT)
+            return cmp_raw(a, ai, b, bi);
+        const char *x = a + *ai + 5, *y = b + *bi + 5; /* tag, 4-byte length */
+        if (ei_skip_term(a, ai) < 0 || ei_skip_term(b, bi) < 0)
+            return -2;
+        int r = memcmp(x, y, (size_t)(na < nb ? na : nb));
+        return r ? SIGN(r, 0) : SIGN(na, nb);
+    }
+    default:
+        return cmp_raw(a, ai, b, bi);
+    }
+}
+
+/* edrv.compare(a, b): -1, 0 or 1, as a < b, a == b, a > b in Erlang. */
+static int compare_values(lua_State *L, int ia, int ib) {
+    ei_x_buff x, y;
+    to_etf(L, ia, &x, "compare"); /* raises on a bad term, x freed */
+    ei_x_new_with_version(&y);
+    lua_pushvalue(L, ib);
+    int bad = encode(L, lua_gettop(L), &y, 0) < 0;
+    lua_pop(L, 1);
+    int xi = 1, yi = 1, r = bad ? -2 : term_cmp(x.buff, &xi, y.buff, &yi, 0);
+    ei_x_free(&x);
+    ei_x_free(&y);
+    if (r == -2)
+        raise(L, "compare", "badarg", "not a term");
+    return r;
+}
+
+static int l_compare(lua_State *L) {
+    luaL_checkany(L, 1);
+    luaL_checkany(L, 2);
+    lua_pushinteger(L, compare_values(L, 1, 2));
+    return 1;
+}
+
+static int sort_less(lua_State *L) {
+    lua_pushboolean(L, compare_values(L, 1, 2) < 0);
+    return 1;
+}
+
+/* edrv.sort(t): sorts the array t in place in Erlang's term order; t. */
+static int l_sort(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, 1);
+    lua_pushcfunction(L, sort_less);
+    lua_call(L, 2, 0);
+    lua_settop(L, 1);
+    return 1;
+}
+
 /* ---- the BIFs ------------------------------------------------------------------------------ */
 
 static edrv_port check_port(lua_State *L, int idx, const char *fn) {
@@ -840,7 +1157,7 @@ static int l_load_driver(lua_State *L) {
     int rc = edrv_load_driver(dir, name);
     if (rc < 0)
         return raise_rc(L, "load_driver", rc);
-    lua_pushboolean(L, 1);
+    push_atom(L, "ok"); /* as erl_ddll:load_driver/2 */
     return 1;
 }
 
@@ -855,8 +1172,11 @@ static int l_unload_driver(lua_State *L) {
     return 1;
 }
 
-/* A port name: {"spawn_driver", Command}, as a plain table or a tuple, with
- * the first element a string or the atom. */
+/* A port name: {"spawn_driver", Command} or {"spawn", Command}, as a plain
+ * table or a tuple, with the first element a string or the atom. In erl,
+ * spawn opens the driver named by Command's first word if one is loaded,
+ * and an external program otherwise; edrv runs no programs, so both open a
+ * loaded driver (edrv_open_port says when none has that name). */
 static const char *port_command_string(lua_State *L, int idx) {
     if (!lua_istable(L, idx))
         return NULL;
@@ -869,7 +1189,7 @@ static const char *port_command_string(lua_State *L, int idx) {
         kind = lua_tostring(L, -1);
         lua_pop(L, 1);
     }
-    int ok = kind && strcmp(kind, "spawn_driver") == 0;
+    int ok = kind && (strcmp(kind, "spawn_driver") == 0 || strcmp(kind, "spawn") == 0);
     lua_pop(L, 1);
     if (!ok)
         return NULL;
@@ -911,7 +1231,8 @@ static int has_option(lua_State *L, int idx, const char *opt, const char **unkno
 static int l_open_port(lua_State *L) {
     const char *cmd = port_command_string(L, 1);
     if (!cmd)
-        return raise(L, "open_port", "badarg", "the port name must be {\"spawn_driver\", Command}");
+        return raise(L, "open_port", "badarg",
+                     "the port name must be {\"spawn_driver\", Command} or {\"spawn\", Command}");
     static const char *const known[] = {"binary", "eof", "in", "out", "stream", NULL};
     const char *unknown = NULL;
     unsigned flags = has_option(L, 2, "binary", &unknown, known) ? EDRV_PORT_BINARY : 0;
@@ -1379,6 +1700,8 @@ static const luaL_Reg funcs[] = {
     {"receive", l_receive},
     {"receive_match", l_receive_match},
     {"match", l_match},
+    {"compare", l_compare},
+    {"sort", l_sort},
     {"var", l_var},
     {"self", l_self},
     {"monotonic_time", l_monotonic_time},

@@ -32,8 +32,8 @@ local function drain()
 end
 
 test("load_driver", function()
-  eq(edrv.load_driver(drivers, "tdrv"), true)
-  eq(edrv.load_driver(drivers, "tdrv"), true) -- a second user
+  eq(edrv.load_driver(drivers, "tdrv"), A"ok") -- as erl_ddll:load_driver/2
+  eq(edrv.load_driver(drivers, "tdrv"), A"ok") -- a second user
   raises("driver_incorrect_version", edrv.load_driver, drivers, "ld_v34")
   raises("no_driver_init", edrv.load_driver, drivers, "ld_noinit")
   raises("driver_init_failed", edrv.load_driver, drivers, "ld_initfail")
@@ -53,7 +53,15 @@ test("open_port", function()
   eq(edrv.type(p), "port")
   local q = edrv.open_port(T(A"spawn_driver", "tdrv hello"), {A"binary"})
   eq(tostring(edrv.receive(WAIT)), string.format('{%s,{data,"hello"}}', tostring(q)))
-  raises("badarg", edrv.open_port, {"spawn", "tdrv"}, {})
+  -- {spawn, Cmd} opens a loaded driver, as in erl; edrv runs no programs
+  local s = edrv.open_port({"spawn", "tdrv"}, {})
+  eq(edrv.type(s), "port")
+  local s2 = edrv.open_port(T(A"spawn", "tdrv hello"), {})
+  eq(tostring(edrv.receive(WAIT)), string.format('{%s,{data,"hello"}}', tostring(s2)))
+  local err = raises("badarg", edrv.open_port, {"spawn", "ls -l"}, {})
+  assert(err.detail:find("no driver named 'ls'"), err.detail)
+  edrv.port_close(s); edrv.port_close(s2); drain()
+  raises("badarg", edrv.open_port, {"spawn_executable", "tdrv"}, {})
   raises("badarg", edrv.open_port, "tdrv", {})
   raises("badarg", edrv.open_port, {"spawn_driver", "tdrv"}, {"eof_please"})
   local e = edrv.open_port({"spawn_driver", "tdrv"}, {"eof"})
@@ -191,6 +199,32 @@ test("terms", function()
   eq(edrv.type(edrv.map{}), "map")
   raises("badarg", tostring, T(function() end))
   raises("badarg", edrv.atom, string.rep("a", 256))
+end)
+
+test("compare", function()
+  -- each pair as `erl` orders it (checked there: A < B -> -1, > -> 1, == -> 0)
+  local function imp(h, t) local l = L{h}; l.tail = t; return l end
+  local cases = {
+    {1, 1.0, 0}, {1, 2, -1}, {2.5, 2, 1}, {1, A"x", -1}, {A"b", A"a", 1},
+    {T(1, 2), T(1, 2, 0), -1}, {T(1, 3), T(1, 2), 1}, {T(), T(A"a"), -1},
+    {L{}, L{1}, -1}, {L{1, 2}, L{1}, 1}, {"ab", "b", -1}, {"abc", "ab", 1}, {"ab", "abc", -1},
+    {edrv.string("abc"), L{97, 98, 99}, 0}, {edrv.string("abc"), L{97, 98, 99, 0}, -1},
+    {L{1}, "x", -1}, {edrv.map{a = 1}, T(), 1}, {edrv.map{a = 1}, edrv.map{a = 2}, -1},
+    {edrv.map{a = 2}, edrv.map{b = 1}, -1}, {edrv.map{a = 1, b = 1}, edrv.map{z = 0}, 1},
+    {true, A"true", 0}, {edrv.self(), T(), -1}, {imp(1, 2), L{1, 2}, -1},
+    {L{1, 2}, imp(1, 3), 1}, {L{A"a"}, L{1}, 1},
+  }
+  for i, c in ipairs(cases) do
+    eq(edrv.compare(c[1], c[2]), c[3], "case " .. i)
+    eq(edrv.compare(c[2], c[1]), -c[3], "case " .. i .. " swapped")
+  end
+  -- lists:sort([3, z, <<"bin">>, {1}, 1.5, [1], [], a, #{}]) in erl
+  local t = edrv.sort({3, A"z", "bin", T(1), 1.5, L{1}, L{}, A"a", edrv.map{}})
+  local out = {}
+  for i, v in ipairs(t) do out[i] = edrv.format(v) end
+  eq(table.concat(out, " "), '1.5 3 a z {1} #{} [] [1] <<"bin">>')
+  raises("badarg", edrv.compare, 1, function() end)
+  raises("badarg", edrv.sort, {1, print})
 end)
 
 test("match", function()
