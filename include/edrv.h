@@ -286,6 +286,10 @@ void edrv_msg_free(edrv_msg *msg);
  * EDRV_ENOTSUP (a text of more than INT_MAX bytes), and then hands out no
  * string. Any depth of nesting: the printer keeps its stack on the heap. */
 int edrv_term_format(const void *etf, size_t len, char **out);
+/* The same as io:format's ~w prints it: strings and binaries as integers
+ * ([104,105], <<104,105>>), where edrv_term_format shows printable ones as
+ * ~p does ("hi", <<"hi">>). */
+int edrv_term_format_w(const void *etf, size_t len, char **out);
 
 /* ---- the async pool ---------------------------------------------------------- */
 

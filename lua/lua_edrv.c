@@ -1127,6 +1127,32 @@ static int l_sort(lua_State *L) {
     return 1;
 }
 
+/* edrv.format(v [, how]): the term as ~p ("p", the default, what tostring
+ * gives) or ~w ("w") print it. */
+static int l_format(lua_State *L) {
+    const char *how = luaL_optstring(L, 2, "p");
+    bool w = strcmp(how, "w") == 0;
+    if (!w && strcmp(how, "p") != 0)
+        return raise(L, "format", "badarg", "the format must be \"p\" or \"w\"");
+    lua_settop(L, 1);
+    if (!w)
+        return term_tostring(L);
+    if (lua_istable(L, 1) && kind_of(L, 1) == K_OTHER) {
+        lua_getfield(L, 1, "text");
+        return 1;
+    }
+    ei_x_buff x;
+    to_etf(L, 1, &x, "format");
+    char *text = NULL;
+    int n = edrv_term_format_w(x.buff, (size_t)x.index, &text);
+    ei_x_free(&x);
+    if (n < 0)
+        return raise(L, "format", "badarg", "cannot print the term");
+    lua_pushlstring(L, text, (size_t)n);
+    free(text);
+    return 1;
+}
+
 /* ---- the BIFs ------------------------------------------------------------------------------ */
 
 static edrv_port check_port(lua_State *L, int idx, const char *fn) {
@@ -1714,7 +1740,7 @@ static const luaL_Reg funcs[] = {
     {"string", l_string},
     {"type", l_type},
     {"isatty", l_isatty},
-    {"format", term_tostring},
+    {"format", l_format},
     {NULL, NULL},
 };
 

@@ -1246,7 +1246,8 @@ int edrv__spec_to_msg(const ErlDrvTermData *spec, int n, mbox_msg **out) {
 
 /* edrv_term_format prints a term as Erlang prints it with ~w, except that
  * strings and binaries of printable Latin-1 show as "..." and <<"...">> (as
- * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}. The term is read with
+ * ~p shows them): {#Port<0.3>,{data,<<"ok">>}}; edrv_term_format_w prints
+ * them as ~w does, as integers: {#Port<0.3>,{data,<<111,107>>}}. The term is read with
  * read_item; libei only decodes pids and ports and prints references, each
  * from a sub-buffer of its own. */
 
@@ -1256,6 +1257,7 @@ typedef struct {
     char *s;
     size_t len, cap;
     bool oom, too_long, failed;
+    bool w; /* ~w: strings and binaries as integers */
 } strbuf;
 
 static void sb_put(strbuf *b, const char *p, size_t n) {
@@ -1520,7 +1522,7 @@ static void print_fun(strbuf *b, const etf_item *it) {
 
 /* A string or binary: all printable, as "..."; otherwise as integers. */
 static void print_bytes(strbuf *b, const unsigned char *p, size_t n, bool binary) {
-    bool text = (n || !binary) && all_printable(p, n);
+    bool text = !b->w && (n || !binary) && all_printable(p, n);
     if (binary)
         sb_put(b, "<<", 2);
     if (text) {
@@ -1668,12 +1670,12 @@ static bool print_term(strbuf *b, const unsigned char *buf, size_t len, size_t *
     return ok;
 }
 
-EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
+static int term_format(const void *etf, size_t len, char **out, bool w) {
     if (out)
         *out = NULL;
     if (!etf || !out || edrv__etf_measure(etf, len) != (ssize_t)len)
         return edrv__fail(EDRV_EBADTERM, "not one term in external term format");
-    strbuf b = {0};
+    strbuf b = {.w = w};
     size_t at = 1;
     bool ok = print_term(&b, etf, len, &at);
     if (!ok || b.failed) {
@@ -1684,4 +1686,12 @@ EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
     }
     *out = b.s;
     return (int)b.len;
+}
+
+EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
+    return term_format(etf, len, out, false);
+}
+
+EDRV_API int edrv_term_format_w(const void *etf, size_t len, char **out) {
+    return term_format(etf, len, out, true);
 }

@@ -69,6 +69,39 @@ static void compound(void) {
     FORMATS("#Port<0.9>", ei_x_encode_port(&x, &port));
 }
 
+static char *fmt_w(ei_x_buff *x) {
+    static char out[512];
+    char *s;
+    int n = edrv_term_format_w(x->buff, (size_t)x->index, &s);
+    if (n < 0)
+        return strcpy(out, "error");
+    snprintf(out, sizeof out, "%s", s);
+    CHECK_INT(n, strlen(s));
+    free(s);
+    return out;
+}
+
+static void as_w(void) {
+    /* ~w: strings and binaries as integers (checked in erl with ~w); the
+     * rest as edrv_term_format prints it. */
+    ei_x_buff x;
+    ei_x_new_with_version(&x);
+    ei_x_encode_tuple_header(&x, 5);
+    ei_x_encode_binary(&x, "hi", 2);
+    ei_x_encode_string(&x, "hi");
+    ei_x_encode_binary(&x, "", 0);
+    ei_x_encode_empty_list(&x);
+    ei_x_encode_map_header(&x, 1);
+    ei_x_encode_atom(&x, "a");
+    ei_x_encode_double(&x, 1.5);
+    CHECK_STR(fmt_w(&x), "{<<104,105>>,[104,105],<<>>,[],#{a => 1.5}}");
+    CHECK_STR(fmt(&x), "{<<\"hi\">>,\"hi\",<<>>,[],#{a => 1.5}}");
+    ei_x_free(&x);
+    char *s = (char *)1;
+    CHECK_INT(edrv_term_format_w("\x83", 1, &s), EDRV_EBADTERM);
+    CHECK(s == NULL);
+}
+
 /* Kinds that libei decodes or prints for the printer, each from a buffer of
  * its own, and bit strings, which it writes as Erlang does. */
 static void other_kinds(void) {
@@ -352,6 +385,7 @@ static void mutations(void) {
 }
 
 static const test_case cases[] = {
+    {"as_w", as_w},
     {"scalars", scalars},
     {"compound", compound},
     {"other_kinds", other_kinds},

@@ -224,6 +224,12 @@ test("compare", function()
   for i, v in ipairs(t) do out[i] = edrv.format(v) end
   eq(table.concat(out, " "), '1.5 3 a z {1} #{} [] [1] <<"bin">>')
   raises("badarg", edrv.compare, 1, function() end)
+  -- format: ~p (the default, tostring's) and ~w, as erl prints them
+  local t = T("hi", edrv.string("hi"), L{}, 1.5, A"A b")
+  eq(edrv.format(t), '{<<"hi">>,"hi",[],1.5,\'A b\'}')
+  eq(edrv.format(t, "p"), edrv.format(t))
+  eq(edrv.format(t, "w"), "{<<104,105>>,[104,105],[],1.5,'A b'}")
+  raises("badarg", edrv.format, t, "x")
   raises("badarg", edrv.sort, {1, print})
 end)
 
