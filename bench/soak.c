@@ -340,6 +340,9 @@ static void new_proc(worker *w) {
         api("edrv_proc_new", EDRV_ENOMEM);
         sleep_us(1000);
     }
+    /* Unloads end ports with driver_unloaded: a trapping worker gets
+     * messages (drain) instead of being ended. */
+    edrv_process_flag(w->p, EDRV_TRAP_EXIT, 1);
     memset(w->ports, 0, sizeof w->ports);
 }
 

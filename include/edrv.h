@@ -86,7 +86,8 @@ extern "C" {
     X(ENOTSUP, -1016, "notsup", "not supported")                                     \
     X(EBADTERM, -1017, "badarg", "not a valid term in external term format")         \
     X(ENOPROC, -1018, "noproc", "no such process")                                  \
-    X(EBUSY, -1019, "busy", "the port is busy (sent with EDRV_CMD_NOSUSPEND)")
+    X(EBUSY, -1019, "busy", "the port is busy (sent with EDRV_CMD_NOSUSPEND)")       \
+    X(EEXITED, -1020, "exited", "the process was ended by an exit signal (see edrv_proc_exit_reason)")
 
 enum {
 #define EDRV_ERR_ENUM(name, code, reason, text) EDRV_##name = (code),
@@ -138,8 +139,15 @@ int edrv_stop(void);
 
 /* ---- processes -------------------------------------------------------------
  * A process is a mailbox with a pid. Any thread may act for it, but one at a
- * time is the natural use (as with an Erlang process). Processes trap exits:
- * exit signals from ports arrive as {'EXIT', Port, Reason} messages. */
+ * time is the natural use (as with an Erlang process). Exit signals work as
+ * in Erlang: a port is linked to its owner, and when it exits, its owner
+ * gets the signal. A process that traps exits (EDRV_TRAP_EXIT) gets it as a
+ * message {'EXIT', Port, Reason}. One that does not (the default, as in
+ * Erlang) ignores a signal with reason `normal` and is ended by any other:
+ * its ports close as if it had exited, messages to it are dropped, and every
+ * call with it (edrv_receive included, even one already waiting) returns
+ * EDRV_EEXITED; edrv_proc_exit_reason gives the reason, and edrv_proc_free
+ * must still free it. */
 typedef struct edrv_proc edrv_proc;
 
 /* Creates a process. NULL when out of memory (edrv_last_error says so). */
@@ -166,6 +174,13 @@ typedef struct {
     int suspended;
 } edrv_proc_status;
 int edrv_proc_info(edrv_proc *p, edrv_proc_status *status);
+/* Process flags, as erlang:process_flag/2. */
+typedef enum {
+    EDRV_TRAP_EXIT = 1 /* 0 (the default) or 1 */
+} edrv_proc_flag;
+/* Sets p's flag to value; returns the old value, or EDRV_EINVAL (an unknown
+ * flag or value), EDRV_ENOPROC or EDRV_EEXITED. */
+int edrv_process_flag(edrv_proc *p, edrv_proc_flag flag, int value);
 /* The pid's number N, as in <0.N.0>. */
 uint64_t edrv_proc_pid(const edrv_proc *p);
 /* The pid as drivers see it (ErlDrvTermData for ERL_DRV_PID). */
@@ -281,6 +296,10 @@ typedef struct {
  * another thread frees p meanwhile (see edrv_proc_free). */
 int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg);
 void edrv_msg_free(edrv_msg *msg);
+/* The reason an exit signal ended p with, one term in ETF (version byte
+ * first) in *reason, freed with edrv_msg_free. EDRV_EINVAL when p was not
+ * ended by an exit signal; EDRV_ENOMEM. */
+int edrv_proc_exit_reason(edrv_proc *p, edrv_msg *reason);
 /* Prints a term in Erlang syntax into a string that the caller frees with
  * free(). Returns the string's length, or EDRV_EBADTERM, EDRV_ENOMEM or
  * EDRV_ENOTSUP (a text of more than INT_MAX bytes), and then hands out no

@@ -60,7 +60,8 @@
 
 /* Raises an error object: {reason, detail, where}, printed as
  * "where: edrv.fn: reason (detail)". */
-static int raise(lua_State *L, const char *fn, const char *reason, const char *detail) {
+/* Pushes the error object (see raise). */
+static void push_error(lua_State *L, const char *fn, const char *reason, const char *detail) {
     lua_createtable(L, 0, 4);
     lua_pushstring(L, reason);
     lua_setfield(L, -2, "reason");
@@ -71,10 +72,18 @@ static int raise(lua_State *L, const char *fn, const char *reason, const char *d
     luaL_where(L, 1);
     lua_setfield(L, -2, "where");
     luaL_setmetatable(L, MT_ERROR);
+}
+
+static int raise(lua_State *L, const char *fn, const char *reason, const char *detail) {
+    push_error(L, fn, reason, detail);
     return lua_error(L);
 }
 
+static int raise_exited(lua_State *L, const char *fn);
+
 static int raise_rc(lua_State *L, const char *fn, int rc) {
+    if (rc == EDRV_EEXITED)
+        return raise_exited(L, fn);
     return raise(L, fn, edrv_err_name(rc), edrv_last_error()[0] ? edrv_last_error()
                                                                   : edrv_strerror(rc));
 }
@@ -1153,6 +1162,41 @@ static int l_format(lua_State *L) {
     return 1;
 }
 
+/* The script's process was ended by an exit signal (it does not trap exits,
+ * and one of its ports exited with a reason other than normal): the error
+ * says so, and carries the reason as a term in `exit_reason`. */
+static int raise_exited(lua_State *L, const char *fn) {
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", edrv_last_error());
+    push_error(L, fn, "exited", detail);
+    edrv_msg m;
+    if (edrv_proc_exit_reason(self_proc(L), &m) == 0) {
+        int idx = 1, top = lua_gettop(L);
+        if (decode(L, m.data, &idx) == 0)
+            lua_setfield(L, top, "exit_reason");
+        lua_settop(L, top);
+        edrv_msg_free(&m);
+    }
+    return lua_error(L);
+}
+
+/* edrv.process_flag("trap_exit", on): the old value, as
+ * erlang:process_flag/2. */
+static int l_process_flag(lua_State *L) {
+    const char *flag = luaL_checkstring(L, 1);
+    luaL_checkany(L, 2);
+    if (strcmp(flag, "trap_exit") != 0)
+        return raise(L, "process_flag", "badarg",
+                     lua_pushfstring(L, "unsupported flag '%s'", flag));
+    if (lua_type(L, 2) != LUA_TBOOLEAN)
+        return raise(L, "process_flag", "badarg", "trap_exit takes true or false");
+    int rc = edrv_process_flag(self_proc(L), EDRV_TRAP_EXIT, lua_toboolean(L, 2));
+    if (rc < 0)
+        return raise_rc(L, "process_flag", rc);
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
 /* ---- the BIFs ------------------------------------------------------------------------------ */
 
 static edrv_port check_port(lua_State *L, int idx, const char *fn) {
@@ -1727,6 +1771,7 @@ static const luaL_Reg funcs[] = {
     {"receive_match", l_receive_match},
     {"match", l_match},
     {"compare", l_compare},
+    {"process_flag", l_process_flag},
     {"sort", l_sort},
     {"var", l_var},
     {"self", l_self},

@@ -230,6 +230,9 @@ struct edrv_proc {
     mbox_msg *head, *tail;
     size_t count;
     bool exiting;         /* edrv_proc_free began */
+    bool trap_exit;       /* process_flag(trap_exit, ...) */
+    mbox_msg *ended_by;   /* the {'EXIT', From, Reason} that ended it, or NULL */
+    _Atomic bool ended;   /* ended_by is set: calls with it fail (EDRV_EEXITED) */
     int receivers;        /* threads inside edrv_receive */
     _Atomic int suspended; /* threads waiting for a busy port (edrv__port_admit) */
     /* Its commands queued to a scheduler and not yet run (loop.c): its exit
@@ -249,6 +252,14 @@ void edrv__msg_drop(mbox_msg *m);
 /* Appends m to pid's mailbox. Returns 1 when delivered, 0 when there is no such
  * process (m is then freed). Any thread. */
 int edrv__deliver(uint64_t pid, mbox_msg *m);
+/* An exit signal to pid, m being its {'EXIT', From, Reason} message (taken):
+ * a message to a process that traps exits, dropped by one that does not if
+ * `normal`, the end of it otherwise (its ports then close: edrv__proc_ended).
+ * Any thread. */
+void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal);
+/* Any thread: a process was ended by an exit signal; its ports close as at
+ * its exit, later, on the emulator thread. */
+void edrv__proc_ended(uint64_t pid);
 bool edrv__proc_alive(uint64_t pid);
 /* For an edrv.h call named `fn` made by p: 0 and p's pid in *pid, or
  * EDRV_EINVAL for NULL or a pointer that is not a live process, or
@@ -281,7 +292,7 @@ struct _erl_drv_port {
     _Atomic port_state state;
     _Atomic uint64_t owner;   /* connected process */
     uint64_t caller;          /* process behind the current callback */
-    bool linked;              /* owner is linked (edrv processes trap exits) */
+    bool linked;              /* owner is linked: it gets the port's exit signal */
     bool binary;              /* binary mode: {data, Binary} */
     bool eof;                 /* the eof option */
     ErlDrvSInt os_pid;        /* erl_drv_set_os_pid, or -1 */

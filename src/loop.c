@@ -1424,6 +1424,23 @@ EDRV_API int edrv_port_info(edrv_port port, edrv_port_status *status) {
     return call_sync(&r);
 }
 
+void edrv__proc_ended(uint64_t pid) {
+    /* Its ports close on the emulator thread, later: the signal comes from
+     * inside a callback, which may hold the unit of one of them. A request
+     * of its own, asynchronous; edrv_proc_free closes them if it cannot be
+     * made (they end with it then). */
+    request *r = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *r);
+    if (!r) {
+        edrv__warn("out of memory: the ports of <0.%llu.0>, ended by an exit signal, close "
+                   "when it is freed", (unsigned long long)pid);
+        return;
+    }
+    r->type = R_PROC_EXIT;
+    r->pid = pid;
+    if (enqueue_first(r) < 0)
+        edrv__free(r); /* stopping: every port closes anyway */
+}
+
 /* Called by edrv_proc_free: the process's ports end with it. */
 void edrv__proc_exited(edrv_proc *p) {
     /* Its commands queued to schedulers reach their ports first, as its

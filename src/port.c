@@ -87,11 +87,10 @@ static int port_enter(edrv_port_t *pt, bool try, bool closing_ok) {
 
 typedef void (*msg_writer)(etf_w *w, const void *ctx);
 
-/* Writes a message with fn, sizing it first, and delivers it to pid. `what`
- * names it in warnings. Returns 1 if delivered, 0 if pid is gone, -1 if it
- * could not be built: a part too big for the term format, or no memory (both
- * with a warning on stderr). */
-static int send_built_as(const char *what, uint64_t pid, msg_writer fn, const void *ctx) {
+/* Writes a message with fn, sizing it first, for pid. `what` names it in
+ * warnings. NULL if it could not be built: a part too big for the term
+ * format, or no memory (both with a warning on stderr). */
+static mbox_msg *build_msg(const char *what, uint64_t pid, msg_writer fn, const void *ctx) {
     etf_w w = {0};
     edrv__etf_version(&w);
     fn(&w, ctx);
@@ -103,18 +102,25 @@ static int send_built_as(const char *what, uint64_t pid, msg_writer fn, const vo
                    (unsigned long long)w.refused_size,
                    strcmp(w.refused, "binary") == 0 ? "bytes" : "elements", EDRV_ETF_MAX_COUNT,
                    (unsigned long long)pid);
-        return -1;
+        return NULL;
     }
     mbox_msg *m = edrv__msg_new(w.idx);
     if (!m) {
         edrv__warn("%s: out of memory for %zu bytes: the message to <0.%llu.0> is lost", what,
                    w.idx, (unsigned long long)pid);
-        return -1;
+        return NULL;
     }
     w = (etf_w){.buf = m->data};
     edrv__etf_version(&w);
     fn(&w, ctx);
-    return edrv__deliver(pid, m);
+    return m;
+}
+
+/* build_msg, then delivers it to pid. Returns 1 if delivered, 0 if pid is
+ * gone, -1 if it could not be built. */
+static int send_built_as(const char *what, uint64_t pid, msg_writer fn, const void *ctx) {
+    mbox_msg *m = build_msg(what, pid, fn, ctx);
+    return m ? edrv__deliver(pid, m) : -1;
 }
 
 static int send_built(uint64_t pid, msg_writer fn, const void *ctx) {
@@ -172,6 +178,16 @@ static void write_exit_msg(etf_w *w, const void *ctx) {
         edrv__etf_atom(w, e->r.atom);
     else
         edrv__etf_int(w, e->r.n);
+}
+
+/* The exit signal of pt, to its owner (linked): a message, or the owner's
+ * end, as the owner traps exits or not (edrv__exit_signal). */
+static void send_exit(edrv_port_t *pt, reason r) {
+    exit_msg e = {pt->id, r};
+    uint64_t owner = atomic_load(&pt->owner);
+    mbox_msg *m = build_msg("an exit signal", owner, write_exit_msg, &e);
+    if (m)
+        edrv__exit_signal(owner, m, r.atom && strcmp(r.atom, "normal") == 0);
 }
 
 /* Sends {Port, {data, D}} from pieces (see data_msg). Returns 0, also when
@@ -284,10 +300,8 @@ static int port_exit(edrv_port_t *pt, reason r, bool unlink_owner, bool signal) 
     edrv__timer_cancel(pt);
     if (unlink_owner)
         pt->linked = false;
-    if (signal && pt->linked) {
-        exit_msg e = {pt->id, r};
-        send_built(atomic_load(&pt->owner), write_exit_msg, &e);
-    }
+    if (signal && pt->linked)
+        send_exit(pt, r);
     pt->exit_pending = true;
     if (pt->in_callback == 0)
         finish_exit(pt);
@@ -1025,8 +1039,7 @@ static void start_closing(edrv_port_t *pt, uint64_t caller) {
     atomic_store(&pt->state, PORT_CLOSING);
     edrv__busy_changed(); /* senders waiting on it fail now, as in ERTS */
     if (pt->linked) {
-        exit_msg e = {pt->id, {"normal", 0}};
-        send_built(atomic_load(&pt->owner), write_exit_msg, &e);
+        send_exit(pt, (reason){"normal", 0});
         pt->linked = false;
     }
     if (pt->drv->entry->flush) {

@@ -19,12 +19,23 @@
  * EDRV_ENOPROC, one that finds it freed reads freed memory (ASan reports it;
  * the magic number catches many such calls in other builds).
  *
+ * Exit signals (edrv__exit_signal): a process that traps exits gets them as
+ * messages; one that does not drops those with reason normal and is ended by
+ * the others: `ended_by` keeps the signal, calls with the process fail with
+ * EDRV_EEXITED from then on (waiting receivers wake to it), messages to it
+ * are dropped, and its ports close later on the emulator thread
+ * (edrv__proc_ended), as an Erlang process's links get its exit.
+ *
  * Lock order: a shard's lock (read or write) -> proc->lock.
  */
 #include "internal.h"
 #include "idmap.h"
 
+#include <ei.h>
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define PROC_LIVE 0x70726f63u /* "proc" */
@@ -69,6 +80,40 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     return p;
 }
 
+/* The offset of the reason in an {'EXIT', From, Reason} message, or -1. */
+static int reason_at(const mbox_msg *m) {
+    int at = 0, version, arity;
+    if (ei_decode_version(m->data, &at, &version) < 0 ||
+        ei_decode_tuple_header(m->data, &at, &arity) < 0 || arity != 3 ||
+        ei_skip_term(m->data, &at) < 0 || ei_skip_term(m->data, &at) < 0)
+        return -1;
+    return at;
+}
+
+/* EDRV_EEXITED for a call with p, ended by an exit signal, and its reason
+ * in the detail. ended_by is set before `ended`, and never changes after. */
+static int ended_error(const edrv_proc *p, const char *fn) {
+    const mbox_msg *m = p->ended_by;
+    int at = reason_at(m);
+    char *text = NULL;
+    if (at > 0) {
+        /* the reason as a term of its own: a version byte, then its bytes */
+        size_t len = m->len - (size_t)at + 1;
+        char *etf = malloc(len);
+        if (etf) {
+            etf[0] = (char)131;
+            memcpy(etf + 1, m->data + at, len - 1);
+            if (edrv_term_format(etf, len, &text) < 0)
+                text = NULL;
+            free(etf);
+        }
+    }
+    int rc = edrv__fail(EDRV_EEXITED, "%s: <0.%llu.0> was ended by an exit signal: %s", fn,
+                        (unsigned long long)p->pid, text ? text : "(its reason)");
+    free(text);
+    return rc;
+}
+
 int edrv__proc_caller(const edrv_proc *p, const char *fn, uint64_t *pid) {
     if (!p || p->magic != PROC_LIVE)
         return edrv__fail(EDRV_EINVAL, "%s: %s", fn, p ? "not a live process (freed?)"
@@ -78,6 +123,8 @@ int edrv__proc_caller(const edrv_proc *p, const char *fn, uint64_t *pid) {
     if (__atomic_load_n(&p->exiting, __ATOMIC_RELAXED))
         return edrv__fail(EDRV_ENOPROC, "%s: <0.%llu.0> is being freed", fn,
                           (unsigned long long)p->pid);
+    if (atomic_load_explicit(&p->ended, memory_order_acquire))
+        return ended_error(p, fn);
     *pid = p->pid;
     return 0;
 }
@@ -118,6 +165,8 @@ EDRV_API int edrv_proc_free(edrv_proc *p) {
         n = m->next;
         edrv__msg_drop(m);
     }
+    if (p->ended_by)
+        edrv__msg_drop(p->ended_by);
     p->magic = 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
@@ -152,7 +201,8 @@ EDRV_API ErlDrvTermData edrv_proc_term(const edrv_proc *p) {
 bool edrv__proc_alive(uint64_t pid) {
     unsigned sh = shard_of(pid);
     pthread_rwlock_rdlock(&shards[sh].lock);
-    bool alive = edrv__idmap_get(&shards[sh].map, pid) != NULL;
+    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
+    bool alive = p && !atomic_load(&p->ended);
     pthread_rwlock_unlock(&shards[sh].lock);
     return alive;
 }
@@ -170,6 +220,18 @@ void edrv__msg_drop(mbox_msg *m) {
     edrv__free(m);
 }
 
+/* Appends m to p's mailbox (p->lock held). */
+static void append(edrv_proc *p, mbox_msg *m) {
+    m->next = NULL;
+    if (p->tail)
+        p->tail->next = m;
+    else
+        p->head = m;
+    p->tail = m;
+    p->count++;
+    pthread_cond_signal(&p->cond);
+}
+
 int edrv__deliver(uint64_t pid, mbox_msg *m) {
     unsigned sh = shard_of(pid);
     pthread_rwlock_rdlock(&shards[sh].lock);
@@ -180,17 +242,81 @@ int edrv__deliver(uint64_t pid, mbox_msg *m) {
         return 0;
     }
     pthread_mutex_lock(&p->lock);
-    m->next = NULL;
-    if (p->tail)
-        p->tail->next = m;
-    else
-        p->head = m;
-    p->tail = m;
-    p->count++;
-    pthread_cond_signal(&p->cond);
+    if (atomic_load_explicit(&p->ended, memory_order_relaxed)) {
+        pthread_mutex_unlock(&p->lock);
+        pthread_rwlock_unlock(&shards[sh].lock);
+        edrv__msg_drop(m); /* a dead process's message, as in Erlang */
+        return 0;
+    }
+    append(p, m);
     pthread_mutex_unlock(&p->lock);
     pthread_rwlock_unlock(&shards[sh].lock);
     return 1;
+}
+
+void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal) {
+    unsigned sh = shard_of(pid);
+    pthread_rwlock_rdlock(&shards[sh].lock);
+    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
+    bool ends = false;
+    if (p) {
+        pthread_mutex_lock(&p->lock);
+        if (atomic_load_explicit(&p->ended, memory_order_relaxed)) {
+            /* dead already: dropped */
+        } else if (p->trap_exit) {
+            append(p, m);
+            m = NULL;
+        } else if (!normal) {
+            p->ended_by = m;
+            m = NULL;
+            atomic_store_explicit(&p->ended, true, memory_order_release);
+            pthread_cond_broadcast(&p->cond); /* receivers wake to EDRV_EEXITED */
+            ends = true;
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_rwlock_unlock(&shards[sh].lock);
+    if (m)
+        edrv__msg_drop(m);
+    if (ends)
+        edrv__proc_ended(pid);
+}
+
+EDRV_API int edrv_process_flag(edrv_proc *p, edrv_proc_flag flag, int value) {
+    uint64_t pid = 0;
+    int rc = edrv__proc_caller(p, "edrv_process_flag", &pid);
+    if (rc < 0)
+        return rc;
+    if (flag != EDRV_TRAP_EXIT || (value != 0 && value != 1))
+        return edrv__fail(EDRV_EINVAL, "edrv_process_flag: flag %d, value %d", (int)flag, value);
+    pthread_mutex_lock(&p->lock);
+    int old = p->trap_exit;
+    p->trap_exit = value;
+    pthread_mutex_unlock(&p->lock);
+    return old;
+}
+
+EDRV_API int edrv_proc_exit_reason(edrv_proc *p, edrv_msg *reason) {
+    if (!p || p->magic != PROC_LIVE || !reason)
+        return edrv__fail(EDRV_EINVAL, "edrv_proc_exit_reason: %s",
+                          reason ? "not a live process" : "NULL reason");
+    reason->data = NULL;
+    reason->len = 0;
+    if (!atomic_load_explicit(&p->ended, memory_order_acquire))
+        return edrv__fail(EDRV_EINVAL, "edrv_proc_exit_reason: <0.%llu.0> was not ended by an "
+                          "exit signal", (unsigned long long)p->pid);
+    const mbox_msg *e = p->ended_by;
+    int at = reason_at(e);
+    if (at < 0)
+        return edrv__fail(EDRV_EBADTERM, "edrv_proc_exit_reason: a malformed exit signal");
+    mbox_msg *m = edrv__msg_new(e->len - (size_t)at + 1);
+    if (!m)
+        return edrv__fail(EDRV_ENOMEM, "edrv_proc_exit_reason: out of memory");
+    m->data[0] = (char)131;
+    memcpy(m->data + 1, e->data + at, e->len - (size_t)at);
+    reason->data = m->data;
+    reason->len = m->len;
+    return 0;
 }
 
 EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
@@ -206,7 +332,7 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
     bool timed = false; /* the deadline is set: only once the mailbox is found empty */
     pthread_mutex_lock(&p->lock);
     p->receivers++;
-    while (!p->head && timeout_ms != 0 && !p->exiting) {
+    while (!p->head && timeout_ms != 0 && !p->exiting && !atomic_load(&p->ended)) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&p->cond, &p->lock);
             continue;
@@ -230,6 +356,10 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
         pthread_mutex_unlock(&p->lock);
         return edrv__fail(EDRV_ENOPROC, "edrv_receive: <0.%llu.0> was freed meanwhile",
                           (unsigned long long)pid);
+    }
+    if (atomic_load(&p->ended)) {
+        pthread_mutex_unlock(&p->lock);
+        return ended_error(p, "edrv_receive");
     }
     mbox_msg *m = p->head;
     if (m) {

@@ -103,6 +103,18 @@ typedef struct {
     void (*fn)(void);
 } test_case;
 
+/* A process that traps exits, as the Erlang processes of OTP's driver tests
+ * do: its ports' exit signals come as {'EXIT', Port, Reason} messages. NULL
+ * when out of memory. */
+static inline edrv_proc *trapping_proc(void) {
+    edrv_proc *p = edrv_proc_new();
+    if (p && edrv_process_flag(p, EDRV_TRAP_EXIT, 1) != 0) {
+        edrv_proc_free(p);
+        return NULL;
+    }
+    return p;
+}
+
 /* The next message as text, or "timeout"; the caller frees it. */
 static inline char *recv_text(edrv_proc *p, long timeout_ms) {
     edrv_msg m;

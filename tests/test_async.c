@@ -85,7 +85,7 @@ static edrv_port open_adrv(void) {
 }
 
 static int setup(void) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     return edrv_load_driver(EDRV_TEST_DRIVERS, "adrv");
 }
 

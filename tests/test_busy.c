@@ -20,7 +20,7 @@ static const char *ctl(edrv_proc *p, unsigned op, const char *data, size_t len) 
 }
 
 static int setup(void) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
     return rc ? rc : edrv_open_port(proc, "tdrv", 0, &port);
 }
@@ -42,7 +42,7 @@ static void busy_suspends(void) {
     CHECK_STR(edrv_err_name(EDRV_EBUSY), "busy");
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, EDRV_CMD_FORCE), EDRV_ENOTSUP);
     CHECK_INT(edrv_port_command_opts(proc, port, &v, 1, 0x80), EDRV_EINVAL);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     atomic_store(&sent, 0);
     pthread_t t;
     pthread_create(&t, NULL, sender, other);
@@ -63,7 +63,7 @@ static void busy_port_closes(void) {
     /* A sender waiting on a busy port that closes gets an error, not a hang. */
     REQUIRE(setup() == 0);
     ctl(proc, 74, "\x01", 1);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     atomic_store(&sent, 0);
     pthread_t t;
     pthread_create(&t, NULL, sender, other);
@@ -91,7 +91,7 @@ static void *gate_holder(void *arg) {
         b[i] = (char)((unsigned)g->entered >> (24 - 8 * i));
         b[4 + i] = (char)((unsigned)g->release >> (24 - 8 * i));
     }
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     snprintf(g->reply, sizeof g->reply, "%s", ctl(p, 79, b, 8));
     edrv_proc_free(p);
     return NULL;

@@ -5,7 +5,7 @@ static edrv_proc *proc;
 static edrv_port port;
 
 static int setup(unsigned flags) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
     return rc ? rc : edrv_open_port(proc, "tdrv", flags, &port);
 }

@@ -41,7 +41,7 @@ static edrv_port open_idrv(edrv_proc *p) {
 
 /* Loads `name` (idrv or idrvp): open_idrv opens its ports from then on. */
 static int setup_driver(const char *name) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     drv_name = name;
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, name);
     char path[256];
@@ -109,7 +109,7 @@ static void queued_model(void) {
 
 /* A thread that calls GATE: it holds the emulator lock until the gate opens. */
 static void *gate_thread(void *arg) {
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     edrv_port port = *(edrv_port *)arg;
     ctl(p, port, 2, "", 0);
     edrv_proc_free(p);
@@ -205,7 +205,7 @@ static void callback_sends_to_another_port(void) {
      * emulator lock already: the command runs in place, inside it, rather
      * than waiting for itself; its output reaches the other port's owner. */
     REQUIRE(setup() == 0);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     edrv_port a = open_idrv(proc), b = open_idrv(other);
     char buf[16 + 5];
     memcpy(buf, &other, 8);
@@ -242,7 +242,7 @@ typedef struct {
 
 static void *tid_thread(void *arg) {
     tids *t = arg;
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     t->tid = my_tid();
     for (int i = 0; i < 12000; i++) { /* as in runs_in_the_caller */
         t->callback_tid = atol(ctl(p, t->port, 1, "", 0));
@@ -342,7 +342,7 @@ typedef struct {
 
 static void *stress_main(void *arg) {
     stress_thread *t = arg;
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     if (edrv_open_port(p, drv_name, EDRV_PORT_BINARY, &t->port) != 0) {
         t->bad = -1;
         edrv_proc_free(p);

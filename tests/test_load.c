@@ -88,7 +88,7 @@ static void init_and_finish(void) {
 static void unload_kills_ports(void) {
     /* As erl_ddll:unload_driver/1 after load_driver/2. */
     log_reset();
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     edrv_port port;
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "ld_ok") == 0);
     REQUIRE(edrv_open_port(p, "ld_ok", 0, &port) == 0);
@@ -166,7 +166,7 @@ static void same_name_file_and_static(void) {
 
 static void register_static(void) {
     static_stops = 0;
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     CHECK_INT(edrv_register_driver(&static_entry), 0);
     CHECK_INT(edrv_register_driver(&bad_static_entry), EDRV_EVERSION);
     CHECK_INT(edrv_register_driver(NULL), EDRV_EINVAL);

@@ -7,7 +7,7 @@ static edrv_proc *proc;
 static edrv_port port;
 
 static int setup(unsigned flags) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
     return rc ? rc : edrv_open_port(proc, "tdrv", flags, &port);
 }
@@ -163,7 +163,7 @@ static void checked_term_specs(void) {
 
 static void callers(void) {
     REQUIRE(setup(0) == 0);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     edrv_reply r;
     /* Another process controls: driver_caller is that process. */
     CHECK_INT(edrv_port_control(other, port, 40, "", 0, &r), 0);
@@ -209,7 +209,7 @@ static void failures(void) {
 
 static void eof_option(void) {
     /* Opened with eof: driver_failure_eof sends {Port, eof}, the port stays. */
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     REQUIRE(edrv_open_port(proc, "tdrv", EDRV_PORT_EOF, &port) == 0);
     CHECK_STR(ctl(20, "", 0), "");

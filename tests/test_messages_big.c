@@ -21,7 +21,7 @@ static edrv_proc *proc;
 static edrv_port port;
 
 static int setup(unsigned flags) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "bigdrv");
     return rc ? rc : edrv_open_port(proc, "bigdrv", flags, &port);
 }

@@ -15,11 +15,11 @@ static const char *ctl(edrv_proc *p, edrv_port port, unsigned op) {
 }
 
 static void monitor_fires(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port port;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &port) == 0);
-    edrv_proc *watched = edrv_proc_new();
+    edrv_proc *watched = trapping_proc();
     CHECK_STR(ctl(watched, port, 70), "0"); /* monitors its caller */
     ctl(owner, port, 72);
     char want[64];
@@ -34,11 +34,11 @@ static void monitor_fires(void) {
 }
 
 static void demonitor(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port port;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &port) == 0);
-    edrv_proc *watched = edrv_proc_new();
+    edrv_proc *watched = trapping_proc();
     CHECK_STR(ctl(watched, port, 70), "0");
     CHECK_STR(ctl(owner, port, 71), "0");
     edrv_proc_free(watched);
@@ -51,11 +51,11 @@ static void demonitor(void) {
 static void port_ends_first(void) {
     /* The port's monitors end with it: the process's end is silent, and
      * nothing leaks. */
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port port;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &port) == 0);
-    edrv_proc *watched = edrv_proc_new();
+    edrv_proc *watched = trapping_proc();
     CHECK_STR(ctl(watched, port, 70), "0");
     CHECK_INT(edrv_port_close(owner, port), 0);
     edrv_proc_free(watched);
@@ -67,7 +67,7 @@ static void port_ends_first(void) {
 }
 
 static void os_pid_and_lock(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port port;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &port) == 0);
@@ -84,12 +84,12 @@ static void os_pid_and_lock(void) {
  * ports made them: a1, b1, b2, a2 here. tdrv keeps its last monitor, so its
  * first one reports "other" and its last "same". */
 static void fire_in_order(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(owner && edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port a, b;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &a) == 0);
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &b) == 0);
-    edrv_proc *watched = edrv_proc_new();
+    edrv_proc *watched = trapping_proc();
     REQUIRE(watched);
     CHECK_STR(ctl(watched, a, 70), "0");
     CHECK_STR(ctl(watched, b, 70), "0");
@@ -115,12 +115,12 @@ static size_t blocks_of(edrv_mem_type t) {
  * monitor stayed registered, pointing at the freed port, and the process's
  * exit used it; ASan shows that, the block count the monitor left.) */
 static void alloc_fails_as_port_ends(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(owner && edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     for (long n = 1; n <= 8; n++) {
         edrv_port port;
         REQUIRE(edrv_open_port(owner, "tdrv", 0, &port) == 0);
-        edrv_proc *watched = edrv_proc_new();
+        edrv_proc *watched = trapping_proc();
         REQUIRE(watched);
         CHECK_STR(ctl(watched, port, 70), "0");
         edrv_testing_fail_alloc(n);
@@ -152,12 +152,12 @@ static void alloc_fails_as_port_ends(void) {
  * active) all the same. (Issue 12: the ports stayed open with no owner, or
  * the monitors stayed registered.) */
 static void alloc_fails_as_process_exits(void) {
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(owner && edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port watcher;
     REQUIRE(edrv_open_port(owner, "tdrv", 0, &watcher) == 0);
     for (long n = 1; n <= 8; n++) {
-        edrv_proc *p = edrv_proc_new();
+        edrv_proc *p = trapping_proc();
         REQUIRE(p);
         edrv_port own[2];
         REQUIRE(edrv_open_port(p, "tdrv", 0, &own[0]) == 0);
@@ -238,14 +238,14 @@ static ErlDrvEntry held_entry = {
 static void dead_port_cannot_monitor(void) {
     sem_init(&job_gate, 0, 0);
     sem_init(&job_ended, 0, 0);
-    owner = edrv_proc_new();
+    owner = trapping_proc();
     REQUIRE(owner && edrv_register_driver(&held_entry) == 0);
     edrv_port a, b;
     REQUIRE(edrv_open_port(owner, "held_drv", 0, &a) == 0);
     REQUIRE(edrv_open_port(owner, "held_drv", 0, &b) == 0);
     CHECK_STR(ctl(owner, a, 1), "");
     CHECK_INT(edrv_port_close(owner, a), 0);
-    edrv_proc *watched = edrv_proc_new();
+    edrv_proc *watched = trapping_proc();
     REQUIRE(watched);
     CHECK_STR(ctl(watched, b, 2), "0"); /* '1' + -1 */
     sem_post(&job_gate);

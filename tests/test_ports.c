@@ -8,7 +8,7 @@ static edrv_proc *proc;
 static edrv_port port;
 
 static int setup(const char *cmd, unsigned flags) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     if (!proc)
         return -1;
     int rc = edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv");
@@ -126,7 +126,7 @@ static void stop_output_after_exit(void) {
 
 static void owner_exit_closes_ports(void) {
     REQUIRE(setup("tdrv", 0) == 0);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     edrv_port p2;
     REQUIRE(edrv_open_port(other, "tdrv", 0, &p2) == 0);
     edrv_proc_free(other);
@@ -170,7 +170,7 @@ static void init_ack(void) {
 
 static void create_port(void) {
     REQUIRE(setup("tdrv", 0) == 0);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     edrv_reply r;
     CHECK_INT(edrv_port_control(other, port, 77, "", 0, &r), 0); /* for `other` */
     CHECK(r.len == 1 && r.data[0] == '1');
@@ -269,7 +269,7 @@ static void owner_exit_ports_end_each_other(void) {
     chain_started = chain_stops = 0;
     REQUIRE(setup("tdrv", 0) == 0);
     REQUIRE(edrv_register_driver(&chain_entry) == 0);
-    edrv_proc *other = edrv_proc_new();
+    edrv_proc *other = trapping_proc();
     REQUIRE(other);
     edrv_port ports[CHAIN];
     for (int i = 0; i < CHAIN; i++)
@@ -287,7 +287,7 @@ static void owner_exit_ports_end_each_other(void) {
  * others' alone, including a port driver_create_port made for it. */
 static void owner_exit_ends_only_its_ports(void) {
     REQUIRE(setup("tdrv", 0) == 0);
-    edrv_proc *a = edrv_proc_new(), *b = edrv_proc_new();
+    edrv_proc *a = trapping_proc(), *b = trapping_proc();
     REQUIRE(a && b);
     edrv_port pa[3], pb;
     for (int i = 0; i < 3; i++)

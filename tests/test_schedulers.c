@@ -44,7 +44,7 @@ static int setup(int n, const char *name) {
     edrv_options o = {.async_threads = 2, .no_immediate = 1, .schedulers = n};
     if (edrv_start(&o) != 0)
         return -1;
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     drv_name = name;
     if (edrv_load_driver(EDRV_TEST_DRIVERS, name) != 0)
         return -1;
@@ -103,7 +103,7 @@ static void default_from_the_environment(void) {
     int rc = edrv_start(NULL);
     unsetenv("EDRV_SCHEDULERS");
     REQUIRE(rc == 0);
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "idrv") == 0);
     drv_name = "idrv";
     edrv_port port = open_port(proc);
@@ -111,7 +111,7 @@ static void default_from_the_environment(void) {
     edrv_proc_free(proc);
     edrv_stop();
     REQUIRE(edrv_start(NULL) == 0);
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "idrv") == 0);
     port = open_port(proc);
     CHECK_STR(ctl(proc, port, 12, "", 0), "1");
@@ -127,7 +127,7 @@ typedef struct {
 
 static void *meet_thread(void *arg) {
     meet_arg *m = arg;
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     snprintf(m->reply, sizeof m->reply, "%s", ctl(p, m->port, 11, "", 0));
     snprintf(m->name, sizeof m->name, "%s", ctl(p, m->port, 10, "", 0));
     edrv_proc_free(p);
@@ -169,7 +169,7 @@ typedef struct {
 
 static void *stress_thread(void *arg) {
     stress_arg *t = arg;
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     if (edrv_open_port(p, drv_name, EDRV_PORT_BINARY, &t->port) != 0) {
         t->bad = -1;
         edrv_proc_free(p);
@@ -253,7 +253,7 @@ static void timers_run_on_their_ports_schedulers(void) {
     /* idrvp, two schedulers: each port's timer runs on the scheduler of the
      * port's lock, one on the emulator thread, the other on the second. */
     REQUIRE(setup(2, "idrvp") == 0);
-    edrv_proc *q[2] = {edrv_proc_new(), edrv_proc_new()}; /* one mailbox each */
+    edrv_proc *q[2] = {trapping_proc(), trapping_proc()}; /* one mailbox each */
     edrv_port p[2] = {open_port(q[0]), open_port(q[1])};
     char ms[4] = {0, 0, 0, 0};
     for (int i = 0; i < 2; i++)
@@ -279,7 +279,7 @@ static void *free_thread(void *arg) {
 }
 
 static void *gate_thread(void *arg) {
-    edrv_proc *p = edrv_proc_new();
+    edrv_proc *p = trapping_proc();
     ctl(p, *(edrv_port *)arg, 2, "", 0);
     edrv_proc_free(p);
     return NULL;
@@ -290,7 +290,7 @@ static void exit_follows_queued_commands(void) {
      * the gate, then ends: the commands reach the driver before the
      * process's exit closes the port, whenever the gate opens. */
     REQUIRE(setup(2, "idrvp") == 0);
-    edrv_proc *owner = edrv_proc_new();
+    edrv_proc *owner = trapping_proc();
     edrv_port port = open_port(owner);
     pthread_t g, f;
     REQUIRE(pthread_create(&g, NULL, gate_thread, &port) == 0);

@@ -99,7 +99,7 @@ static void stderr_restore(void) {
 }
 
 static int setup(edrv_port *port, const char *driver) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     if (!proc || edrv_load_driver(EDRV_TEST_DRIVERS, driver) != 0)
         return -1;
     return edrv_open_port(proc, driver, 0, port);
@@ -443,7 +443,7 @@ static ErlDrvEntry twin_entry = {
  * ready_input ends the port, which takes the second with it before its
  * turn; it is not served (ASan checks that nothing freed is touched). */
 static void always_fds_end_with_port(void) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(proc && edrv_register_driver(&twin_entry) == 0);
     for (int i = 0; i < 2; i++)
         REQUIRE((twin_fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0);

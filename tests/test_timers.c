@@ -30,7 +30,7 @@ static void set_timer(edrv_port port, unsigned ms) {
 }
 
 static void deadline_order(void) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     enum { N = 64 };
     edrv_port ports[N];
@@ -84,7 +84,7 @@ static void deadline_order(void) {
 }
 
 static void timer_ends_with_port(void) {
-    proc = edrv_proc_new();
+    proc = trapping_proc();
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port a, b;
     REQUIRE(edrv_open_port(proc, "tdrv", 0, &a) == 0);

@@ -644,6 +644,8 @@ static void spawn_helper(const char *buf, int *idx) {
     memset(h, 0, sizeof *h);
     snprintf(h->name, sizeof h->name, "%s", name);
     h->proc = edrv_proc_new();
+    if (h->proc)
+        edrv_process_flag(h->proc, EDRV_TRAP_EXIT, 1); /* as diff.escript's processes */
     if (!h->proc)
         die("edrv_proc_new failed");
     h->pid = edrv_proc_pid(h->proc);
@@ -915,6 +917,8 @@ int main(int argc, char **argv) {
     if (rc < 0)
         die(edrv_strerror(rc));
     edrv_proc *self = edrv_proc_new();
+    if (self)
+        edrv_process_flag(self, EDRV_TRAP_EXIT, 1); /* as diff.escript's main process */
     if (!self)
         die("edrv_proc_new failed");
     ei_x_buff steps;

@@ -101,6 +101,29 @@ want_status=0 want='^3$' check schedulers_long "$edrv" --schedulers=3 -e "
   print(tostring(edrv.port_control(edrv.open_port({'spawn_driver', 'idrv'}, {}), 12, '')))"
 want_status=2 want='1..1024' check bad_schedulers "$edrv" -S 0 -e 'print(1)'
 
+# Exit signals: the script's process does not trap exits by default. A port
+# that fails with a reason other than normal ends it: the next call raises an
+# error that carries the reason (status 1 unless caught); port_close leaves
+# no message behind; with trap_exit, the signal is a message.
+want_status=1 want='exited .*ended by an exit signal: boom' check exit_signal_ends_script "$edrv" -e "
+  edrv.load_driver('$drivers', 'tdrv')
+  local p = edrv.open_port({'spawn_driver', 'tdrv'}, {})
+  edrv.port_control(p, 21, 'boom')
+  edrv.receive()"
+want_status=0 want='^exited[[:space:]]boom[[:space:]]true$' check exit_signal_caught "$edrv" -e "
+  edrv.load_driver('$drivers', 'tdrv')
+  local p = edrv.open_port({'spawn_driver', 'tdrv'}, {})
+  edrv.port_control(p, 21, 'boom')
+  local ok, err = pcall(edrv.receive, 0)
+  print(err.reason, tostring(err.exit_reason), err.exit_reason == edrv.atom('boom'))"
+want_status=0 want='^nil[[:space:]]\{.EXIT.,#Port<0\.2>,normal\}$' check trap_exit_flag "$edrv" -e "
+  edrv.load_driver('$drivers', 'tdrv')
+  edrv.port_close(edrv.open_port({'spawn_driver', 'tdrv'}, {}))
+  local none = edrv.receive(100)
+  assert(edrv.process_flag('trap_exit', true) == false)
+  edrv.port_close(edrv.open_port({'spawn_driver', 'tdrv'}, {}))
+  print(tostring(none), tostring(edrv.receive(30000)))"
+
 # require "edrv" from a stock lua5.4.
 if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
   want_status=0 want='^\{#Port<0\.1>,\{data,<<"ok">>\}\} 2$' check stock_lua \

@@ -9,6 +9,13 @@ local A, T, L = edrv.atom, edrv.tuple, edrv.list
 -- must not come) wait a short fixed time.
 local WAIT = 30000
 
+-- The script's process traps exits, as the Erlang harnesses it mirrors do:
+-- its ports' exit signals come as {'EXIT', Port, Reason} messages. The
+-- default (false, as in Erlang) is checked here first; what a process that
+-- does not trap exits sees is in cli_test.sh (it ends the script).
+assert(edrv.process_flag("trap_exit", true) == false, "trap_exit must start false")
+assert(edrv.process_flag("trap_exit", true) == true)
+
 local tests, order = {}, {}
 local function test(name, fn) tests[name] = fn; order[#order + 1] = name end
 
