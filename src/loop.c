@@ -687,10 +687,11 @@ static void *emulator_main(void *arg) {
  * (loading, opening, a process's exit, stopping), finished async jobs and
  * fd events, under the emulator lock, and keeps the timers. A port's request
  * (command, control, call, close, info) and its due timer (R_TIMEOUT, from
- * edrv__sched_timeout) go to the scheduler of the port's unit, fixed
- * when the unit is made (round robin): so a port's requests are run in the
- * order they came, one at a time, and ports of different units run side by
- * side on different schedulers. The others (sched[1..]) run port requests
+ * edrv__sched_timeout) go to one scheduler (sched_route): behind the
+ * port's queued requests, else where its unit settled, else the unit's home,
+ * fixed when the unit is made (round robin). So a port's requests are run in
+ * the order they came, one at a time, and ports of different units run side
+ * by side on different schedulers. The others (sched[1..]) run port requests
  * only, under the port's unit and without the emulator lock, which a
  * callback takes when it asks for shared state, as on a fast path. Each has
  * its own FIFO, and spins (spin_ns) then sleeps on a semaphore when idle;
