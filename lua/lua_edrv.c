@@ -1222,8 +1222,19 @@ static edrv_port check_port(lua_State *L, int idx, const char *fn) {
     return 0;
 }
 
+/* A string argument that names a file or a driver: a NUL in it would cut
+ * it short in C, so it is refused. */
+static const char *name_arg(lua_State *L, int idx, const char *fn, const char *what) {
+    size_t len;
+    const char *s = luaL_checklstring(L, idx, &len);
+    if (strlen(s) != len)
+        raise(L, fn, "badarg", lua_pushfstring(L, "the %s contains a NUL byte", what));
+    return s;
+}
+
 static int l_load_driver(lua_State *L) {
-    const char *dir = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
+    const char *dir = name_arg(L, 1, "load_driver", "folder"),
+               *name = name_arg(L, 2, "load_driver", "driver name");
     int rc = edrv_load_driver(dir, name);
     if (rc < 0)
         return raise_rc(L, "load_driver", rc);
@@ -1232,7 +1243,7 @@ static int l_load_driver(lua_State *L) {
 }
 
 static int l_unload_driver(lua_State *L) {
-    int rc = edrv_unload_driver(luaL_checkstring(L, 1));
+    int rc = edrv_unload_driver(name_arg(L, 1, "unload_driver", "driver name"));
     if (rc < 0)
         return raise_rc(L, "unload_driver", rc);
     if (rc == 1)
@@ -1264,9 +1275,10 @@ static const char *port_command_string(lua_State *L, int idx) {
     if (!ok)
         return NULL;
     lua_rawgeti(L, idx, 2);
-    const char *cmd = lua_tostring(L, -1);
+    size_t n = 0;
+    const char *cmd = lua_tolstring(L, -1, &n);
     lua_pop(L, 1); /* the string stays alive in the table */
-    return cmd;
+    return cmd && strlen(cmd) == n ? cmd : NULL; /* a NUL would cut it short */
 }
 
 /* True if the option list at idx (strings or atoms) holds `opt`. */
@@ -1302,7 +1314,8 @@ static int l_open_port(lua_State *L) {
     const char *cmd = port_command_string(L, 1);
     if (!cmd)
         return raise(L, "open_port", "badarg",
-                     "the port name must be {\"spawn_driver\", Command} or {\"spawn\", Command}");
+                     "the port name must be {\"spawn_driver\", Command} or {\"spawn\", Command}, "
+                     "Command a string without NUL");
     static const char *const known[] = {"binary", "eof", "in", "out", "stream", NULL};
     const char *unknown = NULL;
     unsigned flags = has_option(L, 2, "binary", &unknown, known) ? EDRV_PORT_BINARY : 0;
@@ -1380,6 +1393,9 @@ static int l_port_command(lua_State *L) {
     if (unknown)
         return raise(L, "port_command", "badarg",
                      lua_pushfstring(L, "unsupported option '%s'", unknown));
+    if (lua_type(L, 2) == LUA_TNUMBER)
+        return raise(L, "port_command", "badarg",
+                     "a number is not iodata (a byte goes in a table: {42})");
     int rc;
     if (lua_type(L, 2) == LUA_TSTRING && !opts) {
         size_t len;
@@ -1409,12 +1425,26 @@ static int l_port_command(lua_State *L) {
 static int l_port_control(lua_State *L) {
     edrv_port port = check_port(L, 1, "port_control");
     lua_Integer op = luaL_checkinteger(L, 2);
-    size_t len = 0;
-    const char *data = lua_isnoneornil(L, 3) ? "" : luaL_checklstring(L, 3, &len);
     if (op < 0 || op > 0xffffffffLL)
         return raise(L, "port_control", "badarg", "the operation must be 0..4294967295");
+    /* The data is iodata, as port_control/3 takes: a string, or a table of
+     * strings and bytes; nil or a number is badarg, as in Erlang. */
+    bytes b = {0};
+    size_t len = 0;
+    const char *data = NULL;
+    if (lua_type(L, 3) == LUA_TSTRING) {
+        data = lua_tolstring(L, 3, &len);
+    } else if (!lua_istable(L, 3) || collect_iodata(L, 3, &b, 0) < 0) {
+        free(b.p);
+        return raise(L, "port_control", "badarg",
+                     "data must be iodata: a string, or a table of strings and bytes 0..255");
+    } else {
+        data = b.p ? b.p : "";
+        len = b.len;
+    }
     edrv_reply r;
     int rc = edrv_port_control(self_proc(L), port, (unsigned)op, data, len, &r);
+    free(b.p);
     if (rc < 0)
         return raise_rc(L, "port_control", rc);
     lua_pushlstring(L, r.data ? r.data : "", r.len);
@@ -1511,11 +1541,25 @@ static int next_message(lua_State *L, long timeout_ms) {
     return 1;
 }
 
+/* A receive's timeout in ms: none (nil, "infinity" or the atom) waits
+ * without limit; a negative or non-number one is badarg, as in Erlang. */
 static long timeout_arg(lua_State *L, int idx) {
     if (lua_isnoneornil(L, idx))
         return -1;
-    lua_Number t = luaL_checknumber(L, idx);
-    return t < 0 ? -1 : t > 1e12 ? (long)1e12 : (long)t;
+    if (lua_type(L, idx) == LUA_TSTRING && strcmp(lua_tostring(L, idx), "infinity") == 0)
+        return -1;
+    if (lua_istable(L, idx) && kind_of(L, idx) == K_ATOM) {
+        lua_getfield(L, idx, "name");
+        bool inf = strcmp(lua_tostring(L, -1), "infinity") == 0;
+        lua_pop(L, 1);
+        if (inf)
+            return -1;
+    }
+    lua_Number t = lua_type(L, idx) == LUA_TNUMBER ? lua_tonumber(L, idx) : -1;
+    if (!(t >= 0)) /* negative, NaN, or not a number */
+        raise(L, "receive", "badarg",
+              "the timeout must be a number of ms, 0 or more, or infinity (nil waits too)");
+    return t > 1e12 ? (long)1e12 : (long)t;
 }
 
 static int l_receive(lua_State *L) {
