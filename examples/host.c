@@ -37,6 +37,9 @@ int main(int argc, char **argv) {
     if (rc < 0)
         return fail("edrv_start", rc);
     edrv_proc *self = edrv_proc_new();
+    /* Trap exits, as an Erlang shell's process would to see them: the
+     * port's exit comes as {'EXIT', Port, normal} after port_close. */
+    edrv_process_flag(self, EDRV_TRAP_EXIT, 1);
     if ((rc = edrv_load_driver(dir, "echo_drv")) < 0)
         return fail("load echo_drv", rc);
     printf("loaded    echo_drv from %s\n", dir);
