@@ -801,22 +801,28 @@ static void push_etf(lua_State *L, const char *buf, size_t len, const char *fn) 
     }
 }
 
-/* tostring() of every term object: Erlang syntax. */
-static int term_tostring(lua_State *L) {
+/* Pushes the value at 1 in Erlang syntax, as ~p (edrv_term_format) or ~w
+ * (edrv_term_format_w) prints it. */
+static int push_printed(lua_State *L, const char *fn, bool w) {
     if (lua_istable(L, 1) && kind_of(L, 1) == K_OTHER) {
         lua_getfield(L, 1, "text");
         return 1;
     }
     ei_x_buff x;
-    to_etf(L, 1, &x, "tostring");
+    to_etf(L, 1, &x, fn);
     char *text = NULL;
-    int n = edrv_term_format(x.buff, (size_t)x.index, &text);
+    int n = (w ? edrv_term_format_w : edrv_term_format)(x.buff, (size_t)x.index, &text);
     ei_x_free(&x);
     if (n < 0)
-        return raise(L, "tostring", "badarg", "cannot print the term");
+        return raise(L, fn, "badarg", "cannot print the term");
     lua_pushlstring(L, text, (size_t)n);
     free(text);
     return 1;
+}
+
+/* tostring() of every term object: Erlang syntax. */
+static int term_tostring(lua_State *L) {
+    return push_printed(L, "tostring", false);
 }
 
 /* ---- term order ------------------------------------------------------------------------------ */
@@ -1144,22 +1150,7 @@ static int l_format(lua_State *L) {
     if (!w && strcmp(how, "p") != 0)
         return raise(L, "format", "badarg", "the format must be \"p\" or \"w\"");
     lua_settop(L, 1);
-    if (!w)
-        return term_tostring(L);
-    if (lua_istable(L, 1) && kind_of(L, 1) == K_OTHER) {
-        lua_getfield(L, 1, "text");
-        return 1;
-    }
-    ei_x_buff x;
-    to_etf(L, 1, &x, "format");
-    char *text = NULL;
-    int n = edrv_term_format_w(x.buff, (size_t)x.index, &text);
-    ei_x_free(&x);
-    if (n < 0)
-        return raise(L, "format", "badarg", "cannot print the term");
-    lua_pushlstring(L, text, (size_t)n);
-    free(text);
-    return 1;
+    return push_printed(L, "format", w);
 }
 
 /* The script's process was ended by an exit signal (it does not trap exits,

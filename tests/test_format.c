@@ -4,16 +4,21 @@
 #include <ei.h>
 #include <stdbool.h>
 
-static char *fmt(ei_x_buff *x) {
+/* The term in x printed by format (edrv_term_format or _w). */
+static char *fmt_with(int (*format)(const void *, size_t, char **), ei_x_buff *x) {
     static char out[512];
     char *s;
-    int n = edrv_term_format(x->buff, (size_t)x->index, &s);
+    int n = format(x->buff, (size_t)x->index, &s);
     if (n < 0)
         return strcpy(out, "error");
     snprintf(out, sizeof out, "%s", s);
     CHECK_INT(n, strlen(s));
     free(s);
     return out;
+}
+
+static char *fmt(ei_x_buff *x) {
+    return fmt_with(edrv_term_format, x);
 }
 
 #define FORMATS(want, ...)                  \
@@ -69,18 +74,6 @@ static void compound(void) {
     FORMATS("#Port<0.9>", ei_x_encode_port(&x, &port));
 }
 
-static char *fmt_w(ei_x_buff *x) {
-    static char out[512];
-    char *s;
-    int n = edrv_term_format_w(x->buff, (size_t)x->index, &s);
-    if (n < 0)
-        return strcpy(out, "error");
-    snprintf(out, sizeof out, "%s", s);
-    CHECK_INT(n, strlen(s));
-    free(s);
-    return out;
-}
-
 static void as_w(void) {
     /* ~w: strings and binaries as integers (checked in erl with ~w); the
      * rest as edrv_term_format prints it. */
@@ -94,7 +87,7 @@ static void as_w(void) {
     ei_x_encode_map_header(&x, 1);
     ei_x_encode_atom(&x, "a");
     ei_x_encode_double(&x, 1.5);
-    CHECK_STR(fmt_w(&x), "{<<104,105>>,[104,105],<<>>,[],#{a => 1.5}}");
+    CHECK_STR(fmt_with(edrv_term_format_w, &x), "{<<104,105>>,[104,105],<<>>,[],#{a => 1.5}}");
     CHECK_STR(fmt(&x), "{<<\"hi\">>,\"hi\",<<>>,[],#{a => 1.5}}");
     ei_x_free(&x);
     char *s = (char *)1;
