@@ -360,9 +360,6 @@ static inline bool edrv__port_outputs(const edrv_port_t *pt) {
 /* The table's writers hold the emulator lock: */
 bool edrv__table_insert(edrv_port_t *pt); /* gives pt its number; false: no memory */
 void edrv__table_remove(edrv_port_t *pt);
-/* For the holder of the emulator lock, which excludes every writer: the port
- * with this number, or NULL. */
-edrv_port_t *edrv__table_get(uint64_t id);
 /* For a thread that holds neither the emulator lock nor a unit (a fast
  * path): the live port with this number, its unit taken if that was free
  * and no request is queued for the port, and the struct held

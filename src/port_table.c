@@ -18,10 +18,10 @@
 /* ---- the table ----------------------------------------------------------------
  * The map from number to port is in shards, by number, each with its lock on
  * a cache line of its own. Writers hold the emulator lock, ports.lock and the
- * shard's lock; readers hold any of them. So the holder of the emulator lock
- * looks a port up without another lock, other threads (admission, a pool
- * thread resolving a port term) take ports.lock, and the fast paths take only
- * the shard's lock, so that two threads on two ports share no lock's line.
+ * shard's lock; readers hold any of them: admission and a pool thread
+ * resolving a port term take ports.lock, and calls to a port (the fast paths,
+ * edrv__table_ref) take only the shard's lock, so that two threads on two
+ * ports share no lock's line.
  * Besides the map from number to port, two indexes, changed with the map:
  * every port in a list (for edrv_stop and unloading, which end them all),
  * and the ports of each owner (for the owner's exit, which must not cost
@@ -52,11 +52,6 @@ static edrv_port_t *lookup_locked(uint64_t id) {
     return edrv__idmap_get(&port_shards[shard_of(id)].map, id);
 }
 
-/* For the holder of the emulator lock, which excludes every writer. */
-edrv_port_t *edrv__table_get(uint64_t id) {
-    EDRV_ASSERT_EMULATOR();
-    return edrv__idmap_get(&port_shards[shard_of(id)].map, id);
-}
 
 /* Adds pt at the end of its owner's ring (ports.lock held). */
 static bool owner_add(edrv_port_t *pt) {
