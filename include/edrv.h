@@ -186,6 +186,67 @@ uint64_t edrv_proc_pid(const edrv_proc *p);
 /* The pid as drivers see it (ErlDrvTermData for ERL_DRV_PID). */
 ErlDrvTermData edrv_proc_term(const edrv_proc *p);
 
+/* ---- between processes -----------------------------------------------------
+ * Links, monitors, exit/2, send and registered names, as the BIFs of the
+ * same names. A pid is edrv_proc_pid's number. Signals keep Erlang's rules:
+ * an exit signal with reason `kill` sent by edrv_exit cannot be trapped and
+ * ends its target with reason `killed`; one with reason `normal` is ignored
+ * by a process that does not trap exits, unless it sends it to itself. A
+ * process that exits (edrv_proc_exit, or edrv_proc_free: reason `normal`)
+ * or is ended by an exit signal sends the signal on to every process linked
+ * to it and a DOWN message to every monitor of it, and its name is freed.
+ * After unlink (demonitor) returns, that link (monitor) brings no signal
+ * (DOWN message) any more. */
+
+/* Sends a message (one term in ETF, version byte first), as erlang:send/2 to
+ * a pid: 0 also when no such process lives (the message is dropped, as in
+ * Erlang). EDRV_EBADTERM; EDRV_ENOMEM. Any thread, no process needed. */
+int edrv_send(uint64_t pid, const void *etf, size_t len);
+/* link/1. 0; EDRV_ENOPROC when pid is not a live process and p does not
+ * trap exits (p trapping gets {'EXIT', Pid, noproc} instead, and 0). */
+int edrv_link(edrv_proc *p, uint64_t pid);
+/* unlink/1: 0. */
+int edrv_unlink(edrv_proc *p, uint64_t pid);
+/* exit/2, from p to pid with a reason (ETF, version byte first): 0, also
+ * for a pid that is not alive. A signal p sends itself may end p. */
+int edrv_exit(edrv_proc *p, uint64_t pid, const void *reason, size_t len);
+/* exit/1: p ends with the reason (ETF): its links get it, its monitors fire
+ * with it, its ports close; then p is freed as by edrv_proc_free. */
+int edrv_proc_exit(edrv_proc *p, const void *reason, size_t len);
+/* monitor(process, Pid): the monitor's reference in *ref. When pid ends (at
+ * once if it is not alive: reason noproc), p gets {'DOWN', Ref, process,
+ * Pid, Reason}, Ref being a NEWER_REFERENCE_EXT on node nonode@nohost whose
+ * three words are *ref's low 18 bits, its next 32 bits and its top 14. */
+int edrv_monitor(edrv_proc *p, uint64_t pid, uint64_t *ref);
+/* demonitor/1: 1 if the monitor was active (it is gone now), 0 if not. */
+int edrv_demonitor(edrv_proc *p, uint64_t ref);
+/* is_process_alive/1, for any pid: 1 or 0. */
+int edrv_is_process_alive(uint64_t pid);
+/* register/2: EDRV_EBADARG when the name (1 to 255 bytes, not
+ * "undefined") is taken, or pid is not alive or has a name already. */
+int edrv_register(const char *name, uint64_t pid);
+/* unregister/1: EDRV_EBADARG when no live process has the name. */
+int edrv_unregister(const char *name);
+/* whereis/1: the pid, or 0. */
+uint64_t edrv_whereis(const char *name);
+
+/* A wait set lets one thread wait for many processes at once (a program
+ * that runs many processes on one thread, as the Lua module's coroutines
+ * do). A process is in one set at most. edrv_waitset_wait reports the tag of
+ * each process of the set that got a message or was ended by an exit
+ * signal since it was last reported (or added, when it had messages then),
+ * once, in the order that happened; it waits up to timeout_ms (-1: for
+ * ever, 0: not at all) while there is none, and returns how many tags it
+ * wrote (at most max), 0 after the timeout. The set only tells: read the
+ * mailbox with edrv_receive(p, 0, ...). A freed process leaves its set;
+ * edrv_waitset_free fails (EDRV_EINVAL) while the set has processes. */
+typedef struct edrv_waitset edrv_waitset;
+edrv_waitset *edrv_waitset_new(void);
+int edrv_waitset_free(edrv_waitset *w);
+/* Puts p in w with tag (in place of the set it was in; NULL w: in none). */
+int edrv_waitset_add(edrv_waitset *w, edrv_proc *p, void *tag);
+int edrv_waitset_wait(edrv_waitset *w, long timeout_ms, void **tags, int max);
+
 /* ---- drivers -------------------------------------------------------------- */
 
 /* Loads DIR/NAME.so as erl_ddll:load_driver/2 does. Loading a driver that is

@@ -54,7 +54,6 @@
 #define MT_VAR "edrv.Var"
 
 #define REG_ATOMS "edrv.atoms"   /* name -> atom object (weak values) */
-#define REG_SAVED "edrv.saved"   /* messages put aside by receive_match */
 
 /* ---- errors ------------------------------------------------------------------- */
 
@@ -103,39 +102,73 @@ static int error_tostring(lua_State *L) {
     return 1;
 }
 
-/* ---- the process and the runtime --------------------------------------------------- */
+/* ---- the processes and the runtime --------------------------------------------------- */
+
+/* A process of the Lua state: the script's own (its main thread), or one
+ * that edrv.spawn made, a coroutine of the script's thread. Processes run
+ * one at a time on that thread and switch in receive (and sleep, yield):
+ * a spawned process that waits yields to whoever resumed it, and the
+ * process that runs the loop (the script's own, or any process waiting
+ * outside its own coroutine) resumes the ones that are ready, then sleeps
+ * on the state's wait set until a message or a timeout makes one ready. */
+typedef enum { P_RUNNING, P_READY, P_WAITING, P_DONE } pstate;
+
+typedef struct lproc {
+    edrv_proc *proc;
+    edrv_msg pending;   /* a message being decoded (next_message), or none */
+    lua_State *co;      /* its coroutine; NULL for the script's own process */
+    pstate state;
+    bool started;       /* its coroutine was resumed once */
+    bool notified;      /* the wait set reported it since it last looked */
+    int saved_ref;      /* its messages put aside by receive_match (a registry
+                           reference to a table), or LUA_NOREF */
+    int64_t deadline;   /* waiting: until when (ms, monotonic), or -1 */
+    int heap_at;        /* its place in the timer heap, or -1 */
+    struct lproc *next; /* on the run queue */
+} lproc;
 
 typedef struct {
-    edrv_proc *proc;
-    edrv_msg pending; /* a message being decoded (next_message), or none */
-} proc_box;
+    lproc *current;   /* the running process */
+    lproc *main;      /* the script's own */
+    edrv_waitset *ws; /* made by the first spawn */
+    lproc *rq_head, *rq_tail;
+    lproc **heap;     /* waiting processes with a deadline, soonest first */
+    int heap_n, heap_cap;
+    size_t live;      /* spawned processes not ended */
+} lsched;
 
 typedef struct {
     int owns_runtime; /* this module started the runtime, and stops it */
 } runtime_box;
 
-/* The registry's key of the state's process box: a light userdata, so that
- * every call finds it with one raw lookup (it asks on each call). */
+/* The registry's key of the state's scheduler: a light userdata, so that
+ * every call finds it with one raw lookup. */
 static const char proc_key;
+/* The registry's table of live spawned processes (light userdata -> box). */
+static const char procs_key;
 
-/* The module's functions share three upvalues, which they reach without a
+/* The module's functions share two upvalues, which they reach without a
  * lookup (the registry holds them too, for the others): */
-#define UP_PROC lua_upvalueindex(1)   /* the process box */
+#define UP_PROC lua_upvalueindex(1)   /* the scheduler */
 #define UP_DECODE lua_upvalueindex(2) /* the decoder's cache (decode) */
-#define UP_SAVED lua_upvalueindex(3)  /* REG_SAVED */
 
-static proc_box *self_box(lua_State *L) {
-    proc_box *b;
+static lsched *sched_of(lua_State *L) {
+    lsched *s;
     if (lua_type(L, UP_PROC) == LUA_TUSERDATA) {
-        b = lua_touserdata(L, UP_PROC);
+        s = lua_touserdata(L, UP_PROC);
     } else {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &proc_key);
-        b = lua_touserdata(L, -1); /* only edrv_lua_open sets it */
+        s = lua_touserdata(L, -1); /* only edrv_lua_open sets it */
         lua_pop(L, 1);
     }
-    if (!b || !b->proc)
+    return s;
+}
+
+static lproc *self_box(lua_State *L) {
+    lsched *s = sched_of(L);
+    if (!s || !s->current || !s->current->proc)
         raise(L, "self", "noproc", "the edrv module was closed");
-    return b;
+    return s->current;
 }
 
 static edrv_proc *self_proc(lua_State *L) {
@@ -143,10 +176,19 @@ static edrv_proc *self_proc(lua_State *L) {
 }
 
 static int proc_gc(lua_State *L) {
-    proc_box *b = luaL_checkudata(L, 1, MT_PROC);
+    lproc *b = luaL_checkudata(L, 1, MT_PROC);
     edrv_msg_free(&b->pending);
     edrv_proc_free(b->proc);
     b->proc = NULL;
+    return 0;
+}
+
+static int sched_gc(lua_State *L) {
+    lsched *s = lua_touserdata(L, 1);
+    free(s->heap);
+    s->heap = NULL;
+    if (s->ws && edrv_waitset_free(s->ws) == 0)
+        s->ws = NULL;
     return 0;
 }
 
@@ -264,6 +306,18 @@ static int eq_fields(lua_State *L, const char *k1, const char *k2) {
 
 static int pid_eq(lua_State *L) {
     return eq_fields(L, "num", "serial");
+}
+
+/* References (and funs, big numbers) are equal when their bytes are. */
+static int other_eq(lua_State *L) {
+    int eq = lua_getmetatable(L, 1) && lua_getmetatable(L, 2) && lua_rawequal(L, -1, -2);
+    if (eq) {
+        lua_getfield(L, 1, "etf");
+        lua_getfield(L, 2, "etf");
+        eq = lua_type(L, -1) == LUA_TSTRING && lua_rawequal(L, -1, -2);
+    }
+    lua_pushboolean(L, eq);
+    return 1;
 }
 
 static int port_eq(lua_State *L) {
@@ -389,11 +443,17 @@ static int encode(lua_State *L, int idx, ei_x_buff *x, int depth) {
                 count++;
             return count == n ? encode_list(L, idx, x, depth) : encode_map(L, idx, x, depth);
         }
-        if (mt == K_ATOM || mt == K_OTHER) {
-            if (mt == K_OTHER) {
-                lua_pushstring(L, "an opaque term (reference, fun) cannot be sent back");
-                return -1;
-            }
+        if (mt == K_OTHER) {
+            lua_getfield(L, idx, "etf");
+            size_t n;
+            const char *etf = lua_tolstring(L, -1, &n);
+            int rc = etf && n ? ei_x_append_buf(x, etf, (int)n) : -1;
+            lua_pop(L, 1);
+            if (rc < 0)
+                lua_pushstring(L, "an opaque term without its bytes");
+            return rc;
+        }
+        if (mt == K_ATOM) {
             lua_getfield(L, idx, "name");
             int rc = ei_x_encode_atom_len_as(x, lua_tostring(L, -1), (int)lua_rawlen(L, -1),
                                              ERLANG_UTF8, ERLANG_UTF8);
@@ -653,9 +713,11 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
         char *text = NULL;
         int n = edrv_term_format(x.buff, (size_t)x.index, &text);
         ei_x_free(&x);
-        lua_createtable(L, 0, 1);
+        lua_createtable(L, 0, 2);
         lua_pushstring(L, n >= 0 ? text : "#Term<?>");
         lua_setfield(L, -2, "text");
+        lua_pushlstring(L, buf + start, (size_t)(*idx - start)); /* sent back as it came */
+        lua_setfield(L, -2, "etf");
         luaL_setmetatable(L, MT_OTHER);
         free(text);
         return 0;
@@ -1520,7 +1582,7 @@ static int l_port_info(lua_State *L) {
 static int next_message(lua_State *L, long timeout_ms) {
     /* Decoded where it lies: the box holds it meanwhile, so that the next
      * call (or the box's end) frees it if decoding raises. */
-    proc_box *b = self_box(L);
+    lproc *b = self_box(L);
     edrv_msg_free(&b->pending);
     int rc = edrv_receive(b->proc, timeout_ms, &b->pending);
     if (rc == EDRV_ETIMEDOUT)
@@ -1553,28 +1615,650 @@ static long timeout_arg(lua_State *L, int idx) {
     return t > 1e12 ? (long)1e12 : (long)t;
 }
 
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The deadline of a timeout: -1 for none. */
+static int64_t deadline_of(long timeout) {
+    return timeout < 0 ? -1 : now_ms() + timeout;
+}
+
+/* -- the scheduler: the run queue and the timer heap -- */
+
+static void rq_push(lsched *s, lproc *p) {
+    p->state = P_READY;
+    p->next = NULL;
+    if (s->rq_tail)
+        s->rq_tail->next = p;
+    else
+        s->rq_head = p;
+    s->rq_tail = p;
+}
+
+static lproc *rq_pop(lsched *s) {
+    lproc *p = s->rq_head;
+    if (p && !(s->rq_head = p->next))
+        s->rq_tail = NULL;
+    return p;
+}
+
+static void heap_swap(lsched *s, int i, int j) {
+    lproc *t = s->heap[i];
+    s->heap[i] = s->heap[j];
+    s->heap[j] = t;
+    s->heap[i]->heap_at = i;
+    s->heap[j]->heap_at = j;
+}
+
+static void heap_fix(lsched *s, int i) {
+    while (i > 0 && s->heap[(i - 1) / 2]->deadline > s->heap[i]->deadline) {
+        heap_swap(s, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    for (;;) {
+        int l = 2 * i + 1, m = i;
+        if (l < s->heap_n && s->heap[l]->deadline < s->heap[m]->deadline)
+            m = l;
+        if (l + 1 < s->heap_n && s->heap[l + 1]->deadline < s->heap[m]->deadline)
+            m = l + 1;
+        if (m == i)
+            return;
+        heap_swap(s, i, m);
+        i = m;
+    }
+}
+
+static void heap_del(lsched *s, lproc *p) {
+    int i = p->heap_at;
+    if (i < 0)
+        return;
+    p->heap_at = -1;
+    if (i != --s->heap_n) {
+        s->heap[i] = s->heap[s->heap_n];
+        s->heap[i]->heap_at = i;
+        heap_fix(s, i);
+    }
+}
+
+/* p waits until its deadline (or a message). */
+static void heap_add(lua_State *L, lsched *s, lproc *p) {
+    if (s->heap_n == s->heap_cap) {
+        int cap = s->heap_cap ? 2 * s->heap_cap : 16;
+        lproc **h = realloc(s->heap, (size_t)cap * sizeof *h);
+        if (!h)
+            raise(L, "receive", "enomem", "out of memory for the timer heap");
+        s->heap = h;
+        s->heap_cap = cap;
+    }
+    p->heap_at = s->heap_n++;
+    s->heap[p->heap_at] = p;
+    heap_fix(s, p->heap_at);
+}
+
+/* A waiting process becomes ready (a message, or its deadline). */
+static void wake(lsched *s, lproc *p) {
+    if (p->state != P_WAITING)
+        return;
+    heap_del(s, p);
+    rq_push(s, p);
+}
+
+static void end_proc(lua_State *L, lsched *s, lproc *p, int status);
+
+/* Resumes p's coroutine until it waits, yields or ends. */
+static void run_proc(lua_State *L, lsched *s, lproc *p) {
+    lproc *prev = s->current;
+    s->current = p;
+    p->state = P_RUNNING;
+    int nres, nargs = p->started ? 0 : lua_gettop(p->co) - 1;
+    p->started = true;
+    int st = lua_resume(p->co, L, nargs, &nres);
+    s->current = prev;
+    if (st == LUA_YIELD) {
+        lua_pop(p->co, nres);
+        if (p->state == P_RUNNING) /* coroutine.yield or edrv.yield: ready again */
+            rq_push(s, p);
+        return;
+    }
+    end_proc(L, s, p, st);
+}
+
+/* Runs the others until `self` hears of news (a message, its end) or its
+ * deadline passes; used by a process that cannot yield to the loop: the
+ * script's own, or one waiting inside a coroutine of its own making. */
+static void run_others(lua_State *L, lsched *s, lproc *self, int64_t deadline) {
+    self->notified = false;
+    for (;;) {
+        for (lproc *p; !self->notified && (p = rq_pop(s));)
+            run_proc(L, s, p);
+        if (self->notified)
+            return;
+        int64_t now = now_ms();
+        while (s->heap_n && s->heap[0]->deadline <= now)
+            wake(s, s->heap[0]);
+        if (s->rq_head)
+            continue;
+        if (deadline >= 0 && now >= deadline)
+            return;
+        int64_t until = deadline;
+        if (s->heap_n && (until < 0 || s->heap[0]->deadline < until))
+            until = s->heap[0]->deadline;
+        void *tags[64];
+        int n = edrv_waitset_wait(s->ws, until < 0 ? -1 : (long)(until - now), tags, 64);
+        for (int i = 0; i < n; i++) {
+            lproc *p = tags[i];
+            p->notified = true;
+            wake(s, p);
+        }
+    }
+}
+
+/* The calling process waits for news until deadline: a spawned process in
+ * its own coroutine yields to the loop (and k continues the call when it is
+ * resumed); any other runs the loop itself, and returns. */
+static void wait_news(lua_State *L, int64_t deadline, lua_KFunction k) {
+    lsched *s = sched_of(L);
+    lproc *self = self_box(L);
+    if (!s->ws) { /* no process was ever spawned: nobody else to run (sleep) */
+        int64_t left = deadline - now_ms();
+        if (deadline >= 0 && left > 0)
+            nanosleep(&(struct timespec){left / 1000, (long)(left % 1000) * 1000000L}, NULL);
+        return;
+    }
+    if (self->co == L) {
+        self->state = P_WAITING;
+        self->deadline = deadline;
+        if (deadline >= 0)
+            heap_add(L, s, self);
+        lua_yieldk(L, 0, 0, k); /* does not return */
+    }
+    run_others(L, s, self, deadline);
+}
+
+/* The first saved message (receive_match put it aside), taken, or nothing. */
+static int take_saved(lua_State *L, lproc *b) {
+    if (b->saved_ref == LUA_NOREF)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, b->saved_ref);
+    int saved = lua_gettop(L);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, saved);
+    if (n == 0) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_rawgeti(L, saved, 1);
+    for (lua_Integer k = 1; k < n; k++) {
+        lua_rawgeti(L, saved, k + 1);
+        lua_rawseti(L, saved, k);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, saved, n);
+    lua_remove(L, saved);
+    return 1;
+}
+
+/* receive's body, and its continuation after a yield: [1] is the deadline. */
+static int receive_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    for (;;) {
+        if (next_message(L, 0))
+            return 1;
+        int64_t deadline = lua_tointeger(L, 1);
+        if (deadline >= 0 && now_ms() >= deadline) {
+            lua_pushnil(L);
+            return 1;
+        }
+        wait_news(L, deadline, receive_k);
+    }
+}
+
 static int l_receive(lua_State *L) {
     long timeout = timeout_arg(L, 1);
+    lproc *b = self_box(L);
     /* Messages put aside by receive_match come first, in order. */
-    if (lua_type(L, UP_SAVED) == LUA_TTABLE)
-        lua_pushvalue(L, UP_SAVED);
-    else
-        lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);
-    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-    if (n > 0) {
-        int saved = lua_gettop(L);
-        lua_rawgeti(L, saved, 1);
-        for (lua_Integer k = 1; k < n; k++) {
-            lua_rawgeti(L, saved, k + 1);
-            lua_rawseti(L, saved, k);
-        }
-        lua_pushnil(L);
-        lua_rawseti(L, saved, n);
+    if (take_saved(L, b))
+        return 1;
+    if (!sched_of(L)->live) { /* nobody else to run: wait in the mailbox */
+        if (next_message(L, timeout) == 0)
+            lua_pushnil(L);
         return 1;
     }
+    lua_settop(L, 0);
+    lua_pushinteger(L, deadline_of(timeout));
+    return receive_k(L, LUA_OK, 0);
+}
+
+/* edrv.sleep(ms): waits, leaving messages where they are (receive after
+ * Ms -> ok end). [1] is the deadline. */
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    int64_t deadline = lua_tointeger(L, 1);
+    while (now_ms() < deadline)
+        wait_news(L, deadline, sleep_k);
+    return 0;
+}
+
+static int l_sleep(lua_State *L) {
+    long ms = timeout_arg(L, 1);
+    if (ms < 0)
+        return raise(L, "sleep", "badarg", "sleep takes a number of ms");
+    lua_settop(L, 0);
+    lua_pushinteger(L, deadline_of(ms));
+    return sleep_k(L, LUA_OK, 0);
+}
+
+/* edrv.yield(): lets the ready processes run (erlang:yield/0); true. */
+static int yield_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_yield(lua_State *L) {
+    lsched *s = sched_of(L);
+    lproc *self = self_box(L);
+    if (self->co == L)
+        return lua_yieldk(L, 0, 0, yield_k); /* run_proc queues it again */
+    /* the others that are ready now run once each */
+    lproc *last = s->rq_tail;
+    for (lproc *p; last && (p = rq_pop(s));) {
+        run_proc(L, s, p);
+        if (p == last)
+            break;
+    }
+    return yield_k(L, LUA_OK, 0);
+}
+
+/* -- processes: spawn, exit, links, monitors, send, names -- */
+
+static uint64_t check_pid(lua_State *L, int idx, const char *fn) {
+    if (lua_type(L, idx) != LUA_TTABLE || kind_of(L, idx) != K_PID)
+        raise(L, fn, "badarg", lua_pushfstring(L, "argument %d must be a pid", idx));
+    return (uint64_t)field_int(L, idx, "num") | (uint64_t)field_int(L, idx, "serial") << 32;
+}
+
+static void push_pid64(lua_State *L, uint64_t pid) {
+    push_pid(L, (unsigned)pid, (unsigned)(pid >> 32));
+}
+
+/* An atom's or a string's name, or NULL. */
+static const char *name_of(lua_State *L, int idx) {
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tostring(L, idx);
+    if (lua_type(L, idx) == LUA_TTABLE && kind_of(L, idx) == K_ATOM) {
+        lua_getfield(L, idx, "name");
+        const char *n = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the atom object keeps its name */
+        return n;
+    }
+    return NULL;
+}
+
+/* The reference of monitor ref as a term object (edrv.h says its words). */
+static void push_ref(lua_State *L, uint64_t ref) {
+    erlang_ref r = {.node = "nonode@nohost",
+                    .len = 3,
+                    .n = {(unsigned)(ref & 0x3ffff), (unsigned)(ref >> 18), (unsigned)(ref >> 50)}};
+    char buf[64];
+    int i = 0;
+    ei_encode_version(buf, &i);
+    ei_encode_ref(buf, &i, &r);
+    push_etf(L, buf, (size_t)i, "monitor");
+}
+
+/* The monitor number of a reference object, or 0. */
+static uint64_t ref_number(lua_State *L, int idx) {
+    if (lua_type(L, idx) != LUA_TTABLE || kind_of(L, idx) != K_OTHER)
+        return 0;
+    lua_getfield(L, idx, "etf");
+    size_t n;
+    const char *etf = lua_tolstring(L, -1, &n);
+    erlang_ref r;
+    int i = 0;
+    uint64_t id = 0;
+    if (etf && ei_decode_ref(etf, &i, &r) == 0 && (size_t)i == n && r.len == 3 &&
+        strcmp(r.node, "nonode@nohost") == 0)
+        id = (uint64_t)r.n[0] | (uint64_t)r.n[1] << 18 | (uint64_t)r.n[2] << 50;
     lua_pop(L, 1);
-    if (next_message(L, timeout) == 0)
-        lua_pushnil(L);
+    return id;
+}
+
+/* A process's end: its reason goes to its links and monitors. */
+static void end_proc(lua_State *L, lsched *s, lproc *p, int status) {
+    ei_x_buff x;
+    ei_x_new_with_version(&x);
+    edrv_msg why;
+    bool signalled = false;
+    if (status == LUA_OK) {
+        ei_x_encode_atom(&x, "normal");
+    } else if (edrv_proc_exit_reason(p->proc, &why) == 0) {
+        edrv_msg_free(&why); /* an exit signal ended it: its links know */
+        signalled = true;
+    } else {
+        lua_State *co = p->co;
+        int e = lua_gettop(co);
+        bool exit_obj = false;
+        if (lua_type(co, e) == LUA_TTABLE && lua_getmetatable(co, e)) {
+            luaL_getmetatable(co, MT_ERROR);
+            bool is_err = lua_rawequal(co, -1, -2);
+            lua_pop(co, 2);
+            if (is_err && lua_getfield(co, e, "exit_etf") == LUA_TSTRING) {
+                size_t n;
+                const char *etf = lua_tolstring(co, -1, &n);
+                ei_x_append_buf(&x, etf + 1, (int)n - 1); /* edrv.exit(Reason) */
+                exit_obj = true;
+            }
+            lua_settop(co, e);
+        }
+        if (!exit_obj) {
+            /* An error: {Reason, Stack} as in Erlang, Reason the error's
+             * reason (an edrv error's as an atom, a term as itself, anything
+             * else as its text), Stack the message and its traceback. */
+            const char *msg = NULL;
+            if (luaL_callmeta(co, e, "__tostring") && lua_type(co, -1) == LUA_TSTRING)
+                msg = lua_tostring(co, -1);
+            else if (lua_type(co, e) == LUA_TSTRING || lua_type(co, e) == LUA_TNUMBER)
+                msg = lua_tostring(co, e);
+            else
+                msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, e));
+            luaL_traceback(co, co, msg, 0);
+            size_t tlen;
+            const char *trace = lua_tolstring(co, -1, &tlen);
+            fprintf(stderr, "edrv: error in process <0.%llu.0>: %s\n",
+                    (unsigned long long)edrv_proc_pid(p->proc), trace);
+            ei_x_encode_tuple_header(&x, 2);
+            int at = x.index;
+            bool coded = false;
+            if (lua_type(co, e) == LUA_TTABLE && lua_getmetatable(co, e)) {
+                luaL_getmetatable(co, MT_ERROR);
+                bool is_err = lua_rawequal(co, -1, -2);
+                lua_pop(co, 2);
+                if (is_err) {
+                    lua_getfield(co, e, "reason");
+                    coded = ei_x_encode_atom(&x, lua_tostring(co, -1)) == 0;
+                    lua_pop(co, 1);
+                }
+            }
+            if (!coded) {
+                x.index = at;
+                lua_pushvalue(co, e);
+                coded = encode(co, lua_gettop(co), &x, 0) == 0;
+            }
+            if (!coded) {
+                x.index = at;
+                ei_x_encode_binary(&x, msg, (long)strlen(msg));
+            }
+            ei_x_encode_binary(&x, trace, (long)tlen);
+            lua_settop(co, e);
+        }
+    }
+    if (signalled)
+        edrv_proc_free(p->proc);
+    else
+        edrv_proc_exit(p->proc, x.buff, (size_t)x.index);
+    ei_x_free(&x);
+    p->proc = NULL;
+    p->state = P_DONE;
+    heap_del(s, p);
+    s->live--;
+    if (p->saved_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, p->saved_ref);
+        p->saved_ref = LUA_NOREF;
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &procs_key);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, p); /* the box, its coroutine: garbage now */
+    lua_pop(L, 1);
+}
+
+static int spawn_as(lua_State *L, const char *fn, bool link, bool monitor) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lsched *s = sched_of(L);
+    lproc *self = self_box(L);
+    if (!s->ws) {
+        s->ws = edrv_waitset_new();
+        if (!s->ws || edrv_waitset_add(s->ws, s->main->proc, s->main) < 0)
+            return raise(L, fn, "enomem", edrv_last_error());
+    }
+    int nargs = lua_gettop(L); /* the function and its arguments */
+    lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+    *p = (lproc){.saved_ref = LUA_NOREF, .heap_at = -1, .deadline = -1};
+    luaL_setmetatable(L, MT_PROC);
+    int box = lua_gettop(L);
+    if (!(p->proc = edrv_proc_new()))
+        return raise(L, fn, "enomem", edrv_last_error());
+    if (edrv_waitset_add(s->ws, p->proc, p) < 0)
+        return raise_rc(L, fn, EDRV_ENOMEM);
+    p->co = lua_newthread(L);
+    lua_setiuservalue(L, box, 1); /* the box keeps its coroutine */
+    for (int i = 1; i <= nargs; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, p->co, nargs);
+    uint64_t pid = edrv_proc_pid(p->proc), ref = 0;
+    int rc = link ? edrv_link(self->proc, pid) : 0;
+    if (rc == 0 && monitor)
+        rc = edrv_monitor(self->proc, pid, &ref);
+    if (rc < 0)
+        return raise_rc(L, fn, rc); /* the box frees the process */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &procs_key);
+    lua_pushvalue(L, box);
+    lua_rawsetp(L, -2, p);
+    s->live++;
+    rq_push(s, p);
+    push_pid64(L, pid);
+    if (!monitor)
+        return 1;
+    push_ref(L, ref);
+    return 2;
+}
+
+static int l_spawn(lua_State *L) {
+    return spawn_as(L, "spawn", false, false);
+}
+
+static int l_spawn_link(lua_State *L) {
+    return spawn_as(L, "spawn_link", true, false);
+}
+
+static int l_spawn_monitor(lua_State *L) {
+    return spawn_as(L, "spawn_monitor", false, true);
+}
+
+/* A call that may have ended the calling process (a signal to itself). */
+static void check_alive(lua_State *L, const char *fn) {
+    edrv_msg why;
+    if (edrv_proc_exit_reason(self_proc(L), &why) == 0) {
+        edrv_msg_free(&why);
+        edrv_proc_info(self_proc(L), &(edrv_proc_status){0}); /* sets the detail */
+        raise_exited(L, fn);
+    }
+}
+
+/* exit(Reason) ends the calling process; exit(Pid, Reason) sends a signal. */
+static int l_exit(lua_State *L) {
+    if (lua_gettop(L) >= 2) {
+        uint64_t pid = check_pid(L, 1, "exit");
+        ei_x_buff x;
+        to_etf(L, 2, &x, "exit");
+        int rc = edrv_exit(self_proc(L), pid, x.buff, (size_t)x.index);
+        ei_x_free(&x);
+        if (rc < 0)
+            return raise_rc(L, "exit", rc);
+        check_alive(L, "exit");
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    luaL_checkany(L, 1);
+    ei_x_buff x;
+    to_etf(L, 1, &x, "exit");
+    char *text = NULL;
+    edrv_term_format(x.buff, (size_t)x.index, &text);
+    push_error(L, "exit", "exit", text ? text : "");
+    free(text);
+    lua_pushlstring(L, x.buff, (size_t)x.index);
+    lua_setfield(L, -2, "exit_etf");
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "exit_reason");
+    ei_x_free(&x);
+    return lua_error(L);
+}
+
+static int l_link(lua_State *L) {
+    int rc = edrv_link(self_proc(L), check_pid(L, 1, "link"));
+    if (rc < 0)
+        return raise_rc(L, "link", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_unlink(lua_State *L) {
+    int rc = edrv_unlink(self_proc(L), check_pid(L, 1, "unlink"));
+    if (rc < 0)
+        return raise_rc(L, "unlink", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_monitor(lua_State *L) {
+    const char *type = name_of(L, 1);
+    if (!type || strcmp(type, "process") != 0)
+        return raise(L, "monitor", "badarg", "only processes can be monitored (\"process\")");
+    uint64_t ref;
+    int rc = edrv_monitor(self_proc(L), check_pid(L, 2, "monitor"), &ref);
+    if (rc < 0)
+        return raise_rc(L, "monitor", rc);
+    push_ref(L, ref);
+    return 1;
+}
+
+/* Whether a message is {'DOWN', Ref, ...} for the reference at ref. */
+static bool is_down_of(lua_State *L, int msg, int ref) {
+    if (lua_type(L, msg) != LUA_TTABLE || kind_of(L, msg) != K_TUPLE || lua_rawlen(L, msg) != 5)
+        return false;
+    lua_rawgeti(L, msg, 1);
+    const char *tag = name_of(L, -1);
+    bool down = tag && strcmp(tag, "DOWN") == 0;
+    lua_rawgeti(L, msg, 2);
+    down = down && lua_compare(L, -1, ref, LUA_OPEQ);
+    lua_pop(L, 2);
+    return down;
+}
+
+/* demonitor(Ref [, {"flush", "info"}]) */
+static int l_demonitor(lua_State *L) {
+    uint64_t id = ref_number(L, 1);
+    if (!id)
+        return raise(L, "demonitor", "badarg", "argument 1 must be a monitor's reference");
+    bool flush = false, info = false;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, 2); i++) {
+            lua_rawgeti(L, 2, i);
+            const char *o = name_of(L, -1);
+            if (o && strcmp(o, "flush") == 0)
+                flush = true;
+            else if (o && strcmp(o, "info") == 0)
+                info = true;
+            else
+                return raise(L, "demonitor", "badarg", "the options are \"flush\" and \"info\"");
+            lua_pop(L, 1);
+        }
+    }
+    lproc *b = self_box(L);
+    int rc = edrv_demonitor(b->proc, id);
+    if (rc < 0)
+        return raise_rc(L, "demonitor", rc);
+    if (flush) {
+        /* its DOWN message, if it came: every message goes to the saved
+         * list (in order), and the DOWN leaves it */
+        if (b->saved_ref == LUA_NOREF) {
+            lua_newtable(L);
+            b->saved_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, b->saved_ref);
+        int saved = lua_gettop(L);
+        while (next_message(L, 0))
+            lua_rawseti(L, saved, (lua_Integer)lua_rawlen(L, saved) + 1);
+        lua_Integer n = (lua_Integer)lua_rawlen(L, saved), to = 0;
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, saved, i);
+            if (is_down_of(L, lua_gettop(L), 1))
+                lua_pop(L, 1);
+            else
+                lua_rawseti(L, saved, ++to);
+        }
+        for (lua_Integer i = to + 1; i <= n; i++) {
+            lua_pushnil(L);
+            lua_rawseti(L, saved, i);
+        }
+        lua_settop(L, saved - 1);
+    }
+    lua_pushboolean(L, info ? rc : 1);
+    return 1;
+}
+
+/* send(Dest, Msg): Dest a pid or a registered name; Msg. */
+static int l_send(lua_State *L) {
+    luaL_checkany(L, 2);
+    uint64_t pid;
+    const char *name = name_of(L, 1);
+    if (name) {
+        if (!(pid = edrv_whereis(name)))
+            return raise(L, "send", "badarg",
+                         lua_pushfstring(L, "no process is registered as '%s'", name));
+    } else {
+        pid = check_pid(L, 1, "send");
+    }
+    ei_x_buff x;
+    to_etf(L, 2, &x, "send");
+    int rc = edrv_send(pid, x.buff, (size_t)x.index);
+    ei_x_free(&x);
+    if (rc < 0)
+        return raise_rc(L, "send", rc);
+    lua_settop(L, 2);
+    return 1;
+}
+
+static int l_register(lua_State *L) {
+    const char *name = name_of(L, 1);
+    if (!name)
+        return raise(L, "register", "badarg", "argument 1 must be a name (a string or an atom)");
+    int rc = edrv_register(name, check_pid(L, 2, "register"));
+    if (rc < 0)
+        return raise_rc(L, "register", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_unregister(lua_State *L) {
+    const char *name = name_of(L, 1);
+    int rc = name ? edrv_unregister(name) : EDRV_EBADARG;
+    if (rc < 0)
+        return raise_rc(L, "unregister", rc);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_whereis(lua_State *L) {
+    const char *name = name_of(L, 1);
+    if (!name)
+        return raise(L, "whereis", "badarg", "argument 1 must be a name (a string or an atom)");
+    uint64_t pid = edrv_whereis(name);
+    if (pid)
+        push_pid64(L, pid);
+    else
+        push_atom(L, "undefined");
+    return 1;
+}
+
+static int l_is_process_alive(lua_State *L) {
+    lua_pushboolean(L, edrv_is_process_alive(check_pid(L, 1, "is_process_alive")));
     return 1;
 }
 
@@ -1739,12 +2423,46 @@ static int l_var(lua_State *L) {
 
 /* receive_match(pattern [, timeout_ms]): the first message that matches, and
  * its bindings; the others stay, in order, for later receives. */
+static int receive_match_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    /* [1] pattern, [2] deadline, [3] saved messages, [4] bindings */
+    for (;;) {
+        int64_t deadline = lua_tointeger(L, 2);
+        long wait = 0; /* with nobody else to run, it waits in the mailbox */
+        if (!sched_of(L)->live)
+            wait = deadline < 0 ? -1 : (long)(deadline > now_ms() ? deadline - now_ms() : 0);
+        if (next_message(L, wait)) {
+            if (match(L, 5, 1, 4, 0)) {
+                lua_pushvalue(L, 4);
+                return 2;
+            }
+            lua_rawseti(L, 3, (lua_Integer)lua_rawlen(L, 3) + 1);
+            lua_newtable(L);
+            lua_replace(L, 4);
+            continue;
+        }
+        if (deadline >= 0 && now_ms() >= deadline) {
+            lua_pushnil(L);
+            return 1;
+        }
+        if (sched_of(L)->live)
+            wait_news(L, deadline, receive_match_k);
+    }
+}
+
 static int l_receive_match(lua_State *L) {
     luaL_checkany(L, 1);
     long timeout = timeout_arg(L, 2);
-    lua_settop(L, 2);
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED); /* 3 */
-    lua_newtable(L);                               /* 4: bindings */
+    lproc *b = self_box(L);
+    lua_settop(L, 1);
+    lua_pushinteger(L, deadline_of(timeout)); /* 2 */
+    if (b->saved_ref == LUA_NOREF) {
+        lua_newtable(L);
+        b->saved_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, b->saved_ref); /* 3 */
+    lua_newtable(L);                                 /* 4: bindings */
     lua_Integer n = (lua_Integer)lua_rawlen(L, 3);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 3, i);
@@ -1763,32 +2481,7 @@ static int l_receive_match(lua_State *L) {
         lua_newtable(L);
         lua_replace(L, 4);
     }
-    lua_Integer deadline = 0;
-    if (timeout >= 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        deadline = (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout;
-    }
-    for (;;) {
-        long left = -1;
-        if (timeout >= 0) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            lua_Integer now = (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-            left = now >= deadline ? 0 : (long)(deadline - now);
-        }
-        if (next_message(L, left) == 0) {
-            lua_pushnil(L);
-            return 1;
-        }
-        if (match(L, lua_gettop(L), 1, 4, 0)) {
-            lua_pushvalue(L, 4);
-            return 2;
-        }
-        lua_rawseti(L, 3, (lua_Integer)lua_rawlen(L, 3) + 1);
-        lua_newtable(L);
-        lua_replace(L, 4);
-    }
+    return receive_match_k(L, LUA_OK, 0);
 }
 
 /* ---- the module ----------------------------------------------------------------------------------- */
@@ -1810,6 +2503,21 @@ static const luaL_Reg funcs[] = {
     {"sort", l_sort},
     {"var", l_var},
     {"self", l_self},
+    {"spawn", l_spawn},
+    {"spawn_link", l_spawn_link},
+    {"spawn_monitor", l_spawn_monitor},
+    {"exit", l_exit},
+    {"link", l_link},
+    {"unlink", l_unlink},
+    {"monitor", l_monitor},
+    {"demonitor", l_demonitor},
+    {"send", l_send},
+    {"register", l_register},
+    {"unregister", l_unregister},
+    {"whereis", l_whereis},
+    {"is_process_alive", l_is_process_alive},
+    {"sleep", l_sleep},
+    {"yield", l_yield},
     {"monotonic_time", l_monotonic_time},
     {"memory", l_memory},
     {"pool", l_pool},
@@ -1854,7 +2562,7 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     new_term_mt(L, MT_MAP, K_MAP, NULL);
     new_term_mt(L, MT_PID, K_PID, pid_eq);
     new_term_mt(L, MT_PORT, K_PORT, port_eq);
-    new_term_mt(L, MT_OTHER, K_OTHER, NULL);
+    new_term_mt(L, MT_OTHER, K_OTHER, other_eq);
     luaL_newmetatable(L, MT_ERROR);
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
@@ -1871,7 +2579,7 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, REG_ATOMS);
     lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, REG_SAVED);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &procs_key);
 
     lua_createtable(L, D_PORTS, 0); /* the decoder's cache (decode), weak values */
     static const struct {
@@ -1900,8 +2608,16 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, "edrv.runtime");
 
-    proc_box *pb = lua_newuserdatauv(L, sizeof *pb, 0);
-    pb->pending = (edrv_msg){0};
+    /* The scheduler before the script's process, so that lua_close
+     * collects it after every process (the wait set must be empty). */
+    lsched *sc = lua_newuserdatauv(L, sizeof *sc, 1);
+    *sc = (lsched){0};
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, sched_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lproc *pb = lua_newuserdatauv(L, sizeof *pb, 0);
+    *pb = (lproc){.saved_ref = LUA_NOREF, .heap_at = -1, .deadline = -1};
     pb->proc = edrv_proc_new();
     luaL_newmetatable(L, MT_PROC);
     lua_pushcfunction(L, proc_gc);
@@ -1909,14 +2625,15 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setmetatable(L, -2);
     if (!pb->proc)
         return luaL_error(L, "edrv: cannot create a process: %s", edrv_last_error());
+    sc->main = sc->current = pb;
+    lua_setiuservalue(L, -2, 1); /* the scheduler keeps the script's process */
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &proc_key);
 
     luaL_newlibtable(L, funcs);
     lua_insert(L, -2);                  /* the table, then UP_PROC */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key); /* UP_DECODE */
-    lua_getfield(L, LUA_REGISTRYINDEX, REG_SAVED);  /* UP_SAVED */
-    luaL_setfuncs(L, funcs, 3);
+    luaL_setfuncs(L, funcs, 2);
     lua_newuserdatauv(L, 0, 0);
     luaL_setmetatable(L, MT_ANY);
     lua_setfield(L, -2, "_"); /* the wildcard of match patterns */

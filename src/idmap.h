@@ -32,33 +32,33 @@ void *edrv__idmap_at(const idmap *m, size_t i);
 void edrv__idmap_free(idmap *m);
 
 /* ---- intrusive lists ----------------------------------------------------------
- * A circular doubly linked list through an edrv_link inside each element, so
+ * A circular doubly linked list through an edrv_lnode inside each element, so
  * that an element leaves its list in O(1) and no list operation allocates:
  * the paths that end ports and processes use them and cannot fail. A list
- * has a head of its own (an edrv_link that is no element), or, where a map
+ * has a head of its own (an edrv_lnode that is no element), or, where a map
  * holds an index's lists, none: the map holds the first element and the
  * ring of elements closes on itself. A link that is in no list has next
  * NULL (as calloc leaves it). */
 
-typedef struct edrv_link {
-    struct edrv_link *next, *prev;
-} edrv_link;
+typedef struct edrv_lnode {
+    struct edrv_lnode *next, *prev;
+} edrv_lnode;
 
 /* The element whose `field` is the link l. */
 #define EDRV_LINKED(l, type, field) ((type *)(void *)((char *)(l) - offsetof(type, field)))
 
 /* An empty list (a head), or a ring of one element. */
-static inline void edrv__list_init(edrv_link *h) {
+static inline void edrv__list_init(edrv_lnode *h) {
     h->next = h->prev = h;
 }
 
-static inline bool edrv__list_empty(const edrv_link *h) {
+static inline bool edrv__list_empty(const edrv_lnode *h) {
     return h->next == h;
 }
 
 /* Inserts l before at: at the end of the list whose head is `at`, or at the
  * end of the ring whose first element is `at`. */
-static inline void edrv__list_append(edrv_link *at, edrv_link *l) {
+static inline void edrv__list_append(edrv_lnode *at, edrv_lnode *l) {
     l->next = at;
     l->prev = at->prev;
     at->prev->next = l;
@@ -66,7 +66,7 @@ static inline void edrv__list_append(edrv_link *at, edrv_link *l) {
 }
 
 /* Takes l out of its list, if it is in one. */
-static inline void edrv__list_remove(edrv_link *l) {
+static inline void edrv__list_remove(edrv_lnode *l) {
     if (!l->next)
         return;
     l->prev->next = l->next;
@@ -75,7 +75,7 @@ static inline void edrv__list_remove(edrv_link *l) {
 }
 
 /* Moves every element of the list `from` to the end of the list `to`. */
-static inline void edrv__list_move(edrv_link *from, edrv_link *to) {
+static inline void edrv__list_move(edrv_lnode *from, edrv_lnode *to) {
     if (edrv__list_empty(from))
         return;
     from->next->prev = to->prev;

@@ -196,6 +196,11 @@ void edrv__etf_string(etf_w *w, const etf_piece *pieces, size_t n);
 /* The bytes of the pieces as list elements only: the caller wrote the header. */
 void edrv__etf_byte_elements(etf_w *w, const etf_piece *pieces, size_t n);
 void edrv__etf_pid(etf_w *w, uint64_t pid);
+/* A reference made by edrv (edrv_monitor): NEWER_REFERENCE_EXT of three
+ * words, ref's low 18 bits, the next 32, the top 14 (as edrv.h says). */
+void edrv__etf_ref(etf_w *w, uint64_t ref);
+/* Bytes that are already ETF (one term, no version byte). */
+void edrv__etf_raw(etf_w *w, const void *p, size_t n);
 void edrv__etf_port(etf_w *w, uint64_t port);
 /* The bytes edrv__etf_port writes for this port. */
 size_t edrv__etf_port_size(uint64_t port);
@@ -222,6 +227,19 @@ typedef struct mbox_msg {
     char data[]; /* ETF, version byte first */
 } mbox_msg;
 
+/* signals.c: a process's links and monitors. */
+typedef struct {
+    uint64_t *v;
+    uint32_t n, cap;
+} edrv_pids;
+typedef struct {
+    uint64_t ref, pid;
+} edrv_mon;
+typedef struct {
+    edrv_mon *v;
+    uint32_t n, cap;
+} edrv_mons;
+
 struct edrv_proc {
     uint64_t pid;
     unsigned magic;       /* PROC_LIVE until freed (proc.c) */
@@ -238,6 +256,19 @@ struct edrv_proc {
     /* Its commands queued to a scheduler and not yet run (loop.c): its exit
      * waits for them, as its exit signal follows them in ERTS. */
     _Atomic long queued;
+    /* signals.c, under lock. dead: its end took its links, monitors and
+     * name (it exited, is being freed, or an exit signal ended it); new
+     * links and monitors get noproc. */
+    bool dead;
+    edrv_pids links;    /* the processes linked to it */
+    edrv_mons mons_in;  /* monitors of it: (ref, watcher) */
+    edrv_mons mons_out; /* its monitors: (ref, target) */
+    char *name;         /* its registered name, or NULL */
+    struct edrv_waitset *ws; /* the wait set it is in, or NULL */
+    void *ws_tag;
+    /* on ws's ready list (ws's lock): */
+    struct edrv_proc *ws_prev, *ws_next;
+    bool ws_ready;
     /* Keeps the next process's words (its pid and magic, read on each of
      * its calls) off the cache line of this one's receive counts, written on
      * each receive (two threads with two processes would pass it between
@@ -261,6 +292,23 @@ void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal);
  * its exit, later, on the emulator thread. */
 void edrv__proc_ended(uint64_t pid);
 bool edrv__proc_alive(uint64_t pid);
+/* The process pid locked (its shard's read lock, then its own), or NULL. */
+edrv_proc *edrv__proc_acquire(uint64_t pid);
+void edrv__proc_release(edrv_proc *p);
+/* Appends m to p's mailbox and tells its wait set (p->lock held). */
+void edrv__mbox_append(edrv_proc *p, mbox_msg *m);
+/* The offset of the reason in an {'EXIT', From, Reason} message, or -1. */
+int edrv__exit_reason_at(const mbox_msg *m);
+/* edrv_proc_free, with reason (ETF without the version byte; NULL for
+ * normal) as the exit reason its links and monitors get. */
+int edrv__proc_free_with(edrv_proc *p, const char *reason, size_t len);
+/* signals.c: p's end takes its links, monitors and name (p must not be
+ * locked), and edrv__proc_die_run carries it out (the record may be NULL). */
+void *edrv__proc_die(edrv_proc *p, const char *reason, size_t len);
+void edrv__proc_die_run(void *end);
+/* p's wait set hears of it / p leaves its wait set (p->lock held). */
+void edrv__ws_notify(edrv_proc *p);
+void edrv__ws_leave(edrv_proc *p);
 /* For an edrv.h call named `fn` made by p: 0 and p's pid in *pid, or
  * EDRV_EINVAL for NULL or a pointer that is not a live process, or
  * EDRV_ENOPROC once p is being freed. Any thread. */
@@ -340,10 +388,10 @@ struct _erl_drv_port {
      * two: before it is freed, edrv__monitors_port_gone and
      * edrv__select_port_gone must have run (they empty them), and
      * table_remove (port.c) must have taken it out of the first two. */
-    edrv_link all_link;   /* every port in the table, oldest first (port.c) */
-    edrv_link owner_link; /* the ports of one owner, oldest first (port.c) */
-    edrv_link monitors;   /* its monitors (monitor.c) */
-    edrv_link sels[2];    /* the fds it has selected for input, output (select.c) */
+    edrv_lnode all_link;   /* every port in the table, oldest first (port.c) */
+    edrv_lnode owner_link; /* the ports of one owner, oldest first (port.c) */
+    edrv_lnode monitors;   /* its monitors (monitor.c) */
+    edrv_lnode sels[2];    /* the fds it has selected for input, output (select.c) */
 };
 typedef struct _erl_drv_port edrv_port_t;
 
@@ -375,10 +423,10 @@ edrv_port_t *edrv__table_ref(edrv_port id);
  * list under the table's lock, and puts it at the end of `to` if given
  * (NULL once the list is empty). A callback may end any port meanwhile: it
  * leaves whichever list it is in. */
-void edrv__table_take_all(edrv_link *to);
-void edrv__table_put_back_all(edrv_link *from);
-void edrv__table_take_owned(uint64_t pid, edrv_link *to);
-edrv_link *edrv__table_pop(edrv_link *from, edrv_link *to);
+void edrv__table_take_all(edrv_lnode *to);
+void edrv__table_put_back_all(edrv_lnode *from);
+void edrv__table_take_owned(uint64_t pid, edrv_lnode *to);
+edrv_lnode *edrv__table_pop(edrv_lnode *from, edrv_lnode *to);
 /* Senders waiting for a busy port look again (any thread). */
 void edrv__busy_changed(void);
 

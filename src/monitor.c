@@ -28,8 +28,8 @@ typedef struct {
     uint64_t id;
     edrv_port_t *port;
     uint64_t pid;
-    edrv_link by_port; /* in port->monitors */
-    edrv_link by_pid;  /* in the ring of pid's monitors, oldest first */
+    edrv_lnode by_port; /* in port->monitors */
+    edrv_lnode by_pid;  /* in the ring of pid's monitors, oldest first */
 } monitor;
 
 static idmap monitors;  /* id -> monitor, the active ones */
@@ -152,9 +152,9 @@ void edrv__monitors_process_exited(uint64_t pid) {
      * demonitor from a process_exit gets 1, and the port's end leaves
      * them alone). Each holds its port until it has fired, since a
      * callback may end any port. */
-    edrv_link fired;
+    edrv_lnode fired;
     edrv__list_append(&first->by_pid, &fired);
-    for (edrv_link *l = fired.next; l != &fired; l = l->next) {
+    for (edrv_lnode *l = fired.next; l != &fired; l = l->next) {
         monitor *m = EDRV_LINKED(l, monitor, by_pid);
         edrv__idmap_del(&monitors, m->id);
         edrv__list_remove(&m->by_port);

@@ -1073,11 +1073,11 @@ int edrv__port_close(uint64_t caller, edrv_port_t *pt, bool try) {
  * request (R_UNLOAD, R_STOP), never inside another pass. */
 static void close_ports_of(const edrv_driver *d, reason why, bool signal) {
     EDRV_ASSERT_EMULATOR();
-    edrv_link todo, done;
+    edrv_lnode todo, done;
     edrv__list_init(&todo);
     edrv__list_init(&done);
     edrv__table_take_all(&todo);
-    for (edrv_link *l; (l = edrv__table_pop(&todo, &done));) {
+    for (edrv_lnode *l; (l = edrv__table_pop(&todo, &done));) {
         edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, all_link);
         if (d && pt->drv != d)
             continue;
@@ -1097,10 +1097,10 @@ void edrv__ports_of_proc_exit(uint64_t pid) {
      * first, leave its ring for a list of their own, which this pass takes
      * one port at a time: a callback may end any port, which then leaves
      * the list. Nothing allocates. */
-    edrv_link todo;
+    edrv_lnode todo;
     edrv__list_init(&todo);
     edrv__table_take_owned(pid, &todo);
-    for (edrv_link *l; (l = edrv__table_pop(&todo, NULL));) {
+    for (edrv_lnode *l; (l = edrv__table_pop(&todo, NULL));) {
         edrv_port_t *pt = EDRV_LINKED(l, edrv_port_t, owner_link);
         edrv__port_lock(pt);
         if (pt->linked && atomic_load(&pt->state) == PORT_ALIVE) {

@@ -44,7 +44,7 @@ static inline unsigned shard_of(uint64_t id) {
 static struct {
     pthread_mutex_t lock;
     idmap by_owner;   /* owner pid -> its oldest port */
-    edrv_link all;    /* every port in the table, oldest first (all_link) */
+    edrv_lnode all;    /* every port in the table, oldest first (all_link) */
     uint64_t next_id; /* never reused, even across restarts */
 } ports = {.lock = PTHREAD_MUTEX_INITIALIZER, .all = {&ports.all, &ports.all}, .next_id = 1};
 
@@ -323,9 +323,9 @@ edrv_port_t *edrv__table_ref(edrv_port id) {
 
 /* The first link of a list of ports that ports.lock guards, taken out of
  * it and put at the end of `to` (when given); NULL once the list is empty. */
-edrv_link *edrv__table_pop(edrv_link *from, edrv_link *to) {
+edrv_lnode *edrv__table_pop(edrv_lnode *from, edrv_lnode *to) {
     pthread_mutex_lock(&ports.lock);
-    edrv_link *l = edrv__list_empty(from) ? NULL : from->next;
+    edrv_lnode *l = edrv__list_empty(from) ? NULL : from->next;
     if (l) {
         edrv__list_remove(l);
         if (to)
@@ -336,14 +336,14 @@ edrv_link *edrv__table_pop(edrv_link *from, edrv_link *to) {
 }
 
 
-void edrv__table_take_all(edrv_link *to) {
+void edrv__table_take_all(edrv_lnode *to) {
     EDRV_ASSERT_EMULATOR();
     pthread_mutex_lock(&ports.lock);
     edrv__list_move(&ports.all, to);
     pthread_mutex_unlock(&ports.lock);
 }
 
-void edrv__table_put_back_all(edrv_link *from) {
+void edrv__table_put_back_all(edrv_lnode *from) {
     EDRV_ASSERT_EMULATOR();
     /* Oldest first, before the ports opened meanwhile. */
     pthread_mutex_lock(&ports.lock);
@@ -352,7 +352,7 @@ void edrv__table_put_back_all(edrv_link *from) {
     pthread_mutex_unlock(&ports.lock);
 }
 
-void edrv__table_take_owned(uint64_t pid, edrv_link *to) {
+void edrv__table_take_owned(uint64_t pid, edrv_lnode *to) {
     EDRV_ASSERT_EMULATOR();
     pthread_mutex_lock(&ports.lock);
     edrv_port_t *first = edrv__idmap_del(&ports.by_owner, pid);

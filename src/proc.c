@@ -80,8 +80,7 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     return p;
 }
 
-/* The offset of the reason in an {'EXIT', From, Reason} message, or -1. */
-static int reason_at(const mbox_msg *m) {
+int edrv__exit_reason_at(const mbox_msg *m) {
     int at = 0, version, arity;
     if (ei_decode_version(m->data, &at, &version) < 0 ||
         ei_decode_tuple_header(m->data, &at, &arity) < 0 || arity != 3 ||
@@ -94,7 +93,7 @@ static int reason_at(const mbox_msg *m) {
  * in the detail. ended_by is set before `ended`, and never changes after. */
 static int ended_error(const edrv_proc *p, const char *fn) {
     const mbox_msg *m = p->ended_by;
-    int at = reason_at(m);
+    int at = edrv__exit_reason_at(m);
     char *text = NULL;
     if (at > 0) {
         /* the reason as a term of its own: a version byte, then its bytes */
@@ -145,7 +144,7 @@ static int proc_exit_receivers(edrv_proc *p) {
     return 0;
 }
 
-EDRV_API int edrv_proc_free(edrv_proc *p) {
+int edrv__proc_free_with(edrv_proc *p, const char *reason, size_t len) {
     if (!p)
         return 0;
     if (p->magic != PROC_LIVE)
@@ -153,25 +152,38 @@ EDRV_API int edrv_proc_free(edrv_proc *p) {
     int rc = proc_exit_receivers(p);
     if (rc < 0)
         return rc;
+    /* Its links, monitors and name, taken before it leaves the table: a
+     * link made meanwhile finds it dead. */
+    void *end = edrv__proc_die(p, reason, len);
     unsigned sh = shard_of(p->pid);
     pthread_rwlock_wrlock(&shards[sh].lock);
     edrv__idmap_del(&shards[sh].map, p->pid);
     if (shards[sh].map.live == 0) /* the shard's last process: give its table back */
         edrv__idmap_free(&shards[sh].map);
     pthread_rwlock_unlock(&shards[sh].lock);
-    /* Ports linked to it die with it, as ports die with their owner. */
+    /* Ports linked to it die with it, as ports die with their owner; then
+     * linked processes get its exit signal and monitors fire. */
     edrv__proc_exited(p);
+    edrv__proc_die_run(end);
     for (mbox_msg *m = p->head, *n; m; m = n) {
         n = m->next;
         edrv__msg_drop(m);
     }
     if (p->ended_by)
         edrv__msg_drop(p->ended_by);
+    edrv__free(p->links.v);
+    edrv__free(p->mons_in.v);
+    edrv__free(p->mons_out.v);
+    edrv__free(p->name);
     p->magic = 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
     edrv__free(p);
     return 0;
+}
+
+EDRV_API int edrv_proc_free(edrv_proc *p) {
+    return edrv__proc_free_with(p, NULL, 0);
 }
 
 EDRV_API int edrv_proc_info(edrv_proc *p, edrv_proc_status *st) {
@@ -202,7 +214,7 @@ bool edrv__proc_alive(uint64_t pid) {
     unsigned sh = shard_of(pid);
     pthread_rwlock_rdlock(&shards[sh].lock);
     edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
-    bool alive = p && !atomic_load(&p->ended);
+    bool alive = p && !atomic_load(&p->ended) && !__atomic_load_n(&p->dead, __ATOMIC_RELAXED);
     pthread_rwlock_unlock(&shards[sh].lock);
     return alive;
 }
@@ -220,8 +232,25 @@ void edrv__msg_drop(mbox_msg *m) {
     edrv__free(m);
 }
 
-/* Appends m to p's mailbox (p->lock held). */
-static void append(edrv_proc *p, mbox_msg *m) {
+edrv_proc *edrv__proc_acquire(uint64_t pid) {
+    unsigned sh = shard_of(pid);
+    pthread_rwlock_rdlock(&shards[sh].lock);
+    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
+    if (!p) {
+        pthread_rwlock_unlock(&shards[sh].lock);
+        return NULL;
+    }
+    pthread_mutex_lock(&p->lock);
+    return p;
+}
+
+void edrv__proc_release(edrv_proc *p) {
+    unsigned sh = shard_of(p->pid);
+    pthread_mutex_unlock(&p->lock);
+    pthread_rwlock_unlock(&shards[sh].lock);
+}
+
+void edrv__mbox_append(edrv_proc *p, mbox_msg *m) {
     m->next = NULL;
     if (p->tail)
         p->tail->next = m;
@@ -230,6 +259,7 @@ static void append(edrv_proc *p, mbox_msg *m) {
     p->tail = m;
     p->count++;
     pthread_cond_signal(&p->cond);
+    edrv__ws_notify(p);
 }
 
 int edrv__deliver(uint64_t pid, mbox_msg *m) {
@@ -248,38 +278,10 @@ int edrv__deliver(uint64_t pid, mbox_msg *m) {
         edrv__msg_drop(m); /* a dead process's message, as in Erlang */
         return 0;
     }
-    append(p, m);
+    edrv__mbox_append(p, m);
     pthread_mutex_unlock(&p->lock);
     pthread_rwlock_unlock(&shards[sh].lock);
     return 1;
-}
-
-void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal) {
-    unsigned sh = shard_of(pid);
-    pthread_rwlock_rdlock(&shards[sh].lock);
-    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
-    bool ends = false;
-    if (p) {
-        pthread_mutex_lock(&p->lock);
-        if (atomic_load_explicit(&p->ended, memory_order_relaxed)) {
-            /* dead already: dropped */
-        } else if (p->trap_exit) {
-            append(p, m);
-            m = NULL;
-        } else if (!normal) {
-            p->ended_by = m;
-            m = NULL;
-            atomic_store_explicit(&p->ended, true, memory_order_release);
-            pthread_cond_broadcast(&p->cond); /* receivers wake to EDRV_EEXITED */
-            ends = true;
-        }
-        pthread_mutex_unlock(&p->lock);
-    }
-    pthread_rwlock_unlock(&shards[sh].lock);
-    if (m)
-        edrv__msg_drop(m);
-    if (ends)
-        edrv__proc_ended(pid);
 }
 
 EDRV_API int edrv_process_flag(edrv_proc *p, edrv_proc_flag flag, int value) {
@@ -306,7 +308,7 @@ EDRV_API int edrv_proc_exit_reason(edrv_proc *p, edrv_msg *reason) {
         return edrv__fail(EDRV_EINVAL, "edrv_proc_exit_reason: <0.%llu.0> was not ended by an "
                           "exit signal", (unsigned long long)p->pid);
     const mbox_msg *e = p->ended_by;
-    int at = reason_at(e);
+    int at = edrv__exit_reason_at(e);
     if (at < 0)
         return edrv__fail(EDRV_EBADTERM, "edrv_proc_exit_reason: a malformed exit signal");
     mbox_msg *m = edrv__msg_new(e->len - (size_t)at + 1);

@@ -76,8 +76,8 @@ typedef struct {
     uint32_t gen;
     int events;             /* ERL_DRV_READ | ERL_DRV_WRITE selected */
     edrv_port_t *owner[2];  /* of input, of output; NULL for none */
-    edrv_link by_port[2];   /* in owner[i]->sels[i] */
-    edrv_link always_link;  /* in sels.always_list, when `always` */
+    edrv_lnode by_port[2];   /* in owner[i]->sels[i] */
+    edrv_lnode always_link;  /* in sels.always_list, when `always` */
     bool polled;            /* in the epoll set */
     bool always;            /* epoll refused it: always ready */
 } sel;
@@ -85,7 +85,7 @@ typedef struct {
 static struct {
     idmap map;       /* fd -> sel */
     uint32_t gen;    /* the last generation given */
-    edrv_link always_list; /* the entries with `always` */
+    edrv_lnode always_list; /* the entries with `always` */
     size_t always;   /* how many */
     int always_fd;   /* the eventfd behind EV_ALWAYS, or -1 */
     bool always_on;  /* always_fd is armed */
@@ -256,7 +256,7 @@ static void fire(uint64_t key, int dir) {
  * drop any entry (it leaves whichever list it is on) or add one (served
  * next turn). */
 static void fire_always(void) {
-    edrv_link todo;
+    edrv_lnode todo;
     edrv__list_init(&todo);
     edrv__list_move(&sels.always_list, &todo);
     while (!edrv__list_empty(&todo)) {

@@ -259,6 +259,17 @@ static void put_cached(etf_w *w, etf_cached *c, uint64_t id, bool port) {
     put_raw(w, c->bytes, c->len);
 }
 
+void edrv__etf_raw(etf_w *w, const void *p, size_t n) {
+    put_raw(w, p, n);
+}
+
+void edrv__etf_ref(etf_w *w, uint64_t ref) {
+    erlang_ref r = {.node = EDRV_NODE,
+                    .len = 3,
+                    .n = {(unsigned)(ref & 0x3ffff), (unsigned)(ref >> 18), (unsigned)(ref >> 50)}};
+    EI_AT(w, ei_encode_ref(b_, &i_, &r));
+}
+
 void edrv__etf_pid(etf_w *w, uint64_t pid) {
     put_cached(w, &last_pid, pid, false);
 }
@@ -1593,8 +1604,17 @@ static bool print_item(strbuf *b, const etf_item *it, const unsigned char *buf, 
     case ERL_EXPORT_EXT:
         print_fun(b, it);
         return true;
-    default: /* references */
-        return print_with_ei(b, buf + it->start, *at - it->start);
+    default: { /* references, as Erlang prints a local one: the words, last first */
+        erlang_ref r;
+        int idx = 0;
+        if (ei_decode_ref((const char *)buf + it->start, &idx, &r) < 0)
+            return print_with_ei(b, buf + it->start, *at - it->start);
+        sb_str(b, "#Ref<0");
+        for (int i = r.len - 1; i >= 0; i--)
+            sb_fmt(b, ".%u", r.n[i]);
+        sb_put(b, ">", 1);
+        return true;
+    }
     }
 }
 
