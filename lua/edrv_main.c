@@ -58,7 +58,18 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 
 /* The message handler: the error's text (error objects print through their
  * __tostring) with a traceback. */
+static const char normal_exit; /* the error edrv.exit(normal) raised */
+
 static int msghandler(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TTABLE && lua_getfield(L, 1, "reason") == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -1), "exit") == 0 && lua_getfield(L, 1, "detail") == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -1), "normal") == 0) {
+        /* The script's process exited with reason normal: a success, as
+         * when the script ends. */
+        lua_pushlightuserdata(L, (void *)&normal_exit);
+        return 1;
+    }
+    lua_settop(L, 1);
     const char *msg = lua_tostring(L, 1);
     if (!msg) {
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -80,6 +91,10 @@ static int docall(lua_State *L, int nargs, int nres) {
 }
 
 static int report(lua_State *L, int rc) {
+    if (rc != LUA_OK && lua_touserdata(L, -1) == &normal_exit) {
+        lua_pop(L, 1);
+        rc = LUA_OK;
+    }
     if (rc != LUA_OK) {
         fprintf(stderr, "edrv: %s\n", lua_tostring(L, -1));
         lua_pop(L, 1);

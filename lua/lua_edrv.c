@@ -54,6 +54,7 @@
 #define MT_VAR "edrv.Var"
 
 #define REG_ATOMS "edrv.atoms"   /* name -> atom object (weak values) */
+#define REG_PIDS "edrv.pids"     /* pid number -> pid object (weak values) */
 
 /* ---- errors ------------------------------------------------------------------- */
 
@@ -273,13 +274,25 @@ static int l_string(lua_State *L) {
     return 1;
 }
 
+/* One object per pid, as per atom: == and table keys work (a harness keeps
+ * its workers in a table by pid). */
 static void push_pid(lua_State *L, unsigned num, unsigned serial) {
+    lua_Integer key = (lua_Integer)((uint64_t)serial << 32 | num);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_PIDS);
+    if (lua_rawgeti(L, -1, key) == LUA_TTABLE) {
+        lua_remove(L, -2);
+        return;
+    }
+    lua_pop(L, 1);
     lua_createtable(L, 0, 2);
     lua_pushinteger(L, num);
     lua_setfield(L, -2, "num");
     lua_pushinteger(L, serial);
     lua_setfield(L, -2, "serial");
     luaL_setmetatable(L, MT_PID);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, key);
+    lua_remove(L, -2);
 }
 
 static void push_port(lua_State *L, uint64_t id) {
@@ -2018,7 +2031,8 @@ static void end_proc(lua_State *L, lsched *s, lproc *p, int status) {
 }
 
 static int spawn_as(lua_State *L, const char *fn, bool link, bool monitor) {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (lua_type(L, 1) != LUA_TFUNCTION)
+        return raise(L, fn, "badarg", "argument 1 must be a function");
     lsched *s = sched_of(L);
     lproc *self = self_box(L);
     if (!s->ws) {
@@ -2578,6 +2592,12 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, REG_ATOMS);
+    lua_newtable(L); /* interned pids, weak values */
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_PIDS);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &procs_key);
 

@@ -734,9 +734,9 @@ void edrv__ws_leave(edrv_proc *p) {
     pthread_mutex_lock(&w->lock);
     ws_unready(w, p);
     w->members--;
+    p->ws_tag = NULL;
     pthread_mutex_unlock(&w->lock);
     p->ws = NULL;
-    p->ws_tag = NULL;
 }
 
 EDRV_API int edrv_waitset_add(edrv_waitset *w, edrv_proc *p, void *tag) {
@@ -745,16 +745,16 @@ EDRV_API int edrv_waitset_add(edrv_waitset *w, edrv_proc *p, void *tag) {
     if (rc < 0 && rc != EDRV_EEXITED)
         return rc;
     pthread_mutex_lock(&p->lock);
-    if (p->ws != w) {
+    if (p->ws != w)
         edrv__ws_leave(p);
-        if (w) {
-            pthread_mutex_lock(&w->lock);
+    if (w) {
+        pthread_mutex_lock(&w->lock); /* the tag: read by edrv_waitset_wait */
+        if (p->ws != w)
             w->members++;
-            pthread_mutex_unlock(&w->lock);
-            p->ws = w;
-        }
+        p->ws_tag = tag;
+        pthread_mutex_unlock(&w->lock);
+        p->ws = w;
     }
-    p->ws_tag = tag;
     /* what is there already counts as news */
     if (w && (p->head || atomic_load_explicit(&p->ended, memory_order_relaxed)))
         edrv__ws_notify(p);

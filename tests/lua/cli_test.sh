@@ -124,6 +124,21 @@ want_status=0 want='^nil[[:space:]]\{.EXIT.,#Port<0\.2>,normal\}$' check trap_ex
   edrv.port_close(edrv.open_port({'spawn_driver', 'tdrv'}, {}))
   print(tostring(none), tostring(edrv.receive(30000)))"
 
+# Spawned processes: a linked process's exit ends the script's process as a
+# port's does; edrv.exit(normal) ends the script with status 0, any other
+# reason with status 1; a crash in a spawned process is reported on stderr
+# (as Erlang's error logger does) and does not stop the script.
+want_status=1 want='edrv.receive: exited .*ended by an exit signal: <<"bye">>' check linked_exit_ends_script "$edrv" -e "
+  edrv.spawn_link(function() edrv.exit('bye') end)
+  edrv.receive(30000)
+  print('not here')"
+want_status=0 want='^$' check exit_normal "$edrv" -e "edrv.exit(edrv.atom'normal') print('not here')"
+want_status=1 want='edrv.exit: exit \(<<"why">>\)' check exit_other "$edrv" -e "edrv.exit('why')"
+want_status=0 want='error in process <0\.2\.0>: \(command line\):2: boom.*still here' check child_crash_reported "$edrv" -e "
+  local _, ref = edrv.spawn_monitor(function() error('boom') end)
+  edrv.receive(30000)
+  io.stderr:write('still here')"
+
 # require "edrv" from a stock lua5.4.
 if command -v lua5.4 > /dev/null && [ -z "${EDRV_SANITIZED:-}" ]; then
   want_status=0 want='^\{#Port<0\.1>,\{data,<<"ok">>\}\} 2$' check stock_lua \
