@@ -93,7 +93,7 @@ timed("pipe", pipelined, pipe, true)
 local pid = io.open("/proc/self/stat"):read("l"):match("^(%d+)")
 local mine = 0
 for _ = 1, 1000 do
-  if port_control(port, 2, "") == pid then mine = mine + 1 end
+  if e.iolist_to_binary(port_control(port, 2, "")) == pid then mine = mine + 1 end
 end
 io.write(string.format("INFO %s callbacks_in_caller %.3f\n", peer, mine / 1000))
 e.port_close(port)

@@ -361,6 +361,11 @@ void edrv_msg_free(edrv_msg *msg);
  * first) in *reason, freed with edrv_msg_free. EDRV_EINVAL when p was not
  * ended by an exit signal; EDRV_ENOMEM. */
 int edrv_proc_exit_reason(edrv_proc *p, edrv_msg *reason);
+/* The length of the one term at the start of etf (version byte included),
+ * as binary_to_term reads it (bytes after it are not looked at), or
+ * EDRV_EBADTERM when the bytes are not a well-formed term. Every read is
+ * bounds-checked: any bytes may be given. */
+long long edrv_term_size(const void *etf, size_t len);
 /* Prints a term in Erlang syntax into a string that the caller frees with
  * free(). Returns the string's length, or EDRV_EBADTERM, EDRV_ENOMEM or
  * EDRV_ENOTSUP (a text of more than INT_MAX bytes), and then hands out no

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define MT_ATOM "edrv.Atom"
 #define MT_TUPLE "edrv.Tuple"
@@ -357,6 +358,19 @@ static term_kind kind_of(lua_State *L, int idx) {
     return k;
 }
 
+/* An atom's or a string's name, or NULL. */
+static const char *name_of(lua_State *L, int idx) {
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tostring(L, idx);
+    if (lua_type(L, idx) == LUA_TTABLE && kind_of(L, idx) == K_ATOM) {
+        lua_getfield(L, idx, "name");
+        const char *n = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the atom object keeps its name */
+        return n;
+    }
+    return NULL;
+}
+
 /* On failure, encode and the functions below leave the reason on top of the
  * stack, above whatever they had pushed (to_etf raises it). */
 static int encode(lua_State *L, int idx, ei_x_buff *x, int depth);
@@ -637,17 +651,13 @@ static int decode_leaf(lua_State *L, const char *buf, int *idx, int type, int si
     case ERL_SMALL_BIG_EXT:
     case ERL_LARGE_BIG_EXT: {
         long long v;
-        unsigned long long u;
         int save = *idx;
         if (ei_decode_longlong(buf, idx, &v) == 0) {
             lua_pushinteger(L, v);
-        } else if ((*idx = save, ei_decode_ulonglong(buf, idx, &u)) == 0) {
-            lua_pushnumber(L, (lua_Number)u);
-        } else {
-            *idx = save;
-            goto other;
+            return 0;
         }
-        return 0;
+        *idx = save;
+        goto other; /* past Lua's integers: kept exact, as its bytes */
     }
     case ERL_FLOAT_EXT:
     case NEW_FLOAT_EXT: {
@@ -1217,6 +1227,404 @@ static int l_sort(lua_State *L) {
     return 1;
 }
 
+/* ---- term_to_binary and binary_to_term ------------------------------------------------- */
+
+/* term_to_binary writes what OTP 25's writes: the Lua value is encoded as
+ * for a message, then transcoded, term by term, into the forms ERTS picks
+ * (atoms in Latin-1 as ATOM_EXT where they can be, UTF-8 otherwise, or
+ * always with {minor_version, 2}; floats as NEW_FLOAT_EXT, or FLOAT_EXT's
+ * text with {minor_version, 0}; lists of bytes as STRING_EXT; pids, ports
+ * and references in their newest forms; map keys in term order, as ERTS
+ * keeps a map of up to 32 keys, and a larger one with `deterministic`).
+ * Funs are copied as they came. */
+typedef struct {
+    int minor;
+} t2b_opts;
+
+static void put_u16(ei_x_buff *o, unsigned v) {
+    char b[2] = {(char)(v >> 8), (char)v};
+    ei_x_append_buf(o, b, 2);
+}
+
+static void put_u32(ei_x_buff *o, uint32_t v) {
+    char b[4] = {(char)(v >> 24), (char)(v >> 16), (char)(v >> 8), (char)v};
+    ei_x_append_buf(o, b, 4);
+}
+
+/* An atom, its name in UTF-8, as ERTS writes it. */
+static int t2b_atom(ei_x_buff *o, const char *name, const t2b_opts *t) {
+    size_t n = strlen(name);
+    char latin1[MAXATOMLEN + 1];
+    size_t k = 0;
+    bool fits = t->minor < 2;
+    for (size_t i = 0; fits && i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x80)
+            latin1[k++] = (char)c;
+        else if ((c == 0xc2 || c == 0xc3) && i + 1 < n)
+            latin1[k++] = (char)(((c & 0x03) << 6) | ((unsigned char)name[++i] & 0x3f));
+        else
+            fits = false;
+        fits = fits && k <= MAXATOMLEN;
+    }
+    char tag;
+    if (fits) {
+        tag = ERL_ATOM_EXT;
+        ei_x_append_buf(o, &tag, 1);
+        put_u16(o, (unsigned)k);
+        return ei_x_append_buf(o, latin1, (int)k);
+    }
+    if (n < 256) {
+        char h[2] = {(char)ERL_SMALL_ATOM_UTF8_EXT, (char)n};
+        ei_x_append_buf(o, h, 2);
+    } else {
+        tag = ERL_ATOM_UTF8_EXT;
+        ei_x_append_buf(o, &tag, 1);
+        put_u16(o, (unsigned)n);
+    }
+    return ei_x_append_buf(o, name, (int)n);
+}
+
+typedef struct {
+    ei_x_buff k, v;
+} t2b_pair;
+
+static int pair_order(const void *x, const void *y) {
+    const t2b_pair *a = x, *b = y;
+    int i = 0, j = 0;
+    bool was = key_mode;
+    key_mode = true;
+    int r = term_cmp(a->k.buff, &i, b->k.buff, &j, 1);
+    key_mode = was;
+    return r == -2 ? 0 : r;
+}
+
+static int t2b_term(const char *b, int *i, ei_x_buff *o, const t2b_opts *t, int depth);
+
+/* A map's pairs, transcoded one by one, then sorted by key. */
+static int t2b_map(const char *b, int *i, ei_x_buff *o, const t2b_opts *t, int depth) {
+    int n;
+    if (ei_decode_map_header(b, i, &n) < 0)
+        return -1;
+    t2b_pair *ps = calloc((size_t)n + 1, sizeof *ps);
+    int rc = ps ? 0 : -1;
+    for (int k = 0; rc == 0 && k < n; k++) {
+        ei_x_new(&ps[k].k);
+        ei_x_new(&ps[k].v);
+        if (t2b_term(b, i, &ps[k].k, t, depth + 1) < 0 || t2b_term(b, i, &ps[k].v, t, depth + 1) < 0)
+            rc = -1;
+    }
+    if (rc == 0) {
+        qsort(ps, (size_t)n, sizeof *ps, pair_order);
+        ei_x_encode_map_header(o, n);
+        for (int k = 0; k < n; k++) {
+            ei_x_append_buf(o, ps[k].k.buff, ps[k].k.index);
+            ei_x_append_buf(o, ps[k].v.buff, ps[k].v.index);
+        }
+    }
+    for (int k = 0; ps && k < n; k++) {
+        ei_x_free(&ps[k].k);
+        ei_x_free(&ps[k].v);
+    }
+    free(ps);
+    return rc;
+}
+
+/* A LIST_EXT of bytes only, proper and short enough, is a STRING_EXT in ERTS. */
+static bool list_is_string(const char *b, int i, int n) {
+    if (n > 65535 || ei_decode_list_header(b, &i, &n) < 0)
+        return false;
+    for (int k = 0; k < n; k++) {
+        long v;
+        if (ei_decode_long(b, &i, &v) < 0 || v < 0 || v > 255)
+            return false;
+    }
+    int type, size;
+    return ei_get_type(b, &i, &type, &size) == 0 && type == ERL_NIL_EXT;
+}
+
+static int t2b_term(const char *b, int *i, ei_x_buff *o, const t2b_opts *t, int depth) {
+    int type, size;
+    if (depth > 10000 || ei_get_type(b, i, &type, &size) < 0)
+        return -1;
+    int start = *i;
+    switch (type) {
+    case ERL_SMALL_INTEGER_EXT:
+    case ERL_INTEGER_EXT:
+    case ERL_SMALL_BIG_EXT:
+    case ERL_LARGE_BIG_EXT: {
+        long long v;
+        if (ei_decode_longlong(b, i, &v) < 0) {
+            *i = start;
+            break; /* past 64 bits: as it came */
+        }
+        /* As ERTS: a byte, a 32-bit integer, or the fewest bytes of a big
+         * (libei keeps INTEGER_EXT to 28 bits) */
+        if (v >= 0 && v <= 255) {
+            char h[2] = {(char)ERL_SMALL_INTEGER_EXT, (char)v};
+            return ei_x_append_buf(o, h, 2);
+        }
+        if (v >= INT32_MIN && v <= INT32_MAX) {
+            char tag = ERL_INTEGER_EXT;
+            ei_x_append_buf(o, &tag, 1);
+            put_u32(o, (uint32_t)v);
+            return 0;
+        }
+        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        char big[11] = {(char)ERL_SMALL_BIG_EXT, 0, (char)(v < 0)};
+        int n = 0;
+        for (; u; u >>= 8)
+            big[3 + n++] = (char)(u & 0xff);
+        big[1] = (char)n;
+        return ei_x_append_buf(o, big, 3 + n);
+    }
+    case ERL_FLOAT_EXT:
+    case NEW_FLOAT_EXT: {
+        double f;
+        if (ei_decode_double(b, i, &f) < 0)
+            return -1;
+        if (t->minor > 0)
+            return ei_x_encode_double(o, f);
+        char text[32] = {(char)ERL_FLOAT_EXT};
+        snprintf(text + 1, 31, "%.20e", f);
+        return ei_x_append_buf(o, text, 32);
+    }
+    case ERL_ATOM_EXT:
+    case ERL_SMALL_ATOM_EXT:
+    case ERL_ATOM_UTF8_EXT:
+    case ERL_SMALL_ATOM_UTF8_EXT: {
+        char name[MAXATOMLEN_UTF8];
+        if (ei_decode_atom_as(b, i, name, sizeof name, ERLANG_UTF8, NULL, NULL) < 0)
+            return -1;
+        return t2b_atom(o, name, t);
+    }
+    case ERL_SMALL_TUPLE_EXT:
+    case ERL_LARGE_TUPLE_EXT: {
+        int n;
+        if (ei_decode_tuple_header(b, i, &n) < 0 || ei_x_encode_tuple_header(o, n) < 0)
+            return -1;
+        for (int k = 0; k < n; k++)
+            if (t2b_term(b, i, o, t, depth + 1) < 0)
+                return -1;
+        return 0;
+    }
+    case ERL_LIST_EXT: {
+        if (list_is_string(b, *i, size)) {
+            int n;
+            ei_decode_list_header(b, i, &n);
+            char *bytes = malloc((size_t)n);
+            for (int k = 0; bytes && k < n; k++) {
+                long v;
+                ei_decode_long(b, i, &v);
+                bytes[k] = (char)v;
+            }
+            int rc = bytes ? ei_x_encode_string_len(o, bytes, n) : -1;
+            free(bytes);
+            ei_decode_list_header(b, i, &n); /* the [] */
+            return rc;
+        }
+        int n;
+        if (ei_decode_list_header(b, i, &n) < 0 || ei_x_encode_list_header(o, n) < 0)
+            return -1;
+        for (int k = 0; k <= n; k++) /* the elements, then the tail */
+            if (t2b_term(b, i, o, t, depth + 1) < 0)
+                return -1;
+        return 0;
+    }
+    case ERL_MAP_EXT:
+        return t2b_map(b, i, o, t, depth);
+    case ERL_PID_EXT:
+    case ERL_NEW_PID_EXT: {
+        erlang_pid p;
+        if (ei_decode_pid(b, i, &p) < 0)
+            return -1;
+        char tag = ERL_NEW_PID_EXT;
+        ei_x_append_buf(o, &tag, 1);
+        t2b_atom(o, p.node, t);
+        put_u32(o, p.num);
+        put_u32(o, p.serial);
+        put_u32(o, p.creation);
+        return 0;
+    }
+    case ERL_PORT_EXT:
+    case ERL_NEW_PORT_EXT:
+    case ERL_V4_PORT_EXT: {
+        erlang_port p;
+        if (ei_decode_port(b, i, &p) < 0)
+            return -1;
+        bool v4 = p.id > 0xffffffffu;
+        char tag = v4 ? ERL_V4_PORT_EXT : ERL_NEW_PORT_EXT;
+        ei_x_append_buf(o, &tag, 1);
+        t2b_atom(o, p.node, t);
+        if (v4)
+            put_u32(o, (uint32_t)(p.id >> 32));
+        put_u32(o, (uint32_t)p.id);
+        put_u32(o, p.creation);
+        return 0;
+    }
+    case ERL_REFERENCE_EXT:
+    case ERL_NEW_REFERENCE_EXT:
+    case ERL_NEWER_REFERENCE_EXT: {
+        erlang_ref r;
+        if (ei_decode_ref(b, i, &r) < 0)
+            return -1;
+        char tag = ERL_NEWER_REFERENCE_EXT;
+        ei_x_append_buf(o, &tag, 1);
+        put_u16(o, (unsigned)r.len);
+        t2b_atom(o, r.node, t);
+        put_u32(o, r.creation);
+        for (int k = 0; k < r.len; k++)
+            put_u32(o, r.n[k]);
+        return 0;
+    }
+    default:
+        break; /* binaries, bit strings, strings, [], funs: as they came */
+    }
+    if (ei_skip_term(b, i) < 0)
+        return -1;
+    return ei_x_append_buf(o, b + start, *i - start);
+}
+
+/* An option: a string, an atom, or a tuple {name, value}; its name, and
+ * its value (or -1). */
+static const char *t2b_option(lua_State *L, int idx, lua_Integer *value) {
+    *value = -1;
+    if (lua_type(L, idx) == LUA_TTABLE && kind_of(L, idx) == K_TUPLE && lua_rawlen(L, idx) == 2) {
+        lua_rawgeti(L, idx, 2);
+        int isnum;
+        lua_Integer v = lua_tointegerx(L, -1, &isnum);
+        lua_pop(L, 1);
+        *value = isnum ? v : -2;
+        lua_rawgeti(L, idx, 1);
+        const char *n = name_of(L, -1);
+        lua_pop(L, 1); /* the atom or the string stays in the tuple */
+        return n;
+    }
+    return name_of(L, idx);
+}
+
+/* edrv.term_to_binary(v [, opts]): OTP 25's bytes for v; opts as
+ * term_to_binary/2's: "compressed", {"compressed", 0..9},
+ * {"minor_version", 0..2}, "deterministic". */
+static int l_term_to_binary(lua_State *L) {
+    luaL_checkany(L, 1);
+    t2b_opts t = {.minor = 1};
+    int level = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        if (!lua_istable(L, 2))
+            return raise(L, "term_to_binary", "badarg", "the options must be a list");
+        for (lua_Integer k = 1; k <= (lua_Integer)lua_rawlen(L, 2); k++) {
+            lua_rawgeti(L, 2, k);
+            lua_Integer v;
+            const char *n = t2b_option(L, lua_gettop(L), &v);
+            if (n && strcmp(n, "compressed") == 0 && v == -1)
+                level = 6;
+            else if (n && strcmp(n, "compressed") == 0 && v >= 0 && v <= 9)
+                level = (int)v;
+            else if (n && strcmp(n, "minor_version") == 0 && v >= 0 && v <= 2)
+                t.minor = (int)v;
+            else if (!(n && strcmp(n, "deterministic") == 0 && v == -1))
+                return raise(L, "term_to_binary", "badarg",
+                             "options: compressed, {compressed, 0..9}, {minor_version, 0..2}, "
+                             "deterministic");
+            lua_pop(L, 1);
+        }
+    }
+    ei_x_buff x, o;
+    to_etf(L, 1, &x, "term_to_binary");
+    ei_x_new_with_version(&o);
+    int i = 1;
+    int rc = t2b_term(x.buff, &i, &o, &t, 0);
+    ei_x_free(&x);
+    if (rc < 0) {
+        ei_x_free(&o);
+        return raise(L, "term_to_binary", "badarg", "the term could not be encoded");
+    }
+    /* Compressed as ERTS does: zlib at the level, kept only if it is no
+     * larger than the plain bytes less the 5 of its header. */
+    uLongf zlen = o.index - 1 < 5 ? 0 : (uLongf)(o.index - 1 - 5);
+    char *z = level ? malloc(6 + (size_t)zlen) : NULL;
+    if (z && compress2((Bytef *)z + 6, &zlen, (const Bytef *)o.buff + 1, (uLong)(o.index - 1),
+                       level) == Z_OK) {
+        z[0] = (char)131;
+        z[1] = 80;
+        uint32_t n = (uint32_t)(o.index - 1);
+        z[2] = (char)(n >> 24), z[3] = (char)(n >> 16), z[4] = (char)(n >> 8), z[5] = (char)n;
+        lua_pushlstring(L, z, 6 + (size_t)zlen);
+    } else {
+        lua_pushlstring(L, o.buff, (size_t)o.index);
+    }
+    free(z);
+    ei_x_free(&o);
+    return 1;
+}
+
+/* edrv.binary_to_term(s [, opts]): the term, as binary_to_term/2 reads it
+ * (compressed or not; bytes after the term are ignored; "used" returns the
+ * count of bytes read too; "safe" is accepted: atoms made here are garbage
+ * collected). */
+static int l_binary_to_term(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    bool used = false;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        for (lua_Integer k = 1; k <= (lua_Integer)lua_rawlen(L, 2); k++) {
+            lua_rawgeti(L, 2, k);
+            const char *n = name_of(L, -1);
+            if (n && strcmp(n, "used") == 0)
+                used = true;
+            else if (!n || strcmp(n, "safe") != 0)
+                return raise(L, "binary_to_term", "badarg", "options: safe, used");
+            lua_pop(L, 1);
+        }
+    }
+    if (len >= 6 && (unsigned char)s[0] == 131 && s[1] == 80) {
+        uLongf n = (uLongf)((unsigned char)s[2] << 24 | (unsigned char)s[3] << 16 |
+                            (unsigned char)s[4] << 8 | (unsigned char)s[5]);
+        char *plain = n < (uLongf)INT_MAX ? malloc((size_t)n + 1) : NULL;
+        z_stream zs = {.next_in = (Bytef *)s + 6, .avail_in = (uInt)(len - 6)};
+        int ok = plain && inflateInit(&zs) == Z_OK;
+        if (ok) {
+            zs.next_out = (Bytef *)plain + 1;
+            zs.avail_out = (uInt)n;
+            ok = inflate(&zs, Z_FINISH) == Z_STREAM_END && zs.total_out == n;
+            inflateEnd(&zs);
+        }
+        long long size = -1;
+        if (ok) {
+            plain[0] = (char)131;
+            size = edrv_term_size(plain, (size_t)n + 1);
+        }
+        if (size != (long long)n + 1) {
+            free(plain);
+            return raise(L, "binary_to_term", "badarg", "not a term in external term format");
+        }
+        lua_pushnil(L); /* where the term goes, if decoding raises: plain leaks not */
+        lua_pushlightuserdata(L, plain);
+        int top = lua_gettop(L);
+        int idx = 1;
+        int rc = decode(L, plain, &idx);
+        free(plain);
+        if (rc < 0)
+            return raise(L, "binary_to_term", "badarg", "a term edrv cannot represent");
+        lua_replace(L, top - 1);
+        lua_settop(L, top - 1);
+        if (!used)
+            return 1;
+        lua_pushinteger(L, 6 + (lua_Integer)zs.total_in);
+        return 2;
+    }
+    long long size = edrv_term_size(s, len);
+    if (size < 0)
+        return raise(L, "binary_to_term", "badarg", "not a term in external term format");
+    push_etf(L, s, (size_t)size, "binary_to_term");
+    if (!used)
+        return 1;
+    lua_pushinteger(L, (lua_Integer)size);
+    return 2;
+}
+
 /* edrv.format(v [, how]): the term as ~p ("p", the default, what tostring
  * gives) or ~w ("w") print it. */
 static int l_format(lua_State *L) {
@@ -1439,6 +1847,13 @@ static int collect_iodata(lua_State *L, int idx, bytes *b, int depth) {
     for (lua_Integer i = 1;; i++) {
         if (lua_rawgeti(L, idx, i) == LUA_TNIL) {
             lua_pop(L, 1);
+            /* an improper list's tail: a binary ([1, 2 | <<3>>]) */
+            if (lua_getfield(L, idx, "tail") == LUA_TSTRING && kind_of(L, idx) == K_LIST) {
+                int rc = collect_iodata(L, lua_gettop(L), b, depth + 1);
+                lua_pop(L, 1);
+                return rc;
+            }
+            lua_pop(L, 1);
             return 0;
         }
         int rc = collect_iodata(L, lua_gettop(L), b, depth + 1);
@@ -1488,6 +1903,45 @@ static int l_port_command(lua_State *L) {
     return 1;
 }
 
+/* A list of bytes (a string, to Erlang), as the decoder makes one. */
+static void push_byte_list(lua_State *L, const char *p, size_t n) {
+    lua_createtable(L, (int)(n < INT_MAX ? n : 0), 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushinteger(L, (unsigned char)p[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    if (lua_type(L, UP_DECODE) == LUA_TTABLE)
+        set_cached_mt(L, UP_DECODE, D_LIST);
+    else
+        luaL_setmetatable(L, MT_LIST);
+}
+
+/* edrv.iolist_to_binary(iodata): its bytes, as a string (a binary). */
+static int l_iolist_to_binary(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    bytes b = {0};
+    if (!lua_istable(L, 1) || collect_iodata(L, 1, &b, 0) < 0) {
+        free(b.p);
+        return raise(L, "iolist_to_binary", "badarg",
+                     "not iodata: a string, or a list of strings, bytes 0..255 and iodata, "
+                     "at most 100 levels deep");
+    }
+    lua_pushlstring(L, b.p ? b.p : "", b.len);
+    free(b.p);
+    return 1;
+}
+
+/* edrv.binary_to_list(s): the bytes as a list. */
+static int l_binary_to_list(lua_State *L) {
+    size_t n;
+    const char *p = luaL_checklstring(L, 1, &n);
+    push_byte_list(L, p, n);
+    return 1;
+}
+
 static int l_port_control(lua_State *L) {
     edrv_port port = check_port(L, 1, "port_control");
     lua_Integer op = luaL_checkinteger(L, 2);
@@ -1513,7 +1967,12 @@ static int l_port_control(lua_State *L) {
     free(b.p);
     if (rc < 0)
         return raise_rc(L, "port_control", rc);
-    lua_pushlstring(L, r.data ? r.data : "", r.len);
+    /* As port_control/3 returns it: a binary when the driver's control
+     * flags say so, a list of bytes otherwise ([] when *rbuf was NULL). */
+    if (r.kind == EDRV_REPLY_BINARY)
+        lua_pushlstring(L, r.data ? r.data : "", r.len);
+    else
+        push_byte_list(L, r.data, r.len);
     edrv_reply_free(&r);
     return 1;
 }
@@ -1900,18 +2359,6 @@ static void push_pid64(lua_State *L, uint64_t pid) {
     push_pid(L, (unsigned)pid, (unsigned)(pid >> 32));
 }
 
-/* An atom's or a string's name, or NULL. */
-static const char *name_of(lua_State *L, int idx) {
-    if (lua_type(L, idx) == LUA_TSTRING)
-        return lua_tostring(L, idx);
-    if (lua_type(L, idx) == LUA_TTABLE && kind_of(L, idx) == K_ATOM) {
-        lua_getfield(L, idx, "name");
-        const char *n = lua_tostring(L, -1);
-        lua_pop(L, 1); /* the atom object keeps its name */
-        return n;
-    }
-    return NULL;
-}
 
 /* The reference of monitor ref as a term object (edrv.h says its words). */
 static void push_ref(lua_State *L, uint64_t ref) {
@@ -2543,6 +2990,11 @@ static const luaL_Reg funcs[] = {
     {"type", l_type},
     {"isatty", l_isatty},
     {"format", l_format},
+    {"iolist_to_binary", l_iolist_to_binary},
+    {"list_to_binary", l_iolist_to_binary},
+    {"binary_to_list", l_binary_to_list},
+    {"term_to_binary", l_term_to_binary},
+    {"binary_to_term", l_binary_to_term},
     {NULL, NULL},
 };
 

@@ -1708,6 +1708,13 @@ static int term_format(const void *etf, size_t len, char **out, bool w) {
     return (int)b.len;
 }
 
+EDRV_API long long edrv_term_size(const void *etf, size_t len) {
+    ssize_t n = etf ? edrv__etf_measure(etf, len) : -1;
+    if (n < 0)
+        return edrv__fail(EDRV_EBADTERM, "edrv_term_size: not a term in external term format");
+    return (long long)n;
+}
+
 EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
     return term_format(etf, len, out, false);
 }

@@ -73,7 +73,7 @@ want_status=0 want='^edrv$' check immediate_by_default "$edrv" -e "
   local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
   local name
   for i = 1, 3000 do
-    name = tostring(edrv.port_control(p, 10, ''))
+    name = edrv.iolist_to_binary(edrv.port_control(p, 10, ''))
     if name ~= 'emulator' then break end
     os.execute('sleep 0.01')
   end
@@ -83,7 +83,7 @@ want_status=0 want='^emulator 100$' check no_immediate "$edrv" -S 1 --no-immedia
   local p = edrv.open_port({'spawn_driver', 'idrv'}, {})
   local n = 0
   for i = 1, 100 do
-    if tostring(edrv.port_control(p, 10, '')) == 'emulator' then n = n + 1 end
+    if edrv.iolist_to_binary(edrv.port_control(p, 10, '')) == 'emulator' then n = n + 1 end
   end
   print('emulator ' .. n)"
 
@@ -92,13 +92,13 @@ want_status=0 want='^emulator scheduler 2$' check two_schedulers "$edrv" -S 2 --
   local names = {}
   for i = 1, 2 do
     local p = edrv.open_port({'spawn_driver', 'idrvp'}, {})
-    names[i] = tostring(edrv.port_control(p, 10, ''))
+    names[i] = edrv.iolist_to_binary(edrv.port_control(p, 10, ''))
   end
   table.sort(names)
   print(names[1] .. ' ' .. names[2])"
 want_status=0 want='^3$' check schedulers_long "$edrv" --schedulers=3 -e "
   edrv.load_driver('$drivers', 'idrv')
-  print(tostring(edrv.port_control(edrv.open_port({'spawn_driver', 'idrv'}, {}), 12, '')))"
+  print(edrv.iolist_to_binary(edrv.port_control(edrv.open_port({'spawn_driver', 'idrv'}, {}), 12, '')))"
 want_status=2 want='1..1024' check bad_schedulers "$edrv" -S 0 -e 'print(1)'
 
 # Exit signals: the script's process does not trap exits by default. A port

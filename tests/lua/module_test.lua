@@ -74,7 +74,7 @@ test("open_port", function()
   local e = edrv.open_port({"spawn_driver", "tdrv"}, {"eof"})
   edrv.port_control(e, 20, "") -- driver_failure_eof
   eq(tostring(edrv.receive(WAIT)), string.format("{%s,eof}", tostring(e)))
-  eq(edrv.port_control(e, 1, "alive"), "alive")
+  eq(edrv.iolist_to_binary(edrv.port_control(e, 1, "alive")), "alive")
   edrv.port_close(e)
   raises("badarg", edrv.open_port, {"spawn_driver", "nosuchdriver"}, {})
   raises("einval", edrv.open_port, {"spawn_driver", "tdrv general"}, {})
@@ -112,8 +112,25 @@ end)
 
 test("port_control", function()
   local p = edrv.open_port({"spawn_driver", "tdrv"}, {})
+  -- replies as port_control/3 returns them: a list (a string, to Erlang)
+  -- without PORT_CONTROL_FLAG_BINARY, a binary with it
+  local r = edrv.port_control(p, 1, "echo me")
+  eq(edrv.type(r), "list")
+  eq(tostring(r), '"echo me"')
+  eq(edrv.format(r, "w"), "[101,99,104,111,32,109,101]")
+  eq(edrv.iolist_to_binary(r), "echo me")
+  eq(tostring(edrv.port_control(p, 4, "")), "[]") -- *rbuf = NULL
+  eq(tostring(edrv.port_control(p, 1, "")), "[]")
+  edrv.port_control(p, 2, "") -- set_port_control_flags(port, PORT_CONTROL_FLAG_BINARY)
   eq(edrv.port_control(p, 1, "echo me"), "echo me")
-  eq(edrv.port_control(p, 4, ""), "") -- *rbuf = NULL
+  eq(edrv.port_control(p, 1, ""), "")
+  eq(tostring(edrv.port_control(p, 4, "")), "[]") -- NULL is [] whatever the flags, as in OTP 25
+  -- the bytes, and back
+  eq(edrv.iolist_to_binary({"a", {98, "c"}, edrv.binary_to_list("de")}), "abcde")
+  eq(edrv.list_to_binary(edrv.list{1, 2, tail = "\3"}), "\1\2\3")
+  eq(tostring(edrv.binary_to_list("hi")), '"hi"')
+  raises("badarg", edrv.iolist_to_binary, 42)
+  raises("badarg", edrv.iolist_to_binary, {256})
   local e = raises("badarg", edrv.port_control, p, 5, "")
   assert(e.detail:find("returned %-1"), e.detail)
   raises("badarg", edrv.port_control, p, -1, "")
@@ -255,7 +272,7 @@ test("input_checks", function()
   raises("badarg", edrv.port_control, p, 1, nil)
   raises("badarg", edrv.port_control, p, 1)
   raises("badarg", edrv.port_control, p, 1, 42)
-  eq(edrv.port_control(p, 1, {"ab", 99}), "abc") -- iodata, as port_control/3 takes
+  eq(tostring(edrv.port_control(p, 1, {"ab", 99})), '"abc"') -- iodata, as port_control/3 takes
   local e = raises("badarg", edrv.load_driver, drivers, "tdrv\0x")
   assert(e.detail:find("NUL"), e.detail)
   raises("badarg", edrv.load_driver, drivers .. "\0x", "tdrv")
