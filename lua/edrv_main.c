@@ -140,8 +140,10 @@ static int load_interactive(lua_State *L, char *line) {
         if (!incomplete(L, rc))
             break;
         char *more = readline(">> ");
-        if (!more)
+        if (!more) { /* the input ended inside a chunk: its syntax error */
+            rc = luaL_loadbuffer(L, code, len, "=stdin");
             break;
+        }
         lua_pushfstring(L, "%s\n%s", lua_tostring(L, -1), more);
         lua_remove(L, -2); /* what we had */
         free(more);
@@ -185,6 +187,9 @@ static void repl(lua_State *L) {
             print_results(L);
         else
             report(L, rc);
+        /* An exit signal that ended the shell's process: a new one takes
+         * over, as the Erlang shell starts a new evaluator. */
+        edrv_lua_renew_process(L);
     }
     printf("\n");
     if (history[0])

@@ -3114,6 +3114,40 @@ int edrv_lua_open(lua_State *L, int async_threads) {
     return 1;
 }
 
+int edrv_lua_renew_process(lua_State *L) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proc_key);
+    lsched *s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    lproc *m = s ? s->main : NULL;
+    edrv_msg why;
+    if (!m || !m->proc || edrv_proc_exit_reason(m->proc, &why) != 0)
+        return 0;
+    char *text = NULL;
+    edrv_term_format(why.data, why.len, &text);
+    edrv_msg_free(&why);
+    edrv_proc *np = edrv_proc_new();
+    if (!np) {
+        free(text);
+        return -1;
+    }
+    uint64_t old = edrv_proc_pid(m->proc);
+    edrv_msg_free(&m->pending);
+    edrv_proc_free(m->proc);
+    m->proc = np;
+    if (m->saved_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, m->saved_ref);
+        m->saved_ref = LUA_NOREF;
+    }
+    if (s->ws)
+        edrv_waitset_add(s->ws, np, m);
+    s->current = m;
+    fprintf(stderr, "edrv: an exit signal ended the shell's process <0.%llu.0>: %s; "
+            "<0.%llu.0> takes its place\n", (unsigned long long)old, text ? text : "?",
+            (unsigned long long)edrv_proc_pid(np));
+    free(text);
+    return 1;
+}
+
 /* require "edrv" from a stock lua5.4: the pool size comes from
  * $EDRV_ASYNC_THREADS (default: the number of CPUs). */
 LUALIB_API int luaopen_edrv(lua_State *L) {

@@ -53,6 +53,12 @@ want_status=0 want='2.*#Port<0\.[0-9]+>' check repl bash -c \
   "printf '%s\n' '1 + 1' 'edrv.load_driver(\"$drivers\", \"tdrv\")' 'p = edrv.open_port({\"spawn_driver\", \"tdrv\"}, {})' 'p' | HOME='$tmp' '$edrv' -i"
 want_status=0 want='badarg' check repl_error bash -c \
   "printf '%s\n' 'edrv.port_close(42)' 'print(\"still here\")' | HOME='$tmp' '$edrv' -i"
+# input that ends inside a chunk: its syntax error, not a panic
+want_status=0 want="'end' expected near <eof>" check repl_eof_in_chunk bash -c \
+  "printf 'for i=1,2 do\\n' | HOME='$tmp' '$edrv' -i"
+# an exit signal that ends the shell's process: a new process takes over
+want_status=0 want='ended the shell.s process <0\.1\.0>: <<"boom">>; <0\.3\.0> takes its place.*edrv.self\(\).<0\.3\.0>' check repl_new_process bash -c \
+  "printf '%s\\n' 'edrv.spawn_link(function() edrv.exit(\"boom\") end)' 'edrv.receive(30000)' 'edrv.self()' | HOME='$tmp' '$edrv' -i 2>&1"
 want_status=0 want='^for i=1,2 do' check repl_history bash -c "test -s '$tmp/.edrv_history' && printf 'for i=1,2 do\nprint(i)\nend\n' | HOME='$tmp' '$edrv' -i >/dev/null && grep -A2 '^for i=1,2 do' '$tmp/.edrv_history'"
 
 # Standard output that fails: the script ends with a clear error and status 1,
