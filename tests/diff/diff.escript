@@ -11,7 +11,8 @@
 %%   {command, Idx, Data}  {command, Idx, Data, Opts}
 %%   {control, Idx, Op, Data}  {call, Idx, Op, Term}
 %%   {sleep, Ms}  {msg_wait, Ms}
-%%   {spawn, P}  {as, P, Step}  {async, P, Step}  {exit, P}  {adopt, Who}
+%%   {spawn, P}  {spawn_notrap, P}  {as, P, Step}  {async, P, Step}  {exit, P}
+%%   {wait_exit, P}  {alive, P}  {adopt, Who}
 %%   {expect, N | [{Who, N | result}], Step}  {await, Step, Want}
 %% load and unload are erl_ddll:load_driver/2 and unload_driver/1 in erl
 %% (unload_driver waits until the driver is really gone, i.e. until its async
@@ -36,6 +37,12 @@
 %% an open. {exit, P} ends P (reason normal; edrv_proc_free in edrv) and
 %% gives {ok, ok} once P is gone; P's ports close. A helper runs one step at
 %% a time: as, async and exit need P idle (no async step of it unreported).
+%% {spawn_notrap, P} starts a helper that does not trap exits (Erlang's
+%% default): a port's exit with reason normal leaves it alone, any other
+%% ends it. {wait_exit, P} waits (up to 30 s) until P has ended and gives
+%% {ok, Reason}; {alive, P} gives {ok, true | false} now (a negative check:
+%% an ending in flight is not waited for). A helper that has ended gives no
+%% messages, and takes no more steps.
 %% {adopt, Who} gives the next port index to the first port that came in a
 %% message to Who (self or a helper) and has none yet, such as a port from
 %% driver_create_port: {ok, Port}, or {error, no_port} (the index is taken
@@ -203,11 +210,26 @@ port_of({ok, Port}) -> Port;
 port_of({error, _}) -> no_port.
 
 %% The steps of the main process, which include running steps in helpers.
-top_step(Dir, {spawn, P}, #{helpers := Hs} = S) when is_atom(P), P =/= self ->
+top_step(Dir, {Spawn, P}, #{helpers := Hs} = S)
+  when Spawn =:= spawn orelse Spawn =:= spawn_notrap, is_atom(P), P =/= self ->
     not maps:is_key(P, Hs) orelse error({helper_exists, P}),
     Main = self(),
-    {Pid, Mon} = spawn_monitor(fun() -> helper(Dir, P, Main) end),
-    {{ok, ok}, S#{helpers := Hs#{P => #{pid => Pid, mon => Mon, state => idle}}}};
+    Pid = spawn(fun() -> helper(Dir, P, Main, Spawn =:= spawn) end),
+    %% A watcher tells the main process of the helper's end, as a message
+    %% of the harness's own (a DOWN would count among the step's messages).
+    spawn(fun() ->
+                  Mon = monitor(process, Pid),
+                  receive {'DOWN', Mon, process, Pid, R} -> Main ! {'$diff', P, down, R} end
+          end),
+    {{ok, ok}, S#{helpers := Hs#{P => #{pid => Pid, state => idle}}}};
+top_step(_, {wait_exit, P}, #{helpers := Hs} = S) ->
+    #{P := H} = Hs,
+    receive {'$diff', P, down, R} -> {{ok, R}, S#{helpers := Hs#{P := H#{state := dead}}}}
+    after ?EXPECT_MS -> {{error, timeout}, S}
+    end;
+top_step(_, {alive, P}, #{helpers := Hs} = S) ->
+    #{P := #{pid := Pid}} = Hs,
+    {{ok, is_process_alive(Pid)}, S};
 top_step(_, {as, P, Step}, #{ports := Ports} = S) ->
     #{pid := Pid} = idle_helper(P, Step, S),
     Pid ! {'$diff', {run, helper_step(Step), Ports}},
@@ -218,9 +240,9 @@ top_step(_, {async, P, Step}, #{ports := Ports, helpers := Hs} = S) ->
     Pid ! {'$diff', {async, helper_step(Step), Ports}},
     {{ok, started}, S#{helpers := Hs#{P := H#{state := async}}}};
 top_step(_, {exit, P}, #{helpers := Hs} = S) ->
-    #{pid := Pid, mon := Mon} = H = idle_helper(P, exit, S),
+    #{pid := Pid} = H = idle_helper(P, exit, S),
     Pid ! {'$diff', exit},
-    receive {'DOWN', Mon, process, Pid, _} -> ok end,
+    receive {'$diff', P, down, _} -> ok end,
     {{ok, ok}, S#{helpers := Hs#{P := H#{state := dead}}}};
 top_step(_, {adopt, Who}, #{ports := Ports, seen := Seen} = S) ->
     Indexed = maps:values(Ports),
@@ -262,8 +284,8 @@ idle_helper(P, Step, #{helpers := Hs}) ->
 
 %% A helper process: runs steps sent to it, keeps the other messages it gets
 %% until asked for them, and ends (reason normal) when told to.
-helper(Dir, Name, Main) ->
-    process_flag(trap_exit, true),
+helper(Dir, Name, Main, Trap) ->
+    process_flag(trap_exit, Trap),
     helper_loop(Dir, Name, Main).
 
 helper_loop(Dir, Name, Main) ->
@@ -344,7 +366,11 @@ collect_all(Expect, #{helpers := Hs, seen := Seen} = S) ->
     [Pid ! {'$diff', {collect, Wait, lists:sum([N || {Q, N} <- Expect, Q =:= P, is_integer(N)]),
                       Deadline}}
      || {P, Pid} <- Idle],
-    Theirs = [{P, receive {'$diff', P, msgs, Ms} -> Ms end} || {P, _} <- Idle],
+    %% A helper that an exit signal ended has no messages to give: its end
+    %% is put back for wait_exit.
+    Theirs = [{P, receive {'$diff', P, msgs, Ms} -> Ms;
+                          {'$diff', P, down, _} = Down -> self() ! Down, []
+                  end} || {P, _} <- Idle],
     Seen1 = lists:foldl(fun({Who, Ms}, A) -> see(Who, Ms, A) end, Seen,
                         [{self, Own} | Theirs]),
     Msgs = Own ++ [{P, M} || {P, Ms} <- Theirs, M <- Ms] ++ [{P, result, R} || {P, R} <- Done],
@@ -418,6 +444,9 @@ for_runner({command, I, Data, Opts}) -> {command, I, pieces(Data), Opts};
 for_runner({sleep, Ms}) -> {sleep, Ms};
 for_runner({msg_wait, Ms}) -> {msg_wait, Ms};
 for_runner({spawn, P}) -> {spawn, P};
+for_runner({spawn_notrap, P}) -> {spawn_notrap, P};
+for_runner({wait_exit, P}) -> {wait_exit, P};
+for_runner({alive, P}) -> {alive, P};
 for_runner({as, P, Step}) -> {as, P, for_runner(Step)};
 for_runner({async, P, Step}) -> {async, P, for_runner(Step)};
 for_runner({exit, P}) -> {exit, P};

@@ -634,7 +634,7 @@ static helper *idle_helper(const char *buf, int *idx) {
     return h;
 }
 
-static void spawn_helper(const char *buf, int *idx) {
+static void spawn_helper(const char *buf, int *idx, bool trap) {
     char name[MAXATOMLEN_UTF8];
     if (ei_decode_atom(buf, idx, name) < 0 || strcmp(name, "self") == 0 || helper_named(name))
         die("spawn: a helper needs a new name (an atom, not self)");
@@ -644,7 +644,7 @@ static void spawn_helper(const char *buf, int *idx) {
     memset(h, 0, sizeof *h);
     snprintf(h->name, sizeof h->name, "%s", name);
     h->proc = edrv_proc_new();
-    if (h->proc)
+    if (h->proc && trap)
         edrv_process_flag(h->proc, EDRV_TRAP_EXIT, 1); /* as diff.escript's processes */
     if (!h->proc)
         die("edrv_proc_new failed");
@@ -750,9 +750,30 @@ static void run_top_step(const char *buf, int *idx, edrv_proc *self, ei_x_buff *
         run_top_step(buf, &at, self, x);
     } else if (strcmp(what, "await") == 0) {
         run_await(buf, &at, self, x);
-    } else if (strcmp(what, "spawn") == 0) {
-        spawn_helper(buf, &at);
+    } else if (strcmp(what, "spawn") == 0 || strcmp(what, "spawn_notrap") == 0) {
+        spawn_helper(buf, &at, strcmp(what, "spawn") == 0);
         encode_ok_atom(x, "ok");
+    } else if (strcmp(what, "wait_exit") == 0) {
+        helper *h = idle_helper(buf, &at);
+        /* until an exit signal has ended it (a bound for a broken build) */
+        int64_t deadline = now_ns() + (int64_t)EXPECT_MS * 1000000;
+        edrv_msg why = {0};
+        while (edrv_proc_exit_reason(h->proc, &why) != 0 && now_ns() < deadline)
+            usleep(POLL_MS * 1000);
+        ei_x_encode_tuple_header(x, 2);
+        if (why.data) {
+            ei_x_encode_atom(x, "ok");
+            ei_x_append_buf(x, why.data + 1, (int)why.len - 1);
+            edrv_msg_free(&why);
+        } else {
+            ei_x_encode_atom(x, "error");
+            ei_x_encode_atom(x, "timeout");
+        }
+    } else if (strcmp(what, "alive") == 0) {
+        helper *h = idle_helper(buf, &at);
+        ei_x_encode_tuple_header(x, 2);
+        ei_x_encode_atom(x, "ok");
+        ei_x_encode_atom(x, edrv_is_process_alive(h->pid) ? "true" : "false");
     } else if (strcmp(what, "as") == 0 || strcmp(what, "async") == 0) {
         helper *h = idle_helper(buf, &at);
         h->buf = buf;
