@@ -427,7 +427,7 @@ EDRV_API int edrv_unlink(edrv_proc *p, uint64_t pid) {
 
 EDRV_API int edrv_exit(edrv_proc *p, uint64_t pid, const void *reason, size_t len) {
     uint64_t self;
-    reason_t r;
+    reason_t r = {NULL, 0};
     int rc = edrv__proc_caller(p, "edrv_exit", &self);
     if (rc < 0 || (rc = reason_arg(reason, len, "edrv_exit", &r)) < 0)
         return rc;
@@ -440,7 +440,7 @@ EDRV_API int edrv_exit(edrv_proc *p, uint64_t pid, const void *reason, size_t le
 }
 
 EDRV_API int edrv_proc_exit(edrv_proc *p, const void *reason, size_t len) {
-    reason_t r;
+    reason_t r = {NULL, 0};
     if (!p)
         return edrv__fail(EDRV_EINVAL, "edrv_proc_exit: NULL process");
     int rc = reason_arg(reason, len, "edrv_proc_exit", &r);
