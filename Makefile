@@ -2,7 +2,7 @@
 # build-asan/ and build-tsan/ for the sanitizer builds).
 #
 #   make run         build, then run the main job: checksum PATHS (default: this
-#                    source tree's src include examples) on the async pool
+#                    source tree's src include examples lua) on the async pool
 #   make check       build, then run every test
 #   make check-asan  the tests under AddressSanitizer + UBSan
 #   make check-tsan  the tests under ThreadSanitizer

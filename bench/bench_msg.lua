@@ -43,7 +43,7 @@ end
 local function controls(n)
   local r
   for _ = 1, n do r = port_control(port, 1, "hello") end
-  assert(r == "HELLO", "control's reply is not HELLO")
+  assert(e.iolist_to_binary(r) == "HELLO", "control's reply is not HELLO")
 end
 
 local function calls(n)

@@ -50,6 +50,8 @@
  *   6   SHA256    Fd:32                     {ok, Digest} (32 bytes)
  *   7   LISTDIR   Path/bytes                {ok, [{Name, Type}]}
  *   8   POSITION  Fd:32, Offset:64 (signed) {ok, NewOffset}
+ *   9   LSTAT     Path/bytes                {ok, Type}
+ *   10  SHA256S   Paths (NUL between them)  {ok, [Digest | {error, Posix}]}
  *
  * OPEN flags: 1 read, 2 write, 4 create, 8 truncate, 16 append, 32 exclusive.
  * Append implies write; exclusive implies create (O_CREAT|O_EXCL); truncate
@@ -75,6 +77,19 @@
  * binary, Type one of regular, directory, symlink, other (from the entry's
  * d_type, or lstat when the file system does not say); "." and ".." are left
  * out; the order is the directory's own.
+ *
+ * LSTAT gives the type of Path itself (a symbolic link is not followed), one
+ * of LISTDIR's types.
+ *
+ * SHA256S hashes whole files by name, many in one request (one pool job):
+ * Paths are one or more paths separated by single NUL bytes (none empty).
+ * Each file is opened for reading (non-blocking, so that a FIFO cannot hang
+ * the job), hashed and closed; the result lists, in the order of Paths, each
+ * file's digest or its error: a file that is neither regular nor a
+ * directory gives {error, einval} (a device or a FIFO is not read), a
+ * directory {error, eisdir}. A batch of small files costs one request, one
+ * job and one message instead of three of each per file. LSTAT and SHA256S,
+ * like LISTDIR, use no handle, and go to the pool threads in turn.
  *
  * An operation on a handle that is not open (never opened, already closed or
  * with its close already asked for, or whose open failed) is accepted: it gets
@@ -114,7 +129,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { OP_OPEN = 1, OP_READ, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_SHA256, OP_LISTDIR, OP_POSITION };
+enum {
+    OP_OPEN = 1,
+    OP_READ,
+    OP_WRITE,
+    OP_FSYNC,
+    OP_CLOSE,
+    OP_SHA256,
+    OP_LISTDIR,
+    OP_POSITION,
+    OP_LSTAT,
+    OP_SHA256S
+};
+/* The requests that name a path rather than a handle. */
+#define BY_PATH(op) ((op) == OP_LISTDIR || (op) == OP_LSTAT || (op) == OP_SHA256S)
 enum {
     FL_READ = 1,
     FL_WRITE = 2,
@@ -126,7 +154,7 @@ enum {
 #define FL_ALL 63
 
 /* What a request ends with. */
-enum { RES_OK, RES_ERROR, RES_EOF, RES_BINARY, RES_DIGEST, RES_OFFSET, RES_DIR };
+enum { RES_OK, RES_ERROR, RES_EOF, RES_BINARY, RES_DIGEST, RES_OFFSET, RES_DIR, RES_TYPE, RES_DIGESTS };
 enum { T_REGULAR, T_DIRECTORY, T_SYMLINK, T_OTHER };
 
 #define SHA_CHUNK (256 * 1024)
@@ -142,11 +170,17 @@ typedef struct {
     int type;
 } dent;
 
+/* One file of SHA256S: its digest, or the errno that stopped it. */
+typedef struct {
+    int err;
+    unsigned char digest[32];
+} hashed;
+
 typedef struct {
     int op;
     uint32_t ref;
     uint32_t handle;
-    file *f;             /* NULL for LISTDIR and for handles that are not open */
+    file *f;             /* NULL for LISTDIR, LSTAT, SHA256S and handles not open */
     int flags;           /* OPEN */
     uint32_t size;       /* READ */
     ErlDrvSInt64 offset; /* POSITION: the argument, then the result */
@@ -160,6 +194,9 @@ typedef struct {
     size_t names_len, names_cap;
     dent *ents;
     size_t nents, ents_cap;
+    int type;       /* LSTAT */
+    hashed *hashes; /* SHA256S, one per path */
+    size_t nhashes;
     /* The request's bytes: WRITE's data; OPEN's and LISTDIR's path, NUL-ended. */
     size_t len;
     char data[];
@@ -210,6 +247,8 @@ static void req_destroy(req *r) {
         driver_free(r->names);
     if (r->ents)
         driver_free(r->ents);
+    if (r->hashes)
+        driver_free(r->hashes);
     file_release(r->f);
     driver_free(r);
 }
@@ -417,39 +456,92 @@ static void do_write(req *r, int fd) {
     r->kind = RES_OK;
 }
 
-static void do_sha256(req *r, int fd) {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    char *buf = driver_alloc(SHA_CHUNK);
-    if (!ctx || !buf) {
-        fail(r, ENOMEM);
-        goto out;
-    }
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-        fail(r, EIO);
-        goto out;
-    }
+/* The SHA-256 of fd from its position to its end into digest, with ctx
+ * and buf (SHA_CHUNK bytes); 0 or an errno. */
+static int hash_fd(int fd, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32]) {
+    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+        return EIO;
     for (;;) {
         ssize_t n = read(fd, buf, SHA_CHUNK);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            fail(r, errno);
-            goto out;
+            return errno ? errno : EIO;
         }
         if (n == 0)
             break;
-        if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
-            fail(r, EIO);
-            goto out;
-        }
+        if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
+            return EIO;
     }
     unsigned int dlen = 0;
-    if (EVP_DigestFinal_ex(ctx, r->digest, &dlen) != 1 || dlen != sizeof r->digest) {
-        fail(r, EIO);
-        goto out;
+    if (EVP_DigestFinal_ex(ctx, digest, &dlen) != 1 || dlen != 32)
+        return EIO;
+    return 0;
+}
+
+static void do_sha256(req *r, int fd) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    char *buf = driver_alloc(SHA_CHUNK);
+    int err = !ctx || !buf ? ENOMEM : hash_fd(fd, ctx, buf, r->digest);
+    if (err)
+        fail(r, err);
+    else
+        r->kind = RES_DIGEST;
+    if (buf)
+        driver_free(buf);
+    EVP_MD_CTX_free(ctx);
+}
+
+/* The type of a stat's mode, as LISTDIR names it. */
+static int mode_type(mode_t m) {
+    return S_ISREG(m) ? T_REGULAR : S_ISDIR(m) ? T_DIRECTORY : S_ISLNK(m) ? T_SYMLINK : T_OTHER;
+}
+
+static void do_lstat(req *r) {
+    struct stat st;
+    if (lstat(r->data, &st) < 0) {
+        fail(r, errno);
+        return;
     }
-    r->kind = RES_DIGEST;
-out:
+    r->type = mode_type(st.st_mode);
+    r->kind = RES_TYPE;
+}
+
+/* One file of SHA256S: 0 and its digest, or an errno. */
+static int hash_path(const char *path, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32]) {
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno;
+    struct stat st;
+    int err = fstat(fd, &st) < 0 ? errno
+              : S_ISDIR(st.st_mode) ? EISDIR
+              : !S_ISREG(st.st_mode) ? EINVAL
+                                     : hash_fd(fd, ctx, buf, digest);
+    close(fd);
+    return err;
+}
+
+static void do_sha256s(req *r) {
+    size_t n = 1;
+    for (size_t i = 0; i < r->len; i++)
+        n += r->data[i] == '\0';
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    char *buf = driver_alloc(SHA_CHUNK);
+    r->hashes = driver_alloc(n * sizeof *r->hashes);
+    if (!ctx || !buf || !r->hashes) {
+        fail(r, ENOMEM);
+    } else {
+        const char *path = r->data; /* the paths, each NUL-ended (req_new adds the last) */
+        for (size_t k = 0; k < n; k++) {
+            r->hashes[k].err = hash_path(path, ctx, buf, r->hashes[k].digest);
+            path += strlen(path) + 1;
+        }
+        r->nhashes = n;
+        r->kind = RES_DIGESTS;
+    }
     if (buf)
         driver_free(buf);
     EVP_MD_CTX_free(ctx);
@@ -523,10 +615,7 @@ static void do_listdir(req *r) {
                 type = T_OTHER;
                 break;
             }
-            type = S_ISREG(st.st_mode)   ? T_REGULAR
-                   : S_ISDIR(st.st_mode) ? T_DIRECTORY
-                   : S_ISLNK(st.st_mode) ? T_SYMLINK
-                                         : T_OTHER;
+            type = mode_type(st.st_mode);
             break;
         }
         default:
@@ -547,6 +636,14 @@ static void req_invoke(void *arg) {
     req *r = arg;
     if (r->op == OP_LISTDIR) {
         do_listdir(r);
+        return;
+    }
+    if (r->op == OP_LSTAT) {
+        do_lstat(r);
+        return;
+    }
+    if (r->op == OP_SHA256S) {
+        do_sha256s(r);
         return;
     }
     if (!r->f) {
@@ -620,8 +717,8 @@ static const char *type_name(int t) {
 static void send_result(session *s, req *r) {
     ErlDrvTermData small[24];
     ErlDrvTermData *sp = small;
-    if (r->kind == RES_DIR) {
-        sp = driver_alloc((16 + 7 * r->nents) * sizeof *sp);
+    if (r->kind == RES_DIR || r->kind == RES_DIGESTS) {
+        sp = driver_alloc((16 + 7 * (r->nents + r->nhashes)) * sizeof *sp);
         if (!sp) {
             sp = small;
             fail(r, ENOMEM);
@@ -673,6 +770,29 @@ static void send_result(session *s, req *r) {
         case RES_OFFSET:
             sp[n++] = ERL_DRV_INT64;
             sp[n++] = (ErlDrvTermData)&r->offset;
+            break;
+        case RES_TYPE:
+            sp[n++] = ERL_DRV_ATOM;
+            sp[n++] = driver_mk_atom((char *)type_name(r->type));
+            break;
+        case RES_DIGESTS:
+            for (size_t i = 0; i < r->nhashes; i++) {
+                if (r->hashes[i].err) {
+                    sp[n++] = ERL_DRV_ATOM;
+                    sp[n++] = driver_mk_atom("error");
+                    sp[n++] = ERL_DRV_ATOM;
+                    sp[n++] = driver_mk_atom(erl_errno_id(r->hashes[i].err));
+                    sp[n++] = ERL_DRV_TUPLE;
+                    sp[n++] = 2;
+                } else {
+                    sp[n++] = ERL_DRV_BUF2BINARY;
+                    sp[n++] = (ErlDrvTermData)r->hashes[i].digest;
+                    sp[n++] = 32;
+                }
+            }
+            sp[n++] = ERL_DRV_NIL;
+            sp[n++] = ERL_DRV_LIST;
+            sp[n++] = (ErlDrvTermData)(r->nhashes + 1);
             break;
         case RES_DIR:
             for (size_t i = 0; i < r->nents; i++) {
@@ -784,8 +904,16 @@ static ErlDrvSSizeT f_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
             return -1;
         break;
     case OP_LISTDIR:
+    case OP_LSTAT:
         if (memchr(buf, 0, len))
             return -1;
+        break;
+    case OP_SHA256S: /* no empty path: no NUL first, last or twice in a row */
+        if (len == 0 || buf[0] == 0 || buf[len - 1] == 0)
+            return -1;
+        for (ErlDrvSizeT i = 1; i < len; i++)
+            if (buf[i] == 0 && buf[i - 1] == 0)
+                return -1;
         break;
     case OP_POSITION:
         if (len != 12)
@@ -805,13 +933,13 @@ static ErlDrvSSizeT f_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         r = req_new(op, buf + 1, len - 1);
     else if (op == OP_WRITE)
         r = req_new(op, buf + 4, len - 4);
-    else if (op == OP_LISTDIR)
+    else if (BY_PATH(op))
         r = req_new(op, buf, len);
     else
         r = req_new(op, NULL, 0);
     if (!r)
         goto nomem;
-    if (op != OP_LISTDIR)
+    if (!BY_PATH(op))
         r->handle = get32(u);
 
     switch (op) {
@@ -835,6 +963,8 @@ static ErlDrvSSizeT f_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
         r->f = table_take(s, r->handle); /* the table's reference moves to the close */
         break;
     case OP_LISTDIR:
+    case OP_LSTAT:
+    case OP_SHA256S:
         break;
     default:
         if ((r->f = table_get(s, r->handle)))
@@ -852,7 +982,7 @@ static ErlDrvSSizeT f_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvSi
     unsigned int key = handle;
     /* Without async threads ERTS runs the request right here, ready_async
      * included: r may be gone when driver_async returns. */
-    if (driver_async(s->port, op == OP_LISTDIR ? NULL : &key, req_invoke, r, req_free) < 0) {
+    if (driver_async(s->port, BY_PATH(op) ? NULL : &key, req_invoke, r, req_free) < 0) {
         if (op == OP_OPEN) {
             table_take(s, handle);
             atomic_fetch_sub_explicit(&f->refc, 1, memory_order_relaxed); /* the table's */

@@ -70,7 +70,17 @@ static void push_error(lua_State *L, const char *fn, const char *reason, const c
     lua_setfield(L, -2, "detail");
     lua_pushstring(L, fn);
     lua_setfield(L, -2, "fn");
-    luaL_where(L, 1);
+    /* Where in the script: the nearest Lua function up the stack (called
+     * through pcall, the caller is pcall, which has no line). */
+    lua_Debug ar;
+    int level = 1;
+    bool found = false;
+    for (; !found && level < 20 && lua_getstack(L, level, &ar); level++)
+        found = lua_getinfo(L, "Sl", &ar) && ar.currentline > 0;
+    if (found)
+        lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    else
+        lua_pushliteral(L, "");
     lua_setfield(L, -2, "where");
     luaL_setmetatable(L, MT_ERROR);
 }
@@ -443,7 +453,7 @@ static int encode_map(lua_State *L, int idx, ei_x_buff *x, int depth) {
  * top of the stack and returns -1. */
 static int encode(lua_State *L, int idx, ei_x_buff *x, int depth) {
     if (depth > 1000) {
-        lua_pushstring(L, "nesting too deep (a cycle?)");
+        lua_pushstring(L, "nesting deeper than 1000 levels (a cycle?)");
         return -1;
     }
     /* Each level keeps its value (and a map its key) on the stack, and Lua
@@ -1887,7 +1897,7 @@ static int l_port_command(lua_State *L) {
         if (collect_iodata(L, 2, &b, 0) < 0) {
             free(b.p);
             return raise(L, "port_command", "badarg",
-                         "data must be iodata: strings, bytes 0..255, tables of them");
+                         "data must be iodata: strings, bytes 0..255, tables of them, at most 100 levels deep");
         }
         struct iovec v = {b.p, b.len};
         rc = edrv_port_command_opts(self_proc(L), port, &v, b.len ? 1 : 0, opts);
@@ -1957,7 +1967,7 @@ static int l_port_control(lua_State *L) {
     } else if (!lua_istable(L, 3) || collect_iodata(L, 3, &b, 0) < 0) {
         free(b.p);
         return raise(L, "port_control", "badarg",
-                     "data must be iodata: a string, or a table of strings and bytes 0..255");
+                     "data must be iodata: a string, or a table of strings and bytes 0..255, at most 100 levels deep");
     } else {
         data = b.p ? b.p : "";
         len = b.len;
@@ -2812,7 +2822,7 @@ static int l_type(lua_State *L) {
  * into the table at b. */
 static int match(lua_State *L, int v, int p, int b, int depth) {
     if (depth > 1000)
-        return 0;
+        raise(L, "match", "badarg", "a pattern nested deeper than 1000 levels (a cycle?)");
     luaL_checkstack(L, 8, "pattern too deep"); /* three slots a level, as encode */
     if (luaL_testudata(L, p, MT_ANY))
         return 1;

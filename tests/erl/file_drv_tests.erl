@@ -13,6 +13,8 @@
 -define(SHA256, 6).
 -define(LISTDIR, 7).
 -define(POSITION, 8).
+-define(LSTAT, 9).
+-define(SHA256S, 10).
 
 -define(RD, 1).
 -define(WR, 2).
@@ -168,7 +170,9 @@ all_test_() ->
       {"badarg", fun badarg/0},
       {"per_file_order", fun per_file_order/0},
       {"port_close_closes_files", fun port_close_closes_files/0},
-      {"owner_exit_closes_files", fun owner_exit_closes_files/0}
+      {"owner_exit_closes_files", fun owner_exit_closes_files/0},
+      {"lstat", fun lstat/0},
+      {"sha256s", fun sha256s/0}
     ]].
 
 %% Control replies: Ref counts from 1 per port, handles from 1, never reused.
@@ -346,6 +350,40 @@ append_and_truncate() ->
         X = open(P, ?WR bor ?EXCL, E),
         ?assertEqual(ok, close(P, X)),
         ?assertEqual({error, eexist}, result(element(1, open_req(P, ?WR bor ?EXCL, E))))
+    end).
+
+%% LSTAT: the type of the path itself, a symbolic link not followed.
+lstat() ->
+    with(fun(P, Dir) ->
+        F = path(Dir, "f"),
+        ok = file:write_file(F, <<"x">>),
+        L = path(Dir, "l"),
+        ok = file:make_symlink("f", L),
+        ?assertEqual({ok, regular}, call(P, ?LSTAT, F)),
+        ?assertEqual({ok, directory}, call(P, ?LSTAT, Dir)),
+        ?assertEqual({ok, symlink}, call(P, ?LSTAT, L)),
+        ?assertEqual({ok, other}, call(P, ?LSTAT, <<"/dev/null">>)),
+        ?assertEqual({error, enoent}, call(P, ?LSTAT, path(Dir, "none"))),
+        ?assertError(badarg, port_control(P, ?LSTAT, <<"a", 0, "b">>))
+    end).
+
+%% SHA256S: whole files by name, in one request, each its digest or error,
+%% in order; devices and FIFOs are not read.
+sha256s() ->
+    with(fun(P, Dir) ->
+        A = path(Dir, "a"), B = path(Dir, "b"), E = path(Dir, "empty"),
+        CA = pattern(600000), CB = <<"bee">>,
+        ok = file:write_file(A, CA),
+        ok = file:write_file(B, CB),
+        ok = file:write_file(E, <<>>),
+        Paths = [A, path(Dir, "none"), Dir, <<"/dev/zero">>, B, E, A],
+        ?assertEqual({ok, [reference_sha256(A, CA), {error, enoent}, {error, eisdir},
+                           {error, einval}, reference_sha256(B, CB),
+                           reference_sha256(E, <<>>), reference_sha256(A, CA)]},
+                     call(P, ?SHA256S, lists:join(<<0>>, Paths))),
+        ?assertEqual({ok, [reference_sha256(B, CB)]}, call(P, ?SHA256S, B)),
+        [?assertError(badarg, port_control(P, ?SHA256S, Bad))
+         || Bad <- [<<>>, <<0>>, <<"a", 0>>, <<0, "a">>, <<"a", 0, 0, "b">>]]
     end).
 
 sha256() ->
