@@ -1,15 +1,25 @@
--- sha256sum.lua: checksums every file under the given paths, in parallel on
--- edrv's async pool, through the example file driver (examples/file_drv.c).
--- The output is byte for byte that of
---   find PATH... -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+-- sha256sum.lua: checksums every regular file under the given paths, in
+-- parallel on edrv's async pool, through the example file driver
+-- (examples/file_drv.c). What it writes is byte for byte what this pipeline
+-- writes in the C locale, on standard output and on standard error:
+--   find PATH... -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+-- (xargs -r: with no file found, nothing is written).
 --
 -- usage: edrv [-A N] examples/sha256sum.lua [-v] [--drivers DIR] PATH...
 --   -v             a summary on stderr at the end: files, bytes, time, pool
 --   --drivers DIR  where file_drv.so is ($EDRV_DRIVERS, else build/drivers
 --                  beside this script's directory)
 -- A progress bar is drawn on stderr when stderr is a terminal.
--- Exit status: 0, or 1 if some path or file could not be read (reported on
--- stderr, as find and sha256sum do).
+--
+-- As find (-P, its default): a path named on the command line that is a
+-- symbolic link is not followed, and only regular files are hashed (FIFOs,
+-- devices and sockets are left alone, named or found). find's errors (a
+-- path that cannot be read) come first, in find's order; then each file's
+-- line, or sha256sum's error for it, in byte order of the names. Names in
+-- error messages are quoted as find and sha256sum quote them.
+-- Exit status: 0 when every path was walked and every file hashed; 1
+-- otherwise (a path or file that could not be read, or a write error on
+-- standard output); 2 on a usage error.
 
 local T, A = edrv.tuple, edrv.atom
 
@@ -42,102 +52,151 @@ edrv.load_driver(drivers, "file_drv")
 local port = edrv.open_port({"spawn_driver", "file_drv"}, {"binary"})
 local status = 0
 
--- ---- the file driver's protocol -------------------------------------------
-local OPEN, CLOSE, SHA256, LISTDIR = 1, 5, 6, 7
-local F_READ = 1
-
--- Sends a request; returns its Ref (and the Fd for an open).
-local function request(op, data)
-  local reply = edrv.port_control(port, op, data)
-  return string.unpack(#reply == 8 and ">I4I4" or ">I4", reply)
+-- ---- quoting, as find and coreutils quote names in messages ---------------
+local c_escapes = {["\a"] = "a", ["\b"] = "b", ["\f"] = "f", ["\n"] = "n", ["\r"] = "r",
+                   ["\t"] = "t", ["\v"] = "v"}
+local function c_escape(c)
+  local e = c_escapes[c]
+  return e and "\\" .. e or string.format("\\%03o", c:byte())
 end
+
+-- find's: always in quotes, C escapes inside.
+local function find_quote(name)
+  return "'" .. name:gsub("[\\']", "\\%0"):gsub("[%c\128-\255]", c_escape) .. "'"
+end
+
+-- coreutils' (quotef): as is when the shell would take it so; else in
+-- single quotes, control bytes as $'\n' between them, or in double quotes
+-- when that is the one thing needing care.
+local function shell_quote(name)
+  local special = name == "" or name:find("[%s!\"$&'()*;<=>?%[\\^`|%c\128-\255]") or
+                  name:find("^[#~]") or name == "{" or name == "}"
+  if not special then return name end
+  if name:find("'") and not name:find("[\"$`\\!%c\128-\255]") then
+    return '"' .. name .. '"'
+  end
+  local out, open = {"'"}, true
+  local pos = 1
+  while pos <= #name do
+    local run = name:match("^[%c\128-\255]+", pos)
+    if run then
+      if open then out[#out + 1] = "'"; open = false end
+      out[#out + 1] = "$'" .. run:gsub(".", c_escape) .. "'"
+      pos = pos + #run
+    else
+      local text = name:match("^[^%c\128-\255]+", pos)
+      if not open then out[#out + 1] = "'"; open = true end
+      out[#out + 1] = text:gsub("'", "'\\''")
+      pos = pos + #text
+    end
+  end
+  if open then out[#out + 1] = "'" end
+  return table.concat(out)
+end
+
+-- ---- the file driver's protocol -------------------------------------------
+local LISTDIR, LSTAT, SHA256S = 7, 9, 10
 
 -- What each outstanding Ref is for.
 local pending, npending = {}, 0
-local function expect(ref, what)
+local function request(op, data, what)
+  local ref = string.unpack(">I4", edrv.port_control(port, op, data))
   pending[ref] = what
   npending = npending + 1
 end
 
--- The next result: the Ref's purpose and the result term.
+-- The next result: the Ref's purpose and the result term. Every message is
+-- one of file_drv's {file_drv, Ref, Result}.
 local function next_result()
-  local m, b = edrv.receive_match(T(A"file_drv", edrv.var("Ref"), edrv.var("Res")))
-  local what = pending[b.Ref]
-  pending[b.Ref] = nil
+  local m = edrv.receive()
+  local what = pending[m[2]]
+  pending[m[2]] = nil
   npending = npending - 1
-  return what, b.Res
+  return what, m[3]
 end
 
 local function posix(res)
   return res[1] == A"error" and tostring(res[2]) or nil
 end
 
-local messages = {
-  enoent = "No such file or directory", eacces = "Permission denied",
-  eisdir = "Is a directory", eloop = "Too many levels of symbolic links",
-  enotdir = "Not a directory",
-}
-local function complain(tool, path, reason)
-  io.stderr:write(string.format("%s: %s: %s\n", tool,
-    tool == "find" and ("'" .. path .. "'") or path, messages[reason] or reason))
-  status = 1
-end
-
 -- ---- walking: every directory listed in parallel ---------------------------
-local files = {}
+-- find's errors are kept with the place find would meet them: the path of
+-- indexes (command-line position, then readdir position) packed so that
+-- byte order is find's depth-first order.
+local files, errors = {}, {}
 local function join(dir, name)
   return dir:sub(-1) == "/" and dir .. name or dir .. "/" .. name
 end
+local function find_error(key, path, reason)
+  errors[#errors + 1] = {key, string.format("find: %s: %s\n", find_quote(path),
+                                            edrv.strerror(reason))}
+end
 
-for _, p in ipairs(paths) do
-  expect(request(LISTDIR, p), {kind = "list", path = p, top = true})
+for k, p in ipairs(paths) do
+  request(LSTAT, p, {kind = "stat", path = p, key = string.pack(">I4", k)})
 end
 while npending > 0 do
   local what, res = next_result()
-  if res[1] == A"ok" then
-    for _, entry in ipairs(res[2]) do
+  if posix(res) then
+    find_error(what.key, what.path, posix(res))
+  elseif what.kind == "stat" then
+    if res[2] == A"directory" then
+      request(LISTDIR, what.path, {kind = "list", path = what.path, key = what.key})
+    elseif res[2] == A"regular" then
+      files[#files + 1] = what.path
+    end -- a symbolic link (not followed), a FIFO, a device: not a file to hash
+  else
+    for j, entry in ipairs(res[2]) do
       local name, kind = entry[1], entry[2]
       local path = join(what.path, name)
       if kind == A"directory" then
-        expect(request(LISTDIR, path), {kind = "list", path = path})
+        request(LISTDIR, path, {kind = "list", path = path, key = what.key .. string.pack(">I4", j)})
       elseif kind == A"regular" then
         files[#files + 1] = path
       end
     end
-  elseif posix(res) == "enotdir" and what.top then
-    files[#files + 1] = what.path -- a file named on the command line
-  else
-    complain("find", what.path, posix(res) or tostring(res))
   end
 end
+table.sort(errors, function(a, b) return a[1] < b[1] end)
+for _, e in ipairs(errors) do io.stderr:write(e[2]) end
+if #errors > 0 then status = 1 end
 table.sort(files) -- byte order: the C locale of `LC_ALL=C sort -z`
 
--- ---- hashing: a window of files in flight, output in order -----------------
+-- ---- hashing: batches of files in flight, output in order ------------------
+local out_failed = false
+local function out(s)
+  if not out_failed and not io.stdout:write(s) then out_failed = true end
+end
+
 local function escaped(path)
   if not path:find("[\\\n\r]") then return "", path end
   return "\\", (path:gsub("[\\\n\r]", {["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r"}))
 end
 
+local HEX = ("%02x"):rep(32)
+local BATCH = 16
 local progress = edrv.isatty(2)
 local started = edrv.monotonic_time()
-local window = math.max(8, 4 * edrv.pool().threads)
+local window = math.max(4, 4 * edrv.pool().threads) -- batches in flight
 local results, nextout, nextin, inflight, done = {}, 1, 1, 0, 0
 
-local function launch(k)
-  local ref, fd = request(OPEN, string.char(F_READ) .. files[k])
-  expect(ref, {kind = "open", k = k})
-  -- The file's own key keeps these in order after the open.
-  expect(request(SHA256, string.pack(">I4", fd)), {kind = "sha", k = k})
-  expect(request(CLOSE, string.pack(">I4", fd)), {kind = "close", k = k})
+local function launch()
+  local first, last = nextin, math.min(nextin + BATCH - 1, #files)
+  request(SHA256S, table.concat(files, "\0", first, last), {first = first})
+  nextin = last + 1
   inflight = inflight + 1
 end
 
 local function flush()
   while results[nextout] ~= nil do
     local r = results[nextout]
-    if r then
+    if type(r) == "string" then
       local mark, name = escaped(files[nextout])
-      io.stdout:write(mark, r, "  ", name, "\n")
+      out(mark .. r .. "  " .. name .. "\n")
+    else -- {error, Posix}
+      io.stdout:flush()
+      io.stderr:write("sha256sum: ", shell_quote(files[nextout]), ": ", edrv.strerror(r[2]), "\n")
+      status = 1
     end
     results[nextout] = nil
     nextout = nextout + 1
@@ -151,36 +210,25 @@ local function draw()
     string.rep(".", width - filled), done, #files))
 end
 
-local failed = {}
 while nextin <= #files or npending > 0 do
-  while nextin <= #files and inflight < window do
-    launch(nextin)
-    nextin = nextin + 1
-  end
+  while nextin <= #files and inflight < window do launch() end
   local what, res = next_result()
-  local k = what.k
-  if what.kind == "open" and posix(res) then
-    failed[k] = posix(res)
-  elseif what.kind == "sha" then
-    if res[1] == A"ok" then
-      results[k] = res[2]:gsub(".", function(c) return string.format("%02x", c:byte()) end)
-    else
-      failed[k] = failed[k] or posix(res) or tostring(res)
-    end
-  elseif what.kind == "close" then
-    if failed[k] then
-      complain("sha256sum", files[k], failed[k])
-      results[k] = false
-    end
-    inflight = inflight - 1
-    done = done + 1
-    if progress and (done % 64 == 0 or done == #files) then draw() end
+  inflight = inflight - 1
+  if posix(res) then error("file_drv: " .. tostring(res)) end -- the batch itself (memory)
+  for k, r in ipairs(res[2]) do
+    results[what.first + k - 1] = type(r) == "string" and HEX:format(r:byte(1, 32)) or r
   end
+  done = done + #res[2]
+  if progress then draw() end
   flush()
 end
 flush()
-io.stdout:flush()
+if not io.stdout:flush() then out_failed = true end
 if progress then io.stderr:write("\r", string.rep(" ", 60), "\r") end
+if out_failed then
+  io.stderr:write("sha256sum: write error\n")
+  status = 1
+end
 
 -- ---- summary -------------------------------------------------------------------
 if verbose then

@@ -2790,6 +2790,26 @@ static int l_pool(lua_State *L) {
 
 /* edrv.isatty(fd): whether fd (default 1) is a terminal, e.g. to draw a
  * progress bar on stderr only for a person. */
+/* edrv.strerror(reason): the C library's text for a POSIX error, named as
+ * erl_errno_id names it ("enoent") or by its number; the name itself when
+ * it is not one. */
+static int l_strerror(lua_State *L) {
+    if (lua_isinteger(L, 1)) {
+        lua_pushstring(L, strerror((int)lua_tointeger(L, 1)));
+        return 1;
+    }
+    const char *name = name_of(L, 1);
+    if (!name)
+        return raise(L, "strerror", "badarg", "a POSIX error's name or number");
+    for (int e = 1; e < 256; e++)
+        if (strcmp(erl_errno_id(e), name) == 0) {
+            lua_pushstring(L, strerror(e));
+            return 1;
+        }
+    lua_pushstring(L, name);
+    return 1;
+}
+
 static int l_isatty(lua_State *L) {
     lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 1)));
     return 1;
@@ -2999,6 +3019,7 @@ static const luaL_Reg funcs[] = {
     {"string", l_string},
     {"type", l_type},
     {"isatty", l_isatty},
+    {"strerror", l_strerror},
     {"format", l_format},
     {"iolist_to_binary", l_iolist_to_binary},
     {"list_to_binary", l_iolist_to_binary},
