@@ -457,10 +457,14 @@ static void do_write(req *r, int fd) {
 }
 
 /* The SHA-256 of fd from its position to its end into digest, with ctx
- * and buf (SHA_CHUNK bytes); 0 or an errno. */
-static int hash_fd(int fd, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32]) {
+ * and buf (SHA_CHUNK bytes); 0 or an errno. size: the file's size as fstat
+ * gave it, or -1: a short read that reaches it ends the file without
+ * another read (a small file costs one read, not two; a file system that
+ * reads short before the end, as FUSE may, still gets read to its end). */
+static int hash_fd(int fd, off_t size, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32]) {
     if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
         return EIO;
+    off_t total = 0;
     for (;;) {
         ssize_t n = read(fd, buf, SHA_CHUNK);
         if (n < 0) {
@@ -472,6 +476,9 @@ static int hash_fd(int fd, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32])
             break;
         if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
             return EIO;
+        total += n;
+        if (size >= 0 && n < SHA_CHUNK && total >= size)
+            break;
     }
     unsigned int dlen = 0;
     if (EVP_DigestFinal_ex(ctx, digest, &dlen) != 1 || dlen != 32)
@@ -482,7 +489,7 @@ static int hash_fd(int fd, EVP_MD_CTX *ctx, char *buf, unsigned char digest[32])
 static void do_sha256(req *r, int fd) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     char *buf = driver_alloc(SHA_CHUNK);
-    int err = !ctx || !buf ? ENOMEM : hash_fd(fd, ctx, buf, r->digest);
+    int err = !ctx || !buf ? ENOMEM : hash_fd(fd, -1, ctx, buf, r->digest);
     if (err)
         fail(r, err);
     else
@@ -519,7 +526,7 @@ static int hash_path(const char *path, EVP_MD_CTX *ctx, char *buf, unsigned char
     int err = fstat(fd, &st) < 0 ? errno
               : S_ISDIR(st.st_mode) ? EISDIR
               : !S_ISREG(st.st_mode) ? EINVAL
-                                     : hash_fd(fd, ctx, buf, digest);
+                                     : hash_fd(fd, st.st_size, ctx, buf, digest);
     close(fd);
     return err;
 }

@@ -8,7 +8,7 @@
 -- Prints one line per check and "N passed, N failed"; status 1 on failure.
 local edrv = edrv
 local A, T, V, ANY = edrv.atom, edrv.tuple, edrv.var, edrv._
-local drivers = arg[1] or "build/drivers"
+local drivers = arg[1] or edrv.drivers_dir or "build/drivers"
 local workers = tonumber(arg[2]) or 20
 
 local OPEN, READ, WRITE, CLOSE, LISTDIR = 1, 2, 3, 5, 7

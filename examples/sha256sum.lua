@@ -7,8 +7,9 @@
 --
 -- usage: edrv [-A N] examples/sha256sum.lua [-v] [--drivers DIR] PATH...
 --   -v             a summary on stderr at the end: files, bytes, time, pool
---   --drivers DIR  where file_drv.so is ($EDRV_DRIVERS, else build/drivers
---                  beside this script's directory)
+--   --drivers DIR  where file_drv.so is ($EDRV_DRIVERS, else an installed
+--                  edrv's drivers, else build/drivers beside this script's
+--                  directory)
 -- A progress bar is drawn on stderr when stderr is a terminal.
 --
 -- As find (-P, its default): a path named on the command line that is a
@@ -45,7 +46,7 @@ if #paths == 0 then
 end
 if not drivers then
   local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
-  drivers = here .. "/../build/drivers"
+  drivers = edrv.drivers_dir or here .. "/../build/drivers"
 end
 
 edrv.load_driver(drivers, "file_drv")
@@ -164,6 +165,7 @@ table.sort(files) -- byte order: the C locale of `LC_ALL=C sort -z`
 
 -- ---- hashing: batches of files in flight, output in order ------------------
 local out_failed = false
+io.stdout:setvbuf("full", 65536)
 local function out(s)
   if not out_failed and not io.stdout:write(s) then out_failed = true end
 end
@@ -173,8 +175,9 @@ local function escaped(path)
   return "\\", (path:gsub("[\\\n\r]", {["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r"}))
 end
 
-local HEX = ("%02x"):rep(32)
-local BATCH = 16
+local HEX = {} -- each byte's two hex digits
+for b = 0, 255 do HEX[string.char(b)] = string.format("%02x", b) end
+local BATCH = 32
 local progress = edrv.isatty(2)
 local started = edrv.monotonic_time()
 local window = math.max(4, 4 * edrv.pool().threads) -- batches in flight
@@ -216,7 +219,7 @@ while nextin <= #files or npending > 0 do
   inflight = inflight - 1
   if posix(res) then error("file_drv: " .. tostring(res)) end -- the batch itself (memory)
   for k, r in ipairs(res[2]) do
-    results[what.first + k - 1] = type(r) == "string" and HEX:format(r:byte(1, 32)) or r
+    results[what.first + k - 1] = type(r) == "string" and r:gsub(".", HEX) or r
   end
   done = done + #res[2]
   if progress then draw() end

@@ -15,9 +15,11 @@
 #include <stdarg.h>
 #include <signal.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #if EDRV_LUA_MIMALLOC
 #include <mimalloc.h>
@@ -198,6 +200,24 @@ static void repl(lua_State *L) {
 
 /* ---- main ---------------------------------------------------------------------------- */
 
+/* The folder rel (relative to the folder of this executable, as installed)
+ * if it exists: 1 and its path in out. */
+static int installed_dir(const char *rel, char *out, size_t cap) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    if ((size_t)snprintf(out, cap, "%s/%s", exe, rel) >= cap)
+        return 0;
+    struct stat st;
+    return stat(out, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 static int parse_threads(const char *s, int *out) {
     char *end;
     long n = strtol(s, &end, 10);
@@ -365,6 +385,13 @@ int main(int argc, char **argv) {
     /* The module, as the global edrv and for require "edrv". */
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     edrv_lua_open(L, threads);
+    /* Where an installed edrv keeps its example drivers: edrv.drivers_dir
+     * (nil in a build tree). */
+    char drivers_dir[PATH_MAX];
+    if (installed_dir(EDRV_REL_DRIVERS, drivers_dir, sizeof drivers_dir)) {
+        lua_pushstring(L, drivers_dir);
+        lua_setfield(L, -2, "drivers_dir");
+    }
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "edrv");
     lua_setglobal(L, "edrv");
@@ -384,6 +411,17 @@ int main(int argc, char **argv) {
         status = run_chunk(L, luaL_loadbuffer(L, code[i], strlen(code[i]), "=(command line)"));
     if (!status && script) {
         const char *path = strcmp(argv[script], "-") == 0 ? NULL : argv[script];
+        /* A bare name that is not here: the installed scripts' folder
+         * (edrv sha256sum.lua PATH... after make install). */
+        char shared[PATH_MAX];
+        if (path && !strchr(path, '/') && access(path, F_OK) != 0 &&
+            installed_dir(EDRV_REL_SCRIPTS, shared, sizeof shared) &&
+            strlen(shared) + 1 + strlen(path) < sizeof shared) {
+            strcat(shared, "/");
+            strcat(shared, path);
+            if (access(shared, R_OK) == 0)
+                path = shared;
+        }
         int loadrc = luaL_loadfile(L, path);
         if (loadrc == LUA_OK) {
             int nargs = argc - script - 1;

@@ -16,10 +16,27 @@ cc="${CC:-cc} ${EDRV_SAN_FLAGS:-}" # a sanitizer build links its runtime too
 $cc -o "$prefix/host" "$src/examples/host.c" $(pkg-config --cflags --libs edrv) \
   -Wl,-rpath,"$(pkg-config --variable=libdir edrv)"
 "$prefix/host" "$build/drivers" | grep -q 'received  {#Port<0.1>,{data,<<"hello">>}}'
-# Static: the archive in place of -ledrv, with the private libraries.
+# Static, as the README says: edrv-static.pc links libedrv.a.
 # shellcheck disable=SC2046
-$cc -o "$prefix/host-static" "$src/examples/host.c" $(pkg-config --cflags edrv) \
-  "$(pkg-config --variable=libdir edrv)/libedrv.a" \
-  $(pkg-config --static --libs edrv | sed 's/-ledrv//')
+$cc -o "$prefix/host-static" "$src/examples/host.c" $(pkg-config --cflags --libs edrv-static)
+if ldd "$prefix/host-static" | grep -q libedrv; then
+  echo "host-static links libedrv.so: not static" >&2; exit 1
+fi
 "$prefix/host-static" "$build/drivers" | grep -q 'control 1 -> SHOUT'
 echo "installed library: shared and static builds of the example host work"
+
+# The installed command, outside the source tree and with no environment:
+# it starts (its run path finds libedrv), finds its example drivers and
+# scripts, and runs the main job as the pipeline does. (A sanitizer build's
+# drivers need the sanitizer runtime, which the command has: same check.)
+data=$(mktemp -d)
+trap 'rm -rf "$prefix" "$data"' EXIT
+mkdir -p "$data/t/d"
+printf 'one' > "$data/t/a"
+printf 'two' > "$data/t/d/b"
+want=$(cd "$data" && find t -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+got=$(cd "$data" && env -u EDRV_DRIVERS -u LD_LIBRARY_PATH "$prefix/bin/edrv" sha256sum.lua t)
+[ "$got" = "$want" ] || { echo "installed main job: got '$got', want '$want'" >&2; exit 1; }
+got=$(cd / && "$prefix/bin/edrv" -e 'print(edrv.load_driver(edrv.drivers_dir, "echo_drv"))')
+[ "$got" = "ok" ] || { echo "installed drivers: $got" >&2; exit 1; }
+echo "installed command: it starts, and runs sha256sum.lua with its drivers"
