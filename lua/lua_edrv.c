@@ -1592,7 +1592,8 @@ static int l_binary_to_term(lua_State *L) {
     if (len >= 6 && (unsigned char)s[0] == 131 && s[1] == 80) {
         uLongf n = (uLongf)((unsigned char)s[2] << 24 | (unsigned char)s[3] << 16 |
                             (unsigned char)s[4] << 8 | (unsigned char)s[5]);
-        char *plain = n < (uLongf)INT_MAX ? malloc((size_t)n + 1) : NULL;
+        /* in a userdata: decoding may raise (too deep), and Lua frees it */
+        char *plain = n < (uLongf)INT_MAX ? lua_newuserdatauv(L, (size_t)n + 1, 0) : NULL;
         z_stream zs = {.next_in = (Bytef *)s + 6, .avail_in = (uInt)(len - 6)};
         int ok = plain && inflateInit(&zs) == Z_OK;
         if (ok) {
@@ -1606,20 +1607,11 @@ static int l_binary_to_term(lua_State *L) {
             plain[0] = (char)131;
             size = edrv_term_size(plain, (size_t)n + 1);
         }
-        if (size != (long long)n + 1) {
-            free(plain);
+        if (size != (long long)n + 1)
             return raise(L, "binary_to_term", "badarg", "not a term in external term format");
-        }
-        lua_pushnil(L); /* where the term goes, if decoding raises: plain leaks not */
-        lua_pushlightuserdata(L, plain);
-        int top = lua_gettop(L);
         int idx = 1;
-        int rc = decode(L, plain, &idx);
-        free(plain);
-        if (rc < 0)
+        if (decode(L, plain, &idx) < 0)
             return raise(L, "binary_to_term", "badarg", "a term edrv cannot represent");
-        lua_replace(L, top - 1);
-        lua_settop(L, top - 1);
         if (!used)
             return 1;
         lua_pushinteger(L, 6 + (lua_Integer)zs.total_in);
@@ -2189,6 +2181,7 @@ static void wake(lsched *s, lproc *p) {
 }
 
 static void end_proc(lua_State *L, lsched *s, lproc *p, int status);
+static void check_alive(lua_State *L, const char *fn);
 
 /* Resumes p's coroutine until it waits, yields or ends. */
 static void run_proc(lua_State *L, lsched *s, lproc *p) {
@@ -2250,7 +2243,7 @@ static void wait_news(lua_State *L, int64_t deadline, lua_KFunction k) {
             nanosleep(&(struct timespec){left / 1000, (long)(left % 1000) * 1000000L}, NULL);
         return;
     }
-    if (self->co == L) {
+    if (self->co == L && lua_isyieldable(L)) {
         self->state = P_WAITING;
         self->deadline = deadline;
         if (deadline >= 0)
@@ -2320,8 +2313,11 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
     (void)status;
     (void)ctx;
     int64_t deadline = lua_tointeger(L, 1);
-    while (now_ms() < deadline)
+    check_alive(L, "sleep"); /* an exit signal that ended it stops it here */
+    while (now_ms() < deadline) {
         wait_news(L, deadline, sleep_k);
+        check_alive(L, "sleep");
+    }
     return 0;
 }
 
@@ -2338,6 +2334,7 @@ static int l_sleep(lua_State *L) {
 static int yield_k(lua_State *L, int status, lua_KContext ctx) {
     (void)status;
     (void)ctx;
+    check_alive(L, "yield");
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -2348,12 +2345,11 @@ static int l_yield(lua_State *L) {
     if (self->co == L)
         return lua_yieldk(L, 0, 0, yield_k); /* run_proc queues it again */
     /* the others that are ready now run once each */
-    lproc *last = s->rq_tail;
-    for (lproc *p; last && (p = rq_pop(s));) {
+    size_t n = 0;
+    for (lproc *p = s->rq_head; p; p = p->next)
+        n++;
+    for (lproc *p; n-- && (p = rq_pop(s));)
         run_proc(L, s, p);
-        if (p == last)
-            break;
-    }
     return yield_k(L, LUA_OK, 0);
 }
 
@@ -2399,6 +2395,57 @@ static uint64_t ref_number(lua_State *L, int idx) {
     return id;
 }
 
+/* The exit reason of a process whose function raised, as ETF: [1] the
+ * error value, [2] the dead coroutine (light userdata), [3] its pid. The
+ * reason of edrv.exit(Reason) is Reason; any other error's {Reason, Stack}
+ * as in Erlang (Reason: an edrv error's reason as an atom, a term as
+ * itself, anything else as its text; Stack: the text with its traceback),
+ * and it is reported on stderr, as Erlang's error logger does. */
+static int crash_reason(lua_State *L) {
+    lua_State *co = lua_touserdata(L, 2);
+    uint64_t pid = (uint64_t)lua_tointeger(L, 3);
+    bool is_err = false;
+    if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, MT_ERROR);
+        is_err = lua_rawequal(L, -1, -2);
+        lua_settop(L, 3);
+        if (is_err && lua_getfield(L, 1, "exit_etf") == LUA_TSTRING)
+            return 1; /* edrv.exit(Reason) */
+        lua_settop(L, 3);
+    }
+    const char *msg = luaL_tolstring(L, 1, NULL); /* 4 */
+    luaL_traceback(L, co, msg, 0);                /* 5 */
+    size_t tlen;
+    const char *trace = lua_tolstring(L, 5, &tlen);
+    fprintf(stderr, "edrv: error in process <0.%llu.0>: %s\n", (unsigned long long)pid, trace);
+    const char *atom = NULL;
+    if (is_err) {
+        lua_getfield(L, 1, "reason"); /* 6 */
+        atom = lua_tostring(L, 6);
+    }
+    ei_x_buff r;
+    ei_x_new(&r);
+    int coded = atom && ei_x_encode_atom(&r, atom) == 0;
+    if (!coded) {
+        r.index = 0;
+        lua_pushvalue(L, 1);
+        coded = encode(L, lua_gettop(L), &r, 0) == 0;
+    }
+    if (!coded) {
+        r.index = 0;
+        ei_x_encode_binary(&r, msg, (long)strlen(msg));
+    }
+    ei_x_buff x;
+    ei_x_new_with_version(&x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_append_buf(&x, r.buff, r.index);
+    ei_x_encode_binary(&x, trace, (long)tlen);
+    ei_x_free(&r);
+    lua_pushlstring(L, x.buff, (size_t)x.index);
+    ei_x_free(&x);
+    return 1;
+}
+
 /* A process's end: its reason goes to its links and monitors. */
 static void end_proc(lua_State *L, lsched *s, lproc *p, int status) {
     ei_x_buff x;
@@ -2411,62 +2458,20 @@ static void end_proc(lua_State *L, lsched *s, lproc *p, int status) {
         edrv_msg_free(&why); /* an exit signal ended it: its links know */
         signalled = true;
     } else {
-        lua_State *co = p->co;
-        int e = lua_gettop(co);
-        bool exit_obj = false;
-        if (lua_type(co, e) == LUA_TTABLE && lua_getmetatable(co, e)) {
-            luaL_getmetatable(co, MT_ERROR);
-            bool is_err = lua_rawequal(co, -1, -2);
-            lua_pop(co, 2);
-            if (is_err && lua_getfield(co, e, "exit_etf") == LUA_TSTRING) {
-                size_t n;
-                const char *etf = lua_tolstring(co, -1, &n);
-                ei_x_append_buf(&x, etf + 1, (int)n - 1); /* edrv.exit(Reason) */
-                exit_obj = true;
-            }
-            lua_settop(co, e);
+        /* The reason, built on L (the coroutine is dead: nothing may run
+         * on it) and protected (a __tostring may raise). */
+        lua_pushcfunction(L, crash_reason);
+        lua_xmove(p->co, L, 1); /* the error value */
+        lua_pushlightuserdata(L, p->co);
+        lua_pushinteger(L, (lua_Integer)edrv_proc_pid(p->proc));
+        if (lua_pcall(L, 3, 1, 0) == LUA_OK) {
+            size_t n;
+            const char *etf = lua_tolstring(L, -1, &n);
+            ei_x_append_buf(&x, etf + 1, (int)n - 1);
+        } else {
+            ei_x_encode_atom(&x, "lua_error"); /* its __tostring raised */
         }
-        if (!exit_obj) {
-            /* An error: {Reason, Stack} as in Erlang, Reason the error's
-             * reason (an edrv error's as an atom, a term as itself, anything
-             * else as its text), Stack the message and its traceback. */
-            const char *msg = NULL;
-            if (luaL_callmeta(co, e, "__tostring") && lua_type(co, -1) == LUA_TSTRING)
-                msg = lua_tostring(co, -1);
-            else if (lua_type(co, e) == LUA_TSTRING || lua_type(co, e) == LUA_TNUMBER)
-                msg = lua_tostring(co, e);
-            else
-                msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, e));
-            luaL_traceback(co, co, msg, 0);
-            size_t tlen;
-            const char *trace = lua_tolstring(co, -1, &tlen);
-            fprintf(stderr, "edrv: error in process <0.%llu.0>: %s\n",
-                    (unsigned long long)edrv_proc_pid(p->proc), trace);
-            ei_x_encode_tuple_header(&x, 2);
-            int at = x.index;
-            bool coded = false;
-            if (lua_type(co, e) == LUA_TTABLE && lua_getmetatable(co, e)) {
-                luaL_getmetatable(co, MT_ERROR);
-                bool is_err = lua_rawequal(co, -1, -2);
-                lua_pop(co, 2);
-                if (is_err) {
-                    lua_getfield(co, e, "reason");
-                    coded = ei_x_encode_atom(&x, lua_tostring(co, -1)) == 0;
-                    lua_pop(co, 1);
-                }
-            }
-            if (!coded) {
-                x.index = at;
-                lua_pushvalue(co, e);
-                coded = encode(co, lua_gettop(co), &x, 0) == 0;
-            }
-            if (!coded) {
-                x.index = at;
-                ei_x_encode_binary(&x, msg, (long)strlen(msg));
-            }
-            ei_x_encode_binary(&x, trace, (long)tlen);
-            lua_settop(co, e);
-        }
+        lua_pop(L, 1);
     }
     if (signalled)
         edrv_proc_free(p->proc);
@@ -2543,11 +2548,11 @@ static int l_spawn_monitor(lua_State *L) {
 
 /* A call that may have ended the calling process (a signal to itself). */
 static void check_alive(lua_State *L, const char *fn) {
-    edrv_msg why;
-    if (edrv_proc_exit_reason(self_proc(L), &why) == 0) {
-        edrv_msg_free(&why);
-        edrv_proc_info(self_proc(L), &(edrv_proc_status){0}); /* sets the detail */
-        raise_exited(L, fn);
+    edrv_proc *self = self_proc(L);
+    if (!edrv_is_process_alive(edrv_proc_pid(self))) {
+        edrv_proc_status st;
+        int rc = edrv_proc_info(self, &st); /* EDRV_EEXITED, and its detail */
+        raise_rc(L, fn, rc < 0 ? rc : EDRV_ENOPROC);
     }
 }
 
@@ -2677,6 +2682,7 @@ static int l_demonitor(lua_State *L) {
 /* send(Dest, Msg): Dest a pid or a registered name; Msg. */
 static int l_send(lua_State *L) {
     luaL_checkany(L, 2);
+    check_alive(L, "send"); /* a process that an exit signal ended sends nothing */
     uint64_t pid;
     const char *name = name_of(L, 1);
     if (name) {
@@ -2919,10 +2925,10 @@ static int receive_match_k(lua_State *L, int status, lua_KContext ctx) {
     (void)ctx;
     /* [1] pattern, [2] deadline, [3] saved messages, [4] bindings */
     for (;;) {
-        int64_t deadline = lua_tointeger(L, 2);
+        int64_t deadline = lua_tointeger(L, 2), now = now_ms();
         long wait = 0; /* with nobody else to run, it waits in the mailbox */
         if (!sched_of(L)->live)
-            wait = deadline < 0 ? -1 : (long)(deadline > now_ms() ? deadline - now_ms() : 0);
+            wait = deadline < 0 ? -1 : (long)(deadline > now ? deadline - now : 0);
         if (next_message(L, wait)) {
             if (match(L, 5, 1, 4, 0)) {
                 lua_pushvalue(L, 4);

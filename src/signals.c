@@ -381,8 +381,11 @@ EDRV_API int edrv_link(edrv_proc *p, uint64_t pid) {
     if (rc < 0 || pid == self)
         return rc;
     pthread_mutex_lock(&p->lock);
-    rc = link_add(p, pid);
+    bool dead = p->dead;
+    rc = dead ? 0 : link_add(p, pid);
     pthread_mutex_unlock(&p->lock);
+    if (dead) /* ended by a signal since the check above */
+        return edrv__proc_caller(p, "edrv_link", &self);
     if (rc < 0)
         return edrv__fail(EDRV_ENOMEM, "edrv_link: out of memory");
     edrv_proc *t = edrv__proc_acquire(pid);
@@ -391,8 +394,31 @@ EDRV_API int edrv_link(edrv_proc *p, uint64_t pid) {
         rc = edrv__fail(EDRV_ENOMEM, "edrv_link: out of memory");
     if (t)
         edrv__proc_release(t);
-    if (!gone && rc == 0)
+    if (!gone && rc == 0) {
+        /* An exit signal that ended p between its two halves of the link
+         * took p's set before pid was linked at pid's end: pid gets p's exit
+         * here (once: signal_to delivers only while pid has the link). */
+        pthread_mutex_lock(&p->lock);
+        mbox_msg *why = p->dead ? p->ended_by : NULL;
+        int at = why ? edrv__exit_reason_at(why) : -1;
+        reason_t r = at > 0 ? (reason_t){why->data + at, why->len - (size_t)at} : (reason_t){0};
+        char *copy = at > 0 ? edrv__alloc(EDRV_MEM_SYSTEM, r.len) : NULL;
+        if (copy)
+            memcpy(copy, r.p, r.len);
+        else if (at > 0)
+            edrv__warn("out of memory: the exit of <0.%llu.0> does not reach <0.%llu.0>",
+                       (unsigned long long)self, (unsigned long long)pid);
+        pthread_mutex_unlock(&p->lock);
+        if (copy) {
+            bool ended;
+            proc_end *e = signal_to(pid, self, SIG_LINK, (reason_t){copy, r.len}, &ended);
+            if (ended)
+                edrv__proc_ended(pid);
+            run_ends(e);
+            edrv__free(copy);
+        }
         return 0;
+    }
     pthread_mutex_lock(&p->lock);
     link_del(p, pid);
     bool trap = p->trap_exit;
@@ -460,8 +486,11 @@ EDRV_API int edrv_monitor(edrv_proc *p, uint64_t pid, uint64_t *ref) {
         return edrv__fail(EDRV_EINVAL, "edrv_monitor: NULL ref");
     uint64_t id = atomic_fetch_add(&next_ref, 1);
     pthread_mutex_lock(&p->lock);
-    rc = mon_add(&p->mons_out, id, pid);
+    bool dead = p->dead;
+    rc = dead ? 0 : mon_add(&p->mons_out, id, pid);
     pthread_mutex_unlock(&p->lock);
+    if (dead)
+        return edrv__proc_caller(p, "edrv_monitor", &self);
     if (rc < 0)
         return edrv__fail(EDRV_ENOMEM, "edrv_monitor: out of memory");
     edrv_proc *t = edrv__proc_acquire(pid);
@@ -470,6 +499,14 @@ EDRV_API int edrv_monitor(edrv_proc *p, uint64_t pid, uint64_t *ref) {
         rc = edrv__fail(EDRV_ENOMEM, "edrv_monitor: out of memory");
     if (t)
         edrv__proc_release(t);
+    if (!gone && rc == 0) {
+        /* p ended meanwhile: its end missed this monitor at the target */
+        pthread_mutex_lock(&p->lock);
+        dead = p->dead;
+        pthread_mutex_unlock(&p->lock);
+        if (dead)
+            forget_mon(pid, id);
+    }
     if (rc < 0) {
         pthread_mutex_lock(&p->lock);
         mon_del(&p->mons_out, id);

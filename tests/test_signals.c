@@ -472,6 +472,56 @@ static void link_races_exit(void) {
     edrv_proc_free(k);
 }
 
+typedef struct {
+    edrv_proc *a;
+    edrv_proc *killer;
+    pthread_barrier_t *go;
+} own_end;
+
+static void *kill_a_thread(void *arg) {
+    own_end *r = arg;
+    pthread_barrier_wait(r->go);
+    send_exit(r->killer, r->a, "kill");
+    return NULL;
+}
+
+static void link_races_own_end(void) {
+    /* A links to B while A is killed on another thread: when the link was
+     * made (0), B, trapping, gets A's exit exactly once; when A was dead
+     * first (EDRV_EEXITED), nothing. */
+    edrv_proc *b = trapping_proc(), *k = edrv_proc_new();
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 2);
+    int linked = 0, refused = 0;
+    for (int i = 0; i < 300; i++) {
+        edrv_proc *a = edrv_proc_new();
+        own_end r = {a, k, &go};
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, kill_a_thread, &r) == 0);
+        pthread_barrier_wait(&go);
+        int rc = edrv_link(a, edrv_proc_pid(b));
+        pthread_join(th, NULL);
+        char want[64];
+        snprintf(want, sizeof want, "{'EXIT',%s,killed}", pidtext(a));
+        if (rc == 0) {
+            linked++;
+            char *m = recv_text(b, CHECK_WAIT_MS);
+            if (strcmp(m, want) != 0)
+                CHECK_REPORT("round %d: linked, then %s\n", i, m);
+            free(m);
+        } else {
+            refused++;
+            CHECK_INT(rc, EDRV_EEXITED);
+        }
+        CHECK_EMPTY(b);
+        edrv_proc_free(a);
+    }
+    CHECK_INT(linked + refused, 300);
+    pthread_barrier_destroy(&go);
+    edrv_proc_free(b);
+    edrv_proc_free(k);
+}
+
 static void bad_calls(void) {
     term t = atom("x");
     CHECK_INT(edrv_link(NULL, 1), EDRV_EINVAL);
@@ -504,6 +554,7 @@ static const test_case cases[] = {
     {"waitset", waitset},
     {"waitset_wakes", waitset_wakes},
     {"link_races_exit", link_races_exit},
+    {"link_races_own_end", link_races_own_end},
     {"bad_calls", bad_calls},
     {NULL, NULL},
 };

@@ -202,6 +202,60 @@ test("exit_signals", function()
   edrv.exit(edrv.spawn(function() end), A"x") -- not alive: fine
 end)
 
+test("ended_processes_stop", function()
+  -- an exit signal stops a process where it sleeps, yields or sends
+  local me = edrv.self()
+  local sleeper = edrv.spawn(function() edrv.sleep(10 * WAIT) edrv.send(me, "woke") end)
+  local ref = edrv.monitor("process", sleeper)
+  edrv.yield()
+  edrv.exit(sleeper, A"stop")
+  eq(down(ref), A"stop")
+  local yielder = edrv.spawn(function()
+    while true do edrv.yield() end
+  end)
+  ref = edrv.monitor("process", yielder)
+  edrv.yield()
+  edrv.exit(yielder, A"stop")
+  eq(down(ref), A"stop")
+  -- one that catches the error is still ended: its calls keep failing
+  local catcher = edrv.spawn(function()
+    local ok, err = pcall(edrv.receive)
+    local ok2, err2 = pcall(edrv.send, me, "sent after its end")
+    edrv.exit(A"not this")
+  end)
+  ref = edrv.monitor("process", catcher)
+  edrv.yield()
+  edrv.exit(catcher, A"stop")
+  eq(down(ref), A"stop")
+  none()
+end)
+
+test("odd_waits", function()
+  -- receive where the coroutine cannot yield (a table.sort comparator):
+  -- it waits there, running the others
+  local me = edrv.self()
+  local p = edrv.spawn(function()
+    local t = {3, 1, 2}
+    table.sort(t, function(a, b)
+      edrv.send(me, "asking")
+      local m = edrv.receive(WAIT)
+      return a < b
+    end)
+    edrv.send(me, T(A"sorted", t[1], t[2], t[3]))
+  end)
+  local m
+  repeat
+    m = recv()
+    if m == "asking" then edrv.send(p, "go") end
+  until m ~= "asking"
+  eq(tostring(m), "{sorted,1,2,3}")
+  -- an error whose __tostring raises: the process still ends, as lua_error
+  local _, ref = edrv.spawn_monitor(function()
+    error(setmetatable({}, {__tostring = function() error("no text") end}))
+  end)
+  eq(down(ref), A"lua_error")
+end)
+
 test("monitors", function()
   local me = edrv.self()
   local p = edrv.spawn(function() edrv.receive() end)
