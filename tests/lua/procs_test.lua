@@ -232,23 +232,27 @@ end)
 
 test("odd_waits", function()
   -- receive where the coroutine cannot yield (a table.sort comparator):
-  -- it waits there, running the others
+  -- it waits there, running the others (here the one that answers it; the
+  -- script's process is below it on the stack and waits until it is done)
   local me = edrv.self()
-  local p = edrv.spawn(function()
-    local t = {3, 1, 2}
+  local answerer = edrv.spawn(function()
+    while true do
+      local m = edrv.receive()
+      if m == "stop" then return end
+      edrv.send(m, "go")
+    end
+  end)
+  edrv.spawn(function()
+    local t, answers = {3, 1, 2}, 0
     table.sort(t, function(a, b)
-      edrv.send(me, "asking")
-      local m = edrv.receive(WAIT)
+      edrv.send(answerer, edrv.self())
+      if edrv.receive(WAIT) == "go" then answers = answers + 1 end
       return a < b
     end)
-    edrv.send(me, T(A"sorted", t[1], t[2], t[3]))
+    edrv.send(me, T(A"sorted", t[1], t[2], t[3], answers > 0))
   end)
-  local m
-  repeat
-    m = recv()
-    if m == "asking" then edrv.send(p, "go") end
-  until m ~= "asking"
-  eq(tostring(m), "{sorted,1,2,3}")
+  eq(tostring(recv()), "{sorted,1,2,3,true}")
+  edrv.send(answerer, "stop")
   -- an error whose __tostring raises: the process still ends, as lua_error
   local _, ref = edrv.spawn_monitor(function()
     error(setmetatable({}, {__tostring = function() error("no text") end}))
