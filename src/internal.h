@@ -292,6 +292,10 @@ void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal);
  * its exit, later, on the emulator thread. */
 void edrv__proc_ended(uint64_t pid);
 bool edrv__proc_alive(uint64_t pid);
+/* A condition variable that waits on CLOCK_MONOTONIC (proc.c). */
+void edrv__cond_init_monotonic(pthread_cond_t *c);
+/* CLOCK_MONOTONIC now plus ms, for pthread_cond_timedwait on such a one. */
+void edrv__deadline_in(long ms, struct timespec *at);
 /* The process pid locked (its shard's read lock, then its own), or NULL. */
 edrv_proc *edrv__proc_acquire(uint64_t pid);
 void edrv__proc_release(edrv_proc *p);

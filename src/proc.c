@@ -52,6 +52,24 @@ static inline unsigned shard_of(uint64_t pid) {
     return (unsigned)(pid & (SHARDS - 1));
 }
 
+void edrv__cond_init_monotonic(pthread_cond_t *c) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+void edrv__deadline_in(long ms, struct timespec *at) {
+    clock_gettime(CLOCK_MONOTONIC, at);
+    at->tv_sec += ms / 1000;
+    at->tv_nsec += (ms % 1000) * 1000000L;
+    if (at->tv_nsec >= 1000000000L) {
+        at->tv_sec++;
+        at->tv_nsec -= 1000000000L;
+    }
+}
+
 EDRV_API edrv_proc *edrv_proc_new(void) {
     edrv_proc *p = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *p);
     if (!p) {
@@ -60,11 +78,7 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     }
     p->magic = PROC_LIVE;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    edrv__cond_init_monotonic(&p->cond);
     p->pid = atomic_fetch_add(&next_pid, 1);
     unsigned sh = shard_of(p->pid);
     pthread_rwlock_wrlock(&shards[sh].lock);
@@ -340,13 +354,7 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
             continue;
         }
         if (!timed) {
-            clock_gettime(CLOCK_MONOTONIC, &deadline);
-            deadline.tv_sec += timeout_ms / 1000;
-            deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
-            if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-            }
+            edrv__deadline_in(timeout_ms, &deadline);
             timed = true;
         }
         if (pthread_cond_timedwait(&p->cond, &p->lock, &deadline) == ETIMEDOUT)

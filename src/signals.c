@@ -707,11 +707,7 @@ EDRV_API edrv_waitset *edrv_waitset_new(void) {
         return NULL;
     }
     pthread_mutex_init(&w->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    edrv__cond_init_monotonic(&w->cond);
     return w;
 }
 
@@ -804,15 +800,8 @@ EDRV_API int edrv_waitset_wait(edrv_waitset *w, long timeout_ms, void **tags, in
         return edrv__fail(EDRV_EINVAL, "edrv_waitset_wait: %s", !w ? "NULL set"
                                                                 : "no room for a tag");
     struct timespec deadline;
-    if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    if (timeout_ms > 0)
+        edrv__deadline_in(timeout_ms, &deadline);
     pthread_mutex_lock(&w->lock);
     while (!w->head && timeout_ms != 0) {
         if (timeout_ms < 0)

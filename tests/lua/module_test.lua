@@ -2,6 +2,8 @@
 --   edrv module_test.lua DRIVERS_DIR [TEST_NAME]
 local drivers = assert(arg[1], "usage: module_test.lua DRIVERS_DIR [TEST]")
 local only = arg[2]
+local h = dofile((arg[0]:match("^(.*)/") or ".") .. "/harness.lua")
+local test, eq, raises = h.test, h.eq, h.raises
 local A, T, L = edrv.atom, edrv.tuple, edrv.list
 
 -- How long a test waits for a message that must come: a bound for a broken
@@ -15,24 +17,6 @@ local WAIT = 30000
 -- does not trap exits sees is in cli_test.sh (it ends the script).
 assert(edrv.process_flag("trap_exit", true) == false, "trap_exit must start false")
 assert(edrv.process_flag("trap_exit", true) == true)
-
-local tests, order = {}, {}
-local function test(name, fn) tests[name] = fn; order[#order + 1] = name end
-
-local function eq(got, want, what)
-  if got ~= want then
-    error(string.format("%s: got %s, want %s", what or "value", tostring(got), tostring(want)), 2)
-  end
-end
-
--- Runs fn and returns its error object, failing if it did not raise.
-local function raises(reason, fn, ...)
-  local ok, err = pcall(fn, ...)
-  if ok then error("expected an error " .. reason, 2) end
-  if type(err) ~= "table" then error("not an edrv error: " .. tostring(err), 2) end
-  eq(err.reason, reason, "reason")
-  return err
-end
 
 local function drain()
   while edrv.receive(0) do end
@@ -326,13 +310,4 @@ test("stats", function()
   edrv.port_close(p); drain()
 end)
 
-local passed, failed = 0, 0
-for _, name in ipairs(order) do
-  if not only or only == name then
-    local ok, err = pcall(tests[name])
-    if ok then passed = passed + 1; print("ok   " .. name)
-    else failed = failed + 1; print("FAIL " .. name .. ": " .. tostring(err)) end
-  end
-end
-print(string.format("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and passed > 0 and 0 or 1)
+h.run(only)

@@ -3,28 +3,13 @@
 -- command:   edrv procs_test.lua DRIVERS_DIR [TEST_NAME]
 local drivers = assert(arg[1], "usage: procs_test.lua DRIVERS_DIR [TEST]")
 local only = arg[2]
+local h = dofile((arg[0]:match("^(.*)/") or ".") .. "/harness.lua")
+local test, eq, raises = h.test, h.eq, h.raises
 local A, T, V, ANY = edrv.atom, edrv.tuple, edrv.var, edrv._
 
 -- A bound for a broken build, never a timing; negative checks wait briefly.
 local WAIT = 30000
 local SHORT = 50
-
-local tests, order = {}, {}
-local function test(name, fn) tests[name] = fn; order[#order + 1] = name end
-
-local function eq(got, want, what)
-  if got ~= want then
-    error(string.format("%s: got %s, want %s", what or "value", tostring(got), tostring(want)), 2)
-  end
-end
-
-local function raises(reason, fn, ...)
-  local ok, err = pcall(fn, ...)
-  if ok then error("expected an error " .. reason, 2) end
-  if type(err) ~= "table" then error("not an edrv error: " .. tostring(err), 2) end
-  eq(err.reason, reason, "reason")
-  return err
-end
 
 local function recv(what)
   local m = edrv.receive(WAIT)
@@ -441,14 +426,4 @@ test("many_processes", function()
   down(last)
 end)
 
-local passed, failed = 0, 0
-for _, name in ipairs(order) do
-  if not only or only == name then
-    local ok, err = pcall(tests[name])
-    if ok then passed = passed + 1; print("ok   " .. name)
-    else failed = failed + 1; print("FAIL " .. name .. ": " .. tostring(err)) end
-    while edrv.receive(0) do end
-  end
-end
-print(string.format("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and passed > 0 and 0 or 1)
+h.run(only)
