@@ -134,7 +134,7 @@ typedef struct lproc {
     bool notified;      /* the wait set reported it since it last looked */
     int saved_ref;      /* its messages put aside by receive_match (a registry
                            reference to a table), or LUA_NOREF */
-    int64_t deadline;   /* waiting: until when (ms, monotonic), or -1 */
+    int64_t deadline;   /* waiting: until when (ns, monotonic), or -1 */
     int heap_at;        /* its place in the timer heap, or -1 */
     struct lproc *next; /* on the run queue */
 } lproc;
@@ -2089,15 +2089,24 @@ static long timeout_arg(lua_State *L, int idx) {
     return t > 1e12 ? (long)1e12 : (long)t;
 }
 
-static int64_t now_ms(void) {
+/* Deadlines are in ns: one in ms would let a wait end up to 1 ms early
+ * (receive after T waits at least T, as in Erlang). */
+static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* The deadline of a timeout: -1 for none. */
+/* The deadline of a timeout in ms: -1 for none. */
 static int64_t deadline_of(long timeout) {
-    return timeout < 0 ? -1 : now_ms() + timeout;
+    return timeout < 0 ? -1 : now_ns() + (int64_t)timeout * 1000000;
+}
+
+/* The ms to wait from now until deadline, rounded up (-1: no deadline). */
+static long ms_until(int64_t deadline, int64_t now) {
+    if (deadline < 0)
+        return -1;
+    return deadline > now ? (long)((deadline - now + 999999) / 1000000) : 0;
 }
 
 /* -- the scheduler: the run queue and the timer heap -- */
@@ -2211,7 +2220,7 @@ static void run_others(lua_State *L, lsched *s, lproc *self, int64_t deadline) {
             run_proc(L, s, p);
         if (self->notified)
             return;
-        int64_t now = now_ms();
+        int64_t now = now_ns();
         while (s->heap_n && s->heap[0]->deadline <= now)
             wake(s, s->heap[0]);
         if (s->rq_head)
@@ -2222,7 +2231,7 @@ static void run_others(lua_State *L, lsched *s, lproc *self, int64_t deadline) {
         if (s->heap_n && (until < 0 || s->heap[0]->deadline < until))
             until = s->heap[0]->deadline;
         void *tags[64];
-        int n = edrv_waitset_wait(s->ws, until < 0 ? -1 : (long)(until - now), tags, 64);
+        int n = edrv_waitset_wait(s->ws, ms_until(until, now), tags, 64);
         for (int i = 0; i < n; i++) {
             lproc *p = tags[i];
             p->notified = true;
@@ -2238,9 +2247,9 @@ static void wait_news(lua_State *L, int64_t deadline, lua_KFunction k) {
     lsched *s = sched_of(L);
     lproc *self = self_box(L);
     if (!s->ws) { /* no process was ever spawned: nobody else to run (sleep) */
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - now_ns();
         if (deadline >= 0 && left > 0)
-            nanosleep(&(struct timespec){left / 1000, (long)(left % 1000) * 1000000L}, NULL);
+            nanosleep(&(struct timespec){left / 1000000000, (long)(left % 1000000000)}, NULL);
         return;
     }
     if (self->co == L && lua_isyieldable(L)) {
@@ -2283,7 +2292,7 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx) {
         if (next_message(L, 0))
             return 1;
         int64_t deadline = lua_tointeger(L, 1);
-        if (deadline >= 0 && now_ms() >= deadline) {
+        if (deadline >= 0 && now_ns() >= deadline) {
             lua_pushnil(L);
             return 1;
         }
@@ -2314,7 +2323,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
     (void)ctx;
     int64_t deadline = lua_tointeger(L, 1);
     check_alive(L, "sleep"); /* an exit signal that ended it stops it here */
-    while (now_ms() < deadline) {
+    while (now_ns() < deadline) {
         wait_news(L, deadline, sleep_k);
         check_alive(L, "sleep");
     }
@@ -2925,10 +2934,10 @@ static int receive_match_k(lua_State *L, int status, lua_KContext ctx) {
     (void)ctx;
     /* [1] pattern, [2] deadline, [3] saved messages, [4] bindings */
     for (;;) {
-        int64_t deadline = lua_tointeger(L, 2), now = now_ms();
+        int64_t deadline = lua_tointeger(L, 2);
         long wait = 0; /* with nobody else to run, it waits in the mailbox */
         if (!sched_of(L)->live)
-            wait = deadline < 0 ? -1 : (long)(deadline > now ? deadline - now : 0);
+            wait = ms_until(deadline, now_ns());
         if (next_message(L, wait)) {
             if (match(L, 5, 1, 4, 0)) {
                 lua_pushvalue(L, 4);
@@ -2939,7 +2948,7 @@ static int receive_match_k(lua_State *L, int status, lua_KContext ctx) {
             lua_replace(L, 4);
             continue;
         }
-        if (deadline >= 0 && now_ms() >= deadline) {
+        if (deadline >= 0 && now_ns() >= deadline) {
             lua_pushnil(L);
             return 1;
         }
