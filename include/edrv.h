@@ -128,6 +128,12 @@ typedef struct {
      * locks run side by side. 1 with no_immediate: every callback on one
      * thread. */
     int schedulers;
+    /* The node named in every pid, port and reference edrv writes, with
+     * its creation: NULL for nonode@nohost (creation 0), a node that is not
+     * distributed. `edrv --node` sets its own (docs/node.md). At most 255
+     * bytes, name@host. */
+    const char *node;
+    unsigned creation;
 } edrv_options;
 
 /* Starts the emulator thread. opts may be NULL. EDRV_ERUNNING if started. */
@@ -229,6 +235,24 @@ int edrv_register(const char *name, uint64_t pid);
 int edrv_unregister(const char *name);
 /* whereis/1: the pid, or 0. */
 uint64_t edrv_whereis(const char *name);
+
+/* A process that stands for one living elsewhere (a process of another
+ * Erlang node): it has no mailbox; each message delivered to it is handed to
+ * fn instead, with kind EDRV_FWD_MESSAGE, and each exit signal it gets
+ * (it traps exits) as {'EXIT', From, Reason} with kind EDRV_FWD_EXIT. fn
+ * runs on the delivering thread with the process locked, so its calls for
+ * one process are one at a time and in delivery order; it must not call
+ * edrv functions on this process and should not block for long. The bytes
+ * (ETF, version byte first) are valid during the call only. `pid` is the
+ * pid it stands for (one PID term in ETF, version byte first, at most 300
+ * bytes): drivers and messages show it where they show this process
+ * (driver_caller, driver_connected, ERL_DRV_PID). edrv_receive with such a
+ * process is EDRV_EINVAL. NULL with edrv_last_error on bad arguments or
+ * when out of memory. */
+#define EDRV_FWD_PID_MAX 300
+typedef enum { EDRV_FWD_MESSAGE = 0, EDRV_FWD_EXIT = 1 } edrv_fwd_kind;
+typedef void (*edrv_forward_fn)(void *ctx, edrv_fwd_kind kind, const char *etf, size_t len);
+edrv_proc *edrv_proc_new_forward(const void *pid, size_t pid_len, edrv_forward_fn fn, void *ctx);
 
 /* A wait set lets one thread wait for many processes at once (a program
  * that runs many processes on one thread, as the Lua module's coroutines

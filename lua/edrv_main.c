@@ -6,6 +6,7 @@
  * Exit status: 0 on success, 1 when the script fails, 2 on a usage error.
  */
 #include "lua_edrv.h"
+#include "node.h"
 
 #include <edrv.h>
 #include <lauxlib.h>
@@ -305,6 +306,8 @@ static lua_State *new_state(void) {
 }
 
 int main(int argc, char **argv) {
+    if (edrv_node_wanted(argc, argv))
+        return edrv_node_main(argc, argv);
     int threads = 0, schedulers = 0, interactive = 0, script = 0, no_immediate = 0;
     const char *code[64];
     int ncode = 0;

@@ -88,8 +88,14 @@ typedef struct edrv_unit edrv_unit;
 #define EDRV_API __attribute__((visibility("default")))
 #define EDRV_UNUSED __attribute__((unused))
 
-/* The node name in every pid and port edrv encodes: a non-distributed node. */
+/* The node name in every pid and port edrv encodes when edrv_options names
+ * none: a non-distributed node. */
 #define EDRV_NODE "nonode@nohost"
+/* term.c: the node and creation that edrv_start was given (NULL: EDRV_NODE
+ * and 0). Set while no runtime runs. */
+void edrv__term_set_node(const char *node, unsigned creation);
+const char *edrv__term_node(void);
+unsigned edrv__term_creation(void);
 
 /* ---- mem.c: the one allocation choke point, per-type statistics ---------- */
 
@@ -269,6 +275,13 @@ struct edrv_proc {
     /* on ws's ready list (ws's lock): */
     struct edrv_proc *ws_prev, *ws_next;
     bool ws_ready;
+    /* A forwarding process (edrv_proc_new_forward): set at creation, never
+     * changed. remote is the ETF of the pid it stands for, without the
+     * version byte. */
+    edrv_forward_fn fwd;
+    void *fwd_ctx;
+    char *remote;
+    size_t remote_len;
     /* Keeps the next process's words (its pid and magic, read on each of
      * its calls) off the cache line of this one's receive counts, written on
      * each receive (two threads with two processes would pass it between
@@ -299,8 +312,17 @@ void edrv__deadline_in(long ms, struct timespec *at);
 /* The process pid locked (its shard's read lock, then its own), or NULL. */
 edrv_proc *edrv__proc_acquire(uint64_t pid);
 void edrv__proc_release(edrv_proc *p);
-/* Appends m to p's mailbox and tells its wait set (p->lock held). */
+/* Appends m to p's mailbox and tells its wait set (p->lock held); a
+ * forwarding process hands m to its function instead (and m is freed).
+ * _exit: m is an exit signal's {'EXIT', From, Reason}. */
 void edrv__mbox_append(edrv_proc *p, mbox_msg *m);
+void edrv__mbox_append_exit(edrv_proc *p, mbox_msg *m);
+/* The pids of forwarding processes have this bit: their ETF is the pid
+ * they stand for, which edrv__proc_remote_etf copies (without the version
+ * byte) into buf; it returns the length, or 0 when the process is gone. */
+#define EDRV_PID_REMOTE ((uint64_t)1 << 60)
+#define EDRV_REMOTE_PID_MAX EDRV_FWD_PID_MAX
+size_t edrv__proc_remote_etf(uint64_t pid, char *buf, size_t cap);
 /* The offset of the reason in an {'EXIT', From, Reason} message, or -1. */
 int edrv__exit_reason_at(const mbox_msg *m);
 /* edrv_proc_free, with reason (ETF without the version byte; NULL for

@@ -1154,6 +1154,17 @@ EDRV_API int edrv_start(const edrv_options *opts) {
     if (!nsched && (nsched = default_schedulers()) < 0)
         return edrv__fail(EDRV_EINVAL, "EDRV_SCHEDULERS must be 1..%d, not '%s'", MAX_SCHEDULERS,
                           getenv("EDRV_SCHEDULERS"));
+    const char *node = opts ? opts->node : NULL;
+    if (node) {
+        size_t n = strlen(node);
+        const char *at = strchr(node, '@');
+        bool ascii = true;
+        for (size_t i = 0; i < n; i++)
+            ascii = ascii && (unsigned char)node[i] > ' ' && (unsigned char)node[i] < 127;
+        if (n > 255 || !at || at == node || !at[1] || !ascii)
+            return edrv__fail(EDRV_EINVAL, "node must be name@host (at most 255 printable ASCII "
+                              "characters), not '%s'", node);
+    }
     if (!threads) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus < 1 ? 1 : cpus > 1024 ? 1024 : (int)cpus;
@@ -1164,6 +1175,7 @@ EDRV_API int edrv_start(const edrv_options *opts) {
         return edrv__fail(EDRV_ERUNNING, "edrv_start: the runtime is already running");
     }
     int err = 0;
+    edrv__term_set_node(node, node ? opts->creation : 0);
     rt.epfd = epoll_create1(EPOLL_CLOEXEC);
     rt.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EDRV_EV_WAKE};

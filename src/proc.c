@@ -70,7 +70,7 @@ void edrv__deadline_in(long ms, struct timespec *at) {
     }
 }
 
-EDRV_API edrv_proc *edrv_proc_new(void) {
+static edrv_proc *proc_new(uint64_t flag) {
     edrv_proc *p = edrv__calloc(EDRV_MEM_SYSTEM, sizeof *p);
     if (!p) {
         edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
@@ -79,7 +79,12 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     p->magic = PROC_LIVE;
     pthread_mutex_init(&p->lock, NULL);
     edrv__cond_init_monotonic(&p->cond);
-    p->pid = atomic_fetch_add(&next_pid, 1);
+    p->pid = atomic_fetch_add(&next_pid, 1) | flag;
+    return p;
+}
+
+/* Puts p in the table, or frees it (out of memory). */
+static edrv_proc *proc_publish(edrv_proc *p) {
     unsigned sh = shard_of(p->pid);
     pthread_rwlock_wrlock(&shards[sh].lock);
     bool ok = edrv__idmap_put(&shards[sh].map, p->pid, p) == 0;
@@ -87,11 +92,59 @@ EDRV_API edrv_proc *edrv_proc_new(void) {
     if (!ok) {
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->cond);
+        edrv__free(p->remote);
         edrv__free(p);
         edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
         return NULL;
     }
     return p;
+}
+
+EDRV_API edrv_proc *edrv_proc_new(void) {
+    edrv_proc *p = proc_new(0);
+    return p ? proc_publish(p) : NULL;
+}
+
+EDRV_API edrv_proc *edrv_proc_new_forward(const void *pid, size_t pid_len, edrv_forward_fn fn,
+                                          void *ctx) {
+    const unsigned char *b = pid;
+    if (!fn || !b || pid_len < 2 || pid_len > EDRV_REMOTE_PID_MAX || b[0] != 131 ||
+        (b[1] != ERL_NEW_PID_EXT && b[1] != ERL_PID_EXT) ||
+        edrv__etf_measure(pid, pid_len) != (ssize_t)pid_len) {
+        edrv__fail(EDRV_EINVAL, "edrv_proc_new_forward: %s", fn ? "pid is not one pid in external "
+                   "term format of at most 300 bytes" : "NULL function");
+        return NULL;
+    }
+    edrv_proc *p = proc_new(EDRV_PID_REMOTE);
+    if (!p)
+        return NULL;
+    p->remote = edrv__alloc(EDRV_MEM_SYSTEM, pid_len - 1);
+    if (!p->remote) {
+        pthread_mutex_destroy(&p->lock);
+        pthread_cond_destroy(&p->cond);
+        edrv__free(p);
+        edrv__fail(EDRV_ENOMEM, "out of memory creating a process");
+        return NULL;
+    }
+    memcpy(p->remote, b + 1, pid_len - 1);
+    p->remote_len = pid_len - 1;
+    p->fwd = fn;
+    p->fwd_ctx = ctx;
+    p->trap_exit = true; /* its exit signals go to fn as messages */
+    return proc_publish(p);
+}
+
+size_t edrv__proc_remote_etf(uint64_t pid, char *buf, size_t cap) {
+    unsigned sh = shard_of(pid);
+    size_t n = 0;
+    pthread_rwlock_rdlock(&shards[sh].lock);
+    edrv_proc *p = edrv__idmap_get(&shards[sh].map, pid);
+    if (p && p->remote && p->remote_len <= cap) {
+        memcpy(buf, p->remote, p->remote_len); /* set at creation, never changed */
+        n = p->remote_len;
+    }
+    pthread_rwlock_unlock(&shards[sh].lock);
+    return n;
 }
 
 int edrv__exit_reason_at(const mbox_msg *m) {
@@ -189,6 +242,7 @@ int edrv__proc_free_with(edrv_proc *p, const char *reason, size_t len) {
     edrv__free(p->mons_in.v);
     edrv__free(p->mons_out.v);
     edrv__free(p->name);
+    edrv__free(p->remote);
     p->magic = 0;
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->cond);
@@ -264,7 +318,23 @@ void edrv__proc_release(edrv_proc *p) {
     pthread_rwlock_unlock(&shards[sh].lock);
 }
 
+static void forward(edrv_proc *p, mbox_msg *m, edrv_fwd_kind kind) {
+    p->fwd(p->fwd_ctx, kind, m->data, m->len);
+    edrv__msg_drop(m);
+}
+
+void edrv__mbox_append_exit(edrv_proc *p, mbox_msg *m) {
+    if (p->fwd)
+        forward(p, m, EDRV_FWD_EXIT);
+    else
+        edrv__mbox_append(p, m);
+}
+
 void edrv__mbox_append(edrv_proc *p, mbox_msg *m) {
+    if (p->fwd) {
+        forward(p, m, EDRV_FWD_MESSAGE);
+        return;
+    }
     m->next = NULL;
     if (p->tail)
         p->tail->next = m;
@@ -305,6 +375,8 @@ EDRV_API int edrv_process_flag(edrv_proc *p, edrv_proc_flag flag, int value) {
         return rc;
     if (flag != EDRV_TRAP_EXIT || (value != 0 && value != 1))
         return edrv__fail(EDRV_EINVAL, "edrv_process_flag: flag %d, value %d", (int)flag, value);
+    if (p->fwd && !value)
+        return edrv__fail(EDRV_EINVAL, "edrv_process_flag: a forwarding process traps exits");
     pthread_mutex_lock(&p->lock);
     int old = p->trap_exit;
     p->trap_exit = value;
@@ -340,8 +412,9 @@ EDRV_API int edrv_receive(edrv_proc *p, long timeout_ms, edrv_msg *msg) {
     int rc = edrv__proc_caller(p, "edrv_receive", &pid);
     if (rc < 0)
         return rc;
-    if (!msg)
-        return edrv__fail(EDRV_EINVAL, "edrv_receive: NULL message");
+    if (!msg || p->fwd)
+        return edrv__fail(EDRV_EINVAL, "edrv_receive: %s", msg ? "a forwarding process has no "
+                          "mailbox" : "NULL message");
     msg->data = NULL;
     msg->len = 0;
     struct timespec deadline;

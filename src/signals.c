@@ -247,7 +247,7 @@ static proc_end *signal_to(uint64_t to, uint64_t from, sig_kind k, reason_t r, b
     } else if (p->trap_exit) {
         mbox_msg *m = signal_msg_new(&(signal_msg){"EXIT", from, 0, r}, to);
         if (m)
-            edrv__mbox_append(p, m);
+            edrv__mbox_append_exit(p, m);
     }
     edrv__proc_release(p);
     return e;
@@ -347,7 +347,7 @@ void edrv__exit_signal(uint64_t pid, mbox_msg *m, bool normal) {
         if (p->dead || atomic_load_explicit(&p->ended, memory_order_relaxed)) {
             /* dead already: dropped */
         } else if (p->trap_exit) {
-            edrv__mbox_append(p, m);
+            edrv__mbox_append_exit(p, m);
             m = NULL;
         } else if (!normal) {
             int at = edrv__exit_reason_at(m);
@@ -426,7 +426,7 @@ EDRV_API int edrv_link(edrv_proc *p, uint64_t pid) {
         /* as link/1 in a process that traps exits: {'EXIT', Pid, noproc} */
         mbox_msg *m = signal_msg_new(&(signal_msg){"EXIT", pid, 0, REASON(noproc_etf)}, self);
         if (m)
-            edrv__mbox_append(p, m);
+            edrv__mbox_append_exit(p, m);
     }
     pthread_mutex_unlock(&p->lock);
     if (rc < 0)

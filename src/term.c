@@ -230,31 +230,68 @@ static void etf_float(etf_w *w, double f) {
     EI_AT(w, ei_encode_double(b_, &i_, f));
 }
 
+static char node_name[256] = EDRV_NODE;
+static unsigned node_creation;
+/* Bumped by each change of node: a thread's cached pid or port bytes name
+ * the node they were written for. */
+static _Atomic unsigned node_gen;
+
+void edrv__term_set_node(const char *node, unsigned creation) {
+    if (!node)
+        node = EDRV_NODE;
+    if (strcmp(node, node_name) == 0 && creation == node_creation)
+        return;
+    snprintf(node_name, sizeof node_name, "%s", node);
+    node_creation = creation;
+    atomic_fetch_add(&node_gen, 1);
+}
+
+const char *edrv__term_node(void) {
+    return node_name;
+}
+
+unsigned edrv__term_creation(void) {
+    return node_creation;
+}
+
 /* The last pid and port this thread encoded, as libei encoded them: a
  * message names the same port (and pid) in both passes of its writing, and
  * a stream of messages the same one again, so libei's work (the node's
- * name converted to UTF-8 each time) is done once per new value. */
+ * name converted to UTF-8 each time) is done once per new value. A
+ * forwarding process's pid (EDRV_PID_REMOTE) is the pid it stands for. */
 typedef struct {
     uint64_t id;
-    unsigned char len; /* 0: empty */
-    char bytes[48];    /* tag, the node atom, the numbers: under 40 bytes */
+    unsigned gen;
+    unsigned short len; /* 0: empty */
+    char bytes[EDRV_REMOTE_PID_MAX];
 } etf_cached;
 
 static _Thread_local etf_cached last_pid __attribute__((tls_model("initial-exec")));
 static _Thread_local etf_cached last_port __attribute__((tls_model("initial-exec")));
 
 static void put_cached(etf_w *w, etf_cached *c, uint64_t id, bool port) {
-    if (c->len == 0 || c->id != id) {
+    unsigned gen = atomic_load_explicit(&node_gen, memory_order_relaxed);
+    if (c->len == 0 || c->id != id || c->gen != gen) {
         int i = 0;
         if (port) {
-            erlang_port p = {.node = EDRV_NODE, .id = id};
+            erlang_port p = {.id = id, .creation = node_creation};
+            memcpy(p.node, node_name, sizeof node_name);
             ei_encode_port(c->bytes, &i, &p);
-        } else {
-            erlang_pid p = {.node = EDRV_NODE, .num = (unsigned)id, .serial = (unsigned)(id >> 32)};
+        } else if (id & EDRV_PID_REMOTE) {
+            /* gone: the pid of a process that never lived (dropped by all) */
+            i = (int)edrv__proc_remote_etf(id, c->bytes, sizeof c->bytes);
+            if (i == 0)
+                id &= ~EDRV_PID_REMOTE;
+        }
+        if (!port && i == 0) {
+            erlang_pid p = {.num = (unsigned)id, .serial = (unsigned)(id >> 32),
+                            .creation = node_creation};
+            memcpy(p.node, node_name, sizeof node_name);
             ei_encode_pid(c->bytes, &i, &p);
         }
         c->id = id;
-        c->len = (unsigned char)i;
+        c->gen = gen;
+        c->len = (unsigned short)i;
     }
     put_raw(w, c->bytes, c->len);
 }
@@ -264,9 +301,10 @@ void edrv__etf_raw(etf_w *w, const void *p, size_t n) {
 }
 
 void edrv__etf_ref(etf_w *w, uint64_t ref) {
-    erlang_ref r = {.node = EDRV_NODE,
+    erlang_ref r = {.creation = node_creation,
                     .len = 3,
                     .n = {(unsigned)(ref & 0x3ffff), (unsigned)(ref >> 18), (unsigned)(ref >> 50)}};
+    memcpy(r.node, node_name, sizeof node_name);
     EI_AT(w, ei_encode_ref(b_, &i_, &r));
 }
 

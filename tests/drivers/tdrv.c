@@ -89,6 +89,7 @@ enum {
                              emulator until the test lets it go. Reply "ok", or "error" */
     TD_TIMER_EXIT = 80,   /* driver_set_timer(data: ms, 4 bytes), then driver_exit(port, 0)
                              in the same callback: the timer cannot fire before the end */
+    TD_CRASH = 81,        /* writes through a NULL pointer: the VM (or edrv node) dies */
 };
 
 typedef struct {
@@ -736,6 +737,11 @@ static ErlDrvSSizeT td_control(ErlDrvData d, unsigned int op, char *buf, ErlDrvS
         driver_set_timer(port, get32(buf));
         driver_exit(port, 0);
         return 0;
+    case TD_CRASH: {
+        volatile int *nowhere = NULL;
+        *nowhere = 1;
+        return 0;
+    }
     default:
         return -1;
     }

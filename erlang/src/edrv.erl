@@ -1,0 +1,270 @@
+%% edrv: linked-in drivers hosted by an edrv node, used from a BEAM node.
+%%
+%% An edrv node (`edrv --node NAME`, docs/node.md) loads drivers and runs
+%% their ports in its own OS process. This module mirrors erl_ddll and the
+%% port BIFs for such ports: the port identifier that open_port/3 returns
+%% is a real port of the edrv node, its messages come as {Port, {data, D}},
+%% and its owner is linked to it as to a local port (an exit of the port
+%% reaches the owner as {'EXIT', Port, Reason} when it traps exits, and ends
+%% it otherwise unless the reason is normal; the loss of the node is
+%% noconnection).
+%%
+%% How: requests go to the process registered as `edrv` on the edrv node.
+%% Exit signals cannot cross the distribution with a port as their sender,
+%% so each owner has a helper process here (one per edrv node) that the edrv
+%% node tells of its ports' exits, and that gives them to the owner.
+-module(edrv).
+
+-export([load_driver/3, unload_driver/2, open_port/3,
+         port_command/2, port_command/3, port_control/3, port_call/3,
+         port_close/1, port_info/1, port_info/2, ping/1, format_error/1]).
+
+-define(SERVER, edrv).
+
+%% ---- drivers ----------------------------------------------------------------
+
+%% As erl_ddll:load_driver/2, on Node: Dir must be one of the node's
+%% --drivers folders ({error, {not_allowed, Dir}} otherwise).
+-spec load_driver(node(), file:filename(), atom() | string()) -> ok | {error, term()}.
+load_driver(Node, Dir, Name) when is_atom(Node) ->
+    case call(Node, {load_driver, text(Dir), text(Name)}) of
+        {reply, badarg} -> erlang:error(badarg, [Node, Dir, Name]);
+        {reply, Reply} -> Reply;
+        {down, Reason} -> {error, Reason}
+    end.
+
+%% As erl_ddll:unload_driver/1, on Node.
+-spec unload_driver(node(), atom() | string()) -> ok | {error, term()}.
+unload_driver(Node, Name) when is_atom(Node) ->
+    case call(Node, {unload_driver, text(Name)}) of
+        {reply, badarg} -> erlang:error(badarg, [Node, Name]);
+        {reply, Reply} -> Reply;
+        {down, Reason} -> {error, Reason}
+    end.
+
+%% ---- ports --------------------------------------------------------------------
+
+%% As open_port/2 with {spawn_driver, Command} (spawn is taken as
+%% spawn_driver: an edrv node runs drivers, not programs). Options: binary,
+%% eof, and the ones that do not apply to a driver port (stream, in, out,
+%% hide, use_stdio, {parallelism, _}, {busy_limits_port, _},
+%% {busy_limits_msgq, _}), which are ignored.
+-spec open_port(node(), {spawn | spawn_driver, iodata() | atom()}, list()) -> port().
+open_port(Node, {Kind, Command} = Name, Opts)
+  when is_atom(Node), (Kind =:= spawn orelse Kind =:= spawn_driver), is_list(Opts) ->
+    Flags = try port_flags(Opts, [])
+            catch error:badarg -> erlang:error(badarg, [Node, Name, Opts])
+            end,
+    Cmd = try text(Command)
+          catch error:badarg -> erlang:error(badarg, [Node, Name, Opts])
+          end,
+    Helper = helper(Node),
+    case call(Node, {open_port, Cmd, Flags, Helper}) of
+        {reply, {ok, Port}} -> Port;
+        {reply, {error, Reason}} -> erlang:error(Reason, [Node, Name, Opts]);
+        {reply, badarg} -> erlang:error(badarg, [Node, Name, Opts]);
+        {down, _} -> erlang:error(badarg, [Node, Name, Opts])
+    end;
+open_port(Node, Name, Opts) ->
+    erlang:error(badarg, [Node, Name, Opts]).
+
+port_flags([], Acc) -> lists:usort(Acc);
+port_flags([binary | T], Acc) -> port_flags(T, [binary | Acc]);
+port_flags([eof | T], Acc) -> port_flags(T, [eof | Acc]);
+port_flags([O | T], Acc) when O =:= stream; O =:= in; O =:= out; O =:= hide;
+                             O =:= use_stdio ->
+    port_flags(T, Acc);
+port_flags([{O, _} | T], Acc) when O =:= parallelism; O =:= busy_limits_port;
+                                  O =:= busy_limits_msgq ->
+    port_flags(T, Acc);
+port_flags(_, _) -> erlang:error(badarg).
+
+%% As erlang:port_command/2: the data goes to the port asynchronously. A
+%% port that has closed meanwhile drops it.
+-spec port_command(port(), iodata()) -> true.
+port_command(Port, Data) when is_port(Port) ->
+    try erlang:iolist_size(Data) of
+        _ -> erlang:send({?SERVER, node(Port)}, {'$edrv_cmd', Port, Data}), true
+    catch error:badarg -> erlang:error(badarg, [Port, Data])
+    end;
+port_command(Port, Data) ->
+    erlang:error(badarg, [Port, Data]).
+
+%% As erlang:port_command/3: waits for the node's answer. nosuspend gives
+%% false when the port is busy.
+-spec port_command(port(), iodata(), [force | nosuspend]) -> boolean().
+port_command(Port, Data, Opts) when is_port(Port), is_list(Opts) ->
+    _ = try erlang:iolist_size(Data)
+        catch error:badarg -> erlang:error(badarg, [Port, Data, Opts])
+        end,
+    case call(node(Port), {command, Port, Data, Opts}) of
+        {reply, true} -> true;
+        {reply, false} -> false;
+        {reply, notsup} -> erlang:error(notsup, [Port, Data, Opts]);
+        _ -> erlang:error(badarg, [Port, Data, Opts])
+    end;
+port_command(Port, Data, Opts) ->
+    erlang:error(badarg, [Port, Data, Opts]).
+
+%% As erlang:port_control/3.
+-spec port_control(port(), integer(), iodata()) -> iodata().
+port_control(Port, Op, Data) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
+    case call(node(Port), {control, Port, Op, Data}) of
+        {reply, {ok, Reply}} -> Reply;
+        _ -> erlang:error(badarg, [Port, Op, Data])
+    end;
+port_control(Port, Op, Data) ->
+    erlang:error(badarg, [Port, Op, Data]).
+
+%% As erlang:port_call/3.
+-spec port_call(port(), integer(), term()) -> term().
+port_call(Port, Op, Term) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
+    case call(node(Port), {call, Port, Op, Term}) of
+        {reply, {ok, Reply}} -> Reply;
+        _ -> erlang:error(badarg, [Port, Op, Term])
+    end;
+port_call(Port, Op, Term) ->
+    erlang:error(badarg, [Port, Op, Term]).
+
+%% As erlang:port_close/1.
+-spec port_close(port()) -> true.
+port_close(Port) when is_port(Port) ->
+    case call(node(Port), {close, Port}) of
+        {reply, true} -> true;
+        _ -> erlang:error(badarg, [Port])
+    end;
+port_close(Port) ->
+    erlang:error(badarg, [Port]).
+
+%% As erlang:port_info/1: name, links, id, connected and os_pid.
+-spec port_info(port()) -> [{atom(), term()}] | undefined.
+port_info(Port) when is_port(Port) ->
+    case call(node(Port), {info, Port}) of
+        {reply, {ok, Info}} -> Info;
+        {reply, undefined} -> undefined;
+        {down, _} -> undefined;
+        _ -> erlang:error(badarg, [Port])
+    end;
+port_info(Port) ->
+    erlang:error(badarg, [Port]).
+
+%% As erlang:port_info/2, for the items of port_info/1.
+-spec port_info(port(), atom()) -> {atom(), term()} | undefined.
+port_info(Port, Item) when is_port(Port), is_atom(Item) ->
+    case call(node(Port), {info, Port, Item}) of
+        {reply, {ok, Info}} -> Info;
+        {reply, undefined} -> undefined;
+        {down, _} -> undefined;
+        _ -> erlang:error(badarg, [Port, Item])
+    end;
+port_info(Port, Item) ->
+    erlang:error(badarg, [Port, Item]).
+
+%% pong when Node is an edrv node that answers, pang otherwise.
+-spec ping(node()) -> pong | pang.
+ping(Node) when is_atom(Node) ->
+    case call(Node, {ping}) of
+        {reply, pong} -> pong;
+        _ -> pang
+    end.
+
+%% As erl_ddll:format_error/1, for the errors of load_driver/3 and
+%% unload_driver/2.
+-spec format_error(term()) -> string().
+format_error({open_error, Text}) when is_list(Text) -> Text;
+format_error({not_allowed, Dir}) ->
+    lists:flatten(io_lib:format("~ts is not one of the edrv node's --drivers folders", [Dir]));
+format_error(noconnection) -> "the edrv node cannot be reached";
+format_error(not_loaded) -> "Driver not loaded";
+format_error(Reason) -> erl_ddll:format_error(Reason).
+
+%% ---- inside ---------------------------------------------------------------------
+
+text(T) when is_atom(T) -> atom_to_binary(T, utf8);
+text(T) when is_binary(T) -> T;
+text(T) when is_list(T) ->
+    case unicode:characters_to_binary(T) of
+        B when is_binary(B) -> B;
+        _ -> erlang:error(badarg)
+    end;
+text(_) -> erlang:error(badarg).
+
+%% A request and its answer. The monitor ends the wait if the node goes
+%% away (reason noconnection). The node must be connected first: a monitor
+%% made while the connection to a C node is being set up ends it (OTP 25:
+%% the monitor was encoded for a node that supports them, and a C node does
+%% not).
+call(Node, Request) ->
+    case lists:member(Node, nodes(hidden)) orelse net_kernel:connect_node(Node) of
+        true -> call_connected(Node, Request);
+        _ -> {down, noconnection}
+    end.
+
+call_connected(Node, Request) ->
+    Server = {?SERVER, Node},
+    Mref = erlang:monitor(process, Server),
+    erlang:send(Server, {'$edrv', Mref, Request}),
+    receive
+        {Mref, Reply} ->
+            erlang:demonitor(Mref, [flush]),
+            {reply, Reply};
+        {'DOWN', Mref, _, _, Reason} ->
+            {down, Reason}
+    end.
+
+%% The calling process's helper for Node, made when it has none alive.
+helper(Node) ->
+    Key = {'$edrv_helper', Node},
+    case get(Key) of
+        H when is_pid(H) ->
+            case is_process_alive(H) of
+                true -> H;
+                false -> new_helper(Key, Node)
+            end;
+        _ -> new_helper(Key, Node)
+    end.
+
+new_helper(Key, Node) ->
+    Owner = self(),
+    H = spawn(fun() -> helper_init(Owner, Node) end),
+    put(Key, H),
+    H.
+
+%% The helper watches its owner and the node. The edrv node sends it
+%% {'$edrv_port', Port} when the owner opens a port there, and
+%% {'EXIT', Port, Reason} (as a message) when that port exits.
+helper_init(Owner, Node) ->
+    process_flag(priority, high),
+    erlang:monitor(process, Owner),
+    monitor_node(Node, true),
+    helper_loop(Owner, Node, #{}).
+
+helper_loop(Owner, Node, Ports) ->
+    receive
+        {'$edrv_port', Port} ->
+            helper_loop(Owner, Node, Ports#{Port => true});
+        {'EXIT', Port, Reason} when is_port(Port) ->
+            exit_to(Owner, Port, Reason),
+            helper_loop(Owner, Node, maps:remove(Port, Ports));
+        {nodedown, Node} ->
+            [exit_to(Owner, Port, noconnection) || Port <- maps:keys(Ports)],
+            exit(normal);
+        {'DOWN', _, process, Owner, _} ->
+            exit(normal)
+    end.
+
+%% An exit signal from Port, as the owner would get it from a local port.
+exit_to(Owner, Port, Reason) ->
+    case erlang:process_info(Owner, trap_exit) of
+        {trap_exit, true} ->
+            Owner ! {'EXIT', Port, Reason};
+        {trap_exit, false} when Reason =:= kill ->
+            %% a linked process's exit with reason kill ends it with kill
+            %% (exit/2 would give killed)
+            link(Owner),
+            exit(kill);
+        {trap_exit, false} when Reason =/= normal ->
+            exit(Owner, Reason);
+        _ ->
+            ok
+    end.
