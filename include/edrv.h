@@ -322,6 +322,15 @@ int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov, in
  * and port_call are never blocked. */
 #define EDRV_CMD_NOSUSPEND 0x1u
 #define EDRV_CMD_FORCE 0x2u
+/* Sends even when the port is busy, whatever the driver's flags: for a
+ * gateway whose sender cannot be suspended here (the edrv node, whose
+ * senders are processes of other nodes). The data counts in the port's
+ * message queue as any. */
+#define EDRV_CMD_QUEUE 0x4u
+/* The data is one binary, as port_command with a binary (not an iolist):
+ * an outputv driver gets it as one element, even an empty one, as
+ * edrv_port_command sends its buffer. */
+#define EDRV_CMD_BINARY 0x8u
 int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
                            unsigned opts);
 

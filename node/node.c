@@ -92,9 +92,13 @@ typedef struct {
     size_t pid_len;
     char ctl[EDRV_FWD_PID_MAX + 16]; /* {SEND, '', Pid}: to it */
     size_t ctl_len;
-    pthread_mutex_t hlock; /* its helper's control, set on each open_port */
+    /* Its helper on its node (edrv.erl), linked to the node's pid: the
+     * helper's exit (its owner's end, with the owner's reason) ends proc.
+     * hctl is {SEND, '', Helper}; hlock guards it against forward(). */
+    uint64_t hkey;
+    pthread_mutex_t hlock;
     char hctl[EDRV_FWD_PID_MAX + 16];
-    size_t hctl_len;       /* 0: none yet */
+    size_t hctl_len;
 } remote;
 
 struct conn {
@@ -105,6 +109,7 @@ struct conn {
     /* the reader's alone: */
     void *by_key;   /* tsearch tree of remote, by key */
     void *by_local; /* the same, by local */
+    void *by_helper; /* the same, by hkey */
     size_t nremotes;
     conn *prev, *next; /* conns, under its lock */
 };
@@ -202,6 +207,11 @@ static int by_key_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static int by_helper_cmp(const void *a, const void *b) {
+    uint64_t x = ((const remote *)a)->hkey, y = ((const remote *)b)->hkey;
+    return x < y ? -1 : x > y;
+}
+
 static int by_local_cmp(const void *a, const void *b) {
     uint64_t x = ((const remote *)a)->local, y = ((const remote *)b)->local;
     return x < y ? -1 : x > y;
@@ -246,14 +256,47 @@ static size_t send_ctl(char *out, size_t cap, const char *pid, size_t pid_len) {
     return (size_t)i + pid_len;
 }
 
-/* The remote for a BEAM pid of c's node, made (and monitored) if new; NULL
- * for a pid of another node or when out of memory. Reader thread. */
-static remote *remote_get(conn *c, const erlang_pid *pid) {
-    if (strcmp(pid->node, c->peer) != 0)
+/* Makes h (a pid of c's node, ETF without version byte) r's helper, and
+ * links the node's pid to it. Reader thread. */
+static void remote_helper(conn *c, remote *r, const erlang_pid *h, const char *h_etf,
+                          size_t h_len) {
+    uint64_t hkey = pid_key(h);
+    if (r->hctl_len && hkey == r->hkey)
+        return;
+    if (r->hctl_len)
+        tdelete(r, &c->by_helper, by_helper_cmp); /* the old one has died */
+    pthread_mutex_lock(&r->hlock);
+    r->hkey = hkey;
+    r->hctl_len = send_ctl(r->hctl, sizeof r->hctl, h_etf, h_len);
+    pthread_mutex_unlock(&r->hlock);
+    remote key = {.hkey = hkey};
+    void *n = tfind(&key, &c->by_helper, by_helper_cmp);
+    if (n && *(remote **)n != r) {
+        /* a helper serves one process: a second claim is not its */
+        remote *other = *(remote **)n;
+        tdelete(other, &c->by_helper, by_helper_cmp);
+    }
+    tsearch(r, &c->by_helper, by_helper_cmp);
+    ei_x_buff x;
+    ctl_begin(&x, 3, DOP_LINK);
+    ei_x_encode_pid(&x, &node.self);
+    ei_x_append_buf(&x, h_etf, (int)h_len);
+    ctl_send(c, &x, NULL, 0);
+}
+
+/* The remote for a BEAM pid of c's node and its helper, made if new; NULL
+ * for a pid of another node, a request with no helper, or when out of
+ * memory. Reader thread. */
+static remote *remote_get(conn *c, const erlang_pid *pid, const erlang_pid *h,
+                          const char *h_etf, size_t h_len) {
+    if (!h || strcmp(pid->node, c->peer) != 0 || strcmp(h->node, c->peer) != 0 ||
+        h_len > EDRV_FWD_PID_MAX)
         return NULL;
     remote *r = remote_find(c, pid);
-    if (r)
+    if (r) {
+        remote_helper(c, r, h, h_etf, h_len);
         return r;
+    }
     remote key = {.key = pid_key(pid)};
     if (tfind(&key, &c->by_key, by_key_cmp))
         return NULL; /* a pid of an earlier incarnation of the node: it is gone */
@@ -285,18 +328,7 @@ static remote *remote_get(conn *c, const erlang_pid *pid) {
         return NULL;
     }
     c->nremotes++;
-    /* Monitor it, with a reference of ours naming r's process: when it
-     * dies, MONITOR_P_EXIT brings its reason. */
-    ei_x_buff x;
-    ctl_begin(&x, 4, DOP_MONITOR_P);
-    ei_x_encode_pid(&x, &node.self);
-    ei_x_append_buf(&x, r->pid + 1, (int)r->pid_len - 1);
-    erlang_ref ref = {.len = 3, .creation = node.creation,
-                      .n = {(unsigned)(r->local & 0x3ffff), (unsigned)(r->local >> 18),
-                            (unsigned)(r->local >> 50)}};
-    strcpy(ref.node, node.node);
-    ei_x_encode_ref(&x, &ref);
-    ctl_send(c, &x, NULL, 0);
+    remote_helper(c, r, h, h_etf, h_len);
     trace("%s: a new caller, <0.%llu.0> here", c->peer, (unsigned long long)r->local);
     return r;
 }
@@ -306,6 +338,10 @@ static remote *remote_get(conn *c, const erlang_pid *pid) {
 static void remote_end(conn *c, remote *r, const char *reason, size_t len) {
     tdelete(r, &c->by_key, by_key_cmp);
     tdelete(r, &c->by_local, by_local_cmp);
+    remote key = {.hkey = r->hkey};
+    void *n = tfind(&key, &c->by_helper, by_helper_cmp);
+    if (n && *(remote **)n == r)
+        tdelete(r, &c->by_helper, by_helper_cmp);
     c->nremotes--;
     /* Once it returns, no thread runs forward(r) and none will. */
     if (edrv_proc_exit(r->proc, reason, len) < 0)
@@ -361,6 +397,22 @@ static void reply_error(const caller *k, int rc) {
 
 /* ---- decoding requests --------------------------------------------------------- */
 
+static bool is_self(const erlang_pid *p) {
+    return p->num == node.self.num && p->serial == node.self.serial &&
+           p->creation == node.self.creation && strcmp(p->node, node.node) == 0;
+}
+
+/* The ETF (no version byte) of the term at *i, and *i past it. */
+static int raw_term(const char *b, int *i, const char **at, size_t *len) {
+    int s = *i;
+    if (ei_skip_term(b, i) < 0)
+        return -1;
+    *at = b + s;
+    *len = (size_t)(*i - s);
+    return 0;
+}
+
+
 /* A binary or a string (list of bytes) as a NUL-terminated string; NULL if
  * it is neither or holds a NUL. */
 static char *decode_text(const char *b, int *i) {
@@ -400,13 +452,12 @@ typedef struct {
     int n, cap;
     char *scratch;
     size_t used;
+    bool last_scratch; /* the last piece is a run of bytes in scratch */
 } iovs;
 
 static int iov_add(iovs *o, const char *p, size_t len, bool in_scratch) {
-    if (len == 0)
-        return 0;
     struct iovec *last = o->n ? &o->v[o->n - 1] : NULL;
-    if (in_scratch && last && (char *)last->iov_base + last->iov_len == p) {
+    if (in_scratch && last && o->last_scratch && (char *)last->iov_base + last->iov_len == p) {
         last->iov_len += len; /* bytes of a list, one after the other */
         return 0;
     }
@@ -421,7 +472,18 @@ static int iov_add(iovs *o, const char *p, size_t len, bool in_scratch) {
         o->cap = cap;
     }
     o->v[o->n++] = (struct iovec){(void *)p, len};
+    o->last_scratch = in_scratch;
     return 0;
+}
+
+/* A run of bytes goes to scratch, where it joins the run before it: the
+ * pieces are as ERTS makes them (each binary one, even empty; each run of
+ * bytes between binaries one). */
+static int bytes_add(iovs *o, const char *p, size_t len) {
+    char *at = o->scratch + o->used;
+    memcpy(at, p, len);
+    o->used += len;
+    return len ? iov_add(o, at, len, true) : 0;
 }
 
 static int iodata(const char *b, int *i, iovs *o, int depth) {
@@ -437,7 +499,7 @@ static int iodata(const char *b, int *i, iovs *o, int depth) {
         return 0;
     case ERL_STRING_EXT:
         *i += 3;
-        if (iov_add(o, b + *i, (size_t)size, false) < 0)
+        if (bytes_add(o, b + *i, (size_t)size) < 0)
             return -1;
         *i += size;
         return 0;
@@ -453,12 +515,9 @@ static int iodata(const char *b, int *i, iovs *o, int depth) {
             if (ei_get_type(b, i, &t, &s) < 0)
                 return -1;
             if (t == ERL_SMALL_INTEGER_EXT) {
-                char *at = o->scratch + o->used;
-                *at = b[*i + 1];
-                *i += 2;
-                o->used++;
-                if (iov_add(o, at, 1, true) < 0)
+                if (bytes_add(o, b + *i + 1, 1) < 0)
                     return -1;
+                *i += 2;
             } else if (t == ERL_INTEGER_EXT) {
                 return -1; /* bytes are 0..255: SMALL_INTEGER_EXT */
             } else if (iodata(b, i, o, depth + 1) < 0) {
@@ -527,7 +586,9 @@ static void port_term(ei_x_buff *x, edrv_port port) {
     ei_x_encode_port(x, &p);
 }
 
-/* {open_port, Command, Flags, Helper}: Flags a list of atoms. */
+/* {open_port, Command, Flags}: Flags a list of atoms. The helper hears of
+ * each port before its reply (so before any exit of it: the exit comes
+ * through the helper too). */
 static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     char *cmd = decode_text(b, i);
     int n = 0;
@@ -546,18 +607,11 @@ static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     }
     if (!bad && n > 0 && ei_skip_term(b, i) < 0) /* the list's tail */
         bad = true;
-    int h = *i;
-    erlang_pid helper;
-    if (bad || ei_decode_pid(b, i, &helper) < 0 || !r || *i - h > EDRV_FWD_PID_MAX) {
+    if (bad || !r) {
         free(cmd);
         reply_atom(k, "badarg");
         return;
     }
-    /* The helper hears of each port (before any exit of it), and then of its
-     * exit. Set before the port exists: its exit cannot come first. */
-    pthread_mutex_lock(&r->hlock);
-    r->hctl_len = send_ctl(r->hctl, sizeof r->hctl, b + h, (size_t)(*i - h));
-    pthread_mutex_unlock(&r->hlock);
     edrv_port port = 0;
     int rc = edrv_open_port(r->proc, cmd, flags, &port);
     free(cmd);
@@ -678,6 +732,9 @@ static int do_command(remote *r, const char *b, int *i, size_t len, unsigned opt
     edrv_port port = decode_port(b, i);
     if (!port || !r)
         return EDRV_EBADARG;
+    int type, size;
+    if (ei_get_type(b, i, &type, &size) == 0 && type == ERL_BINARY_EXT)
+        opts |= EDRV_CMD_BINARY; /* as port_command with a binary */
     iovs o = {.scratch = malloc(len)};
     int rc = o.scratch && iodata(b, i, &o, 0) == 0
                  ? edrv_port_command_opts(r->proc, port, o.v, o.n, opts)
@@ -697,6 +754,7 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
     int n;
     unsigned opts = 0;
     bool bad = ei_decode_list_header(b, i, &n) < 0;
+    /* without nosuspend or force: queued even when busy, as port_command/2 */
     for (int e = 0; !bad && e < n; e++) {
         char a[MAXATOMLEN];
         if (ei_decode_atom(b, i, a) < 0)
@@ -712,6 +770,8 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
         reply_atom(k, "badarg");
         return;
     }
+    if (!opts)
+        opts = EDRV_CMD_QUEUE;
     *i = at;
     int rc = do_command(r, b, i, len, opts);
     if (rc == EDRV_EBUSY)
@@ -811,25 +871,41 @@ static void req_info(const caller *k, const char *b, int *i, int arity) {
     reply(k, &x);
 }
 
-/* A message to our name `edrv` from pid `from`: a request. Reader thread. */
+/* A message to our name `edrv` from pid `from`: a request,
+ * {'$edrv', Tag, Request, Helper} or {'$edrv_cmd', Port, Data, Helper}, the
+ * helper being the caller's (or undefined for requests about no port).
+ * Reader thread. */
 static void request(conn *c, const erlang_pid *from, const char *from_etf, size_t from_len,
                     const char *b, size_t len) {
     int i = 0, version, arity;
     char tag[MAXATOMLEN];
     if (ei_decode_version(b, &i, &version) < 0 || ei_decode_tuple_header(b, &i, &arity) < 0 ||
-        ei_decode_atom(b, &i, tag) < 0)
+        arity != 4 || ei_decode_atom(b, &i, tag) < 0)
         goto bad;
-    if (strcmp(tag, "$edrv_cmd") == 0 && arity == 3) {
+    int body = i, at = i;
+    erlang_pid helper;
+    const char *h_etf;
+    size_t h_len;
+    if (ei_skip_term(b, &at) < 0 || ei_skip_term(b, &at) < 0)
+        goto bad;
+    int h_at = at;
+    bool has_helper = ei_decode_pid(b, &h_at, &helper) == 0;
+    if (raw_term(b, &at, &h_etf, &h_len) < 0)
+        goto bad;
+#define CALLER remote_get(c, from, has_helper ? &helper : NULL, h_etf, h_len)
+    if (strcmp(tag, "$edrv_cmd") == 0) {
         /* port_command/2: no reply; a closed port drops it, as ERTS drops a
-         * command that reaches a port after it closed */
-        int rc = do_command(remote_get(c, from), b, &i, len, 0);
+         * command that reaches a port after it closed. A busy port takes it
+         * all the same: the sender is on another node and cannot be
+         * suspended here (docs/node.md). */
+        int rc = do_command(CALLER, b, &i, len, EDRV_CMD_QUEUE);
         if (rc < 0)
             trace("command from %s: %s", c->peer, edrv_last_error());
         return;
     }
-    if (strcmp(tag, "$edrv") != 0 || arity != 3)
+    if (strcmp(tag, "$edrv") != 0)
         goto bad;
-    caller k = {c, from_etf, from_len, b + i, 0};
+    caller k = {c, from_etf, from_len, b + body, 0};
     if (ei_skip_term(b, &i) < 0)
         goto bad;
     k.tag_len = (size_t)(b + i - k.tag);
@@ -844,43 +920,29 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
         req_load_driver(&k, b, &i);
     else if (strcmp(op, "unload_driver") == 0 && n == 2)
         req_unload_driver(&k, b, &i);
-    else if (strcmp(op, "open_port") == 0 && n == 4)
-        req_open_port(&k, remote_get(c, from), b, &i);
+    else if (strcmp(op, "open_port") == 0 && n == 3)
+        req_open_port(&k, CALLER, b, &i);
     else if (strcmp(op, "control") == 0 && n == 4)
-        req_control(&k, remote_get(c, from), b, &i, len, false);
+        req_control(&k, CALLER, b, &i, len, false);
     else if (strcmp(op, "call") == 0 && n == 4)
-        req_control(&k, remote_get(c, from), b, &i, len, true);
+        req_control(&k, CALLER, b, &i, len, true);
     else if (strcmp(op, "command") == 0 && n == 4)
-        req_command(&k, remote_get(c, from), b, &i, len);
+        req_command(&k, CALLER, b, &i, len);
     else if (strcmp(op, "close") == 0 && n == 2)
-        req_close(&k, remote_get(c, from), b, &i);
+        req_close(&k, CALLER, b, &i);
     else if (strcmp(op, "info") == 0 && (n == 2 || n == 3))
         req_info(&k, b, &i, n);
     else if (strcmp(op, "ping") == 0 && n == 1)
         reply_atom(&k, "pong");
     else
         reply_atom(&k, "badarg");
+#undef CALLER
     return;
 bad:
     say("%s sent a message that is not a request; dropped", c->peer);
 }
 
 /* ---- control messages ------------------------------------------------------- */
-
-static bool is_self(const erlang_pid *p) {
-    return p->num == node.self.num && p->serial == node.self.serial &&
-           p->creation == node.self.creation && strcmp(p->node, node.node) == 0;
-}
-
-/* The ETF (no version byte) of the term at *i, and *i past it. */
-static int raw_term(const char *b, int *i, const char **at, size_t *len) {
-    int s = *i;
-    if (ei_skip_term(b, i) < 0)
-        return -1;
-    *at = b + s;
-    *len = (size_t)(*i - s);
-    return 0;
-}
 
 /* MONITOR_P from a BEAM process: our name `edrv` (or the node's pid) lives
  * as long as the node, whose end the BEAM sees as noconnection. Anything
@@ -906,23 +968,26 @@ static void monitor_p(conn *c, const char *b, int *i) {
     ctl_send(c, &x, NULL, 0);
 }
 
-/* MONITOR_P_EXIT: a BEAM process we monitor died. */
-static void monitor_p_exit(conn *c, const char *b, int *i) {
-    erlang_pid who;
+/* EXIT: a helper linked to the node's pid ended: its process's end (with
+ * that process's reason), so its forwarding process ends too. */
+static void exit_p(conn *c, const char *b, int *i, bool token) {
+    erlang_pid from, to;
     const char *reason;
     size_t len;
-    if (ei_decode_pid(b, i, &who) < 0 || ei_skip_term(b, i) < 0 || ei_skip_term(b, i) < 0 ||
-        raw_term(b, i, &reason, &len) < 0)
+    if (ei_decode_pid(b, i, &from) < 0 || ei_decode_pid(b, i, &to) < 0 ||
+        (token && ei_skip_term(b, i) < 0) || raw_term(b, i, &reason, &len) < 0 || !is_self(&to))
         return;
-    remote *r = remote_find(c, &who);
-    if (!r)
-        return;
+    remote key = {.hkey = pid_key(&from)};
+    void *n = tfind(&key, &c->by_helper, by_helper_cmp);
+    if (!n)
+        return; /* the helper of a process that has a newer one */
+    remote *r = *(remote **)n;
     char *etf = malloc(len + 1);
     if (!etf)
         return;
     etf[0] = (char)131;
     memcpy(etf + 1, reason, len);
-    trace("%s: caller <0.%llu.0> died", c->peer, (unsigned long long)r->local);
+    trace("%s: caller <0.%llu.0> ended", c->peer, (unsigned long long)r->local);
     remote_end(c, r, etf, len + 1);
     free(etf);
 }
@@ -1025,8 +1090,9 @@ static void packet(conn *c, const char *b, size_t len) {
     case DOP_MONITOR_P:
         monitor_p(c, b, &i);
         return;
-    case DOP_MONITOR_P_EXIT:
-        monitor_p_exit(c, b, &i);
+    case DOP_EXIT:
+    case DOP_EXIT_TT:
+        exit_p(c, b, &i, op == DOP_EXIT_TT);
         return;
     case DOP_LINK:
         link_p(c, b, &i);
@@ -1035,9 +1101,8 @@ static void packet(conn *c, const char *b, size_t len) {
         unlink_id(c, b, &i);
         return;
     case DOP_DEMONITOR_P: /* none of ours fires before the node's end */
+    case DOP_MONITOR_P_EXIT:
     case DOP_UNLINK:
-    case DOP_EXIT:
-    case DOP_EXIT_TT:
     case DOP_EXIT2:
     case DOP_EXIT2_TT:
         trace("%s: control message %ld ignored", c->peer, op);

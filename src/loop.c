@@ -1300,7 +1300,7 @@ static int port_command(edrv_proc *p, edrv_port port, const struct iovec *iov, i
         return edrv__fail(EDRV_ENOTRUNNING, "the runtime is not running");
     /* Fail early, as port_command/2 raises badarg at once for a dead port; a
      * port that dies after this check drops the data, as in ERTS. */
-    if (opts & ~(EDRV_CMD_NOSUSPEND | EDRV_CMD_FORCE))
+    if (opts & ~(EDRV_CMD_NOSUSPEND | EDRV_CMD_FORCE | EDRV_CMD_QUEUE | EDRV_CMD_BINARY))
         return edrv__fail(EDRV_EINVAL, "edrv_port_command: unknown options 0x%x", opts);
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++) {
@@ -1390,7 +1390,7 @@ EDRV_API int edrv_port_command(edrv_proc *p, edrv_port port, const void *data, s
 
 EDRV_API int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct iovec *iov,
                                     int iovcnt, unsigned opts) {
-    return port_command(p, port, iov, iovcnt, false, opts);
+    return port_command(p, port, iov, iovcnt, opts & EDRV_CMD_BINARY, opts & ~EDRV_CMD_BINARY);
 }
 
 EDRV_API int edrv_port_control(edrv_proc *p, edrv_port port, unsigned int op, const void *data,

@@ -154,7 +154,7 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspe
             rc = edrv__fail(EDRV_ENOTSUP, "force needs a driver with ERL_DRV_FLAG_SOFT_BUSY");
             break;
         }
-        if (!busy || (opts & EDRV_CMD_FORCE)) {
+        if (!busy || (opts & (EDRV_CMD_FORCE | EDRV_CMD_QUEUE))) {
             size_t q = atomic_fetch_add(&pt->msgq_bytes, len) + len;
             size_t high = atomic_load(&pt->msgq_high);
             if (high && q > high) /* above high, as ERTS: reaching it is not busy */

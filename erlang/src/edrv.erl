@@ -9,10 +9,14 @@
 %% it otherwise unless the reason is normal; the loss of the node is
 %% noconnection).
 %%
-%% How: requests go to the process registered as `edrv` on the edrv node.
-%% Exit signals cannot cross the distribution with a port as their sender,
-%% so each owner has a helper process here (one per edrv node) that the edrv
-%% node tells of its ports' exits, and that gives them to the owner.
+%% How: requests go to the name `edrv` on the edrv node. Exit signals cannot
+%% cross the distribution with a port as their sender, and a C node cannot
+%% monitor a process, so each process that uses ports of an edrv node has a
+%% helper process here (one per edrv node), which the edrv node links to:
+%% the edrv node tells it of its process's ports and of their exits, which
+%% it gives to its process as a local port's would come; when its process
+%% dies, it exits with the same reason, and the edrv node, seeing that, ends
+%% the process's ports as an owner's death does.
 -module(edrv).
 
 -export([load_driver/3, unload_driver/2, open_port/3,
@@ -27,7 +31,7 @@
 %% --drivers folders ({error, {not_allowed, Dir}} otherwise).
 -spec load_driver(node(), file:filename(), atom() | string()) -> ok | {error, term()}.
 load_driver(Node, Dir, Name) when is_atom(Node) ->
-    case call(Node, {load_driver, text(Dir), text(Name)}) of
+    case call(Node, {load_driver, text(Dir), text(Name)}, undefined) of
         {reply, badarg} -> erlang:error(badarg, [Node, Dir, Name]);
         {reply, Reply} -> Reply;
         {down, Reason} -> {error, Reason}
@@ -36,7 +40,7 @@ load_driver(Node, Dir, Name) when is_atom(Node) ->
 %% As erl_ddll:unload_driver/1, on Node.
 -spec unload_driver(node(), atom() | string()) -> ok | {error, term()}.
 unload_driver(Node, Name) when is_atom(Node) ->
-    case call(Node, {unload_driver, text(Name)}) of
+    case call(Node, {unload_driver, text(Name)}, undefined) of
         {reply, badarg} -> erlang:error(badarg, [Node, Name]);
         {reply, Reply} -> Reply;
         {down, Reason} -> {error, Reason}
@@ -58,8 +62,7 @@ open_port(Node, {Kind, Command} = Name, Opts)
     Cmd = try text(Command)
           catch error:badarg -> erlang:error(badarg, [Node, Name, Opts])
           end,
-    Helper = helper(Node),
-    case call(Node, {open_port, Cmd, Flags, Helper}) of
+    case call(Node, {open_port, Cmd, Flags}) of
         {reply, {ok, Port}} -> Port;
         {reply, {error, Reason}} -> erlang:error(Reason, [Node, Name, Opts]);
         {reply, badarg} -> erlang:error(badarg, [Node, Name, Opts]);
@@ -79,13 +82,25 @@ port_flags([{O, _} | T], Acc) when O =:= parallelism; O =:= busy_limits_port;
     port_flags(T, Acc);
 port_flags(_, _) -> erlang:error(badarg).
 
-%% As erlang:port_command/2: the data goes to the port asynchronously. A
-%% port that has closed meanwhile drops it.
+%% As erlang:port_command/2: the data goes to the port asynchronously.
+%% badarg for a port that this process knows is closed: one it owned that
+%% exited, one it closed, one of a node it lost. A port that has closed
+%% without this process's knowing drops the data (it has to be asked to
+%% know, and that would make every command wait for an answer).
 -spec port_command(port(), iodata()) -> true.
 port_command(Port, Data) when is_port(Port) ->
-    try erlang:iolist_size(Data) of
-        _ -> erlang:send({?SERVER, node(Port)}, {'$edrv_cmd', Port, Data}), true
-    catch error:badarg -> erlang:error(badarg, [Port, Data])
+    Node = node(Port),
+    {Helper, Closed} = helper(Node),
+    case ets:member(Closed, Port) of
+        false ->
+            try erlang:iolist_size(Data) of
+                _ ->
+                    erlang:send({?SERVER, Node}, {'$edrv_cmd', Port, Data, Helper}),
+                    true
+            catch error:badarg -> erlang:error(badarg, [Port, Data])
+            end;
+        true ->
+            erlang:error(badarg, [Port, Data])
     end;
 port_command(Port, Data) ->
     erlang:error(badarg, [Port, Data]).
@@ -129,9 +144,14 @@ port_call(Port, Op, Term) ->
 %% As erlang:port_close/1.
 -spec port_close(port()) -> true.
 port_close(Port) when is_port(Port) ->
-    case call(node(Port), {close, Port}) of
-        {reply, true} -> true;
-        _ -> erlang:error(badarg, [Port])
+    Node = node(Port),
+    case call(Node, {close, Port}) of
+        {reply, true} ->
+            {_, Closed} = helper(Node),
+            ets:insert(Closed, {Port}),
+            true;
+        _ ->
+            erlang:error(badarg, [Port])
     end;
 port_close(Port) ->
     erlang:error(badarg, [Port]).
@@ -163,7 +183,7 @@ port_info(Port, Item) ->
 %% pong when Node is an edrv node that answers, pang otherwise.
 -spec ping(node()) -> pong | pang.
 ping(Node) when is_atom(Node) ->
-    case call(Node, {ping}) of
+    case call(Node, {ping}, undefined) of
         {reply, pong} -> pong;
         _ -> pang
     end.
@@ -195,15 +215,24 @@ text(_) -> erlang:error(badarg).
 %% the monitor was encoded for a node that supports them, and a C node does
 %% not).
 call(Node, Request) ->
-    case lists:member(Node, nodes(hidden)) orelse net_kernel:connect_node(Node) of
-        true -> call_connected(Node, Request);
-        _ -> {down, noconnection}
+    case connected(Node) of
+        true -> call(Node, Request, element(1, helper(Node)));
+        false -> {down, noconnection}
     end.
 
-call_connected(Node, Request) ->
+call(Node, Request, Helper) ->
+    case connected(Node) of
+        true -> call_connected(Node, Request, Helper);
+        false -> {down, noconnection}
+    end.
+
+connected(Node) ->
+    lists:member(Node, nodes(hidden)) orelse net_kernel:connect_node(Node) =:= true.
+
+call_connected(Node, Request, Helper) ->
     Server = {?SERVER, Node},
     Mref = erlang:monitor(process, Server),
-    erlang:send(Server, {'$edrv', Mref, Request}),
+    erlang:send(Server, {'$edrv', Mref, Request, Helper}),
     receive
         {Mref, Reply} ->
             erlang:demonitor(Mref, [flush]),
@@ -212,13 +241,16 @@ call_connected(Node, Request) ->
             {down, Reason}
     end.
 
-%% The calling process's helper for Node, made when it has none alive.
+%% The calling process's helper for Node, made when it has none alive, and
+%% the table of the ports of that node that it knows are closed (the
+%% helper fills it as their exits come; port_close too). The table is the
+%% calling process's: it goes with it.
 helper(Node) ->
     Key = {'$edrv_helper', Node},
     case get(Key) of
-        H when is_pid(H) ->
+        {H, _} = HC ->
             case is_process_alive(H) of
-                true -> H;
+                true -> HC;
                 false -> new_helper(Key, Node)
             end;
         _ -> new_helper(Key, Node)
@@ -226,31 +258,58 @@ helper(Node) ->
 
 new_helper(Key, Node) ->
     Owner = self(),
-    H = spawn(fun() -> helper_init(Owner, Node) end),
-    put(Key, H),
-    H.
+    Closed = case get('$edrv_closed') of
+                 undefined ->
+                     T = ets:new(edrv_closed_ports, [set, public]),
+                     put('$edrv_closed', T),
+                     T;
+                 T ->
+                     T
+             end,
+    H = spawn(fun() -> helper_init(Owner, Node, Closed) end),
+    put(Key, {H, Closed}),
+    {H, Closed}.
 
-%% The helper watches its owner and the node. The edrv node sends it
-%% {'$edrv_port', Port} when the owner opens a port there, and
-%% {'EXIT', Port, Reason} (as a message) when that port exits.
-helper_init(Owner, Node) ->
+%% The helper watches its process (a monitor) and the node (a link from the
+%% node's pid, and monitor_node for the time before the link is made). The
+%% edrv node sends it {'$edrv_port', Port} when its process opens a port
+%% there, and {'EXIT', Port, Reason} (a message) when that port exits.
+helper_init(Owner, Node, Closed) ->
+    process_flag(trap_exit, true),
     process_flag(priority, high),
-    erlang:monitor(process, Owner),
+    Mref = erlang:monitor(process, Owner),
     monitor_node(Node, true),
-    helper_loop(Owner, Node, #{}).
+    helper_loop(Owner, Mref, Node, Closed, #{}).
 
-helper_loop(Owner, Node, Ports) ->
+helper_loop(Owner, Mref, Node, Closed, Ports) ->
     receive
         {'$edrv_port', Port} ->
-            helper_loop(Owner, Node, Ports#{Port => true});
+            helper_loop(Owner, Mref, Node, Closed, Ports#{Port => true});
         {'EXIT', Port, Reason} when is_port(Port) ->
+            closed(Closed, [Port]),
             exit_to(Owner, Port, Reason),
-            helper_loop(Owner, Node, maps:remove(Port, Ports));
+            helper_loop(Owner, Mref, Node, Closed, maps:remove(Port, Ports));
+        {'DOWN', Mref, process, Owner, Reason} ->
+            %% the edrv node, linked to us, ends its ports with that reason
+            exit(Reason);
+        {'EXIT', Pid, _} when is_pid(Pid), node(Pid) =:= Node ->
+            node_lost(Owner, Closed, Ports);
         {nodedown, Node} ->
-            [exit_to(Owner, Port, noconnection) || Port <- maps:keys(Ports)],
-            exit(normal);
-        {'DOWN', _, process, Owner, _} ->
-            exit(normal)
+            node_lost(Owner, Closed, Ports);
+        {'EXIT', _, _} ->
+            helper_loop(Owner, Mref, Node, Closed, Ports)
+    end.
+
+%% Every port of the lost node exits with noconnection.
+node_lost(Owner, Closed, Ports) ->
+    closed(Closed, maps:keys(Ports)),
+    [exit_to(Owner, Port, noconnection) || Port <- maps:keys(Ports)],
+    exit(normal).
+
+%% The table goes with its process, which may have ended meanwhile.
+closed(Closed, Ports) ->
+    try ets:insert(Closed, [{Port} || Port <- Ports])
+    catch error:badarg -> ok
     end.
 
 %% An exit signal from Port, as the owner would get it from a local port.

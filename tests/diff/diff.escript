@@ -116,6 +116,12 @@
 %% The harness's own messages between the main process and helpers.
 -define(IS_DIFF(M), (is_tuple(M) andalso tuple_size(M) > 0 andalso element(1, M) =:= '$diff')).
 
+main(["--node", Edrv, Ebin, Dir, ErlDir, Scenario]) ->
+    {ok, Steps} = file:consult(Scenario),
+    Name = filename:basename(Scenario, ".scenario"),
+    Erl = normalize(Steps, run_erl(ErlDir, Steps)),
+    Node = normalize(Steps, run_node(Edrv, Ebin, Dir, Steps)),
+    compare(Name ++ " (edrv node)", Steps, Erl, Node);
 main([Runner, Dir, Scenario]) ->
     main([Runner, Dir, Dir, Scenario]);
 main([Runner, Dir, ErlDir, Scenario]) ->
@@ -123,6 +129,15 @@ main([Runner, Dir, ErlDir, Scenario]) ->
     Name = filename:basename(Scenario, ".scenario"),
     Erl = normalize(Steps, run_erl(ErlDir, Steps)),
     Edrv = normalize(Steps, run_edrv(Runner, Dir, Steps)),
+    compare(Name, Steps, Erl, Edrv);
+main(_) ->
+    io:format("usage: diff.escript DIFF_RUNNER DRIVERS_DIR [ERL_DRIVERS_DIR] SCENARIO~n"
+              "       tests/node/run.sh diff.escript --node EDRV EBIN DRIVERS_DIR ERL_DRIVERS_DIR"
+              " SCENARIO~n"
+              "  (erl loads the drivers from ERL_DRIVERS_DIR, by default DRIVERS_DIR)~n"),
+    halt(2).
+
+compare(Name, Steps, Erl, Edrv) ->
     Rows = lists:zip(lists:seq(1, length(Steps)), lists:zip3(Steps, Erl, Edrv)),
     Verbose = os:getenv("DIFF_VERBOSE") =/= false,
     [report(I, S, E, D, Verbose) || {I, {S, E, D}} <- Rows],
@@ -133,11 +148,7 @@ main([Runner, Dir, ErlDir, Scenario]) ->
         _ ->
             io:format("diff ~s: ~b of ~b steps differ~n", [Name, length(Bad), length(Steps)]),
             halt(1)
-    end;
-main(_) ->
-    io:format("usage: diff.escript DIFF_RUNNER DRIVERS_DIR [ERL_DRIVERS_DIR] SCENARIO~n"
-              "  (erl loads the drivers from ERL_DRIVERS_DIR, by default DRIVERS_DIR)~n"),
-    halt(2).
+    end.
 
 report(I, S, E, E, true) -> io:format("step ~b: ~p~n  both: ~p~n", [I, S, E]);
 report(_, _, E, E, false) -> ok;
@@ -313,6 +324,8 @@ helper_step(S) -> error({not_a_helper_step, S}).
 run(Dir, Step, Ports) ->
     try step(Dir, Step, Ports) catch error:R -> {error, R} end.
 
+step({node, N, Dir}, Step, Ports) ->
+    node_step(N, Dir, Step, Ports);
 step(Dir, {load, Name}, _) ->
     case erl_ddll:load_driver(Dir, Name) of
         ok -> {ok, ok};
@@ -344,6 +357,97 @@ step(_, {msg_wait, Ms}, _) when is_integer(Ms), Ms > 0 ->
     {ok, ok}.
 
 port(I, Ports) -> maps:get(I, Ports, no_port).
+
+%% The same steps against an edrv node, with the module edrv. A step on a
+%% port index that has no port (a failed open) is badarg, as in erl.
+node_step(N, Dir, {load, Name}, _) ->
+    case edrv:load_driver(N, Dir, Name) of
+        ok -> {ok, ok};
+        {error, {open_error, _}} -> {error, open_error};
+        {error, R} -> {error, R}
+    end;
+node_step(N, _, {unload, Name}, _) ->
+    case edrv:unload_driver(N, Name) of
+        ok -> {ok, ok};
+        {error, R} -> {error, R}
+    end;
+node_step(N, _, {open, Command, Opts}, _) ->
+    {ok, edrv:open_port(N, {spawn_driver, Command}, Opts)};
+node_step(_, _, {close, I}, Ports) ->
+    {ok, edrv:port_close(node_port(I, Ports))};
+node_step(_, _, {command, I, Data}, Ports) ->
+    {ok, edrv:port_command(node_port(I, Ports), Data)};
+node_step(_, _, {command, I, Data, Opts}, Ports) ->
+    {ok, edrv:port_command(node_port(I, Ports), Data, Opts)};
+node_step(_, _, {control, I, Op, Data}, Ports) ->
+    {ok, edrv:port_control(node_port(I, Ports), Op, Data)};
+node_step(_, _, {call, I, Op, Term}, Ports) ->
+    {ok, edrv:port_call(node_port(I, Ports), Op, Term)};
+node_step(_, Dir, Step, Ports) ->
+    step(Dir, Step, Ports).
+
+node_port(I, Ports) ->
+    case port(I, Ports) of
+        no_port -> error(badarg);
+        P -> P
+    end.
+
+%% ---- an edrv node ------------------------------------------------------------
+
+%% The steps run here as in erl, against an edrv node with the drivers of
+%% Dir and 2 pool threads (as +A 2 above). tests/node/run.sh chose the epmd
+%% port (ERL_EPMD_PORT); this starts that epmd and stops it at the end.
+run_node(Edrv, Ebin, Dir, Steps) ->
+    true = code:add_patha(Ebin),
+    Port = list_to_integer(os:getenv("ERL_EPMD_PORT")),
+    Epmd = os:find_executable("epmd"),
+    _ = os:cmd(Epmd ++ " -daemon -port " ++ integer_to_list(Port)),
+    ok = await_epmd(Port, now_ms() + ?EXPECT_MS),
+    {ok, _} = net_kernel:start(['diff@127.0.0.1', longnames]),
+    Cookie = atom_to_list(erlang:get_cookie()),
+    Node = 'diff_edrv@127.0.0.1',
+    Os = open_port({spawn_executable, Edrv},
+                   [{args, ["--node", atom_to_list(Node), "--cookie", Cookie, "--listen",
+                            "127.0.0.1", "--drivers", Dir, "-A", "2"]},
+                    {line, 1000}, stderr_to_stdout, exit_status, binary]),
+    receive
+        {Os, {data, {eol, <<"edrv node ", _/binary>>}}} -> ok;
+        {Os, {exit_status, St}} -> error({edrv_node_did_not_start, St})
+    after ?EXPECT_MS -> error(edrv_node_did_not_start)
+    end,
+    %% the node's other lines (connections) are dropped by a drain process
+    Drain = spawn(fun() -> drain(Os) end),
+    erlang:port_connect(Os, Drain),
+    unlink(Os),
+    try run_erl({node, Node, Dir}, Steps)
+    after
+        Drain ! stop,
+        os:cmd(Epmd ++ " -port " ++ integer_to_list(Port) ++ " -kill")
+    end.
+
+drain(Os) ->
+    receive
+        stop ->
+            {os_pid, Pid} = erlang:port_info(Os, os_pid),
+            os:cmd("kill -TERM " ++ integer_to_list(Pid)),
+            receive {Os, {exit_status, _}} -> ok after ?EXPECT_MS -> ok end;
+        {Os, {data, _}} ->
+            drain(Os);
+        {Os, {exit_status, _}} ->
+            ok
+    end.
+
+await_epmd(Port, Deadline) ->
+    case gen_tcp:connect({127, 0, 0, 1}, Port, []) of
+        {ok, S} ->
+            gen_tcp:close(S),
+            ok;
+        _ ->
+            case now_ms() > Deadline of
+                true -> error(no_epmd);
+                false -> timer:sleep(5), await_epmd(Port, Deadline)
+            end
+    end.
 
 %% After a step: the main process's messages, then each idle helper's (by
 %% name) as {P, Msg}, then the results of async steps that ended, as
