@@ -48,6 +48,7 @@
 #include <search.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,6 +100,13 @@ typedef struct {
     pthread_mutex_t hlock;
     char hctl[EDRV_FWD_PID_MAX + 16];
     size_t hctl_len;
+    /* What went to the process through its helper and the helper has not
+     * yet acknowledged ({'$edrv_ack', N}): an exit signal, and the messages
+     * that follow one. While it is not 0, messages go that way too, or one
+     * sent after an exit could reach the process before the exit does.
+     * Raised by forward() alone (its calls are serialized by the proc's
+     * lock), lowered by the reader; set under hlock. */
+    atomic_uint relayed;
 } remote;
 
 struct conn {
@@ -146,14 +154,19 @@ static void say(const char *fmt, ...) {
 /* ---- writing packets ----------------------------------------------------------- */
 
 /* Writes one packet: the control term ctl (ETF without its version byte)
- * and, unless msg is NULL, the message msg (ETF, version byte first). Any
- * thread. 0, or -1 once the connection is dead. */
-static int conn_write(conn *c, const char *ctl, size_t ctl_len, const char *msg, size_t msg_len) {
-    size_t total = 2 + ctl_len + msg_len;
+ * and, unless msg is NULL, the message msg (ETF, version byte first)
+ * followed by more (more_len bytes, maybe 0); a tick (an empty packet)
+ * when ctl is NULL. Any thread. 0, or -1 once the connection is dead. */
+static int conn_write(conn *c, const char *ctl, size_t ctl_len, const char *msg, size_t msg_len,
+                      const char *more, size_t more_len) {
+    size_t total = ctl ? 2 + ctl_len + msg_len + more_len : 0;
     unsigned char head[6] = {(unsigned char)(total >> 24), (unsigned char)(total >> 16),
                              (unsigned char)(total >> 8), (unsigned char)total, PASS_THROUGH, 131};
-    struct iovec iov[3] = {{head, sizeof head}, {(void *)ctl, ctl_len}, {(void *)msg, msg_len}};
-    int n = msg ? 3 : 2, at = 0, rc = 0;
+    struct iovec iov[4] = {{head, ctl ? sizeof head : 4},
+                           {(void *)ctl, ctl_len},
+                           {(void *)msg, msg_len},
+                           {(void *)more, more_len}};
+    int n = !ctl ? 1 : !msg ? 2 : more_len ? 4 : 3, at = 0, rc = 0;
     pthread_mutex_lock(&c->wlock);
     while (!c->dead && at < n) {
         ssize_t w = writev(c->fd, iov + at, n - at);
@@ -186,7 +199,7 @@ static void ctl_begin(ei_x_buff *x, int arity, long op) {
 }
 
 static int ctl_send(conn *c, ei_x_buff *x, const char *msg, size_t msg_len) {
-    int rc = conn_write(c, x->buff, (size_t)x->index, msg, msg_len);
+    int rc = conn_write(c, x->buff, (size_t)x->index, msg, msg_len, NULL, 0);
     ei_x_free(x);
     return rc;
 }
@@ -221,19 +234,57 @@ static uint64_t pid_key(const erlang_pid *p) {
     return (uint64_t)p->num | (uint64_t)p->serial << 32;
 }
 
+/* {'$edrv_relay', Msg} in ETF, up to Msg: the helper gives Msg to its process. */
+static char relay_head[32];
+static size_t relay_head_len;
+
+static void relay_init(void) {
+    int i = 0;
+    ei_encode_version(relay_head, &i);
+    ei_encode_tuple_header(relay_head, &i, 2);
+    ei_encode_atom(relay_head, &i, "$edrv_relay");
+    relay_head_len = (size_t)i;
+}
+
 /* Runs on any thread that delivers to r's process, with it locked. */
 static void forward(void *ctx, edrv_fwd_kind kind, const char *etf, size_t len) {
     remote *r = ctx;
-    if (kind == EDRV_FWD_MESSAGE) {
-        conn_write(r->c, r->ctl, r->ctl_len, etf, len);
+    if (kind == EDRV_FWD_MESSAGE &&
+        atomic_load_explicit(&r->relayed, memory_order_acquire) == 0) {
+        conn_write(r->c, r->ctl, r->ctl_len, etf, len, NULL, 0);
         return;
     }
     /* An exit signal {'EXIT', Port, Reason}: for the owner's helper, which
-     * gives it to the owner as its own exit signal would come. A process
-     * that owns no port of ours has no helper and is linked to nothing. */
+     * gives it to the owner as its own exit signal would come. A message
+     * that follows one takes the same way, wrapped, until the helper has
+     * acknowledged both. A process that owns no port of ours has no
+     * helper and is linked to nothing. */
     pthread_mutex_lock(&r->hlock);
-    if (r->hctl_len)
-        conn_write(r->c, r->hctl, r->hctl_len, etf, len);
+    if (!r->hctl_len) {
+        if (kind == EDRV_FWD_MESSAGE)
+            conn_write(r->c, r->ctl, r->ctl_len, etf, len, NULL, 0);
+    } else if (conn_write(r->c, r->hctl, r->hctl_len,
+                          kind == EDRV_FWD_MESSAGE ? relay_head : etf,
+                          kind == EDRV_FWD_MESSAGE ? relay_head_len : len,
+                          kind == EDRV_FWD_MESSAGE ? etf + 1 : NULL,
+                          kind == EDRV_FWD_MESSAGE ? len - 1 : 0) == 0) {
+        atomic_fetch_add_explicit(&r->relayed, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&r->hlock);
+}
+
+/* {'$edrv_ack', N} from a helper: N of the things relayed through it have
+ * reached its process. Reader thread. */
+static void relay_ack(conn *c, const erlang_pid *helper, long n) {
+    remote key = {.hkey = pid_key(helper)};
+    void *found = tfind(&key, &c->by_helper, by_helper_cmp);
+    if (!found || n <= 0)
+        return;
+    remote *r = *(remote **)found;
+    pthread_mutex_lock(&r->hlock);
+    unsigned now = atomic_load_explicit(&r->relayed, memory_order_relaxed);
+    atomic_store_explicit(&r->relayed, (unsigned long)n >= now ? 0 : now - (unsigned)n,
+                          memory_order_release);
     pthread_mutex_unlock(&r->hlock);
 }
 
@@ -268,6 +319,8 @@ static void remote_helper(conn *c, remote *r, const erlang_pid *h, const char *h
     pthread_mutex_lock(&r->hlock);
     r->hkey = hkey;
     r->hctl_len = send_ctl(r->hctl, sizeof r->hctl, h_etf, h_len);
+    /* what went to an earlier helper, dead, will not be acknowledged */
+    atomic_store_explicit(&r->relayed, 0, memory_order_release);
     pthread_mutex_unlock(&r->hlock);
     remote key = {.hkey = hkey};
     void *n = tfind(&key, &c->by_helper, by_helper_cmp);
@@ -625,7 +678,7 @@ static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     ei_x_encode_atom(&m, "$edrv_port");
     port_term(&m, port);
     pthread_mutex_lock(&r->hlock);
-    conn_write(k->c, r->hctl, r->hctl_len, m.buff, (size_t)m.index);
+    conn_write(k->c, r->hctl, r->hctl_len, m.buff, (size_t)m.index, NULL, 0);
     pthread_mutex_unlock(&r->hlock);
     ei_x_free(&m);
     ei_x_buff x;
@@ -880,7 +933,14 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
     int i = 0, version, arity;
     char tag[MAXATOMLEN];
     if (ei_decode_version(b, &i, &version) < 0 || ei_decode_tuple_header(b, &i, &arity) < 0 ||
-        arity != 4 || ei_decode_atom(b, &i, tag) < 0)
+        ei_decode_atom(b, &i, tag) < 0)
+        goto bad;
+    long acked;
+    if (arity == 2 && strcmp(tag, "$edrv_ack") == 0 && ei_decode_long(b, &i, &acked) == 0) {
+        relay_ack(c, from, acked);
+        return;
+    }
+    if (arity != 4)
         goto bad;
     int body = i, at = i;
     erlang_pid helper;
@@ -1167,7 +1227,7 @@ static void *conn_main(void *arg) {
     while (buf && read_full(c->fd, lenb, 4) == 0) {
         size_t len = (size_t)lenb[0] << 24 | (size_t)lenb[1] << 16 | (size_t)lenb[2] << 8 | lenb[3];
         if (len == 0) { /* a tick: answer it */
-            conn_write(c, NULL, 0, NULL, 0);
+            conn_write(c, NULL, 0, NULL, 0, NULL, 0);
             continue;
         }
         if (len > MAX_PACKET) {
@@ -1405,6 +1465,7 @@ int edrv_node_main(int argc, char **argv) {
     node.self = (erlang_pid){.num = (unsigned)sp, .serial = (unsigned)(sp >> 32),
                              .creation = node.creation};
     strcpy(node.self.node, node.node);
+    relay_init();
 
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);

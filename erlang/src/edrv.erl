@@ -273,7 +273,8 @@ new_helper(Key, Node) ->
 %% The helper watches its process (a monitor) and the node (a link from the
 %% node's pid, and monitor_node for the time before the link is made). The
 %% edrv node sends it {'$edrv_port', Port} when its process opens a port
-%% there, and {'EXIT', Port, Reason} (a message) when that port exits.
+%% there, {'EXIT', Port, Reason} (a message) when that port exits, and the
+%% messages for its process that follow such an exit (see ack/1).
 helper_init(Owner, Node, Closed) ->
     process_flag(trap_exit, true),
     process_flag(priority, high),
@@ -288,7 +289,12 @@ helper_loop(Owner, Mref, Node, Closed, Ports) ->
         {'EXIT', Port, Reason} when is_port(Port) ->
             closed(Closed, [Port]),
             exit_to(Owner, Port, Reason),
+            ack(Node),
             helper_loop(Owner, Mref, Node, Closed, maps:remove(Port, Ports));
+        {'$edrv_relay', Msg} ->
+            Owner ! Msg,
+            ack(Node),
+            helper_loop(Owner, Mref, Node, Closed, Ports);
         {'DOWN', Mref, process, Owner, Reason} ->
             %% the edrv node, linked to us, ends its ports with that reason
             exit(Reason);
@@ -299,6 +305,12 @@ helper_loop(Owner, Mref, Node, Closed, Ports) ->
         {'EXIT', _, _} ->
             helper_loop(Owner, Mref, Node, Closed, Ports)
     end.
+
+%% Tells the node that what it sent us has reached our process: it sends
+%% the messages that follow a port's exit through us (as {'$edrv_relay',
+%% Msg}) until then, so that they cannot overtake the exit.
+ack(Node) ->
+    erlang:send({?SERVER, Node}, {'$edrv_ack', 1}).
 
 %% Every port of the lost node exits with noconnection.
 node_lost(Owner, Closed, Ports) ->
