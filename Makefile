@@ -69,6 +69,7 @@ bench: deps
 	cmake --build build-bench -j$(JOBS)
 	./bench/run build-bench
 	./bench/run_msg build-bench
+	./bench/run_node build-bench
 
 SOAK_ARGS ?=
 
