@@ -57,6 +57,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Distribution control messages (the protocol's DOP_ numbers). */
@@ -78,6 +79,7 @@ static struct {
     char *dirs[MAX_DRIVER_DIRS]; /* --drivers, as realpath gives them */
     int ndirs;
     int trace;                  /* EDRV_NODE_TRACE=1: a line per packet on stderr */
+    long long spin_ns;          /* --spin: how long a reader spins before it blocks */
 } node;
 
 typedef struct conn conn;
@@ -114,6 +116,13 @@ struct conn {
     char peer[MAXNODELEN + 1];
     pthread_mutex_t wlock;
     bool dead; /* under wlock: writes fail from then on */
+    /* Under wlock: packets written and not yet sent. The reader's own
+     * packets wait here while it has more input to go through (a burst of
+     * commands gets its answers in few writes); any write sends them first. */
+    char *obuf;
+    size_t olen, ocap;
+    pthread_t reader;
+    bool hold; /* the reader's: its packets wait in obuf */
     /* the reader's alone: */
     void *by_key;   /* tsearch tree of remote, by key */
     void *by_local; /* the same, by local */
@@ -153,21 +162,11 @@ static void say(const char *fmt, ...) {
 
 /* ---- writing packets ----------------------------------------------------------- */
 
-/* Writes one packet: the control term ctl (ETF without its version byte)
- * and, unless msg is NULL, the message msg (ETF, version byte first)
- * followed by more (more_len bytes, maybe 0); a tick (an empty packet)
- * when ctl is NULL. Any thread. 0, or -1 once the connection is dead. */
-static int conn_write(conn *c, const char *ctl, size_t ctl_len, const char *msg, size_t msg_len,
-                      const char *more, size_t more_len) {
-    size_t total = ctl ? 2 + ctl_len + msg_len + more_len : 0;
-    unsigned char head[6] = {(unsigned char)(total >> 24), (unsigned char)(total >> 16),
-                             (unsigned char)(total >> 8), (unsigned char)total, PASS_THROUGH, 131};
-    struct iovec iov[4] = {{head, ctl ? sizeof head : 4},
-                           {(void *)ctl, ctl_len},
-                           {(void *)msg, msg_len},
-                           {(void *)more, more_len}};
-    int n = !ctl ? 1 : !msg ? 2 : more_len ? 4 : 3, at = 0, rc = 0;
-    pthread_mutex_lock(&c->wlock);
+#define OBUF_MAX (256u << 10) /* obuf is sent once it holds this much */
+
+/* Writes iov[0..n) whole, under wlock. 0, or -1 once the connection is dead. */
+static int write_locked(conn *c, struct iovec *iov, int n) {
+    int at = 0;
     while (!c->dead && at < n) {
         ssize_t w = writev(c->fd, iov + at, n - at);
         if (w < 0) {
@@ -186,7 +185,73 @@ static int conn_write(conn *c, const char *ctl, size_t ctl_len, const char *msg,
             iov[at].iov_len -= (size_t)w;
         }
     }
-    rc = c->dead ? -1 : 0;
+    return c->dead ? -1 : 0;
+}
+
+/* Room for need bytes in obuf, under wlock: false when out of memory. */
+static bool obuf_reserve(conn *c, size_t need) {
+    if (need <= c->ocap)
+        return true;
+    size_t cap = c->ocap ? c->ocap : 4096;
+    while (cap < need)
+        cap *= 2;
+    char *nb = realloc(c->obuf, cap);
+    if (!nb)
+        return false;
+    c->obuf = nb;
+    c->ocap = cap;
+    return true;
+}
+
+/* Sends obuf, then iov[0..n) (n may be 0), under wlock. */
+static int flush_locked(conn *c, const struct iovec *iov, int n) {
+    struct iovec all[5] = {{c->obuf, c->olen}};
+    int k = c->olen ? 1 : 0;
+    for (int i = 0; i < n; i++)
+        all[k++] = iov[i];
+    c->olen = 0;
+    return k ? write_locked(c, all, k) : c->dead ? -1 : 0;
+}
+
+/* Sends what waits in obuf. Any thread. */
+static void conn_flush(conn *c) {
+    pthread_mutex_lock(&c->wlock);
+    if (c->olen)
+        flush_locked(c, NULL, 0);
+    pthread_mutex_unlock(&c->wlock);
+}
+
+/* Writes one packet: the control term ctl (ETF without its version byte)
+ * and, unless msg is NULL, the message msg (ETF, version byte first)
+ * followed by more (more_len bytes, maybe 0); a tick (an empty packet)
+ * when ctl is NULL. Any thread; the reader's own may wait in obuf (see
+ * hold). 0, or -1 once the connection is dead. */
+static int conn_write(conn *c, const char *ctl, size_t ctl_len, const char *msg, size_t msg_len,
+                      const char *more, size_t more_len) {
+    size_t total = ctl ? 2 + ctl_len + msg_len + more_len : 0;
+    unsigned char head[6] = {(unsigned char)(total >> 24), (unsigned char)(total >> 16),
+                             (unsigned char)(total >> 8), (unsigned char)total, PASS_THROUGH, 131};
+    struct iovec iov[4] = {{head, ctl ? sizeof head : 4},
+                           {(void *)ctl, ctl_len},
+                           {(void *)msg, msg_len},
+                           {(void *)more, more_len}};
+    int n = !ctl ? 1 : !msg ? 2 : more_len ? 4 : 3, rc;
+    bool held = pthread_equal(pthread_self(), c->reader) && c->hold;
+    pthread_mutex_lock(&c->wlock);
+    size_t size = 0;
+    for (int i = 0; i < n; i++)
+        size += iov[i].iov_len;
+    if (c->dead) {
+        rc = -1;
+    } else if (held && c->olen + size <= OBUF_MAX && obuf_reserve(c, c->olen + size)) {
+        for (int i = 0; i < n; i++) {
+            memcpy(c->obuf + c->olen, iov[i].iov_base, iov[i].iov_len);
+            c->olen += iov[i].iov_len;
+        }
+        rc = 0;
+    } else {
+        rc = flush_locked(c, iov, n);
+    }
     pthread_mutex_unlock(&c->wlock);
     return rc;
 }
@@ -965,6 +1030,9 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
     }
     if (strcmp(tag, "$edrv") != 0)
         goto bad;
+    /* A request may wait (for a port's lock, a driver's start): what the
+     * reader holds must not wait with it. */
+    conn_flush(c);
     caller k = {c, from_etf, from_len, b + body, 0};
     if (ei_skip_term(b, &i) < 0)
         goto bad;
@@ -1148,10 +1216,12 @@ static void packet(conn *c, const char *b, size_t len) {
         return;
     }
     case DOP_MONITOR_P:
+        conn_flush(c); /* as for a request, before anything that may wait */
         monitor_p(c, b, &i);
         return;
     case DOP_EXIT:
     case DOP_EXIT_TT:
+        conn_flush(c);
         exit_p(c, b, &i, op == DOP_EXIT_TT);
         return;
     case DOP_LINK:
@@ -1177,15 +1247,57 @@ static void packet(conn *c, const char *b, size_t len) {
 
 /* ---- connections -------------------------------------------------------------- */
 
-static int read_full(int fd, void *buf, size_t len) {
-    size_t at = 0;
-    while (at < len) {
-        ssize_t n = read(fd, (char *)buf + at, len - at);
+/* The reader's input buffer: what came and is not yet taken is [at, end). */
+typedef struct {
+    char *buf;
+    size_t cap, at, end;
+} inbuf;
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Makes `want` bytes readable at in->buf + in->at, reading as much as
+ * comes. When nothing has come, the reader spins (non-blocking reads) for
+ * up to node.spin_ns before it blocks, as ERTS's schedulers spin before they
+ * sleep: a caller that sends its next request at once finds this thread
+ * awake. 0, or -1 at the connection's end. */
+static int in_need(conn *c, inbuf *in, size_t want) {
+    if (in->end - in->at >= want)
+        return 0;
+    if (in->cap - in->at < want) { /* move to the front, grow if need be */
+        memmove(in->buf, in->buf + in->at, in->end - in->at);
+        in->end -= in->at;
+        in->at = 0;
+        if (in->cap < want) {
+            char *nb = realloc(in->buf, want);
+            if (!nb) {
+                say("%s: no memory for a packet of %zu bytes", c->peer, want);
+                return -1;
+            }
+            in->buf = nb;
+            in->cap = want;
+        }
+    }
+    conn_flush(c); /* what the reader held goes before it waits */
+    long long deadline = 0;
+    while (in->end - in->at < want) {
+        bool spin = node.spin_ns > 0 && (deadline == 0 || now_ns() < deadline);
+        ssize_t n = recv(c->fd, in->buf + in->end, in->cap - in->end, spin ? MSG_DONTWAIT : 0);
+        if (n > 0) {
+            in->end += (size_t)n;
+            continue;
+        }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
-            return -1;
-        at += (size_t)n;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (deadline == 0)
+                deadline = now_ns() + node.spin_ns;
+            continue;
+        }
+        return -1;
     }
     return 0;
 }
@@ -1202,6 +1314,7 @@ static void conn_end(conn *c) {
         remote_end(c, r, noconnection, sizeof noconnection - 1);
     }
     close(c->fd);
+    free(c->obuf);
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_lock(&conns.lock);
     if (c->prev)
@@ -1220,12 +1333,14 @@ static void *conn_main(void *arg) {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    c->reader = pthread_self();
     say("%s connected", c->peer);
-    size_t cap = 1 << 16;
-    char *buf = malloc(cap);
-    unsigned char lenb[4];
-    while (buf && read_full(c->fd, lenb, 4) == 0) {
+    inbuf in = {.cap = 1 << 16};
+    in.buf = malloc(in.cap);
+    while (in.buf && in_need(c, &in, 4) == 0) {
+        const unsigned char *lenb = (const unsigned char *)in.buf + in.at;
         size_t len = (size_t)lenb[0] << 24 | (size_t)lenb[1] << 16 | (size_t)lenb[2] << 8 | lenb[3];
+        in.at += 4;
         if (len == 0) { /* a tick: answer it */
             conn_write(c, NULL, 0, NULL, 0, NULL, 0);
             continue;
@@ -1234,18 +1349,13 @@ static void *conn_main(void *arg) {
             say("%s sent a packet of %zu bytes; closing the connection", c->peer, len);
             break;
         }
-        if (len > cap) {
-            char *nb = realloc(buf, len);
-            if (!nb)
-                break;
-            buf = nb;
-            cap = len;
-        }
-        if (read_full(c->fd, buf, len) < 0)
+        if (in_need(c, &in, len) < 0)
             break;
-        packet(c, buf, len);
+        in.at += len;
+        c->hold = in.end > in.at; /* more input: its answers go together */
+        packet(c, in.buf + in.at - len, len);
     }
-    free(buf);
+    free(in.buf);
     say("%s disconnected", c->peer);
     conn_end(c);
     return NULL;
@@ -1269,6 +1379,9 @@ static const char usage[] =
     "                          (default: every address)\n"
     "  -A N, --async-threads N size of the async thread pool (1..1024)\n"
     "  -S N, --schedulers N    scheduler threads\n"
+    "  --spin US               how long a connection's reader keeps polling after\n"
+    "                          a packet before it sleeps (default 100; 0: never;\n"
+    "                          as ERTS's schedulers spin, for round-trip latency)\n"
     "  -h, --help              show this help and exit\n"
     "\n"
     "The node stops on SIGINT or SIGTERM. Exit status: 0 when stopped, 1 when it\n"
@@ -1340,6 +1453,7 @@ int edrv_node_main(int argc, char **argv) {
     const char *name = NULL, *cookie = NULL, *listen_at = NULL;
     bool longname = false;
     int threads = 0, schedulers = 0;
+    long spin_us = 100;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -1382,6 +1496,13 @@ int edrv_node_main(int argc, char **argv) {
         } else if (strcmp(a, "-S") == 0 || strcmp(a, "--schedulers") == 0) {
             if (!has || int_arg(argv[++i], &schedulers) < 0)
                 return usage_error("the schedulers must be 1..1024");
+        } else if (strcmp(a, "--spin") == 0) {
+            char *end;
+            errno = 0;
+            long us = has ? strtol(argv[++i], &end, 10) : -1;
+            if (us < 0 || us > 1000000 || errno || *end || end == argv[i])
+                return usage_error("--spin takes microseconds, 0..1000000");
+            spin_us = us;
         } else {
             return usage_error("unknown option '%s' (a node runs no script)", a);
         }
@@ -1390,6 +1511,7 @@ int edrv_node_main(int argc, char **argv) {
         return usage_error("no node name (--node NAME)");
     const char *env = getenv("EDRV_NODE_TRACE");
     node.trace = env && *env && strcmp(env, "0") != 0;
+    node.spin_ns = spin_us * 1000LL;
 
     /* name@host */
     char alive[256], host[256];
