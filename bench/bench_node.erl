@@ -15,15 +15,17 @@
 %% Usage (bench/run_node sets it up: epmd on 127.0.0.1, its port in
 %% ERL_EPMD_PORT, this node started with -name):
 %%   erl -noshell -name bench@127.0.0.1 -setcookie C -pa BEAM_DIR -pa EBIN
-%%       -run bench_node main EDRV DRIVERS_DIR TRIPS PIPE PEER...
-%% PEERs run in the order given. Prints `RESULT PEER CASE METRIC VALUE`.
+%%       -run bench_node main EDRV DRIVERS_DIR TRIPS PIPE SPIN PEER...
+%% SPIN is the edrv node's --spin (microseconds). PEERs run in the order
+%% given. Prints `RESULT PEER CASE METRIC VALUE`.
 -module(bench_node).
 -export([main/1, echo_start/1]).
 
 -define(WAIT_MS, 30000).
 
-main([Edrv, Dir, TripsS, PipeS | Peers]) ->
+main([Edrv, Dir, TripsS, PipeS, Spin | Peers]) ->
     Status = try
+                 put(spin, Spin),
                  bench(Edrv, Dir, list_to_integer(TripsS), list_to_integer(PipeS), Peers)
              catch C:R:St ->
                      io:format(standard_error, "bench_node: ~p:~p~n~p~n", [C, R, St]),
@@ -32,7 +34,7 @@ main([Edrv, Dir, TripsS, PipeS | Peers]) ->
     halt(Status);
 main(_) ->
     io:format(standard_error, "usage: erl -noshell -name N -run bench_node main"
-              " EDRV DRIVERS_DIR TRIPS PIPE PEER...~n", []),
+              " EDRV DRIVERS_DIR TRIPS PIPE SPIN PEER...~n", []),
     halt(2).
 
 bench(Edrv, Dir, Trips, Pipe, Peers) ->
@@ -91,7 +93,7 @@ setup(beam, _Edrv, Dir) ->
 setup(edrv, Edrv, Dir) ->
     Node = 'bench_edrv@127.0.0.1',
     Args = ["--node", atom_to_list(Node), "--cookie", atom_to_list(erlang:get_cookie()),
-            "--listen", "127.0.0.1", "--drivers", Dir],
+            "--listen", "127.0.0.1", "--drivers", Dir, "--spin", get(spin)],
     Keeper = open_port({spawn_executable, Edrv},
                        [{args, Args}, {line, 1000}, stderr_to_stdout, exit_status]),
     receive

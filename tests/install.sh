@@ -40,3 +40,16 @@ got=$(cd "$data" && env -u EDRV_DRIVERS -u LD_LIBRARY_PATH "$prefix/bin/edrv" sh
 got=$(cd / && "$prefix/bin/edrv" -e 'print(edrv.load_driver(edrv.drivers_dir, "echo_drv"))')
 [ "$got" = "ok" ] || { echo "installed drivers: $got" >&2; exit 1; }
 echo "installed command: it starts, and runs sha256sum.lua with its drivers"
+
+# The installed Erlang application: erl finds it through ERL_LIBS, as
+# docs/node.md says, and it is the edrv application of this build.
+lib=$(find "$prefix" -path '*/lib/erlang/lib' -type d | head -1)
+[ -n "$lib" ] || { echo "installed Erlang application: no lib/erlang/lib under the prefix" >&2; exit 1; }
+got=$(cd / && ERL_LIBS=$lib erl -noshell -eval '
+  ok = application:load(edrv),
+  {module, edrv} = code:ensure_loaded(edrv),
+  true = lists:prefix(os:getenv("ERL_LIBS"), code:which(edrv)),
+  io:format("~s", [edrv:format_error(noconnection)]), halt().')
+[ "$got" = "the edrv node cannot be reached" ] ||
+  { echo "installed Erlang application: got '$got'" >&2; exit 1; }
+echo "installed Erlang application: erl loads it from ERL_LIBS"
