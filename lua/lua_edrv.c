@@ -1008,7 +1008,7 @@ static int list_open(list_it *it, const char *buf, int *idx) {
 }
 
 static int cmp_lists(const char *a, int *ai, const char *b, int *bi, int depth) {
-    list_it x, y;
+    list_it x = {0}, y = {0}; /* gcc -O2 thinks s may be read unset */
     if (list_open(&x, a, ai) < 0 || list_open(&y, b, bi) < 0)
         return -2;
     int r = 0;

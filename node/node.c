@@ -698,6 +698,32 @@ static void req_unload_driver(const caller *k, const char *b, int *i) {
     free(name);
 }
 
+typedef struct {
+    const char *name;
+    unsigned bit;
+} flag_name;
+
+/* A proper list of atoms, each one of names (ended by a NULL name): their
+ * bits or'ed into *out. 0, or -1 for anything else. */
+static int decode_flags(const char *b, int *i, const flag_name *names, unsigned *out) {
+    int n;
+    if (ei_decode_list_header(b, i, &n) < 0)
+        return -1;
+    for (int e = 0; e < n; e++) {
+        char a[MAXATOMLEN];
+        if (ei_decode_atom(b, i, a) < 0)
+            return -1;
+        const flag_name *f = names;
+        while (f->name && strcmp(f->name, a) != 0)
+            f++;
+        if (!f->name)
+            return -1;
+        *out |= f->bit;
+    }
+    int tail = 0; /* the tail must be [] */
+    return n > 0 && (ei_decode_list_header(b, i, &tail) < 0 || tail != 0) ? -1 : 0;
+}
+
 static void port_term(ei_x_buff *x, edrv_port port) {
     erlang_port p = {.id = port, .creation = node.creation};
     strcpy(p.node, node.node);
@@ -708,23 +734,10 @@ static void port_term(ei_x_buff *x, edrv_port port) {
  * each port before its reply (so before any exit of it: the exit comes
  * through the helper too). */
 static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
+    static const flag_name names[] = {{"binary", EDRV_PORT_BINARY}, {"eof", EDRV_PORT_EOF}, {0}};
     char *cmd = decode_text(b, i);
-    int n = 0;
     unsigned flags = 0;
-    bool bad = !cmd || ei_decode_list_header(b, i, &n) < 0;
-    for (int e = 0; !bad && e < n; e++) {
-        char a[MAXATOMLEN];
-        if (ei_decode_atom(b, i, a) < 0)
-            bad = true;
-        else if (strcmp(a, "binary") == 0)
-            flags |= EDRV_PORT_BINARY;
-        else if (strcmp(a, "eof") == 0)
-            flags |= EDRV_PORT_EOF;
-        else
-            bad = true;
-    }
-    if (!bad && n > 0 && ei_skip_term(b, i) < 0) /* the list's tail */
-        bad = true;
+    bool bad = !cmd || decode_flags(b, i, names, &flags) < 0;
     if (bad || !r) {
         free(cmd);
         reply_atom(k, "badarg");
@@ -869,22 +882,11 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
         reply_atom(k, "badarg");
         return;
     }
-    int n;
-    unsigned opts = 0;
-    bool bad = ei_decode_list_header(b, i, &n) < 0;
     /* without nosuspend or force: queued even when busy, as port_command/2 */
-    for (int e = 0; !bad && e < n; e++) {
-        char a[MAXATOMLEN];
-        if (ei_decode_atom(b, i, a) < 0)
-            bad = true;
-        else if (strcmp(a, "nosuspend") == 0)
-            opts |= EDRV_CMD_NOSUSPEND;
-        else if (strcmp(a, "force") == 0)
-            opts |= EDRV_CMD_FORCE;
-        else
-            bad = true;
-    }
-    if (bad) {
+    static const flag_name names[] = {
+        {"nosuspend", EDRV_CMD_NOSUSPEND}, {"force", EDRV_CMD_FORCE}, {0}};
+    unsigned opts = 0;
+    if (decode_flags(b, i, names, &opts) < 0) {
         reply_atom(k, "badarg");
         return;
     }
@@ -1409,11 +1411,20 @@ static int usage_error(const char *fmt, ...) {
     return 2;
 }
 
-static int int_arg(const char *s, int *out) {
+/* A decimal number in lo..hi. */
+static int long_arg(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < 1 || v > 1024)
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int int_arg(const char *s, int *out) {
+    long v;
+    if (long_arg(s, 1, 1024, &v) < 0)
         return -1;
     *out = (int)v;
     return 0;
@@ -1497,12 +1508,8 @@ int edrv_node_main(int argc, char **argv) {
             if (!has || int_arg(argv[++i], &schedulers) < 0)
                 return usage_error("the schedulers must be 1..1024");
         } else if (strcmp(a, "--spin") == 0) {
-            char *end;
-            errno = 0;
-            long us = has ? strtol(argv[++i], &end, 10) : -1;
-            if (us < 0 || us > 1000000 || errno || *end || end == argv[i])
+            if (!has || long_arg(argv[++i], 0, 1000000, &spin_us) < 0)
                 return usage_error("--spin takes microseconds, 0..1000000");
-            spin_us = us;
         } else {
             return usage_error("unknown option '%s' (a node runs no script)", a);
         }
