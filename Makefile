@@ -9,7 +9,8 @@
 #   make fuzz        the libFuzzer targets (clang): each corpus once, then each
 #                    target for FUZZ_TIME seconds (default 20) under ASan+UBSan
 #   make bench       the async pool's benchmark, beside ERTS, libuv and GLib,
-#                    then the message path's, beside ERTS (bench/README.md)
+#                    then the message path's, beside ERTS, then the Erlang
+#                    node's, beside a second BEAM node (bench/README.md)
 #   make soak        the soak: jobs, cancels, closes, owner exits and driver
 #                    unloads, each job checked (SOAK_ARGS, e.g. '--jobs 100M';
 #                    not part of check or CI)
