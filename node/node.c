@@ -447,7 +447,7 @@ static remote *remote_get(conn *c, const erlang_pid *pid, const erlang_pid *h,
     }
     c->nremotes++;
     remote_helper(c, r, h, h_etf, h_len);
-    trace("%s: a new caller, <0.%llu.0> here", c->peer, (unsigned long long)r->local);
+    trace("%s: a new caller, here the process %#llx", c->peer, (unsigned long long)r->local);
     return r;
 }
 
@@ -1117,7 +1117,7 @@ static void exit_p(conn *c, const char *b, int *i, bool token) {
         return;
     etf[0] = (char)131;
     memcpy(etf + 1, reason, len);
-    trace("%s: caller <0.%llu.0> ended", c->peer, (unsigned long long)r->local);
+    trace("%s: a caller ended (here the process %#llx)", c->peer, (unsigned long long)r->local);
     remote_end(c, r, etf, len + 1);
     free(etf);
 }
@@ -1165,7 +1165,7 @@ static void send_local(conn *c, const erlang_pid *to, const char *name, const ch
     else if (strcmp(to->node, node.node) == 0 && to->creation == node.creation)
         pid = (uint64_t)to->num | (uint64_t)to->serial << 32;
     if (pid && edrv_send(pid, msg, len) < 0)
-        trace("%s: a message to <0.%llu.0>: %s", c->peer, (unsigned long long)pid,
+        trace("%s: a message to the process %#llx: %s", c->peer, (unsigned long long)pid,
               edrv_last_error());
 }
 
@@ -1173,17 +1173,41 @@ static void send_local(conn *c, const erlang_pid *to, const char *name, const ch
 static void packet(conn *c, const char *b, size_t len) {
     int i = 1, version, arity;
     long op;
-    if (len < 2 || b[0] != PASS_THROUGH || ei_decode_version(b, &i, &version) < 0 ||
-        ei_decode_tuple_header(b, &i, &arity) < 0 || ei_decode_long(b, &i, &op) < 0) {
+    if (len < 2 || b[0] != PASS_THROUGH) {
         say("%s sent a packet edrv does not understand (type %d); ignored", c->peer,
             len ? (unsigned char)b[0] : -1);
         return;
     }
+    /* libei's decoders trust their input: the control term and the message
+     * (if any) are checked whole first, every read bounds-checked. */
+    long long ctl = edrv_term_size(b + 1, len - 1);
+    size_t rest = ctl < 0 ? 0 : len - 1 - (size_t)ctl;
+    if (ctl < 0 || (rest && edrv_term_size(b + 1 + ctl, rest) != (long long)rest) ||
+        ei_decode_version(b, &i, &version) < 0 || ei_decode_tuple_header(b, &i, &arity) < 0 ||
+        arity < 1 || ei_decode_long(b, &i, &op) < 0) {
+        say("%s sent a packet that is not a control term and a message; ignored", c->peer);
+        return;
+    }
     trace("%s: control message %ld, %zu bytes", c->peer, op, len);
-    /* The message, if any, follows the control tuple. */
-    int ctl_at = i;
-    const char *msg = NULL;
-    size_t msg_len = 0;
+    /* Each handler reads at most the elements its operation has: too few
+     * elements, or a message missing or where none belongs, is malformed. */
+    int need;
+    bool with_msg = false;
+    switch (op) {
+    case DOP_REG_SEND: need = 4, with_msg = true; break;
+    case DOP_REG_SEND_TT: need = 5, with_msg = true; break;
+    case DOP_SEND: case DOP_SEND_SENDER: need = 3, with_msg = true; break;
+    case DOP_SEND_TT: case DOP_SEND_SENDER_TT: need = 4, with_msg = true; break;
+    case DOP_MONITOR_P: case DOP_EXIT: case DOP_UNLINK_ID: need = 4; break;
+    case DOP_EXIT_TT: need = 5; break;
+    case DOP_LINK: need = 3; break;
+    default: need = 1; break; /* ignored, whatever they hold */
+    }
+    if (arity < need || (with_msg && rest == 0)) {
+        say("%s sent a malformed control message %ld; ignored", c->peer, op);
+        return;
+    }
+    const char *msg = b + 1 + ctl; /* the message: what follows the control term */
     switch (op) {
     case DOP_REG_SEND:
     case DOP_REG_SEND_TT: {
@@ -1195,14 +1219,10 @@ static void packet(conn *c, const char *b, size_t len) {
         if (raw_term(b, &i, &from_etf, &from_len) < 0 || ei_decode_pid(b, &at, &from) < 0 ||
             ei_skip_term(b, &i) < 0 || ei_decode_atom(b, &i, to) < 0)
             break;
-        for (int k = 5; k < arity + 1; k++)
-            ei_skip_term(b, &i); /* the trace token */
-        msg = b + i;
-        msg_len = len - (size_t)i;
         if (strcmp(to, "edrv") == 0)
-            request(c, &from, from_etf, from_len, msg, msg_len);
+            request(c, &from, from_etf, from_len, msg, rest);
         else
-            send_local(c, NULL, to, msg, msg_len);
+            send_local(c, NULL, to, msg, rest);
         return;
     }
     case DOP_SEND:
@@ -1212,9 +1232,7 @@ static void packet(conn *c, const char *b, size_t len) {
         erlang_pid to;
         if (ei_skip_term(b, &i) < 0 || ei_decode_pid(b, &i, &to) < 0)
             break;
-        for (int k = 4; k < arity + 1; k++)
-            ei_skip_term(b, &i);
-        send_local(c, &to, NULL, b + i, len - (size_t)i);
+        send_local(c, &to, NULL, msg, rest);
         return;
     }
     case DOP_MONITOR_P:
@@ -1243,7 +1261,6 @@ static void packet(conn *c, const char *b, size_t len) {
         trace("%s: unknown control message %ld ignored", c->peer, op);
         return;
     }
-    (void)ctl_at;
     say("%s sent a malformed control message %ld; ignored", c->peer, op);
 }
 

@@ -12,10 +12,10 @@ secs=${2:-20}
 shift $(($# < 2 ? $# : 2))
 src=$(cd "$(dirname "$0")" && pwd)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etf format call spec lua)
+[ ${#targets[@]} -gt 0 ] || targets=(etf format call spec lua node)
 
 # Each target's seed corpora (tests/fuzz/CMakeLists.txt says the same).
-corpora_of() { case $1 in spec) echo spec ;; lua) echo etf lua ;; *) echo etf ;; esac; }
+corpora_of() { case $1 in spec) echo spec ;; lua) echo etf lua ;; node) echo node ;; *) echo etf ;; esac; }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

@@ -1,7 +1,8 @@
 #!/usr/bin/env escript
 %% Writes the seed corpora of tests/fuzz: corpus/etf (terms as term_to_binary
 %% makes them, including messages shaped as edrv delivers them) and
-%% corpus/spec (term specs in fuzz_spec.c's input format). The files are in
+%% corpus/spec (term specs in fuzz_spec.c's input format) and corpus/node
+%% (packets from a BEAM node, in fuzz_node.c's input format). The files are in
 %% the repository; run this again after changing it:
 %%   escript tests/fuzz/seeds.escript tests/fuzz/corpus
 -mode(compile).
@@ -15,6 +16,10 @@ main([Dir]) ->
     write(Etf, "float_old_format", term_to_binary(1.5, [{minor_version, 0}])),
     write(Etf, "compressed", term_to_binary(lists:seq(1, 300), [compressed])),
     [write(Spec, Name, S) || {Name, S} <- specs()],
+    Node = filename:join(Dir, "node"),
+    ok = filelib:ensure_dir(filename:join(Node, "x")),
+    [write(Node, Name, << <<(byte_size(P)):16, P/binary>> || P <- Ps >>)
+     || {Name, Ps} <- node_seeds()],
     ok.
 
 write(Dir, Name, Bytes) ->
@@ -86,3 +91,52 @@ specs() ->
      {"bad_tag", <<Output/binary, ?RAW, 99:64/little>>},
      {"bad_null_string", <<Output/binary, (?STRING + 18), 0, 3, "abc">>},
      {"bad_binary_range", <<Output/binary, ?BINARY, 1, 60, 10>>}].
+
+%% ---- fuzz_node: packets from beam@127.0.0.1 to the node fuzz@127.0.0.1 -----------
+
+pid(Node, Num) ->
+    N = atom_to_binary(Node, utf8),
+    binary_to_term(<<131, 88, 119, (byte_size(N)), N/binary, Num:32, 0:32, 1:32>>).
+
+port(Node, Id) ->
+    N = atom_to_binary(Node, utf8),
+    binary_to_term(<<131, 89, 119, (byte_size(N)), N/binary, Id:32, 1:32>>).
+
+packet(Ctl) -> <<"p", (term_to_binary(Ctl))/binary>>.
+packet(Ctl, Msg) -> <<(packet(Ctl))/binary, (term_to_binary(Msg))/binary>>.
+
+node_seeds() ->
+    Beam = 'beam@127.0.0.1', Edrv = 'fuzz@127.0.0.1',
+    From = pid(Beam, 100), Helper = pid(Beam, 101), Other = pid(Beam, 102),
+    %% the node's process and the port that fuzz_node keeps open
+    Self = pid(Edrv, 2), Port = port(Edrv, 1), Port2 = port(Edrv, 2),
+    Req = fun(R) -> packet({6, From, '', edrv}, {'$edrv', tag, R, Helper}) end,
+    Cast = fun(P, D) -> packet({6, From, '', edrv}, {'$edrv_cmd', P, D, Helper}) end,
+    Open = Req({open_port, <<"fuzz_drv">>, [binary]}),
+    [{"open_port", [Open]},
+     {"open_port_bad", [Req({open_port, <<"nothing">>, [eof, binary]}),
+                        Req({open_port, <<"fuzz_drv">>, [bad]})]},
+     {"load_driver", [Req({load_driver, <<"/tmp">>, <<"x">>})]},
+     {"unload_driver", [Req({unload_driver, <<"nothing">>})]},
+     {"ping", [Req({ping})]},
+     {"command", [Cast(Port, <<"data">>), Cast(Port, [<<"a">>, "bc", [[]], <<>>]),
+                  Req({command, Port, <<"x">>, [nosuspend]}), Req({command, Port, "x", []})]},
+     {"open_close", [Open, Req({close, Port2}), Req({close, Port2})]},
+     {"control_call", [Req({control, Port, 1, <<"x">>}),
+                            Req({call, Port, 0, {a, [1, 2], <<"b">>}}),
+                            Req({call, Port, 1, {a}}), Req({info, Port}),
+                            Req({info, Port, connected}), Req({info, Port2, name})]},
+     {"open_then_exit", [Open, Open, packet({3, Helper, Self, killed})]},
+     {"ack", [packet({6, Helper, '', edrv}, {'$edrv_ack', 1})]},
+     {"not_a_request", [packet({6, From, '', edrv}, {hello}),
+                        packet({6, From, '', edrv}, {'$edrv', tag, {nothing}, undefined})]},
+     {"send", [packet({2, '', Self}, hello), packet({2, '', pid(Edrv, 99)}, hello),
+               packet({6, From, '', nobody}, hello)]},
+     {"link_unlink", [packet({1, From, Self}), packet({1, From, pid(Edrv, 7)}),
+                      packet({35, 1, From, Self}), packet({4, From, Self})]},
+     {"monitor", [packet({19, From, edrv, make_ref()}), packet({19, From, Self, make_ref()}),
+                  packet({19, From, nobody, make_ref()}), packet({20, From, edrv, make_ref()})]},
+     {"exits", [packet({3, Other, Self, normal}), packet({13, Other, Self, token, boom}),
+                packet({8, Other, Self, boom}), packet({18, Other, Self, token, boom})]},
+     {"tt_and_unknown", [packet({16, From, '', edrv, token}, {'$edrv', t, {ping}, Helper}),
+                         packet({12, '', Self, token}, hi), packet({99}), <<>>]}].
