@@ -767,10 +767,13 @@ static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     reply(k, &x);
 }
 
-static void reply_data(const caller *k, const edrv_reply *rep) {
+/* {ok, Reply}, or {ok, Reply, closed} when the port ended in the call (a
+ * driver_exit in it): the caller then knows it is closed, and a
+ * port_command/2 of its raises badarg, as ERTS's would. */
+static void reply_data(const caller *k, const edrv_reply *rep, bool closed) {
     ei_x_buff x;
     ei_x_new_with_version(&x);
-    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_tuple_header(&x, closed ? 3 : 2);
     ei_x_encode_atom(&x, "ok");
     switch (rep->kind) {
     case EDRV_REPLY_BINARY:
@@ -795,7 +798,24 @@ static void reply_data(const caller *k, const edrv_reply *rep) {
     default:
         ei_x_encode_empty_list(&x);
     }
+    if (closed)
+        ei_x_encode_atom(&x, "closed");
     reply(k, &x);
+}
+
+/* Whether the port is gone (closed, or never was). */
+static bool port_gone(edrv_port port) {
+    edrv_port_status st;
+    int rc = edrv_port_info(port, &st);
+    return rc == EDRV_ENOPORT || rc == EDRV_ECLOSED;
+}
+
+/* The answer to a request that failed with rc: `closed` when the port is
+ * gone (the caller remembers it: badarg for its port_command/2 from then
+ * on), else badarg or enomem. */
+static void reply_failure(const caller *k, edrv_port port, int rc) {
+    bool gone = port && (rc == EDRV_ENOPORT || rc == EDRV_ECLOSED || port_gone(port));
+    reply_atom(k, rc == EDRV_ENOMEM ? "enomem" : gone ? "closed" : "badarg");
 }
 
 /* {control, Port, Op, Data} and {call, Port, Op, Term}. */
@@ -849,10 +869,10 @@ static void req_control(const caller *k, remote *r, const char *b, int *i, size_
         free(o.v);
     }
     if (rc < 0) {
-        reply_atom(k, rc == EDRV_ENOMEM ? "enomem" : "badarg");
+        reply_failure(k, port, rc);
         return;
     }
-    reply_data(k, &rep);
+    reply_data(k, &rep, port_gone(port));
     edrv_reply_free(&rep);
 }
 
@@ -893,13 +913,15 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
     if (!opts)
         opts = EDRV_CMD_QUEUE;
     *i = at;
+    int pa = at;
+    edrv_port port = decode_port(b, &pa);
     int rc = do_command(r, b, i, len, opts);
     if (rc == EDRV_EBUSY)
         reply_atom(k, "false");
     else if (rc == EDRV_ENOTSUP)
         reply_atom(k, "notsup");
     else if (rc < 0)
-        reply_atom(k, "badarg");
+        reply_failure(k, port, rc);
     else
         reply_atom(k, "true");
 }
@@ -907,7 +929,10 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
 static void req_close(const caller *k, remote *r, const char *b, int *i) {
     edrv_port port = decode_port(b, i);
     int rc = port && r ? edrv_port_close(r->proc, port) : EDRV_EBADARG;
-    reply_atom(k, rc < 0 ? "badarg" : "true");
+    if (rc < 0)
+        reply_failure(k, port, rc);
+    else
+        reply_atom(k, "true");
 }
 
 /* The owner's pid as the BEAM knows it: its own for a BEAM process. */

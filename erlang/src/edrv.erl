@@ -84,9 +84,11 @@ port_flags(_, _) -> erlang:error(badarg).
 
 %% As erlang:port_command/2: the data goes to the port asynchronously.
 %% badarg for a port that this process knows is closed: one it owned that
-%% exited, one it closed, one of a node it lost. A port that has closed
-%% without this process's knowing drops the data (it has to be asked to
-%% know, and that would make every command wait for an answer).
+%% exited, one it closed, one of a node it lost, one that another call of
+%% its (port_control, port_call, port_command/3, port_info, port_close)
+%% found closed or saw end (a driver_exit in a control). A port that has
+%% closed without this process's knowing drops the data (it has to be asked
+%% to know, and that would make every command wait for an answer).
 -spec port_command(port(), iodata()) -> true.
 port_command(Port, Data) when is_port(Port) ->
     Node = node(Port),
@@ -116,7 +118,7 @@ port_command(Port, Data, Opts) when is_port(Port), is_list(Opts) ->
         {reply, true} -> true;
         {reply, false} -> false;
         {reply, notsup} -> erlang:error(notsup, [Port, Data, Opts]);
-        _ -> erlang:error(badarg, [Port, Data, Opts])
+        Other -> badarg(Other, Port, [Port, Data, Opts])
     end;
 port_command(Port, Data, Opts) ->
     erlang:error(badarg, [Port, Data, Opts]).
@@ -126,7 +128,8 @@ port_command(Port, Data, Opts) ->
 port_control(Port, Op, Data) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
     case call(node(Port), {control, Port, Op, Data}) of
         {reply, {ok, Reply}} -> Reply;
-        _ -> erlang:error(badarg, [Port, Op, Data])
+        {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
+        Other -> badarg(Other, Port, [Port, Op, Data])
     end;
 port_control(Port, Op, Data) ->
     erlang:error(badarg, [Port, Op, Data]).
@@ -136,7 +139,8 @@ port_control(Port, Op, Data) ->
 port_call(Port, Op, Term) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
     case call(node(Port), {call, Port, Op, Term}) of
         {reply, {ok, Reply}} -> Reply;
-        _ -> erlang:error(badarg, [Port, Op, Term])
+        {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
+        Other -> badarg(Other, Port, [Port, Op, Term])
     end;
 port_call(Port, Op, Term) ->
     erlang:error(badarg, [Port, Op, Term]).
@@ -144,14 +148,9 @@ port_call(Port, Op, Term) ->
 %% As erlang:port_close/1.
 -spec port_close(port()) -> true.
 port_close(Port) when is_port(Port) ->
-    Node = node(Port),
-    case call(Node, {close, Port}) of
-        {reply, true} ->
-            {_, Closed} = helper(Node),
-            ets:insert(Closed, {Port}),
-            true;
-        _ ->
-            erlang:error(badarg, [Port])
+    case call(node(Port), {close, Port}) of
+        {reply, true} -> known_closed(Port), true;
+        Other -> badarg(Other, Port, [Port])
     end;
 port_close(Port) ->
     erlang:error(badarg, [Port]).
@@ -161,7 +160,7 @@ port_close(Port) ->
 port_info(Port) when is_port(Port) ->
     case call(node(Port), {info, Port}) of
         {reply, {ok, Info}} -> Info;
-        {reply, undefined} -> undefined;
+        {reply, undefined} -> known_closed(Port), undefined;
         {down, _} -> undefined;
         _ -> erlang:error(badarg, [Port])
     end;
@@ -173,7 +172,7 @@ port_info(Port) ->
 port_info(Port, Item) when is_port(Port), is_atom(Item) ->
     case call(node(Port), {info, Port, Item}) of
         {reply, {ok, Info}} -> Info;
-        {reply, undefined} -> undefined;
+        {reply, undefined} -> known_closed(Port), undefined;
         {down, _} -> undefined;
         _ -> erlang:error(badarg, [Port, Item])
     end;
@@ -199,6 +198,18 @@ format_error(not_loaded) -> "Driver not loaded";
 format_error(Reason) -> erl_ddll:format_error(Reason).
 
 %% ---- inside ---------------------------------------------------------------------
+
+%% A request's failure as ERTS raises it: badarg. A port the node says is
+%% closed is remembered as such (see port_command/2).
+badarg({reply, closed}, Port, Args) ->
+    known_closed(Port),
+    erlang:error(badarg, Args);
+badarg(_, _, Args) ->
+    erlang:error(badarg, Args).
+
+known_closed(Port) ->
+    {_, Closed} = helper(node(Port)),
+    ets:insert(Closed, {Port}).
 
 text(T) when is_atom(T) -> atom_to_binary(T, utf8);
 text(T) when is_binary(T) -> T;
