@@ -333,6 +333,11 @@ int edrv_port_commandv(edrv_proc *p, edrv_port port, const struct iovec *iov, in
 #define EDRV_CMD_BINARY 0x8u
 int edrv_port_command_opts(edrv_proc *p, edrv_port port, const struct iovec *iov, int iovcnt,
                            unsigned opts);
+/* Whether a command now would wait: 1 when the port is busy (its driver's
+ * set_busy_port, or its busy message queue), 0 when not; EDRV_ENOPORT, or
+ * EDRV_ECLOSED for a port that is closed or closing (commands to it fail).
+ * Any thread; a snapshot, which the driver may change at once. */
+int edrv_port_busy(edrv_port port);
 
 typedef enum {
     EDRV_REPLY_NONE = 0,

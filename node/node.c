@@ -44,6 +44,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <search.h>
 #include <signal.h>
@@ -124,6 +125,8 @@ struct conn {
     pthread_t reader;
     bool hold; /* the reader's: its packets wait in obuf */
     /* the reader's alone: */
+    struct parked *parked, **parked_end; /* commands waiting for busy ports, in order */
+    void *told_busy; /* tsearch tree of the ports this node was told are busy */
     void *by_key;   /* tsearch tree of remote, by key */
     void *by_local; /* the same, by local */
     void *by_helper; /* the same, by hkey */
@@ -451,9 +454,12 @@ static remote *remote_get(conn *c, const erlang_pid *pid, const erlang_pid *h,
     return r;
 }
 
+static void unpark_caller(conn *c, remote *r);
+
 /* r's process exits with reason (ETF, version byte first), closing its
  * ports as an owner's exit does, and r is freed. Reader thread. */
 static void remote_end(conn *c, remote *r, const char *reason, size_t len) {
+    unpark_caller(c, r); /* a suspended sender that dies sends nothing */
     tdelete(r, &c->by_key, by_key_cmp);
     tdelete(r, &c->by_local, by_local_cmp);
     remote key = {.hkey = r->hkey};
@@ -767,13 +773,17 @@ static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     reply(k, &x);
 }
 
-/* {ok, Reply}, or {ok, Reply, closed} when the port ended in the call (a
- * driver_exit in it): the caller then knows it is closed, and a
- * port_command/2 of its raises badarg, as ERTS's would. */
-static void reply_data(const caller *k, const edrv_reply *rep, bool closed) {
+static int port_state(edrv_port port);
+static bool told(conn *c, edrv_port port, int state);
+
+/* {ok, Reply}; {ok, Reply, closed} when the port ended in the call (a
+ * driver_exit in it) or is closing: the caller then knows it is closed,
+ * and a port_command/2 of its raises badarg, as ERTS's would; {ok, Reply,
+ * busy} when the port is busy after it (state, as port_state gives it). */
+static void reply_data(const caller *k, const edrv_reply *rep, int state) {
     ei_x_buff x;
     ei_x_new_with_version(&x);
-    ei_x_encode_tuple_header(&x, closed ? 3 : 2);
+    ei_x_encode_tuple_header(&x, state ? 3 : 2);
     ei_x_encode_atom(&x, "ok");
     switch (rep->kind) {
     case EDRV_REPLY_BINARY:
@@ -798,23 +808,16 @@ static void reply_data(const caller *k, const edrv_reply *rep, bool closed) {
     default:
         ei_x_encode_empty_list(&x);
     }
-    if (closed)
-        ei_x_encode_atom(&x, "closed");
+    if (state)
+        ei_x_encode_atom(&x, state < 0 ? "closed" : "busy");
     reply(k, &x);
 }
 
-/* Whether the port is gone (closed, or never was). */
-static bool port_gone(edrv_port port) {
-    edrv_port_status st;
-    int rc = edrv_port_info(port, &st);
-    return rc == EDRV_ENOPORT || rc == EDRV_ECLOSED;
-}
-
 /* The answer to a request that failed with rc: `closed` when the port is
- * gone (the caller remembers it: badarg for its port_command/2 from then
+ * gone or closing (the caller remembers it: badarg for its port_command/2 from then
  * on), else badarg or enomem. */
 static void reply_failure(const caller *k, edrv_port port, int rc) {
-    bool gone = port && (rc == EDRV_ENOPORT || rc == EDRV_ECLOSED || port_gone(port));
+    bool gone = port && (rc == EDRV_ENOPORT || rc == EDRV_ECLOSED || port_state(port) < 0);
     reply_atom(k, rc == EDRV_ENOMEM ? "enomem" : gone ? "closed" : "badarg");
 }
 
@@ -872,29 +875,243 @@ static void req_control(const caller *k, remote *r, const char *b, int *i, size_
         reply_failure(k, port, rc);
         return;
     }
-    reply_data(k, &rep, port_gone(port));
+    int state = port_state(port);
+    told(k->c, port, state);
+    reply_data(k, &rep, state);
     edrv_reply_free(&rep);
 }
 
-/* Command data: {'$edrv_cmd', Port, Data} (no reply) or, with options,
- * {command, Port, Data, Opts} (replies true, false when busy with
- * nosuspend, or an error). */
-static int do_command(remote *r, const char *b, int *i, size_t len, unsigned opts) {
-    edrv_port port = decode_port(b, i);
-    if (!port || !r)
+/* ---- commands and busy ports --------------------------------------------------
+ * A BEAM node keeps a table of the ports it believes busy (edrv.erl): its
+ * port_command/2 casts to a port that is not in it, and asks (a request
+ * that waits) for one that is. The table is kept by the answers to
+ * requests on a port ({ok, Reply, busy}, {true, busy}, ...), which the
+ * caller applies before it returns, and by {'$edrv_busy', Port, Busy}
+ * messages to the name edrv_busy there when a cast finds the state changed.
+ * A request that finds its port busy waits here, parked, until the port
+ * takes the data or is gone: the reader looks again after each packet, and
+ * each millisecond while any waits. */
+
+typedef struct parked {
+    struct parked *next;
+    remote *r;
+    edrv_port port;
+    unsigned opts;  /* EDRV_CMD_BINARY, or 0 */
+    char *data;     /* the pieces, one after the other */
+    size_t *lens;
+    int n;
+    char *from, *tag; /* the caller's, for the answer */
+    size_t from_len, tag_len;
+} parked;
+
+/* The port's state for the table: 1 busy, 0 free, -1 gone (or closing). */
+static int port_state(edrv_port port) {
+    int b = edrv_port_busy(port);
+    return b < 0 ? -1 : b;
+}
+
+static int by_port_cmp(const void *a, const void *b) {
+    edrv_port x = *(const edrv_port *)a, y = *(const edrv_port *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Notes that the BEAM node now knows the port's state (after an answer
+ * that carried it); true when that differs from what it was told before. */
+static bool told(conn *c, edrv_port port, int state) {
+    void *n = tfind(&port, &c->told_busy, by_port_cmp);
+    if ((state == 1) == (n != NULL))
+        return false;
+    if (n) {
+        edrv_port *k = *(edrv_port **)n;
+        tdelete(&port, &c->told_busy, by_port_cmp);
+        free(k);
+    } else {
+        edrv_port *k = malloc(sizeof *k);
+        if (!k || !tsearch(k, &c->told_busy, by_port_cmp)) {
+            free(k);
+            return false; /* out of memory: it learns from the next answer */
+        }
+        *k = port;
+    }
+    return true;
+}
+
+/* After a cast: tells the BEAM node's edrv_busy of a change. */
+static void tell_busy(conn *c, edrv_port port) {
+    int state = port_state(port);
+    if (state < 0 || !told(c, port, state))
+        return;
+    ei_x_buff x, m;
+    ctl_begin(&x, 4, DOP_REG_SEND);
+    ei_x_encode_pid(&x, &node.self);
+    ei_x_encode_atom(&x, "");
+    ei_x_encode_atom(&x, "edrv_busy");
+    ei_x_new_with_version(&m);
+    ei_x_encode_tuple_header(&m, 3);
+    ei_x_encode_atom(&m, "$edrv_busy");
+    port_term(&m, port);
+    ei_x_encode_boolean(&m, state == 1);
+    ctl_send(c, &x, m.buff, (size_t)m.index);
+    ei_x_free(&m);
+}
+
+/* The answer to a command that was sent: true, or {true, busy}. */
+static void reply_sent(const caller *k, edrv_port port) {
+    int state = port_state(port);
+    told(k->c, port, state);
+    if (state != 1) {
+        reply_atom(k, "true");
+        return;
+    }
+    ei_x_buff x;
+    ei_x_new_with_version(&x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "true");
+    ei_x_encode_atom(&x, "busy");
+    reply(k, &x);
+}
+
+/* A command's port and data: {Port, Data} in a request. */
+static int decode_command(const char *b, int *i, size_t len, edrv_port *port, iovs *o,
+                          unsigned *opts) {
+    *port = decode_port(b, i);
+    if (!*port)
         return EDRV_EBADARG;
     int type, size;
     if (ei_get_type(b, i, &type, &size) == 0 && type == ERL_BINARY_EXT)
-        opts |= EDRV_CMD_BINARY; /* as port_command with a binary */
-    iovs o = {.scratch = malloc(len)};
-    int rc = o.scratch && iodata(b, i, &o, 0) == 0
-                 ? edrv_port_command_opts(r->proc, port, o.v, o.n, opts)
-                 : EDRV_EBADARG;
-    free(o.scratch);
-    free(o.v);
-    return rc;
+        *opts |= EDRV_CMD_BINARY; /* as port_command with a binary */
+    o->scratch = malloc(len);
+    return o->scratch && iodata(b, i, o, 0) == 0 ? 0 : EDRV_EBADARG;
 }
 
+/* {'$edrv_cmd', Port, Data}: port_command/2, no answer. A busy port takes
+ * it all the same (the sender has gone on: it did not know), and the BEAM
+ * node is told; a closed port drops it, as ERTS drops a command that
+ * reaches a port after it closed. */
+static void cast_command(conn *c, remote *r, const char *b, int *i, size_t len) {
+    edrv_port port = 0;
+    iovs o = {0};
+    unsigned opts = EDRV_CMD_QUEUE;
+    int rc = r ? decode_command(b, i, len, &port, &o, &opts) : EDRV_EBADARG;
+    if (rc == 0)
+        rc = edrv_port_command_opts(r->proc, port, o.v, o.n, opts);
+    free(o.scratch);
+    free(o.v);
+    if (rc < 0)
+        trace("command from %s: %s", c->peer, edrv_last_error());
+    else
+        tell_busy(c, port);
+}
+
+static void park(const caller *k, remote *r, edrv_port port, const iovs *o, unsigned opts) {
+    parked *p = calloc(1, sizeof *p);
+    size_t total = 0;
+    for (int j = 0; j < o->n; j++)
+        total += o->v[j].iov_len;
+    if (p) {
+        p->data = malloc(total ? total : 1);
+        p->lens = malloc((size_t)(o->n ? o->n : 1) * sizeof *p->lens);
+        p->from = malloc(k->from_len);
+        p->tag = malloc(k->tag_len);
+    }
+    if (!p || !p->data || !p->lens || !p->from || !p->tag) {
+        if (p) {
+            free(p->data), free(p->lens), free(p->from), free(p->tag);
+            free(p);
+        }
+        reply_atom(k, "enomem");
+        return;
+    }
+    size_t at = 0;
+    for (int j = 0; j < o->n; j++) {
+        memcpy(p->data + at, o->v[j].iov_base, o->v[j].iov_len);
+        p->lens[j] = o->v[j].iov_len;
+        at += o->v[j].iov_len;
+    }
+    p->n = o->n;
+    p->r = r;
+    p->port = port;
+    p->opts = opts;
+    memcpy(p->from, k->from, k->from_len);
+    p->from_len = k->from_len;
+    memcpy(p->tag, k->tag, k->tag_len);
+    p->tag_len = k->tag_len;
+    conn *c = k->c;
+    if (!c->parked_end)
+        c->parked_end = &c->parked;
+    *c->parked_end = p;
+    c->parked_end = &p->next;
+    told(c, port, 1);
+    trace("%s: a command waits for the busy port %llu", c->peer, (unsigned long long)port);
+}
+
+static void parked_free(parked *p) {
+    free(p->data), free(p->lens), free(p->from), free(p->tag);
+    free(p);
+}
+
+/* Sends what waits for ports that are no longer busy, in order, and
+ * answers closed for ports that are gone. Reader thread. */
+static void unpark(conn *c) {
+    parked **at = &c->parked;
+    while (*at) {
+        parked *p = *at;
+        int state = port_state(p->port);
+        /* one waits behind another for the same port, as senders queue */
+        bool behind = false;
+        for (parked *q = c->parked; q != p && !behind; q = q->next)
+            behind = q->port == p->port;
+        if (state == 1 || behind) {
+            at = &p->next;
+            continue;
+        }
+        caller k = {c, p->from, p->from_len, p->tag, p->tag_len};
+        int rc = -1;
+        if (state == 0) {
+            struct iovec v[64], *vp = p->n <= 64 ? v : malloc((size_t)p->n * sizeof *vp);
+            size_t off = 0;
+            for (int j = 0; vp && j < p->n; j++) {
+                vp[j] = (struct iovec){p->data + off, p->lens[j]};
+                off += p->lens[j];
+            }
+            rc = vp ? edrv_port_command_opts(p->r->proc, p->port, vp, p->n,
+                                             p->opts | EDRV_CMD_NOSUSPEND)
+                    : EDRV_ENOMEM;
+            if (vp != v)
+                free(vp);
+            if (rc == EDRV_EBUSY) { /* busy again at once */
+                at = &p->next;
+                continue;
+            }
+        }
+        if (rc == 0)
+            reply_sent(&k, p->port);
+        else
+            reply_failure(&k, p->port, state < 0 ? EDRV_ECLOSED : rc);
+        *at = p->next;
+        parked_free(p);
+    }
+    c->parked_end = at;
+}
+
+static void unpark_caller(conn *c, remote *r) {
+    parked **at = &c->parked;
+    while (*at) {
+        parked *p = *at;
+        if (p->r == r) {
+            *at = p->next;
+            parked_free(p);
+        } else {
+            at = &p->next;
+        }
+    }
+    c->parked_end = at;
+}
+
+/* {command, Port, Data, Opts}: port_command/3, and port_command/2 to a port
+ * believed busy. Answers true ({true, busy} when the port is busy after
+ * it), false when busy with nosuspend, notsup, closed; without nosuspend
+ * or force, a busy port makes it wait (parked) as ERTS suspends the sender. */
 static void req_command(const caller *k, remote *r, const char *b, int *i, size_t len) {
     int at = *i;
     /* the options after the data: skip port and data first */
@@ -902,28 +1119,44 @@ static void req_command(const caller *k, remote *r, const char *b, int *i, size_
         reply_atom(k, "badarg");
         return;
     }
-    /* without nosuspend or force: queued even when busy, as port_command/2 */
     static const flag_name names[] = {
         {"nosuspend", EDRV_CMD_NOSUSPEND}, {"force", EDRV_CMD_FORCE}, {0}};
     unsigned opts = 0;
-    if (decode_flags(b, i, names, &opts) < 0) {
+    if (decode_flags(b, i, names, &opts) < 0 || !r) {
         reply_atom(k, "badarg");
         return;
     }
-    if (!opts)
-        opts = EDRV_CMD_QUEUE;
     *i = at;
-    int pa = at;
-    edrv_port port = decode_port(b, &pa);
-    int rc = do_command(r, b, i, len, opts);
-    if (rc == EDRV_EBUSY)
+    edrv_port port = 0;
+    iovs o = {0};
+    int rc = decode_command(b, i, len, &port, &o, &opts);
+    bool wait = !(opts & (EDRV_CMD_NOSUSPEND | EDRV_CMD_FORCE));
+    if (rc == 0) {
+        bool queue_behind = false; /* others wait for it: this one too */
+        for (parked *p = k->c->parked; p && !queue_behind; p = p->next)
+            queue_behind = p->port == port;
+        rc = wait && queue_behind ? EDRV_EBUSY
+                                  : edrv_port_command_opts(r->proc, port, o.v, o.n,
+                                                           opts | (wait ? EDRV_CMD_NOSUSPEND : 0));
+        if (rc == EDRV_EBUSY && wait) {
+            park(k, r, port, &o, opts & EDRV_CMD_BINARY);
+            free(o.scratch);
+            free(o.v);
+            return;
+        }
+    }
+    free(o.scratch);
+    free(o.v);
+    if (rc == EDRV_EBUSY) {
+        told(k->c, port, 1);
         reply_atom(k, "false");
-    else if (rc == EDRV_ENOTSUP)
+    } else if (rc == EDRV_ENOTSUP) {
         reply_atom(k, "notsup");
-    else if (rc < 0)
+    } else if (rc < 0) {
         reply_failure(k, port, rc);
-    else
-        reply_atom(k, "true");
+    } else {
+        reply_sent(k, port);
+    }
 }
 
 static void req_close(const caller *k, remote *r, const char *b, int *i) {
@@ -1050,9 +1283,7 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
          * command that reaches a port after it closed. A busy port takes it
          * all the same: the sender is on another node and cannot be
          * suspended here (docs/node.md). */
-        int rc = do_command(CALLER, b, &i, len, EDRV_CMD_QUEUE);
-        if (rc < 0)
-            trace("command from %s: %s", c->peer, edrv_last_error());
+        cast_command(c, CALLER, b, &i, len);
         return;
     }
     if (strcmp(tag, "$edrv") != 0)
@@ -1329,6 +1560,15 @@ static int in_need(conn *c, inbuf *in, size_t want) {
     long long deadline = 0;
     while (in->end - in->at < want) {
         bool spin = node.spin_ns > 0 && (deadline == 0 || now_ns() < deadline);
+        if (!spin && c->parked) {
+            /* commands wait for busy ports: look at them each millisecond */
+            struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+            if (poll(&pfd, 1, 1) == 0) {
+                unpark(c);
+                conn_flush(c);
+                continue;
+            }
+        }
         ssize_t n = recv(c->fd, in->buf + in->end, in->cap - in->end, spin ? MSG_DONTWAIT : 0);
         if (n > 0) {
             in->end += (size_t)n;
@@ -1357,6 +1597,12 @@ static void conn_end(conn *c) {
         remote *r = *(remote **)c->by_key; /* the root */
         remote_end(c, r, noconnection, sizeof noconnection - 1);
     }
+    while (c->parked) {
+        parked *p = c->parked;
+        c->parked = p->next;
+        parked_free(p);
+    }
+    tdestroy(c->told_busy, free);
     close(c->fd);
     free(c->obuf);
     pthread_mutex_destroy(&c->wlock);
@@ -1398,6 +1644,8 @@ static void *conn_main(void *arg) {
         in.at += len;
         c->hold = in.end > in.at; /* more input: its answers go together */
         packet(c, in.buf + in.at - len, len);
+        if (c->parked)
+            unpark(c);
     }
     free(in.buf);
     say("%s disconnected", c->peer);

@@ -178,6 +178,15 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspe
     return rc;
 }
 
+EDRV_API int edrv_port_busy(edrv_port port) {
+    pthread_mutex_lock(&ports.lock);
+    edrv_port_t *pt = lookup_locked(port);
+    bool alive = pt && atomic_load(&pt->state) == PORT_ALIVE;
+    bool busy = alive && (atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy));
+    pthread_mutex_unlock(&ports.lock);
+    return alive ? busy : edrv__port_check(port);
+}
+
 void edrv__port_unadmit(edrv_port id, size_t len) {
     if (!len)
         return;

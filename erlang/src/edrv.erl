@@ -23,7 +23,14 @@
          port_command/2, port_command/3, port_control/3, port_call/3,
          port_close/1, port_info/1, port_info/2, ping/1, format_error/1]).
 
+%% The application: one process, which owns the table of busy ports, under
+%% a supervisor (this module too).
+-behaviour(application).
+-behaviour(supervisor).
+-export([start/2, stop/1, init/1, busy_start/0]).
+
 -define(SERVER, edrv).
+-define(BUSY, edrv_busy). % the table of busy ports, and its owner's name
 
 %% ---- drivers ----------------------------------------------------------------
 
@@ -95,11 +102,22 @@ port_command(Port, Data) when is_port(Port) ->
     {Helper, Closed} = helper(Node),
     case ets:member(Closed, Port) of
         false ->
-            try erlang:iolist_size(Data) of
-                _ ->
-                    erlang:send({?SERVER, Node}, {'$edrv_cmd', Port, Data, Helper}),
-                    true
+            try erlang:iolist_size(Data)
             catch error:badarg -> erlang:error(badarg, [Port, Data])
+            end,
+            case busy(Port) of
+                false ->
+                    erlang:send({?SERVER, Node}, {'$edrv_cmd', Port, Data, Helper}),
+                    true;
+                true ->
+                    %% as ERTS suspends the sender: the node answers once
+                    %% the port has taken the data
+                    case call(Node, {command, Port, Data, []}) of
+                        {reply, Sent} when Sent =:= true; element(1, Sent) =:= true ->
+                            sent(Port, Sent);
+                        Other ->
+                            badarg(Other, Port, [Port, Data])
+                    end
             end;
         true ->
             erlang:error(badarg, [Port, Data])
@@ -115,8 +133,8 @@ port_command(Port, Data, Opts) when is_port(Port), is_list(Opts) ->
         catch error:badarg -> erlang:error(badarg, [Port, Data, Opts])
         end,
     case call(node(Port), {command, Port, Data, Opts}) of
-        {reply, true} -> true;
-        {reply, false} -> false;
+        {reply, Sent} when Sent =:= true; element(1, Sent) =:= true -> sent(Port, Sent);
+        {reply, false} -> set_busy(Port, true), false;
         {reply, notsup} -> erlang:error(notsup, [Port, Data, Opts]);
         Other -> badarg(Other, Port, [Port, Data, Opts])
     end;
@@ -127,7 +145,8 @@ port_command(Port, Data, Opts) ->
 -spec port_control(port(), integer(), iodata()) -> iodata().
 port_control(Port, Op, Data) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
     case call(node(Port), {control, Port, Op, Data}) of
-        {reply, {ok, Reply}} -> Reply;
+        {reply, {ok, Reply}} -> set_busy(Port, false), Reply;
+        {reply, {ok, Reply, busy}} -> set_busy(Port, true), Reply;
         {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
         Other -> badarg(Other, Port, [Port, Op, Data])
     end;
@@ -138,7 +157,8 @@ port_control(Port, Op, Data) ->
 -spec port_call(port(), integer(), term()) -> term().
 port_call(Port, Op, Term) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
     case call(node(Port), {call, Port, Op, Term}) of
-        {reply, {ok, Reply}} -> Reply;
+        {reply, {ok, Reply}} -> set_busy(Port, false), Reply;
+        {reply, {ok, Reply, busy}} -> set_busy(Port, true), Reply;
         {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
         Other -> badarg(Other, Port, [Port, Op, Term])
     end;
@@ -198,6 +218,69 @@ format_error(not_loaded) -> "Driver not loaded";
 format_error(Reason) -> erl_ddll:format_error(Reason).
 
 %% ---- inside ---------------------------------------------------------------------
+
+%% A command the port took: true ({true, busy} when it is busy after it).
+sent(Port, true) -> set_busy(Port, false), true;
+sent(Port, {true, busy}) -> set_busy(Port, true), true.
+
+%% ---- busy ports -------------------------------------------------------------------
+%% The ports of edrv nodes that this node believes busy, in a public table
+%% that the application's process owns (started at the first use). Every
+%% answer about a port updates it before the caller returns; the edrv node
+%% tells the owner ({'$edrv_busy', Port, Busy}) when a port_command/2 cast
+%% finds the state changed. port_command/2 casts to a port that is not in
+%% the table, and waits for the node's answer for one that is: a busy port
+%% suspends the sender, as in ERTS. A port made busy by its driver without
+%% a request of this node in between is seen at the first cast after it;
+%% one made free so is seen at the next command, which goes through at once.
+
+busy(Port) ->
+    try ets:member(?BUSY, Port)
+    catch error:badarg -> ensure_started(), false
+    end.
+
+set_busy(Port, Busy) ->
+    try busy_update(Port, Busy)
+    catch error:badarg -> ensure_started(), busy_update(Port, Busy)
+    end.
+
+busy_update(Port, true) -> ets:insert(?BUSY, {Port});
+busy_update(Port, false) -> ets:delete(?BUSY, Port).
+
+ensure_started() ->
+    _ = application:ensure_all_started(edrv),
+    ok.
+
+%% application callbacks: the table's owner, under a supervisor.
+start(_Type, _Args) ->
+    supervisor:start_link({local, edrv_sup}, ?MODULE, sup).
+
+stop(_State) -> ok.
+
+%% supervisor callback (this module is the application's supervisor too)
+init(sup) ->
+    {ok, {#{strategy => one_for_one},
+          [#{id => ?BUSY, start => {?MODULE, busy_start, []}}]}}.
+
+busy_start() ->
+    proc_lib:start_link(erlang, apply, [fun busy_init/1, [self()]]).
+
+busy_init(Parent) ->
+    register(?BUSY, self()),
+    ?BUSY = ets:new(?BUSY, [named_table, public, set, {read_concurrency, true}]),
+    proc_lib:init_ack(Parent, {ok, self()}),
+    busy_loop().
+
+busy_loop() ->
+    receive
+        {'$edrv_busy', Port, Busy} when is_port(Port), is_boolean(Busy) ->
+            busy_update(Port, Busy);
+        _ ->
+            ok
+    end,
+    busy_loop().
+
+%% ---- inside, continued ------------------------------------------------------------
 
 %% A request's failure as ERTS raises it: badarg. A port the node says is
 %% closed is remembered as such (see port_command/2).
