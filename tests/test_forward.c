@@ -1,9 +1,9 @@
 /* Forwarding processes (edrv_proc_new_forward): the stand-ins of processes of
  * other nodes, as the edrv node makes them. What is delivered to one reaches
  * its function, in order, as ETF; drivers see the pid it stands for; its
- * ports' exits come as exit signals. And the two command options that the
- * edrv node uses: EDRV_CMD_QUEUE (a busy port does not suspend the sender)
- * and EDRV_CMD_BINARY (the data is one binary). */
+ * ports' exits come as exit signals. And what else the edrv node uses: the
+ * command options EDRV_CMD_QUEUE (a busy port does not suspend the sender)
+ * and EDRV_CMD_BINARY (the data is one binary), and edrv_port_busy. */
 #define _GNU_SOURCE /* asprintf */
 #include "check.h"
 
@@ -198,7 +198,9 @@ static void queue_does_not_suspend(void) {
     REQUIRE(edrv_load_driver(EDRV_TEST_DRIVERS, "tdrv") == 0);
     edrv_port port = 0;
     REQUIRE(edrv_open_port(p, "tdrv", 0, &port) == 0);
+    CHECK_INT(edrv_port_busy(port), 0);
     ctl(p, port, 74, "\x01", 1); /* TD_BUSY: busy */
+    CHECK_INT(edrv_port_busy(port), 1);
     struct iovec v = {"q", 1};
     CHECK_INT(edrv_port_command_opts(p, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
     /* sent at once, busy or not, without the soft-busy flag force needs */
@@ -208,7 +210,11 @@ static void queue_does_not_suspend(void) {
     CHECK_INT(edrv_proc_info(p, &st), 0);
     CHECK_INT(st.suspended, 0);
     CHECK_INT(edrv_port_command_opts(p, port, &v, 1, EDRV_CMD_QUEUE | 0x100), EDRV_EINVAL);
+    ctl(p, port, 74, "\x00", 1);
+    CHECK_INT(edrv_port_busy(port), 0);
     CHECK_INT(edrv_port_close(p, port), 0);
+    CHECK_INT(edrv_port_busy(port), EDRV_ECLOSED);
+    CHECK_INT(edrv_port_busy(port + 1000), EDRV_ENOPORT);
     /* a closed port: an error at once, as port_command/2's badarg */
     CHECK(edrv_port_command_opts(p, port, &v, 1, EDRV_CMD_QUEUE) < 0);
     edrv_proc_free(p);

@@ -26,13 +26,13 @@ main([Edrv, Dir, ErlDir, Ebin | Only]) ->
     Epmd = start_epmd(),
     {ok, _} = net_kernel:start(['node_test@127.0.0.1', longnames]),
     erlang:set_cookie(node(), ?COOKIE),
-    Env = #{edrv => Edrv, dir => Dir, erl_dir => ErlDir, epmd => Epmd},
+    Env = #{edrv => Edrv, dir => Dir, erl_dir => ErlDir, epmd => Epmd, ebin => Ebin},
     Cases = [{load, fun load/1}, {ports, fun ports/1}, {calls, fun calls/1},
              {callers, fun callers/1}, {owner_exit, fun owner_exit/1},
              {port_exit_trap, fun port_exit_trap/1}, {port_exit_notrap, fun port_exit_notrap/1},
              {monitor, fun monitor/1}, {disconnect, fun disconnect/1}, {crash, fun crash/1},
              {cookie, fun cookie/1}, {two_nodes, fun two_nodes/1}, {many, fun many/1},
-             {ticks, fun ticks/1}],
+             {busy, fun busy/1}, {ticks, fun ticks/1}],
     Run = case Only of
               [] -> Cases;
               _ -> [lists:keyfind(list_to_atom(C), 1, Cases) || C <- Only]
@@ -433,6 +433,71 @@ crash(Env) ->
     Status = node_status(N),
     true = Status =/= 0,
     ok.
+
+%% Busy ports suspend senders here as a local port does. This node learns
+%% that the port is busy from the answer to the control that made it so;
+%% another BEAM node (a peer), which did not see that answer, learns it from
+%% its first command, which the port takes all the same (it could not be
+%% stopped: it was sent), and waits from its next one on.
+busy(Env) ->
+    N = start_node(Env, "busy", []),
+    ok = edrv:load_driver(N, maps:get(dir, Env), "tdrv"),
+    P = edrv:open_port(N, {spawn_driver, "tdrv"}, []),
+    [] = edrv:port_control(P, 74, [1]), % set_busy_port(1)
+    false = edrv:port_command(P, "x", [nosuspend]),
+    "ok" = edrv:port_control(P, 1, "ok"), % control is never blocked
+    Me = self(),
+    S = spawn_link(fun() -> Me ! {self(), edrv:port_command(P, "late")} end),
+    await(fun() -> suspended_in_edrv(S) end),
+    no_message(),
+    [] = edrv:port_control(P, 74, [0]),
+    {P, {data, "out:late"}} = recv(),
+    {S, true} = recv(),
+    %% a port_command/3 without options waits too, and fails when the port
+    %% closes under it
+    [] = edrv:port_control(P, 74, [1]),
+    S2 = spawn(fun() -> Me ! {self(), catch edrv:port_command(P, "never", [])} end),
+    await(fun() -> suspended_in_edrv(S2) end),
+    true = edrv:port_close(P),
+    {S2, {'EXIT', {badarg, _}}} = recv(),
+    %% another node
+    Q = edrv:open_port(N, {spawn_driver, "tdrv"}, []),
+    [] = edrv:port_control(Q, 74, [1]),
+    {ok, Peer, PN} = peer:start(#{name => busy_peer, host => "127.0.0.1", longnames => true,
+                                  args => ["-hidden", "-setcookie", atom_to_list(?COOKIE),
+                                           "-pa", maps:get(ebin, Env)]}),
+    try
+        true = erpc:call(PN, edrv, port_command, [Q, "first"]),
+        {Q, {data, "out:first"}} = recv(),
+        await(fun() -> erpc:call(PN, ets, member, [edrv_busy, Q]) end),
+        %% (funs of this escript do not run there: erpc runs the call)
+        spawn_link(fun() -> Me ! {peer, erpc:call(PN, edrv, port_command, [Q, "second"])} end),
+        await(fun() -> peer_suspended(PN) end),
+        no_message(),
+        [] = edrv:port_control(Q, 74, [0]),
+        %% in either order: the answer goes through the peer
+        [{peer, true}, {Q, {data, "out:second"}}] = lists:sort([recv(), recv()]),
+        %% and the peer learns it is free again
+        await(fun() -> not erpc:call(PN, ets, member, [edrv_busy, Q]) end)
+    after
+        peer:stop(Peer)
+    end,
+    true = edrv:port_close(Q),
+    ok.
+
+%% Pid waits in edrv for the node's answer (a suspended port_command).
+suspended_in_edrv(Pid) ->
+    suspended_info(erlang:process_info(Pid, [status, current_function])).
+
+suspended_info([{status, waiting}, {current_function, {edrv, call_connected, 3}}]) -> true;
+suspended_info(_) -> false.
+
+%% A process of node PN waits so.
+peer_suspended(PN) ->
+    lists:any(fun(Pid) ->
+                      suspended_info(erpc:call(PN, erlang, process_info,
+                                               [Pid, [status, current_function]]))
+              end, erpc:call(PN, erlang, processes, [])).
 
 %% An idle connection stays up: the node answers the BEAM's ticks (an
 %% answer that is not an empty packet ends the connection at the first
