@@ -773,13 +773,13 @@ static void req_open_port(const caller *k, remote *r, const char *b, int *i) {
     reply(k, &x);
 }
 
-static int port_state(edrv_port port);
+static int port_now(edrv_port port);
 static bool told(conn *c, edrv_port port, int state);
 
 /* {ok, Reply}; {ok, Reply, closed} when the port ended in the call (a
  * driver_exit in it) or is closing: the caller then knows it is closed,
  * and a port_command/2 of its raises badarg, as ERTS's would; {ok, Reply,
- * busy} when the port is busy after it (state, as port_state gives it). */
+ * busy} when the port is busy after it (state, as port_now gives it). */
 static void reply_data(const caller *k, const edrv_reply *rep, int state) {
     ei_x_buff x;
     ei_x_new_with_version(&x);
@@ -817,7 +817,7 @@ static void reply_data(const caller *k, const edrv_reply *rep, int state) {
  * gone or closing (the caller remembers it: badarg for its port_command/2 from then
  * on), else badarg or enomem. */
 static void reply_failure(const caller *k, edrv_port port, int rc) {
-    bool gone = port && (rc == EDRV_ENOPORT || rc == EDRV_ECLOSED || port_state(port) < 0);
+    bool gone = port && (rc == EDRV_ENOPORT || rc == EDRV_ECLOSED || port_now(port) < 0);
     reply_atom(k, rc == EDRV_ENOMEM ? "enomem" : gone ? "closed" : "badarg");
 }
 
@@ -875,7 +875,7 @@ static void req_control(const caller *k, remote *r, const char *b, int *i, size_
         reply_failure(k, port, rc);
         return;
     }
-    int state = port_state(port);
+    int state = port_now(port);
     told(k->c, port, state);
     reply_data(k, &rep, state);
     edrv_reply_free(&rep);
@@ -905,7 +905,7 @@ typedef struct parked {
 } parked;
 
 /* The port's state for the table: 1 busy, 0 free, -1 gone (or closing). */
-static int port_state(edrv_port port) {
+static int port_now(edrv_port port) {
     int b = edrv_port_busy(port);
     return b < 0 ? -1 : b;
 }
@@ -938,7 +938,7 @@ static bool told(conn *c, edrv_port port, int state) {
 
 /* After a cast: tells the BEAM node's edrv_busy of a change. */
 static void tell_busy(conn *c, edrv_port port) {
-    int state = port_state(port);
+    int state = port_now(port);
     if (state < 0 || !told(c, port, state))
         return;
     ei_x_buff x, m;
@@ -957,7 +957,7 @@ static void tell_busy(conn *c, edrv_port port) {
 
 /* The answer to a command that was sent: true, or {true, busy}. */
 static void reply_sent(const caller *k, edrv_port port) {
-    int state = port_state(port);
+    int state = port_now(port);
     told(k->c, port, state);
     if (state != 1) {
         reply_atom(k, "true");
@@ -1056,7 +1056,7 @@ static void unpark(conn *c) {
     parked **at = &c->parked;
     while (*at) {
         parked *p = *at;
-        int state = port_state(p->port);
+        int state = port_now(p->port);
         /* one waits behind another for the same port, as senders queue */
         bool behind = false;
         for (parked *q = c->parked; q != p && !behind; q = q->next)

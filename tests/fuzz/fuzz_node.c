@@ -147,6 +147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t len = want < size - at ? want : size - at;
         fc->hold = at + len < size; /* more to come: answers wait, as the reader's */
         packet(fc, fuzz_fence(data + at, len), len);
+        if (fc->parked) /* as the reader does after each packet */
+            unpark(fc);
         at += len;
     }
     fc->hold = false;
