@@ -939,7 +939,7 @@ static bool told(conn *c, edrv_port port, int state) {
 /* After a cast: tells the BEAM node's edrv_busy of a change. */
 static void tell_busy(conn *c, edrv_port port) {
     int state = port_now(port);
-    if (state < 0 || !told(c, port, state))
+    if (!told(c, port, state) || state < 0) /* a closed port is forgotten */
         return;
     ei_x_buff x, m;
     ctl_begin(&x, 4, DOP_REG_SEND);

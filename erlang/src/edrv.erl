@@ -241,7 +241,11 @@ busy(Port) ->
 
 set_busy(Port, Busy) ->
     try busy_update(Port, Busy)
-    catch error:badarg -> ensure_started(), busy_update(Port, Busy)
+    catch error:badarg ->
+            ensure_started(),
+            %% without the application (its .app not in the code path) no
+            %% table: busy ports do not suspend senders then
+            try busy_update(Port, Busy) catch error:badarg -> true end
     end.
 
 busy_update(Port, true) -> ets:insert(?BUSY, {Port});
@@ -292,7 +296,8 @@ badarg(_, _, Args) ->
 
 known_closed(Port) ->
     {_, Closed} = helper(node(Port)),
-    ets:insert(Closed, {Port}).
+    ets:insert(Closed, {Port}),
+    set_busy(Port, false).
 
 text(T) when is_atom(T) -> atom_to_binary(T, utf8);
 text(T) when is_binary(T) -> T;
