@@ -404,6 +404,12 @@ int edrv_proc_exit_reason(edrv_proc *p, edrv_msg *reason);
  * EDRV_EBADTERM when the bytes are not a well-formed term. Every read is
  * bounds-checked: any bytes may be given. */
 long long edrv_term_size(const void *etf, size_t len);
+/* Where the term that starts at offset `at` of buf (at its tag: no version
+ * byte there, as inside a term) ends: the offset just after it, or
+ * EDRV_EBADTERM when buf holds no well-formed term there. As
+ * edrv_term_size, every read is bounds-checked, and it keeps no stack: any
+ * depth of nesting (libei's ei_skip_term recurses, one frame a level). */
+long long edrv_term_skip(const void *buf, size_t len, size_t at);
 /* Prints a term in Erlang syntax into a string that the caller frees with
  * free(). Returns the string's length, or EDRV_EBADTERM, EDRV_ENOMEM or
  * EDRV_ENOTSUP (a text of more than INT_MAX bytes), and then hands out no

@@ -382,8 +382,11 @@ static void remote_helper(conn *c, remote *r, const erlang_pid *h, const char *h
     uint64_t hkey = pid_key(h);
     if (r->hctl_len && hkey == r->hkey)
         return;
-    if (r->hctl_len)
-        tdelete(r, &c->by_helper, by_helper_cmp); /* the old one has died */
+    if (r->hctl_len) { /* the old one has died: its entry goes, if it is r's */
+        void *old = tfind(r, &c->by_helper, by_helper_cmp);
+        if (old && *(remote **)old == r)
+            tdelete(r, &c->by_helper, by_helper_cmp);
+    }
     pthread_mutex_lock(&r->hlock);
     r->hkey = hkey;
     r->hctl_len = send_ctl(r->hctl, sizeof r->hctl, h_etf, h_len);
@@ -527,9 +530,23 @@ static bool is_self(const erlang_pid *p) {
 }
 
 /* The ETF (no version byte) of the term at *i, and *i past it. */
+/* The end of the packet being read (set by packet(), on the thread that
+ * reads it): skip() stays within it. */
+static __thread const char *pkt_end;
+
+/* ei_skip_term, bounded by the packet and without its recursion: a peer
+ * may nest a term a million levels deep, which would overflow the stack. */
+static int skip(const char *b, int *i) {
+    long long end = edrv_term_skip(b, (size_t)(pkt_end - b), (size_t)*i);
+    if (end < 0 || end > INT_MAX)
+        return -1;
+    *i = (int)end;
+    return 0;
+}
+
 static int raw_term(const char *b, int *i, const char **at, size_t *len) {
     int s = *i;
-    if (ei_skip_term(b, i) < 0)
+    if (skip(b, i) < 0)
         return -1;
     *at = b + s;
     *len = (size_t)(*i - s);
@@ -610,52 +627,66 @@ static int bytes_add(iovs *o, const char *p, size_t len) {
     return len ? iov_add(o, at, len, true) : 0;
 }
 
-static int iodata(const char *b, int *i, iovs *o, int depth) {
-    int type, size;
-    if (depth > 100 || ei_get_type(b, i, &type, &size) < 0)
-        return -1;
-    switch (type) {
-    case ERL_BINARY_EXT:
-        *i += 5;
-        if (iov_add(o, b + *i, (size_t)size, false) < 0)
-            return -1;
-        *i += size;
-        return 0;
-    case ERL_STRING_EXT:
-        *i += 3;
-        if (bytes_add(o, b + *i, (size_t)size) < 0)
-            return -1;
-        *i += size;
-        return 0;
-    case ERL_NIL_EXT:
-        *i += 1;
-        return 0;
-    case ERL_LIST_EXT: {
-        int n;
-        if (ei_decode_list_header(b, i, &n) < 0)
-            return -1;
-        for (int k = 0; k < n; k++) {
-            int t, s;
-            if (ei_get_type(b, i, &t, &s) < 0)
-                return -1;
-            if (t == ERL_SMALL_INTEGER_EXT) {
-                if (bytes_add(o, b + *i + 1, 1) < 0)
-                    return -1;
-                *i += 2;
-            } else if (t == ERL_INTEGER_EXT) {
-                return -1; /* bytes are 0..255: SMALL_INTEGER_EXT */
-            } else if (iodata(b, i, o, depth + 1) < 0) {
-                return -1;
+/* Walks the iodata at b + *i into o: with a stack of its own (how many
+ * elements each open list has left), as ERTS takes iodata of any depth. */
+static int iodata(const char *b, int *i, iovs *o) {
+    int *left = NULL, rc = -1;
+    size_t top = 0, cap = 0;
+    bool started = false;
+    for (;;) {
+        bool elem = false, tail = false;
+        if (top == 0) {
+            if (started) {
+                rc = 0;
+                break;
             }
+            started = true;
+        } else if (left[top - 1] > 0) {
+            left[top - 1]--;
+            elem = true;
+        } else {
+            top--; /* the list's tail: [] or a binary */
+            tail = true;
         }
-        int t, s; /* the tail: [] or a binary */
-        if (ei_get_type(b, i, &t, &s) < 0 || (t != ERL_NIL_EXT && t != ERL_BINARY_EXT))
-            return -1;
-        return iodata(b, i, o, depth + 1);
+        int type, size;
+        if (ei_get_type(b, i, &type, &size) < 0 ||
+            (tail && type != ERL_NIL_EXT && type != ERL_BINARY_EXT))
+            break;
+        if (type == ERL_SMALL_INTEGER_EXT && elem) { /* a byte */
+            if (bytes_add(o, b + *i + 1, 1) < 0)
+                break;
+            *i += 2;
+        } else if (type == ERL_BINARY_EXT) {
+            *i += 5;
+            if (iov_add(o, b + *i, (size_t)size, false) < 0)
+                break;
+            *i += size;
+        } else if (type == ERL_STRING_EXT) {
+            *i += 3;
+            if (bytes_add(o, b + *i, (size_t)size) < 0)
+                break;
+            *i += size;
+        } else if (type == ERL_NIL_EXT) {
+            *i += 1;
+        } else if (type == ERL_LIST_EXT) {
+            int n;
+            if (ei_decode_list_header(b, i, &n) < 0)
+                break;
+            if (top == cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                int *nl = realloc(left, ncap * sizeof *nl);
+                if (!nl)
+                    break;
+                left = nl;
+                cap = ncap;
+            }
+            left[top++] = n;
+        } else {
+            break; /* not iodata (an integer above 255 is INTEGER_EXT) */
+        }
     }
-    default:
-        return -1;
-    }
+    free(left);
+    return rc;
 }
 
 /* ---- requests ------------------------------------------------------------------ */
@@ -834,7 +865,7 @@ static void req_control(const caller *k, remote *r, const char *b, int *i, size_
     int rc;
     if (call) {
         int at = *i;
-        if (ei_skip_term(b, i) < 0) {
+        if (skip(b, i) < 0) {
             reply_atom(k, "badarg");
             return;
         }
@@ -849,7 +880,7 @@ static void req_control(const caller *k, remote *r, const char *b, int *i, size_
         free(etf);
     } else {
         iovs o = {.scratch = malloc(len)};
-        if (!o.scratch || iodata(b, i, &o, 0) < 0) {
+        if (!o.scratch || iodata(b, i, &o) < 0) {
             free(o.scratch);
             free(o.v);
             reply_atom(k, "badarg");
@@ -927,19 +958,24 @@ static bool told(conn *c, edrv_port port, int state) {
         free(k);
     } else {
         edrv_port *k = malloc(sizeof *k);
+        if (k)
+            *k = port; /* before tsearch, which compares it */
         if (!k || !tsearch(k, &c->told_busy, by_port_cmp)) {
             free(k);
             return false; /* out of memory: it learns from the next answer */
         }
-        *k = port;
     }
     return true;
 }
 
-/* After a cast: tells the BEAM node's edrv_busy of a change. */
+/* Tells the BEAM node's edrv_busy the port's state: after a cast, when it
+ * changed from what that node was told, and always when the port is busy
+ * (a cast to a busy port shows that the node's table has it free: two of
+ * its processes may have updated it in the other order); and when a
+ * command waits (park). */
 static void tell_busy(conn *c, edrv_port port) {
     int state = port_now(port);
-    if (!told(c, port, state) || state < 0) /* a closed port is forgotten */
+    if ((!told(c, port, state) && state != 1) || state < 0) /* a closed port is forgotten */
         return;
     ei_x_buff x, m;
     ctl_begin(&x, 4, DOP_REG_SEND);
@@ -981,7 +1017,7 @@ static int decode_command(const char *b, int *i, size_t len, edrv_port *port, io
     if (ei_get_type(b, i, &type, &size) == 0 && type == ERL_BINARY_EXT)
         *opts |= EDRV_CMD_BINARY; /* as port_command with a binary */
     o->scratch = malloc(len);
-    return o->scratch && iodata(b, i, o, 0) == 0 ? 0 : EDRV_EBADARG;
+    return o->scratch && iodata(b, i, o) == 0 ? 0 : EDRV_EBADARG;
 }
 
 /* {'$edrv_cmd', Port, Data}: port_command/2, no answer. A busy port takes
@@ -1041,7 +1077,7 @@ static void park(const caller *k, remote *r, edrv_port port, const iovs *o, unsi
         c->parked_end = &c->parked;
     *c->parked_end = p;
     c->parked_end = &p->next;
-    told(c, port, 1);
+    tell_busy(c, port); /* port_command/3 with [] did not know: others may not */
     trace("%s: a command waits for the busy port %llu", c->peer, (unsigned long long)port);
 }
 
@@ -1094,11 +1130,15 @@ static void unpark(conn *c) {
     c->parked_end = at;
 }
 
+/* r ends (its helper did): what it waits to send is not sent; the answer
+ * (closed: badarg) reaches it if it lives on, its helper killed alone. */
 static void unpark_caller(conn *c, remote *r) {
     parked **at = &c->parked;
     while (*at) {
         parked *p = *at;
         if (p->r == r) {
+            caller k = {c, p->from, p->from_len, p->tag, p->tag_len};
+            reply_atom(&k, "closed");
             *at = p->next;
             parked_free(p);
         } else {
@@ -1115,7 +1155,7 @@ static void unpark_caller(conn *c, remote *r) {
 static void req_command(const caller *k, remote *r, const char *b, int *i, size_t len) {
     int at = *i;
     /* the options after the data: skip port and data first */
-    if (ei_skip_term(b, i) < 0 || ei_skip_term(b, i) < 0) {
+    if (skip(b, i) < 0 || skip(b, i) < 0) {
         reply_atom(k, "badarg");
         return;
     }
@@ -1271,7 +1311,7 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
     erlang_pid helper;
     const char *h_etf;
     size_t h_len;
-    if (ei_skip_term(b, &at) < 0 || ei_skip_term(b, &at) < 0)
+    if (skip(b, &at) < 0 || skip(b, &at) < 0)
         goto bad;
     int h_at = at;
     bool has_helper = ei_decode_pid(b, &h_at, &helper) == 0;
@@ -1292,7 +1332,7 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
      * reader holds must not wait with it. */
     conn_flush(c);
     caller k = {c, from_etf, from_len, b + body, 0};
-    if (ei_skip_term(b, &i) < 0)
+    if (skip(b, &i) < 0)
         goto bad;
     k.tag_len = (size_t)(b + i - k.tag);
     char op[MAXATOMLEN];
@@ -1361,7 +1401,7 @@ static void exit_p(conn *c, const char *b, int *i, bool token) {
     const char *reason;
     size_t len;
     if (ei_decode_pid(b, i, &from) < 0 || ei_decode_pid(b, i, &to) < 0 ||
-        (token && ei_skip_term(b, i) < 0) || raw_term(b, i, &reason, &len) < 0 || !is_self(&to))
+        (token && skip(b, i) < 0) || raw_term(b, i, &reason, &len) < 0 || !is_self(&to))
         return;
     remote key = {.hkey = pid_key(&from)};
     void *n = tfind(&key, &c->by_helper, by_helper_cmp);
@@ -1429,6 +1469,7 @@ static void send_local(conn *c, const erlang_pid *to, const char *name, const ch
 static void packet(conn *c, const char *b, size_t len) {
     int i = 1, version, arity;
     long op;
+    pkt_end = b + len;
     if (len < 2 || b[0] != PASS_THROUGH) {
         say("%s sent a packet edrv does not understand (type %d); ignored", c->peer,
             len ? (unsigned char)b[0] : -1);
@@ -1473,7 +1514,7 @@ static void packet(conn *c, const char *b, size_t len) {
         size_t from_len;
         int at = i;
         if (raw_term(b, &i, &from_etf, &from_len) < 0 || ei_decode_pid(b, &at, &from) < 0 ||
-            ei_skip_term(b, &i) < 0 || ei_decode_atom(b, &i, to) < 0)
+            skip(b, &i) < 0 || ei_decode_atom(b, &i, to) < 0)
             break;
         if (strcmp(to, "edrv") == 0)
             request(c, &from, from_etf, from_len, msg, rest);
@@ -1486,7 +1527,7 @@ static void packet(conn *c, const char *b, size_t len) {
     case DOP_SEND_SENDER:
     case DOP_SEND_SENDER_TT: {
         erlang_pid to;
-        if (ei_skip_term(b, &i) < 0 || ei_decode_pid(b, &i, &to) < 0)
+        if (skip(b, &i) < 0 || ei_decode_pid(b, &i, &to) < 0)
             break;
         send_local(c, &to, NULL, msg, rest);
         return;
@@ -1603,9 +1644,8 @@ static void conn_end(conn *c) {
         parked_free(p);
     }
     tdestroy(c->told_busy, free);
-    close(c->fd);
-    free(c->obuf);
-    pthread_mutex_destroy(&c->wlock);
+    /* out of the list before the fd closes: the main thread shuts down the
+     * fds of the listed ones, and a closed fd's number may be reused */
     pthread_mutex_lock(&conns.lock);
     if (c->prev)
         c->prev->next = c->next;
@@ -1613,8 +1653,11 @@ static void conn_end(conn *c) {
         conns.head = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    close(c->fd);
     pthread_cond_broadcast(&conns.gone);
     pthread_mutex_unlock(&conns.lock);
+    free(c->obuf);
+    pthread_mutex_destroy(&c->wlock);
     free(c);
 }
 

@@ -1753,6 +1753,14 @@ EDRV_API long long edrv_term_size(const void *etf, size_t len) {
     return (long long)n;
 }
 
+EDRV_API long long edrv_term_skip(const void *buf, size_t len, size_t at) {
+    size_t end = at;
+    if (!buf || len > (size_t)SSIZE_MAX || at >= len ||
+        !skip_term((const unsigned char *)buf, len, &end))
+        return edrv__fail(EDRV_EBADTERM, "edrv_term_skip: no term at offset %zu", at);
+    return (long long)end;
+}
+
 EDRV_API int edrv_term_format(const void *etf, size_t len, char **out) {
     return term_format(etf, len, out, false);
 }

@@ -28,6 +28,7 @@
 -behaviour(application).
 -behaviour(supervisor).
 -export([start/2, stop/1, init/1, busy_start/0]).
+-export([system_continue/3, system_terminate/4, system_code_change/4]).
 
 -define(SERVER, edrv).
 -define(BUSY, edrv_busy). % the table of busy ports, and its owner's name
@@ -251,9 +252,18 @@ set_busy(Port, Busy) ->
 busy_update(Port, true) -> ets:insert(?BUSY, {Port});
 busy_update(Port, false) -> ets:delete(?BUSY, Port).
 
+%% Once: without edrv.app in the code path it cannot start, and asking
+%% again at every command would search the code path each time.
 ensure_started() ->
-    _ = application:ensure_all_started(edrv),
-    ok.
+    case persistent_term:get({?MODULE, no_app}, false) of
+        true ->
+            ok;
+        false ->
+            case application:ensure_all_started(edrv) of
+                {ok, _} -> ok;
+                {error, _} -> persistent_term:put({?MODULE, no_app}, true)
+            end
+    end.
 
 %% application callbacks: the table's owner, under a supervisor.
 start(_Type, _Args) ->
@@ -273,16 +283,24 @@ busy_init(Parent) ->
     register(?BUSY, self()),
     ?BUSY = ets:new(?BUSY, [named_table, public, set, {read_concurrency, true}]),
     proc_lib:init_ack(Parent, {ok, self()}),
-    busy_loop().
+    busy_loop(Parent).
 
-busy_loop() ->
+busy_loop(Parent) ->
     receive
         {'$edrv_busy', Port, Busy} when is_port(Port), is_boolean(Busy) ->
-            busy_update(Port, Busy);
+            busy_update(Port, Busy),
+            busy_loop(Parent);
+        {system, From, Request} -> % sys and the release handler
+            sys:handle_system_msg(Request, From, Parent, ?MODULE, [], Parent);
+        {'EXIT', Parent, Reason} ->
+            exit(Reason);
         _ ->
-            ok
-    end,
-    busy_loop().
+            busy_loop(Parent)
+    end.
+
+system_continue(Parent, _Debug, _State) -> busy_loop(Parent).
+system_terminate(Reason, _Parent, _Debug, _State) -> exit(Reason).
+system_code_change(State, _Module, _OldVsn, _Extra) -> {ok, State}.
 
 %% ---- inside, continued ------------------------------------------------------------
 
@@ -384,7 +402,10 @@ helper_init(Owner, Node, Closed) ->
 helper_loop(Owner, Mref, Node, Closed, Ports) ->
     receive
         {'$edrv_port', Port} ->
-            helper_loop(Owner, Mref, Node, Closed, Ports#{Port => true});
+            %% (a port that exited at once has its exit here first)
+            Known = try ets:member(Closed, Port) catch error:badarg -> true end,
+            helper_loop(Owner, Mref, Node, Closed,
+                        case Known of true -> Ports; false -> Ports#{Port => true} end);
         {'EXIT', Port, Reason} when is_port(Port) ->
             closed(Closed, [Port]),
             exit_to(Owner, Port, Reason),
@@ -417,8 +438,10 @@ node_lost(Owner, Closed, Ports) ->
     [exit_to(Owner, Port, noconnection) || Port <- maps:keys(Ports)],
     exit(normal).
 
-%% The table goes with its process, which may have ended meanwhile.
+%% The table goes with its process, which may have ended meanwhile. A
+%% closed port leaves the table of busy ports.
 closed(Closed, Ports) ->
+    [try ets:delete(?BUSY, Port) catch error:badarg -> true end || Port <- Ports],
     try ets:insert(Closed, [{Port} || Port <- Ports])
     catch error:badarg -> ok
     end.

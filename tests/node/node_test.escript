@@ -292,6 +292,15 @@ calls(Env) ->
     Term = {a, [1, 2.5, "s"], <<"bin">>, self(), P, make_ref(), #{k => v}},
     Term = edrv:port_call(P, 1, Term),
     {'EXIT', {badarg, _}} = (catch edrv:port_call(P, 3, x)),
+    %% any depth, as ERTS: a term and iodata nested 200 000 levels (the
+    %% node walks them without recursion)
+    Deep = lists:foldl(fun(_, A) -> [A] end, "x", lists:seq(1, 200000)),
+    Deep = edrv:port_call(P, 1, Deep),
+    true = edrv:port_command(P, Deep),
+    {P, {data, "out:x"}} = recv(),
+    true = edrv:port_command(P, [Deep, Deep], []),
+    {P, {data, "out:xx"}} = recv(),
+    "xx" = edrv:port_control(P, 1, [Deep | Deep]),
     true = edrv:port_close(P),
     {'EXIT', {badarg, _}} = (catch edrv:port_call(P, 1, x)),
     ok.
