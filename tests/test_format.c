@@ -319,6 +319,31 @@ static void deep_nesting(void) {
     }
 }
 
+/* edrv_term_size and edrv_term_skip: where a term ends, at any depth, and
+ * nothing read past the bytes given. */
+static void sizes_and_skips(void) {
+    size_t len;
+    char *etf = nested(1000000, 0, &len);
+    CHECK_INT(edrv_term_size(etf, len), (long long)len);
+    CHECK_INT(edrv_term_size(etf, len - 1), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_skip(etf, len, 1), (long long)len);
+    CHECK_INT(edrv_term_skip(etf, len - 1, 1), EDRV_EBADTERM);
+    free(etf);
+    /* {a, [1], <<"b">>} with a byte after it: the skips inside it */
+    const char t[] = "\x83\x68\x03\x77\x01" "a" "\x6b\x00\x01\x01"
+                     "\x6d\x00\x00\x00\x01" "b" "!";
+    size_t n = sizeof t - 1;
+    CHECK_INT(edrv_term_size(t, n), (long long)n - 1); /* the byte after it is not read */
+    CHECK_INT(edrv_term_skip(t, n, 1), (long long)n - 1);  /* the tuple */
+    CHECK_INT(edrv_term_skip(t, n, 3), 6);                 /* the atom */
+    CHECK_INT(edrv_term_skip(t, n, 6), 10);                /* "\1" */
+    CHECK_INT(edrv_term_skip(t, n, 10), 16);               /* the binary */
+    CHECK_INT(edrv_term_skip(t, 15, 10), EDRV_EBADTERM);   /* cut */
+    CHECK_INT(edrv_term_skip(t, n, n), EDRV_EBADTERM);     /* at the end */
+    CHECK_INT(edrv_term_skip(NULL, n, 1), EDRV_EBADTERM);
+    CHECK_INT(edrv_term_size(NULL, n), EDRV_EBADTERM);
+}
+
 static void bad_input(void) {
     char *s = NULL;
     CHECK_INT(edrv_term_format(NULL, 3, &s), EDRV_EBADTERM);
@@ -390,6 +415,7 @@ static const test_case cases[] = {
     {"long_big_integers", long_big_integers},
     {"atom_escapes", atom_escapes},
     {"deep_nesting", deep_nesting},
+    {"sizes_and_skips", sizes_and_skips},
     {"bad_input", bad_input},
     {"mutations", mutations},
     {NULL, NULL},
