@@ -1086,21 +1086,24 @@ static void parked_free(parked *p) {
     free(p);
 }
 
+static void no_free(void *p) {
+    (void)p;
+}
+
 /* Sends what waits for ports that are no longer busy, in order, and
- * answers closed for ports that are gone. Reader thread. */
+ * answers closed for ports that are gone. Each port is looked at once a
+ * pass: a command behind one that still waits for its port waits too, as
+ * senders queue. Reader thread. */
 static void unpark(conn *c) {
+    void *blocked = NULL; /* ports whose first command still waits (keys in the entries) */
     parked **at = &c->parked;
     while (*at) {
         parked *p = *at;
-        int state = port_now(p->port);
-        /* one waits behind another for the same port, as senders queue */
-        bool behind = false;
-        for (parked *q = c->parked; q != p && !behind; q = q->next)
-            behind = q->port == p->port;
-        if (state == 1 || behind) {
+        if (tfind(&p->port, &blocked, by_port_cmp)) {
             at = &p->next;
             continue;
         }
+        int state = port_now(p->port);
         caller k = {c, p->from, p->from_len, p->tag, p->tag_len};
         int rc = -1;
         if (state == 0) {
@@ -1115,10 +1118,11 @@ static void unpark(conn *c) {
                     : EDRV_ENOMEM;
             if (vp != v)
                 free(vp);
-            if (rc == EDRV_EBUSY) { /* busy again at once */
-                at = &p->next;
-                continue;
-            }
+        }
+        if (state == 1 || rc == EDRV_EBUSY) { /* still busy (or busy again at once) */
+            tsearch(&p->port, &blocked, by_port_cmp); /* out of memory: looked at again */
+            at = &p->next;
+            continue;
         }
         if (rc == 0)
             reply_sent(&k, p->port);
@@ -1128,6 +1132,7 @@ static void unpark(conn *c) {
         parked_free(p);
     }
     c->parked_end = at;
+    tdestroy(blocked, no_free);
 }
 
 /* r ends (its helper did): what it waits to send is not sent; the answer

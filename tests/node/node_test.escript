@@ -462,6 +462,18 @@ busy(Env) ->
     [] = edrv:port_control(P, 74, [0]),
     {P, {data, "out:late"}} = recv(),
     {S, true} = recv(),
+    %% many senders wait on one port, and all go on once it is free
+    [] = edrv:port_control(P, 74, [1]),
+    Ks = lists:seq(1, 50),
+    Ss = [spawn_link(fun() -> Me ! {self(), edrv:port_command(P, integer_to_list(K))} end)
+          || K <- Ks],
+    await(fun() -> lists:all(fun suspended_in_edrv/1, Ss) end),
+    no_message(),
+    [] = edrv:port_control(P, 74, [0]),
+    Got = [recv() || _ <- lists:seq(1, 2 * length(Ks))],
+    Sent = lists:sort(["out:" ++ integer_to_list(K) || K <- Ks]),
+    Sent = lists:sort([D || {Port, {data, D}} <- Got, Port =:= P]),
+    true = lists:sort(Ss) =:= lists:sort([Pid || {Pid, true} <- Got]),
     %% a port_command/3 without options waits too, and fails when the port
     %% closes under it
     [] = edrv:port_control(P, 74, [1]),
