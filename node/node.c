@@ -1324,10 +1324,8 @@ static void request(conn *c, const erlang_pid *from, const char *from_etf, size_
         goto bad;
 #define CALLER remote_get(c, from, has_helper ? &helper : NULL, h_etf, h_len)
     if (strcmp(tag, "$edrv_cmd") == 0) {
-        /* port_command/2: no reply; a closed port drops it, as ERTS drops a
-         * command that reaches a port after it closed. A busy port takes it
-         * all the same: the sender is on another node and cannot be
-         * suspended here (docs/node.md). */
+        /* port_command/2 to a port its node believes free: no reply (see
+         * cast_command and "commands and busy ports"). */
         cast_command(c, CALLER, b, &i, len);
         return;
     }
