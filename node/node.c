@@ -272,13 +272,23 @@ static int ctl_send(conn *c, ei_x_buff *x, const char *msg, size_t msg_len) {
     return rc;
 }
 
+/* The control {SEND, '', Pid} for a pid in ETF without the version byte. */
+static size_t send_ctl(char *out, size_t cap, const char *pid, size_t pid_len) {
+    int i = 0;
+    ei_encode_tuple_header(out, &i, 3);
+    ei_encode_long(out, &i, DOP_SEND);
+    ei_encode_atom(out, &i, "");
+    if ((size_t)i + pid_len > cap)
+        return 0;
+    memcpy(out + i, pid, pid_len);
+    return (size_t)i + pid_len;
+}
+
 /* A message to a pid given as ETF bytes without the version byte. */
 static int send_to(conn *c, const char *pid, size_t pid_len, const char *msg, size_t msg_len) {
-    ei_x_buff x;
-    ctl_begin(&x, 3, DOP_SEND);
-    ei_x_encode_atom(&x, "");
-    ei_x_append_buf(&x, pid, (int)pid_len);
-    return ctl_send(c, &x, msg, msg_len);
+    char ctl[MAXATOMLEN_UTF8 + 32]; /* any pid: its node's name and 12 bytes */
+    size_t n = send_ctl(ctl, sizeof ctl, pid, pid_len);
+    return n ? conn_write(c, ctl, n, msg, msg_len, NULL, 0) : -1;
 }
 
 /* ---- the processes that call us ------------------------------------------------ */
@@ -361,18 +371,6 @@ static remote *remote_find(conn *c, const erlang_pid *pid) {
     void *n = tfind(&key, &c->by_key, by_key_cmp);
     remote *r = n ? *(remote **)n : NULL;
     return r && r->creation == pid->creation ? r : NULL;
-}
-
-/* The control {SEND, '', Pid} for a pid in ETF without the version byte. */
-static size_t send_ctl(char *out, size_t cap, const char *pid, size_t pid_len) {
-    int i = 0;
-    ei_encode_tuple_header(out, &i, 3);
-    ei_encode_long(out, &i, DOP_SEND);
-    ei_encode_atom(out, &i, "");
-    if ((size_t)i + pid_len > cap)
-        return 0;
-    memcpy(out + i, pid, pid_len);
-    return (size_t)i + pid_len;
 }
 
 /* Makes h (a pid of c's node, ETF without version byte) r's helper, and

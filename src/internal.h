@@ -429,6 +429,12 @@ static inline bool edrv__port_outputs(const edrv_port_t *pt) {
     return st == PORT_ALIVE || st == PORT_STARTING || st == PORT_STOPPING;
 }
 
+/* Busy: a command now would suspend its sender (set_busy_port, or the busy
+ * message queue past its high limit). Any thread. */
+static inline bool edrv__port_busy(edrv_port_t *pt) {
+    return atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy);
+}
+
 /* ---- port_table.c: the port table and busy ports (any thread) ---------------------- */
 
 /* The table's writers hold the emulator lock: */

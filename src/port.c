@@ -839,7 +839,7 @@ int edrv__port_command_fast(uint64_t caller, edrv_port id, const char *data, siz
     char small[SCRATCH_SMALL];
     char *buf = NULL;
     /* Busy: the ordinary way suspends the sender (or refuses, nosuspend). */
-    if (!e->outputv && e->output && !atomic_load(&pt->busy) && !atomic_load(&pt->msgq_busy))
+    if (!e->outputv && e->output && !edrv__port_busy(pt))
         buf = scratch_copy(small, data, len);
     if (!buf) { /* no memory: the ordinary way reports it */
         edrv__port_unlock(pt);

@@ -148,7 +148,7 @@ int edrv__port_admit(edrv_port id, size_t len, unsigned opts, _Atomic int *suspe
             break;
         }
         bool soft = pt->drv->entry->driver_flags & ERL_DRV_FLAG_SOFT_BUSY;
-        bool busy = atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy);
+        bool busy = edrv__port_busy(pt);
         if ((opts & EDRV_CMD_FORCE) && !soft) {
             pthread_mutex_unlock(&ports.lock);
             rc = edrv__fail(EDRV_ENOTSUP, "force needs a driver with ERL_DRV_FLAG_SOFT_BUSY");
@@ -182,7 +182,7 @@ EDRV_API int edrv_port_busy(edrv_port port) {
     pthread_mutex_lock(&ports.lock);
     edrv_port_t *pt = lookup_locked(port);
     bool alive = pt && atomic_load(&pt->state) == PORT_ALIVE;
-    bool busy = alive && (atomic_load(&pt->busy) || atomic_load(&pt->msgq_busy));
+    bool busy = alive && edrv__port_busy(pt);
     pthread_mutex_unlock(&ports.lock);
     return alive ? busy : edrv__port_check(port);
 }

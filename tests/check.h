@@ -115,6 +115,21 @@ static inline edrv_proc *trapping_proc(void) {
     return p;
 }
 
+/* port_control's reply as text (a thread's own buffer, valid until its next
+ * call), or "error:NAME". */
+static inline const char *control_text(edrv_proc *p, edrv_port port, unsigned op,
+                                       const char *data, size_t len) {
+    static _Thread_local char out[256];
+    edrv_reply r;
+    int rc = edrv_port_control(p, port, op, data, len, &r);
+    if (rc < 0)
+        snprintf(out, sizeof out, "error:%s", edrv_err_name(rc));
+    else
+        snprintf(out, sizeof out, "%.*s", (int)r.len, r.data ? r.data : "");
+    edrv_reply_free(&r);
+    return out;
+}
+
 /* The next message as text, or "timeout"; the caller frees it. */
 static inline char *recv_text(edrv_proc *p, long timeout_ms) {
     edrv_msg m;

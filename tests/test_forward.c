@@ -85,15 +85,6 @@ static edrv_proc *forwarder(void) {
     return edrv_proc_new_forward(foreign, foreign_len, to_sink, &the_sink);
 }
 
-static const char *ctl(edrv_proc *p, edrv_port port, unsigned op, const char *data, size_t len) {
-    static __thread char out[128];
-    edrv_reply r;
-    int rc = edrv_port_control(p, port, op, data, len, &r);
-    snprintf(out, sizeof out, "%.*s", rc < 0 ? 0 : (int)r.len, r.data ? r.data : "");
-    edrv_reply_free(&r);
-    return out;
-}
-
 static void bad_arguments(void) {
     make_foreign();
     char atom[8];
@@ -156,7 +147,7 @@ static void owns_a_port(void) {
     CHECK_INT(edrv_port_command(f, port, "hi", 2), 0);
     port_subst(want, sizeof want, "m:{%P,{data,\"out:hi\"}}", port);
     CHECK_STR(sink_get(n++), want);
-    ctl(f, port, 40, "", 0); /* TD_CALLERS */
+    control_text(f, port, 40, "", 0); /* TD_CALLERS */
     char tmpl[256];
     snprintf(tmpl, sizeof tmpl, "m:{callers,%s,%s,%s} [pid]", foreign_text, foreign_text, foreign_text);
     port_subst(want, sizeof want, tmpl, port);
@@ -164,7 +155,7 @@ static void owns_a_port(void) {
     edrv_port_status st;
     CHECK_INT(edrv_port_info(port, &st), 0);
     CHECK(st.connected == edrv_proc_pid(f));
-    ctl(f, port, 21, "boom", 4); /* TD_FAIL_ATOM: driver_failure_atom(port, "boom") */
+    control_text(f, port, 21, "boom", 4); /* TD_FAIL_ATOM: driver_failure_atom(port, "boom") */
     port_subst(want, sizeof want, "x:{'EXIT',%P,boom}", port);
     CHECK_STR(sink_get(n++), want);
     /* the stand-in lives on: an exit signal is only handed over */
@@ -199,7 +190,7 @@ static void queue_does_not_suspend(void) {
     edrv_port port = 0;
     REQUIRE(edrv_open_port(p, "tdrv", 0, &port) == 0);
     CHECK_INT(edrv_port_busy(port), 0);
-    ctl(p, port, 74, "\x01", 1); /* TD_BUSY: busy */
+    control_text(p, port, 74, "\x01", 1); /* TD_BUSY: busy */
     CHECK_INT(edrv_port_busy(port), 1);
     struct iovec v = {"q", 1};
     CHECK_INT(edrv_port_command_opts(p, port, &v, 1, EDRV_CMD_NOSUSPEND), EDRV_EBUSY);
@@ -210,7 +201,7 @@ static void queue_does_not_suspend(void) {
     CHECK_INT(edrv_proc_info(p, &st), 0);
     CHECK_INT(st.suspended, 0);
     CHECK_INT(edrv_port_command_opts(p, port, &v, 1, EDRV_CMD_QUEUE | 0x100), EDRV_EINVAL);
-    ctl(p, port, 74, "\x00", 1);
+    control_text(p, port, 74, "\x00", 1);
     CHECK_INT(edrv_port_busy(port), 0);
     CHECK_INT(edrv_port_close(p, port), 0);
     CHECK_INT(edrv_port_busy(port), EDRV_ECLOSED);

@@ -145,24 +145,14 @@ port_command(Port, Data, Opts) ->
 %% As erlang:port_control/3.
 -spec port_control(port(), integer(), iodata()) -> iodata().
 port_control(Port, Op, Data) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
-    case call(node(Port), {control, Port, Op, Data}) of
-        {reply, {ok, Reply}} -> set_busy(Port, false), Reply;
-        {reply, {ok, Reply, busy}} -> set_busy(Port, true), Reply;
-        {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
-        Other -> badarg(Other, Port, [Port, Op, Data])
-    end;
+    reply(call(node(Port), {control, Port, Op, Data}), Port, [Port, Op, Data]);
 port_control(Port, Op, Data) ->
     erlang:error(badarg, [Port, Op, Data]).
 
 %% As erlang:port_call/3.
 -spec port_call(port(), integer(), term()) -> term().
 port_call(Port, Op, Term) when is_port(Port), is_integer(Op), Op >= 0, Op < 1 bsl 32 ->
-    case call(node(Port), {call, Port, Op, Term}) of
-        {reply, {ok, Reply}} -> set_busy(Port, false), Reply;
-        {reply, {ok, Reply, busy}} -> set_busy(Port, true), Reply;
-        {reply, {ok, Reply, closed}} -> known_closed(Port), Reply;
-        Other -> badarg(Other, Port, [Port, Op, Term])
-    end;
+    reply(call(node(Port), {call, Port, Op, Term}), Port, [Port, Op, Term]);
 port_call(Port, Op, Term) ->
     erlang:error(badarg, [Port, Op, Term]).
 
@@ -219,6 +209,12 @@ format_error(not_loaded) -> "Driver not loaded";
 format_error(Reason) -> erl_ddll:format_error(Reason).
 
 %% ---- inside ---------------------------------------------------------------------
+
+%% A control's or call's answer: the reply, and what the port is after it.
+reply({reply, {ok, Reply}}, Port, _) -> set_busy(Port, false), Reply;
+reply({reply, {ok, Reply, busy}}, Port, _) -> set_busy(Port, true), Reply;
+reply({reply, {ok, Reply, closed}}, Port, _) -> known_closed(Port), Reply;
+reply(Other, Port, Args) -> badarg(Other, Port, Args).
 
 %% A command the port took: true ({true, busy} when it is busy after it).
 sent(Port, true) -> set_busy(Port, false), true;
